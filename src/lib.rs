@@ -1,0 +1,8 @@
+//! pbsfs: read and write Proxmox Backup Server snapshots.
+//!
+//! Layers (see DESIGN in the README): `format` (pure codecs) → `pxar` (archive format) →
+//! `store` (datastores, chunk sources, range reader) → `cli`.
+
+pub mod format;
+pub mod pxar;
+pub mod store;

@@ -1,0 +1,5 @@
+//! The pxar archive format: item constants and headers, a streaming encoder (v1 and v2
+//! split), and a random-access reader over anything that implements [`crate::format::ReadAt`].
+//! Knows nothing of chunks or FUSE.
+
+pub mod format;
