@@ -5,4 +5,5 @@
 
 pub mod format;
 pub mod pxar;
+pub mod repository;
 pub mod store;

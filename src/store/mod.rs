@@ -1,6 +1,15 @@
-//! Chunk sources and sinks: the local PBS-layout datastore, and the range reader that turns
-//! an index plus a [`ChunkSource`] into a random-access byte stream.
+//! Chunk sources and sinks: the local PBS-layout datastore, verified chunk reads, and the range
+//! reader that turns an index plus a [`ChunkSource`] into a random-access byte stream.
 
+pub mod archive;
+pub mod cache;
+pub mod chunk_reader;
 pub mod chunk_source;
+pub mod local;
+pub mod names;
+pub mod range;
+pub mod snapshot;
+pub mod time;
+pub mod verify;
 
 pub use chunk_source::ChunkSource;

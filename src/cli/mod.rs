@@ -1,0 +1,48 @@
+//! The command line: parse, resolve, call the library, print.
+
+pub mod context;
+pub mod files;
+pub mod output;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+
+/// Browse, verify and restore Proxmox Backup Server snapshots.
+///
+/// pbsfs works on a PBS datastore: a local directory in PBS layout (the default is
+/// ~/.local/share/pbsfs/datastore) or, later, a PBS server. Select it with --repository or
+/// PBS_REPOSITORY, and a namespace with --ns or PBS_NAMESPACE.
+#[derive(Parser, Debug)]
+#[command(name = "pbsfs", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the snapshots of a namespace (or of one backup group).
+    Snapshots(snapshots::SnapshotsArgs),
+    /// List a namespace and the namespaces below it.
+    Namespaces(snapshots::NamespacesArgs),
+    /// List the files (archives) of a snapshot with their sizes and crypt modes.
+    Files(files::FilesArgs),
+    /// Write an archive of a snapshot, as stored (the raw pxar stream, image or blob content),
+    /// to stdout (`-`) or a file.
+    Restore(restore::RestoreArgs),
+    /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
+    /// Exits non-zero when anything is wrong.
+    Verify(verify::VerifyArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Snapshots(args) => snapshots::run(&args),
+        Command::Namespaces(args) => snapshots::run_namespaces(&args),
+        Command::Files(args) => files::run(&args),
+        Command::Restore(args) => restore::run(&args),
+        Command::Verify(args) => verify::run(&args),
+    }
+}

@@ -1,0 +1,95 @@
+//! `pbsfs snapshots [GROUP]` and `pbsfs namespaces`.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use pbsfs::store::names::{BackupGroup, BackupNamespace};
+
+use super::context::{Context, RepoArgs};
+use super::output::{human_size, Table};
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only this backup group, e.g. `host/myhost`.
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+pub fn run(args: &SnapshotsArgs) -> Result<()> {
+    let ctx = Context::open(&args.repo)?;
+    let group = args.group.as_deref().map(BackupGroup::parse).transpose()?;
+    let mut rows = Vec::new();
+    if let Some(store) = &ctx.store {
+        for entry in store.list_snapshots(&ctx.ns, group.as_ref())? {
+            if !entry.finished {
+                continue; // still being written, or abandoned: not a snapshot yet
+            }
+            let manifest = store.read_manifest(&ctx.ns, &entry.dir)?;
+            let files: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
+            let size: u64 = manifest.files.iter().map(|f| f.size).sum();
+            rows.push((entry, files, size));
+        }
+    } else if !ctx.output.is_json() {
+        eprintln!("(the default datastore {} is still empty)", ctx.location.display());
+    }
+
+    if ctx.output.is_json() {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(entry, files, size)| {
+                json!({
+                    "backup-type": entry.dir.group.backup_type.as_str(),
+                    "backup-id": entry.dir.group.backup_id,
+                    "backup-time": entry.dir.time,
+                    "snapshot": entry.dir.to_string(),
+                    "files": files,
+                    "size": size,
+                    "protected": entry.protected,
+                })
+            })
+            .collect();
+        ctx.output.print_json(&json!(list));
+        return Ok(());
+    }
+    let mut table = Table::new(&["snapshot", "size", "files"]).align_right(1);
+    for (entry, files, size) in &rows {
+        let short: Vec<&str> = files
+            .iter()
+            .map(|f| {
+                f.strip_suffix(".didx")
+                    .or_else(|| f.strip_suffix(".fidx"))
+                    .or_else(|| f.strip_suffix(".blob"))
+                    .unwrap_or(f)
+            })
+            .collect();
+        table.push(vec![entry.dir.to_string(), human_size(*size), short.join(" ")]);
+    }
+    table.print();
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct NamespacesArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+/// Lists the selected namespace and every namespace below it.
+pub fn run_namespaces(args: &NamespacesArgs) -> Result<()> {
+    let ctx = Context::open(&args.repo)?;
+    let list: Vec<BackupNamespace> = match &ctx.store {
+        Some(store) => store.list_namespaces(&ctx.ns)?,
+        None => vec![BackupNamespace::root()],
+    };
+    if ctx.output.is_json() {
+        let names: Vec<String> = list.iter().map(|ns| ns.to_string()).collect();
+        ctx.output.print_json(&json!(names));
+    } else {
+        for ns in list {
+            println!("{}", if ns.is_root() { "(root)".to_string() } else { ns.to_string() });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! A bounded LRU of verified, decoded chunks in front of a [`ChunkReader`].
+//!
+//! - Bounded in bytes, not entries: chunks range from a few bytes to 16 MiB.
+//! - Single-flight: concurrent readers of one missing chunk wait for one fetch.
+//! - Sharded by digest, so readers of different chunks never queue on one lock.
+//! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use anyhow::{anyhow, Result};
+use lru::LruCache;
+
+use super::chunk_reader::ChunkReader;
+use crate::format::Digest;
+
+const SHARDS: usize = 16;
+/// Pending read-ahead requests beyond this are dropped: read-ahead is a hint.
+const PREFETCH_QUEUE: usize = 64;
+
+type Chunk = Arc<Vec<u8>>;
+
+/// One fetch in progress; late arrivals wait on it.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Result<Chunk, String>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> Result<Chunk> {
+        let mut result = self.result.lock().unwrap();
+        while result.is_none() {
+            result = self.done.wait(result).unwrap();
+        }
+        result.as_ref().unwrap().clone().map_err(|e| anyhow!(e))
+    }
+
+    fn finish(&self, value: Result<Chunk, String>) {
+        *self.result.lock().unwrap() = Some(value);
+        self.done.notify_all();
+    }
+}
+
+struct Shard {
+    lru: LruCache<Digest, Chunk>,
+    bytes: usize,
+    capacity: usize,
+    in_flight: HashMap<Digest, Arc<Flight>>,
+}
+
+impl Shard {
+    fn insert(&mut self, digest: Digest, chunk: Chunk) {
+        if chunk.len() > self.capacity {
+            return; // would evict everything and still not fit
+        }
+        self.bytes += chunk.len();
+        if let Some(old) = self.lru.put(digest, chunk) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.capacity {
+            match self.lru.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+struct Inner {
+    source: Arc<dyn ChunkReader>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Inner {
+    fn shard(&self, digest: &Digest) -> &Mutex<Shard> {
+        &self.shards[digest[0] as usize % SHARDS]
+    }
+
+    fn read(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+        let flight = {
+            let mut shard = self.shard(digest).lock().unwrap();
+            if let Some(chunk) = shard.lru.get(digest) {
+                return Ok(chunk.clone());
+            }
+            if let Some(flight) = shard.in_flight.get(digest) {
+                let flight = flight.clone();
+                drop(shard);
+                return flight.wait();
+            }
+            let flight = Arc::new(Flight::default());
+            shard.in_flight.insert(*digest, flight.clone());
+            flight
+        };
+        let result = self.source.read_chunk(digest, expected_len);
+        {
+            let mut shard = self.shard(digest).lock().unwrap();
+            shard.in_flight.remove(digest);
+            if let Ok(chunk) = &result {
+                shard.insert(*digest, chunk.clone());
+            }
+        }
+        // Errors are not cached: the next read tries again (the source may recover).
+        flight.finish(result.as_ref().map(Arc::clone).map_err(|e| format!("{e:#}")));
+        result
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        let shard = self.shard(digest).lock().unwrap();
+        shard.lru.contains(digest) || shard.in_flight.contains_key(digest)
+    }
+}
+
+/// The cache; cheap to share through `Arc`.
+pub struct ChunkCache {
+    inner: Arc<Inner>,
+    prefetch: Option<Mutex<SyncSender<(Digest, u64)>>>,
+}
+
+impl ChunkCache {
+    /// `capacity` bytes of decoded chunks; `prefetch_workers` threads for read-ahead (0: none).
+    pub fn new(source: Arc<dyn ChunkReader>, capacity: usize, prefetch_workers: usize) -> Self {
+        let per_shard = (capacity / SHARDS).max(1);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                    capacity: per_shard,
+                    in_flight: HashMap::new(),
+                })
+            })
+            .collect();
+        let inner = Arc::new(Inner { source, shards });
+        let prefetch = (prefetch_workers > 0).then(|| {
+            let (sender, receiver) = sync_channel(PREFETCH_QUEUE);
+            let receiver = Arc::new(Mutex::new(receiver));
+            for number in 0..prefetch_workers {
+                let inner = Arc::downgrade(&inner);
+                let receiver = receiver.clone();
+                thread::Builder::new()
+                    .name(format!("pbsfs-prefetch-{number}"))
+                    .spawn(move || prefetch_worker(inner, receiver))
+                    .expect("spawn read-ahead thread");
+            }
+            Mutex::new(sender)
+        });
+        ChunkCache { inner, prefetch }
+    }
+
+    /// Bytes of chunk data held now.
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+    }
+
+    /// Whether a chunk is cached or being fetched.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.inner.contains(digest)
+    }
+}
+
+fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<(Digest, u64)>>>) {
+    loop {
+        let next = receiver.lock().unwrap().recv();
+        let Ok((digest, len)) = next else { return }; // the cache is gone
+        let Some(inner) = inner.upgrade() else { return };
+        // A failed read-ahead is not reported: the real read will fetch again and report it.
+        let _ = inner.read(&digest, len);
+    }
+}
+
+impl ChunkReader for ChunkCache {
+    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+        self.inner.read(digest, expected_len)
+    }
+
+    fn prefetch(&self, digest: &Digest, expected_len: u64) {
+        let Some(sender) = &self.prefetch else { return };
+        if self.inner.contains(digest) {
+            return;
+        }
+        match sender.lock().unwrap().try_send((*digest, expected_len)) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Default capacity for mounts: 256 MiB.
+pub const DEFAULT_CACHE_SIZE: usize = 256 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Makes chunk data from the digest's first byte; counts and optionally slows fetches.
+    struct FakeSource {
+        fetches: AtomicUsize,
+        delay: Duration,
+        fail: Option<u8>,
+    }
+
+    impl ChunkReader for FakeSource {
+        fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(self.delay);
+            if Some(digest[0]) == self.fail {
+                anyhow::bail!("bad chunk");
+            }
+            Ok(Arc::new(vec![digest[0]; expected_len as usize]))
+        }
+    }
+
+    fn digest(n: u8) -> Digest {
+        let mut d = [0u8; 32];
+        d[0] = n;
+        d[1] = n;
+        d
+    }
+
+    fn source(delay_ms: u64, fail: Option<u8>) -> Arc<FakeSource> {
+        Arc::new(FakeSource { fetches: AtomicUsize::new(0), delay: Duration::from_millis(delay_ms), fail })
+    }
+
+    #[test]
+    fn hits_do_not_fetch_again() {
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 0);
+        for _ in 0..5 {
+            assert_eq!(*cache.read_chunk(&digest(7), 100).unwrap(), vec![7u8; 100]);
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn bounded_in_bytes() {
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), SHARDS * 1000, 0);
+        for n in 0..=255u8 {
+            cache.read_chunk(&digest(n), 600).unwrap();
+            assert!(cache.cached_bytes() <= SHARDS * 1000);
+        }
+        // Each shard holds at most one 600-byte chunk of its 1000 bytes.
+        assert_eq!(cache.cached_bytes(), SHARDS * 600);
+    }
+
+    #[test]
+    fn concurrent_readers_share_one_fetch() {
+        let src = source(200, None);
+        let cache = Arc::new(ChunkCache::new(src.clone(), 1 << 20, 0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                thread::spawn(move || cache.read_chunk(&digest(3), 10).unwrap())
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(*t.join().unwrap(), vec![3u8; 10]);
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn errors_reach_every_waiter_and_are_not_cached() {
+        let src = source(100, Some(9));
+        let cache = Arc::new(ChunkCache::new(src.clone(), 1 << 20, 0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                thread::spawn(move || cache.read_chunk(&digest(9), 10).is_err())
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        let before = src.fetches.load(Ordering::SeqCst);
+        assert!(cache.read_chunk(&digest(9), 10).is_err());
+        assert_eq!(src.fetches.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[test]
+    fn prefetch_fills_the_cache_in_the_background() {
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 2);
+        for n in 0..4 {
+            cache.prefetch(&digest(n), 50);
+        }
+        for _ in 0..200 {
+            if (0..4).all(|n| cache.contains(&digest(n))) && src.fetches.load(Ordering::SeqCst) == 4 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        for n in 0..4 {
+            cache.read_chunk(&digest(n), 50).unwrap();
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 4);
+    }
+}

@@ -1,0 +1,317 @@
+//! A datastore directory in the exact PBS layout (spec: datastore.md): chunk store, namespaces,
+//! groups, snapshots. Reading never writes (works on a read-only copy).
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
+use super::time::parse_rfc3339;
+use super::ChunkSource;
+use crate::format::manifest::Manifest;
+use crate::format::{digest_to_hex, Digest};
+
+pub const MANIFEST_BLOB_NAME: &str = "index.json.blob";
+
+/// A snapshot directory as found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub dir: BackupDir,
+    /// `index.json.blob` exists: the snapshot is complete.
+    pub finished: bool,
+    pub protected: bool,
+}
+
+pub struct LocalDatastore {
+    root: PathBuf,
+}
+
+impl LocalDatastore {
+    /// Opens an existing datastore; it must contain `.chunks/`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let chunks = path.join(".chunks");
+        match fs::metadata(&chunks) {
+            Ok(meta) if meta.is_dir() => Ok(LocalDatastore { root: path.to_path_buf() }),
+            Ok(_) => bail!("{}: .chunks is not a directory", path.display()),
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                if path.exists() {
+                    bail!("{} is not a PBS datastore (no .chunks directory)", path.display())
+                }
+                bail!("datastore {} does not exist", path.display())
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot open {}", chunks.display())),
+        }
+    }
+
+    /// Creates a new, empty datastore the way PBS does (all 65536 chunk prefix directories,
+    /// `.lock`); an existing datastore at `path` is opened instead.
+    pub fn create(path: &Path) -> Result<Self> {
+        if path.join(".chunks").is_dir() {
+            return Self::open(path);
+        }
+        if path.exists() && fs::read_dir(path)?.next().is_some() {
+            bail!("{} exists, is not empty and is not a datastore", path.display());
+        }
+        fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+        // Build the chunk store under a temporary name so a half-created store is never
+        // mistaken for a datastore.
+        let staging = path.join(".chunks.tmp");
+        let _ = fs::remove_dir_all(&staging);
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o750);
+        builder.create(&staging)?;
+        for prefix in 0..=0xffffu32 {
+            builder.create(staging.join(format!("{prefix:04x}")))?;
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path.join(".lock"))?;
+        fs::rename(&staging, path.join(".chunks"))?;
+        Ok(LocalDatastore { root: path.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn namespace_path(&self, ns: &BackupNamespace) -> PathBuf {
+        self.root.join(ns.rel_path())
+    }
+
+    pub fn group_path(&self, ns: &BackupNamespace, group: &BackupGroup) -> PathBuf {
+        self.namespace_path(ns).join(group.rel_path())
+    }
+
+    pub fn snapshot_path(&self, ns: &BackupNamespace, dir: &BackupDir) -> PathBuf {
+        self.namespace_path(ns).join(dir.rel_path())
+    }
+
+    pub fn chunk_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest_to_hex(digest);
+        self.root.join(".chunks").join(&hex[..4]).join(hex)
+    }
+
+    pub fn namespace_exists(&self, ns: &BackupNamespace) -> bool {
+        self.namespace_path(ns).is_dir()
+    }
+
+    fn require_namespace(&self, ns: &BackupNamespace) -> Result<()> {
+        if !self.namespace_exists(ns) {
+            bail!("namespace '{ns}' not found in {}", self.root.display());
+        }
+        Ok(())
+    }
+
+    /// `parent` and every namespace below it, depth first, in name order.
+    pub fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
+        self.require_namespace(parent)?;
+        let mut out = vec![parent.clone()];
+        let mut index = 0;
+        while index < out.len() {
+            let ns = out[index].clone();
+            index += 1;
+            if ns.depth() >= super::names::MAX_NAMESPACE_DEPTH {
+                continue;
+            }
+            let mut children = Vec::new();
+            for name in dir_names(&self.namespace_path(&ns).join("ns"))? {
+                if is_safe_id(&name) && self.namespace_path(&ns).join("ns").join(&name).is_dir() {
+                    children.push(ns.child(&name)?);
+                }
+            }
+            children.sort();
+            // Keep depth-first order: children right after their parent.
+            for (offset, child) in children.into_iter().enumerate() {
+                out.insert(index + offset, child);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The groups of one namespace, in PBS display order.
+    pub fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>> {
+        self.require_namespace(ns)?;
+        let mut groups = Vec::new();
+        for backup_type in BackupType::ALL {
+            let type_dir = self.namespace_path(ns).join(backup_type.as_str());
+            for id in dir_names(&type_dir)? {
+                if is_safe_id(&id) && type_dir.join(&id).is_dir() {
+                    groups.push(BackupGroup::new(backup_type, &id)?);
+                }
+            }
+        }
+        groups.sort();
+        Ok(groups)
+    }
+
+    /// The snapshots of a group (finished or not), oldest first.
+    pub fn list_group_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Vec<SnapshotEntry>> {
+        let group_dir = self.group_path(ns, group);
+        let mut out = Vec::new();
+        for name in dir_names(&group_dir)? {
+            let Some(time) = parse_rfc3339(&name) else { continue };
+            let path = group_dir.join(&name);
+            if !path.is_dir() {
+                continue;
+            }
+            out.push(SnapshotEntry {
+                dir: BackupDir::new(group.clone(), time)?,
+                finished: path.join(MANIFEST_BLOB_NAME).is_file(),
+                protected: path.join(".protected").exists(),
+            });
+        }
+        out.sort_by_key(|entry| entry.dir.time);
+        Ok(out)
+    }
+
+    /// Every snapshot of a namespace (optionally of one group), ordered by group then time.
+    pub fn list_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: Option<&BackupGroup>,
+    ) -> Result<Vec<SnapshotEntry>> {
+        let groups = match group {
+            Some(group) => {
+                self.require_namespace(ns)?;
+                if !self.group_path(ns, group).is_dir() {
+                    bail!("backup group '{group}' not found in namespace '{ns}'");
+                }
+                vec![group.clone()]
+            }
+            None => self.list_groups(ns)?,
+        };
+        let mut out = Vec::new();
+        for group in groups {
+            out.extend(self.list_group_snapshots(ns, &group)?);
+        }
+        Ok(out)
+    }
+
+    /// The group's owner (first line of its `owner` file).
+    pub fn group_owner(&self, ns: &BackupNamespace, group: &BackupGroup) -> Result<String> {
+        let path = self.group_path(ns, group).join("owner");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("cannot read owner of {group} ({})", path.display()))?;
+        Ok(text.lines().next().unwrap_or("").trim_end().to_string())
+    }
+
+    /// Raw bytes of a file in a snapshot directory.
+    pub fn read_snapshot_file(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        filename: &str,
+    ) -> Result<Vec<u8>> {
+        if !is_safe_id(filename) {
+            bail!("invalid archive file name '{filename}'");
+        }
+        let path = self.snapshot_path(ns, dir).join(filename);
+        fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// The decoded manifest of a snapshot.
+    pub fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
+        let raw = self.read_snapshot_file(ns, dir, MANIFEST_BLOB_NAME)?;
+        Manifest::from_blob(&raw).with_context(|| format!("{dir}/{MANIFEST_BLOB_NAME}"))
+    }
+
+    /// Stores an encoded chunk unless a chunk of that digest and size is already there
+    /// (then only its atime is refreshed, which garbage collection relies on).
+    /// Returns true when the chunk was new.
+    pub fn insert_chunk(&self, digest: &Digest, raw_blob: &[u8]) -> Result<bool> {
+        let path = self.chunk_path(digest);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.len() == raw_blob.len() as u64 {
+                touch_atime(&path);
+                return Ok(false);
+            }
+        }
+        let prefix_dir = path.parent().expect("chunk path has a prefix dir");
+        if !prefix_dir.is_dir() {
+            fs::DirBuilder::new().mode(0o750).recursive(true).create(prefix_dir)?;
+        }
+        let tmp = prefix_dir.join(format!(
+            "{}.tmp_{}",
+            digest_to_hex(digest),
+            random_suffix()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            file.write_all(raw_blob)?;
+            fs::rename(&tmp, &path)
+        };
+        if let Err(err) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(err).with_context(|| format!("cannot store chunk {}", path.display()));
+        }
+        Ok(true)
+    }
+}
+
+impl ChunkSource for LocalDatastore {
+    fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.chunk_path(digest);
+        let raw = fs::read(&path).map_err(|err| {
+            if err.kind() == ErrorKind::NotFound {
+                anyhow::anyhow!("chunk {} is missing from the datastore", digest_to_hex(digest))
+            } else {
+                anyhow::anyhow!("cannot read chunk {}: {err}", path.display())
+            }
+        })?;
+        if raw.is_empty() {
+            bail!("chunk {} is empty in the datastore", digest_to_hex(digest));
+        }
+        Ok(raw)
+    }
+}
+
+/// Names in a directory; a missing directory has none.
+fn dir_names(path: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("cannot list {}", path.display())),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn touch_atime(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+    ];
+    // Best effort: a read-only datastore cannot be touched, and that must not fail a write
+    // that found its chunk present.
+    unsafe {
+        libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 6)
+}

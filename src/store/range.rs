@@ -1,0 +1,105 @@
+//! Random access to the logical stream behind an index: a byte range maps to the chunks that
+//! cover it, and only those are fetched ("RestoreFileRange").
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+use super::chunk_reader::ChunkReader;
+use crate::format::index::{AnyIndex, ChunkIndex};
+use crate::format::{digest_to_hex, ReadAt};
+
+/// An index plus a chunk reader, readable at any offset.
+pub struct IndexReader {
+    name: String,
+    index: Arc<AnyIndex>,
+    chunks: Arc<dyn ChunkReader>,
+    /// The last chunk used: sequential small reads within one chunk decode it only once.
+    last: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl IndexReader {
+    /// `name` (the archive file name) is used in error messages.
+    pub fn new(name: &str, index: Arc<AnyIndex>, chunks: Arc<dyn ChunkReader>) -> Self {
+        IndexReader { name: name.to_string(), index, chunks, last: Mutex::new(None) }
+    }
+
+    pub fn index(&self) -> &AnyIndex {
+        &self.index
+    }
+
+    fn chunk(&self, position: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some((cached, data)) = &*self.last.lock().unwrap() {
+            if *cached == position {
+                return Ok(data.clone());
+            }
+        }
+        let info = self
+            .index
+            .chunk_info(position)
+            .with_context(|| format!("{}: no chunk #{position}", self.name))?;
+        let data = self
+            .chunks
+            .read_chunk(&info.digest, info.end - info.start)
+            .with_context(|| {
+                format!("{}: chunk #{position} {}", self.name, digest_to_hex(&info.digest))
+            })?;
+        *self.last.lock().unwrap() = Some((position, data.clone()));
+        Ok(data)
+    }
+
+    /// Asks the chunk reader to fetch the chunks covering `[offset, offset + len)` in the
+    /// background (read-ahead); a no-op for readers without a cache.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let Some((first, _)) = self.index.chunk_from_offset(offset) else { return };
+        let last_byte = (offset + len.max(1) - 1).min(self.index.total_size().saturating_sub(1));
+        let last = self.index.chunk_from_offset(last_byte).map_or(first, |(p, _)| p);
+        for position in first..=last {
+            if let Some(info) = self.index.chunk_info(position) {
+                self.chunks.prefetch(&info.digest, info.end - info.start);
+            }
+        }
+    }
+
+    /// Streams the whole logical content to `out`, one chunk at a time.
+    pub fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
+        let mut written = 0;
+        for position in 0..self.index.chunk_count() {
+            let data = self.chunk(position)?;
+            out.write_all(&data).with_context(|| format!("{}: write failed", self.name))?;
+            written += data.len() as u64;
+        }
+        Ok(written)
+    }
+}
+
+impl ReadAt for IndexReader {
+    fn size(&self) -> u64 {
+        self.index.total_size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some((position, within)) = self.index.chunk_from_offset(offset + done as u64)
+            else {
+                break; // end of stream
+            };
+            let data = self
+                .chunk(position)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("{err:#}")))?;
+            let within = within as usize;
+            if within >= data.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: chunk #{position} is shorter than its index says", self.name),
+                ));
+            }
+            let n = (buf.len() - done).min(data.len() - within);
+            buf[done..done + n].copy_from_slice(&data[within..within + n]);
+            done += n;
+        }
+        Ok(done)
+    }
+}

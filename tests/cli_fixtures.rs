@@ -1,0 +1,293 @@
+//! The commands of issue "Foundation" against the datastore made by the official tools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+fn datastore() -> PathBuf {
+    fixtures().join("datastore")
+}
+
+fn pbsfs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args(args)
+        .env_remove("PBS_REPOSITORY")
+        .env_remove("PBS_NAMESPACE")
+        .output()
+        .expect("run pbsfs")
+}
+
+fn on(store: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--repository", store.to_str().unwrap()];
+    all.extend_from_slice(args);
+    pbsfs(&all)
+}
+
+fn ok_stdout(out: &Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "pbsfs failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&ok_stdout(out)).expect("valid JSON on stdout")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const ROOT_SNAPSHOTS: [&str; 7] = [
+    "host/fixture-data/2026-11-25T08:28:43Z",
+    "host/fixture-enc/2026-11-25T08:29:00Z",
+    "host/fixture-enc-scrypt/2026-11-25T08:29:18Z",
+    "host/fixture-legacy/2026-11-25T08:28:42Z",
+    "host/fixture-meta/2026-11-25T08:28:43Z",
+    "host/fixture-meta/2026-11-25T08:28:55Z",
+    "vm/100/2026-11-25T08:29:01Z",
+];
+
+/// (namespace, snapshot, archive, sha256) of every unencrypted archive in the fixtures README.
+const ARCHIVES: [(&str, &str, &str, &str); 11] = [
+    ("", "host/fixture-legacy/2026-11-25T08:28:42Z", "root.pxar", "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8"),
+    ("", "host/fixture-legacy/2026-11-25T08:28:42Z", "catalog.pcat1", "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663"),
+    ("", "host/fixture-data/2026-11-25T08:28:43Z", "root.mpxar", "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a"),
+    ("", "host/fixture-data/2026-11-25T08:28:43Z", "root.ppxar", "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"),
+    ("", "host/fixture-meta/2026-11-25T08:28:43Z", "root.mpxar", "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a"),
+    ("", "host/fixture-meta/2026-11-25T08:28:43Z", "root.ppxar.didx", "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"),
+    ("", "host/fixture-meta/2026-11-25T08:28:55Z", "root.mpxar", "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba"),
+    ("", "host/fixture-meta/2026-11-25T08:28:55Z", "root.ppxar", "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094"),
+    ("team", "host/fixture-ns/2026-11-25T08:29:01Z", "root.pxar", "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d"),
+    ("team", "host/fixture-ns/2026-11-25T08:29:01Z", "catalog.pcat1.didx", "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc"),
+    ("", "vm/100/2026-11-25T08:29:01Z", "drive-scsi0.img", "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"),
+];
+
+fn snapshot_names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .as_array()
+        .expect("a JSON list")
+        .iter()
+        .map(|s| s["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn snapshots_lists_exactly_each_namespace() {
+    let store = datastore();
+    let root = json(&on(&store, &["snapshots", "--output-format", "json"]));
+    assert_eq!(snapshot_names(&root), ROOT_SNAPSHOTS);
+    let legacy = root
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["backup-id"] == "fixture-legacy")
+        .unwrap();
+    assert_eq!(legacy["backup-time"], 1795595322);
+    assert_eq!(legacy["files"], serde_json::json!(["root.pxar.didx", "catalog.pcat1.didx"]));
+    assert_eq!(legacy["size"], 28269171 + 69649);
+
+    let team = json(&on(&store, &["--ns", "team", "snapshots", "--output-format", "json"]));
+    assert_eq!(snapshot_names(&team), ["host/fixture-ns/2026-11-25T08:29:01Z"]);
+
+    let group = json(&on(&store, &["snapshots", "host/fixture-meta", "--output-format", "json"]));
+    assert_eq!(snapshot_names(&group), ROOT_SNAPSHOTS[4..6]);
+
+    let text = String::from_utf8(ok_stdout(&on(&store, &["snapshots"]))).unwrap();
+    for name in ROOT_SNAPSHOTS {
+        assert!(text.contains(name), "table lacks {name}:\n{text}");
+    }
+    let namespaces = json(&on(&store, &["namespaces", "--output-format", "json"]));
+    assert_eq!(namespaces, serde_json::json!(["", "team"]));
+}
+
+#[test]
+fn files_shows_sizes_and_crypt_modes() {
+    let store = datastore();
+    let files = json(&on(&store, &["files", "host/fixture-enc/latest", "--output-format", "json"]));
+    let list = files.as_array().unwrap();
+    let root = list.iter().find(|f| f["filename"] == "root.pxar.didx").unwrap();
+    assert_eq!(root["crypt-mode"], "encrypt");
+    assert_eq!(root["size"], 28269171);
+    assert!(list.iter().any(|f| f["filename"] == "index.json.blob"));
+
+    let files = json(&on(&store, &["files", "vm/100/2026-11-25", "--output-format", "json"]));
+    let image = &files.as_array().unwrap()[0];
+    assert_eq!(image["filename"], "drive-scsi0.img.fidx");
+    assert_eq!(image["size"], 16789561);
+    assert_eq!(image["crypt-mode"], "none");
+}
+
+#[test]
+fn snapshot_selection_forms_and_errors() {
+    let store = datastore();
+    let resolve = |spec: &str| on(&store, &["files", spec, "--output-format", "json"]);
+    assert!(resolve("host/fixture-meta/latest").status.success());
+    assert!(resolve("host/fixture-meta/2026-11-25T08:28:55Z").status.success());
+    assert!(resolve("host/fixture-meta/2026-11-25T08:28:4").status.success());
+    assert!(resolve("host/fixture-legacy/1795595322").status.success());
+    let ambiguous = resolve("host/fixture-meta/2026-11-25");
+    assert!(!ambiguous.status.success());
+    let err = stderr(&ambiguous);
+    assert!(err.contains("ambiguous") && err.contains("2026-11-25T08:28:43Z") && err.contains("2026-11-25T08:28:55Z"), "{err}");
+    let unknown = resolve("host/nosuch/latest");
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("host/fixture-legacy"), "{}", stderr(&unknown));
+}
+
+#[test]
+fn verify_passes_on_the_official_datastore() {
+    let out = on(&datastore(), &["verify", "--output-format", "json"]);
+    let report = json(&out);
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["snapshots"].as_array().unwrap().len(), 8);
+    assert!(report["chunks-checked"].as_u64().unwrap() > 20);
+}
+
+#[test]
+fn restore_to_stdout_gives_the_official_archive_bytes() {
+    let store = datastore();
+    for (ns, snapshot, archive, sha) in ARCHIVES {
+        let out = on(&store, &["--ns", ns, "restore", snapshot, archive, "-"]);
+        let data = ok_stdout(&out);
+        assert_eq!(hex::encode(Sha256::digest(&data)), sha, "{snapshot} {archive}");
+    }
+}
+
+#[test]
+fn restore_to_a_file_and_refuse_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("catalog");
+    let target_str = target.to_str().unwrap();
+    let args = ["restore", "host/fixture-legacy/latest", "catalog.pcat1", target_str];
+    ok_stdout(&on(&datastore(), &args));
+    let data = std::fs::read(&target).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&data)), ARCHIVES[1].3);
+    let again = on(&datastore(), &args);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already exists"));
+}
+
+#[test]
+fn restoring_an_encrypted_archive_without_a_key_is_a_clear_error() {
+    let out = on(&datastore(), &["restore", "host/fixture-enc/latest", "root.pxar", "-"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("encrypted: key needed"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_remote_repository_is_reported_as_not_yet_supported() {
+    let out = pbsfs(&["--repository", "backup@pbs@pbs.example:store", "snapshots"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("PBS server"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_default_datastore_reads_as_empty_until_created() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args(["snapshots", "--output-format", "json"])
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("PBS_REPOSITORY")
+        .env_remove("PBS_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(json(&out), serde_json::json!([]));
+}
+
+// ---- corruption: each one makes verify and restore fail, naming the file ----
+
+/// A writable copy of the fixture datastore.
+fn copy_datastore() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .args(["-r", "--no-preserve=mode,ownership"])
+        .arg(datastore())
+        .arg(tmp.path().join("ds"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tmp
+}
+
+fn legacy_dir(root: &Path) -> PathBuf {
+    root.join("host/fixture-legacy/2026-11-25T08:28:42Z")
+}
+
+fn first_chunk_of(index: &Path) -> String {
+    let bytes = std::fs::read(index).unwrap();
+    hex::encode(&bytes[4096 + 8..4096 + 40])
+}
+
+fn expect_failure(store: &Path, needle: &str) {
+    let verify = on(store, &["verify", "host/fixture-legacy/latest"]);
+    assert!(!verify.status.success(), "verify passed despite corruption");
+    let report = String::from_utf8_lossy(&verify.stdout).into_owned() + &stderr(&verify);
+    assert!(report.contains(needle), "verify output does not name {needle}:\n{report}");
+    let restore = on(store, &["restore", "host/fixture-legacy/latest", "root.pxar", "-"]);
+    assert!(!restore.status.success(), "restore passed despite corruption");
+    assert!(stderr(&restore).contains(needle), "restore error does not name {needle}: {}", stderr(&restore));
+}
+
+#[test]
+fn a_flipped_byte_in_a_chunk_is_found() {
+    let tmp = copy_datastore();
+    let store = tmp.path().join("ds");
+    let digest = first_chunk_of(&legacy_dir(&store).join("root.pxar.didx"));
+    let path = store.join(".chunks").join(&digest[..4]).join(&digest);
+    let mut raw = std::fs::read(&path).unwrap();
+    let middle = raw.len() / 2;
+    raw[middle] ^= 0x01;
+    std::fs::write(&path, raw).unwrap();
+    expect_failure(&store, &digest);
+    expect_failure(&store, "root.pxar.didx");
+}
+
+#[test]
+fn a_truncated_index_is_found() {
+    let tmp = copy_datastore();
+    let store = tmp.path().join("ds");
+    let index = legacy_dir(&store).join("root.pxar.didx");
+    let raw = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &raw[..raw.len() - 17]).unwrap();
+    expect_failure(&store, "root.pxar.didx");
+}
+
+#[test]
+fn a_wrong_manifest_checksum_is_found() {
+    let tmp = copy_datastore();
+    let store = tmp.path().join("ds");
+    let manifest_path = legacy_dir(&store).join("index.json.blob");
+    let raw = std::fs::read(&manifest_path).unwrap();
+    let plain = pbsfs::format::blob::decode_blob(&raw, 1 << 20).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&plain).unwrap();
+    for file in manifest["files"].as_array_mut().unwrap() {
+        if file["filename"] == "root.pxar.didx" {
+            file["csum"] = Value::String("00".repeat(32));
+        }
+    }
+    let text = serde_json::to_vec_pretty(&manifest).unwrap();
+    std::fs::write(&manifest_path, pbsfs::format::blob::encode_blob(&text, true).unwrap()).unwrap();
+    expect_failure(&store, "root.pxar.didx");
+}
+
+#[test]
+fn a_missing_chunk_is_found() {
+    let tmp = copy_datastore();
+    let store = tmp.path().join("ds");
+    let digest = first_chunk_of(&legacy_dir(&store).join("root.pxar.didx"));
+    std::fs::remove_file(store.join(".chunks").join(&digest[..4]).join(&digest)).unwrap();
+    expect_failure(&store, &digest);
+}
