@@ -191,7 +191,7 @@ pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, BlobE
     let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(BlobError::Decompress)?;
     let mut out = Vec::with_capacity(max_size.min(data.len().saturating_mul(4)));
     decoder
-        .take(max_size as u64 + 1)
+        .take((max_size as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(BlobError::Decompress)?;
     if out.len() > max_size {
@@ -363,6 +363,13 @@ mod tests {
             assert_eq!(raw.len(), PLAIN_HEADER_LEN);
             assert_eq!(decode_blob(&raw, 0).unwrap(), b"");
         }
+    }
+
+    #[test]
+    fn unlimited_decode_does_not_overflow() {
+        let data = vec![5u8; 10_000];
+        let raw = encode_blob(&data, true).unwrap();
+        assert_eq!(decode_blob(&raw, usize::MAX).unwrap(), data);
     }
 
     #[test]

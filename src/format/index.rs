@@ -124,7 +124,7 @@ fn entries_region<'a>(
     entry_size: usize,
 ) -> Result<&'a [u8], IndexError> {
     let region = &bytes[INDEX_HEADER_SIZE..];
-    if region.len() % entry_size != 0 {
+    if !region.len().is_multiple_of(entry_size) {
         return Err(IndexError::RaggedEntries {
             kind,
             len: region.len(),
@@ -617,7 +617,7 @@ mod tests {
             for len in 0..bytes.len() {
                 // Cutting whole dynamic entries leaves a valid shorter index.
                 if len >= INDEX_HEADER_SIZE
-                    && (len - INDEX_HEADER_SIZE) % DYNAMIC_ENTRY_SIZE == 0
+                    && (len - INDEX_HEADER_SIZE).is_multiple_of(DYNAMIC_ENTRY_SIZE)
                     && bytes[..8] == DYNAMIC_INDEX_MAGIC
                 {
                     assert!(AnyIndex::parse(&bytes[..len]).is_ok());
