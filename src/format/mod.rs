@@ -2,6 +2,9 @@
 //!
 //! Nothing here does I/O beyond `Read`/`Write` values and the [`ReadAt`] trait.
 
+pub mod blob;
+pub mod index;
+pub mod manifest;
 pub mod read_at;
 
 pub use read_at::ReadAt;
