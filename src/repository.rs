@@ -57,7 +57,9 @@ impl std::fmt::Display for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Repository::Local(path) => write!(f, "{}", path.display()),
-            Repository::Remote(r) => write!(f, "{}@{}:{}:{}", r.auth_id, r.host, r.port, r.datastore),
+            Repository::Remote(r) => {
+                write!(f, "{}@{}:{}:{}", r.auth_id, r.host, r.port, r.datastore)
+            }
         }
     }
 }
@@ -108,7 +110,12 @@ fn parse_remote(text: &str) -> Result<RemoteRepository> {
     if host.is_empty() || !is_safe_id(datastore) {
         return Err(invalid());
     }
-    Ok(RemoteRepository { auth_id: auth_id.to_string(), host, port, datastore: datastore.to_string() })
+    Ok(RemoteRepository {
+        auth_id: auth_id.to_string(),
+        host,
+        port,
+        datastore: datastore.to_string(),
+    })
 }
 
 /// `user@realm` or `user@realm!token`.
@@ -117,7 +124,9 @@ fn is_auth_id(text: &str) -> bool {
         Some((user_realm, token)) => (user_realm, Some(token)),
         None => (text, None),
     };
-    let Some((user, realm)) = user_realm.split_once('@') else { return false };
+    let Some((user, realm)) = user_realm.split_once('@') else {
+        return false;
+    };
     !user.is_empty()
         && !user.contains(['@', ':', '/'])
         && is_safe_id(realm)
@@ -138,31 +147,74 @@ mod tests {
     #[test]
     fn spec_examples() {
         let r = remote("store1");
-        assert_eq!((r.auth_id.as_str(), r.host.as_str(), r.port, r.datastore.as_str()), ("root@pam", "localhost", 8007, "store1"));
+        assert_eq!(
+            (
+                r.auth_id.as_str(),
+                r.host.as_str(),
+                r.port,
+                r.datastore.as_str()
+            ),
+            ("root@pam", "localhost", 8007, "store1")
+        );
         let r = remote("pbs.example.com:store1");
-        assert_eq!((r.host.as_str(), r.datastore.as_str()), ("pbs.example.com", "store1"));
+        assert_eq!(
+            (r.host.as_str(), r.datastore.as_str()),
+            ("pbs.example.com", "store1")
+        );
         let r = remote("admin@pbs@backuphost:8008:tank");
-        assert_eq!((r.auth_id.as_str(), r.host.as_str(), r.port, r.datastore.as_str()), ("admin@pbs", "backuphost", 8008, "tank"));
+        assert_eq!(
+            (
+                r.auth_id.as_str(),
+                r.host.as_str(),
+                r.port,
+                r.datastore.as_str()
+            ),
+            ("admin@pbs", "backuphost", 8008, "tank")
+        );
         let r = remote("user@pbs!token@myhost:store");
-        assert_eq!((r.auth_id.as_str(), r.host.as_str()), ("user@pbs!token", "myhost"));
+        assert_eq!(
+            (r.auth_id.as_str(), r.host.as_str()),
+            ("user@pbs!token", "myhost")
+        );
         let r = remote("192.168.1.1:1234:store");
         assert_eq!((r.host.as_str(), r.port), ("192.168.1.1", 1234));
         let r = remote("[ff80::1]:9007:store");
-        assert_eq!((r.host.as_str(), r.port, r.datastore.as_str()), ("[ff80::1]", 9007, "store"));
+        assert_eq!(
+            (r.host.as_str(), r.port, r.datastore.as_str()),
+            ("[ff80::1]", 9007, "store")
+        );
     }
 
     #[test]
     fn local_paths() {
-        assert_eq!(Repository::parse("/srv/ds").unwrap(), Repository::Local("/srv/ds".into()));
-        assert_eq!(Repository::parse("./ds").unwrap(), Repository::Local("./ds".into()));
-        assert_eq!(Repository::parse("../ds").unwrap(), Repository::Local("../ds".into()));
+        assert_eq!(
+            Repository::parse("/srv/ds").unwrap(),
+            Repository::Local("/srv/ds".into())
+        );
+        assert_eq!(
+            Repository::parse("./ds").unwrap(),
+            Repository::Local("./ds".into())
+        );
+        assert_eq!(
+            Repository::parse("../ds").unwrap(),
+            Repository::Local("../ds".into())
+        );
         std::env::set_var("HOME", "/home/someone");
-        assert_eq!(Repository::parse("~/ds").unwrap(), Repository::Local("/home/someone/ds".into()));
+        assert_eq!(
+            Repository::parse("~/ds").unwrap(),
+            Repository::Local("/home/someone/ds".into())
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "a b", "host:99999999:store", "root@pam@:store", "x@y@host:bad/name"] {
+        for bad in [
+            "",
+            "a b",
+            "host:99999999:store",
+            "root@pam@:store",
+            "x@y@host:bad/name",
+        ] {
             assert!(Repository::parse(bad).is_err(), "{bad}");
         }
     }

@@ -49,8 +49,8 @@ fn stderr(out: &Output) -> String {
 
 const ROOT_SNAPSHOTS: [&str; 7] = [
     "host/fixture-data/2026-11-25T08:28:43Z",
-    "host/fixture-enc/2026-11-25T08:29:00Z",
     "host/fixture-enc-scrypt/2026-11-25T08:29:18Z",
+    "host/fixture-enc/2026-11-25T08:29:00Z",
     "host/fixture-legacy/2026-11-25T08:28:42Z",
     "host/fixture-meta/2026-11-25T08:28:43Z",
     "host/fixture-meta/2026-11-25T08:28:55Z",
@@ -59,17 +59,72 @@ const ROOT_SNAPSHOTS: [&str; 7] = [
 
 /// (namespace, snapshot, archive, sha256) of every unencrypted archive in the fixtures README.
 const ARCHIVES: [(&str, &str, &str, &str); 11] = [
-    ("", "host/fixture-legacy/2026-11-25T08:28:42Z", "root.pxar", "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8"),
-    ("", "host/fixture-legacy/2026-11-25T08:28:42Z", "catalog.pcat1", "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663"),
-    ("", "host/fixture-data/2026-11-25T08:28:43Z", "root.mpxar", "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a"),
-    ("", "host/fixture-data/2026-11-25T08:28:43Z", "root.ppxar", "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"),
-    ("", "host/fixture-meta/2026-11-25T08:28:43Z", "root.mpxar", "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a"),
-    ("", "host/fixture-meta/2026-11-25T08:28:43Z", "root.ppxar.didx", "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"),
-    ("", "host/fixture-meta/2026-11-25T08:28:55Z", "root.mpxar", "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba"),
-    ("", "host/fixture-meta/2026-11-25T08:28:55Z", "root.ppxar", "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094"),
-    ("team", "host/fixture-ns/2026-11-25T08:29:01Z", "root.pxar", "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d"),
-    ("team", "host/fixture-ns/2026-11-25T08:29:01Z", "catalog.pcat1.didx", "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc"),
-    ("", "vm/100/2026-11-25T08:29:01Z", "drive-scsi0.img", "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"),
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "root.pxar",
+        "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
+    ),
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "catalog.pcat1",
+        "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.mpxar",
+        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.ppxar",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:43Z",
+        "root.mpxar",
+        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:43Z",
+        "root.ppxar.didx",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.mpxar",
+        "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.ppxar",
+        "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094",
+    ),
+    (
+        "team",
+        "host/fixture-ns/2026-11-25T08:29:01Z",
+        "root.pxar",
+        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
+    ),
+    (
+        "team",
+        "host/fixture-ns/2026-11-25T08:29:01Z",
+        "catalog.pcat1.didx",
+        "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc",
+    ),
+    (
+        "",
+        "vm/100/2026-11-25T08:29:01Z",
+        "drive-scsi0.img",
+        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
+    ),
 ];
 
 fn snapshot_names(list: &Value) -> Vec<String> {
@@ -95,13 +150,25 @@ fn snapshots_lists_exactly_each_namespace() {
         .find(|s| s["backup-id"] == "fixture-legacy")
         .unwrap();
     assert_eq!(legacy["backup-time"], 1795595322);
-    assert_eq!(legacy["files"], serde_json::json!(["root.pxar.didx", "catalog.pcat1.didx"]));
+    assert_eq!(
+        legacy["files"],
+        serde_json::json!(["root.pxar.didx", "catalog.pcat1.didx"])
+    );
     assert_eq!(legacy["size"], 28269171 + 69649);
 
-    let team = json(&on(&store, &["--ns", "team", "snapshots", "--output-format", "json"]));
-    assert_eq!(snapshot_names(&team), ["host/fixture-ns/2026-11-25T08:29:01Z"]);
+    let team = json(&on(
+        &store,
+        &["--ns", "team", "snapshots", "--output-format", "json"],
+    ));
+    assert_eq!(
+        snapshot_names(&team),
+        ["host/fixture-ns/2026-11-25T08:29:01Z"]
+    );
 
-    let group = json(&on(&store, &["snapshots", "host/fixture-meta", "--output-format", "json"]));
+    let group = json(&on(
+        &store,
+        &["snapshots", "host/fixture-meta", "--output-format", "json"],
+    ));
     assert_eq!(snapshot_names(&group), ROOT_SNAPSHOTS[4..6]);
 
     let text = String::from_utf8(ok_stdout(&on(&store, &["snapshots"]))).unwrap();
@@ -115,14 +182,28 @@ fn snapshots_lists_exactly_each_namespace() {
 #[test]
 fn files_shows_sizes_and_crypt_modes() {
     let store = datastore();
-    let files = json(&on(&store, &["files", "host/fixture-enc/latest", "--output-format", "json"]));
+    let files = json(&on(
+        &store,
+        &[
+            "files",
+            "host/fixture-enc/latest",
+            "--output-format",
+            "json",
+        ],
+    ));
     let list = files.as_array().unwrap();
-    let root = list.iter().find(|f| f["filename"] == "root.pxar.didx").unwrap();
+    let root = list
+        .iter()
+        .find(|f| f["filename"] == "root.pxar.didx")
+        .unwrap();
     assert_eq!(root["crypt-mode"], "encrypt");
     assert_eq!(root["size"], 28269171);
     assert!(list.iter().any(|f| f["filename"] == "index.json.blob"));
 
-    let files = json(&on(&store, &["files", "vm/100/2026-11-25", "--output-format", "json"]));
+    let files = json(&on(
+        &store,
+        &["files", "vm/100/2026-11-25", "--output-format", "json"],
+    ));
     let image = &files.as_array().unwrap()[0];
     assert_eq!(image["filename"], "drive-scsi0.img.fidx");
     assert_eq!(image["size"], 16789561);
@@ -134,16 +215,29 @@ fn snapshot_selection_forms_and_errors() {
     let store = datastore();
     let resolve = |spec: &str| on(&store, &["files", spec, "--output-format", "json"]);
     assert!(resolve("host/fixture-meta/latest").status.success());
-    assert!(resolve("host/fixture-meta/2026-11-25T08:28:55Z").status.success());
-    assert!(resolve("host/fixture-meta/2026-11-25T08:28:4").status.success());
+    assert!(resolve("host/fixture-meta/2026-11-25T08:28:55Z")
+        .status
+        .success());
+    assert!(resolve("host/fixture-meta/2026-11-25T08:28:4")
+        .status
+        .success());
     assert!(resolve("host/fixture-legacy/1795595322").status.success());
     let ambiguous = resolve("host/fixture-meta/2026-11-25");
     assert!(!ambiguous.status.success());
     let err = stderr(&ambiguous);
-    assert!(err.contains("ambiguous") && err.contains("2026-11-25T08:28:43Z") && err.contains("2026-11-25T08:28:55Z"), "{err}");
+    assert!(
+        err.contains("ambiguous")
+            && err.contains("2026-11-25T08:28:43Z")
+            && err.contains("2026-11-25T08:28:55Z"),
+        "{err}"
+    );
     let unknown = resolve("host/nosuch/latest");
     assert!(!unknown.status.success());
-    assert!(stderr(&unknown).contains("host/fixture-legacy"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("host/fixture-legacy"),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[test]
@@ -161,7 +255,11 @@ fn restore_to_stdout_gives_the_official_archive_bytes() {
     for (ns, snapshot, archive, sha) in ARCHIVES {
         let out = on(&store, &["--ns", ns, "restore", snapshot, archive, "-"]);
         let data = ok_stdout(&out);
-        assert_eq!(hex::encode(Sha256::digest(&data)), sha, "{snapshot} {archive}");
+        assert_eq!(
+            hex::encode(Sha256::digest(&data)),
+            sha,
+            "{snapshot} {archive}"
+        );
     }
 }
 
@@ -170,7 +268,12 @@ fn restore_to_a_file_and_refuse_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("catalog");
     let target_str = target.to_str().unwrap();
-    let args = ["restore", "host/fixture-legacy/latest", "catalog.pcat1", target_str];
+    let args = [
+        "restore",
+        "host/fixture-legacy/latest",
+        "catalog.pcat1",
+        target_str,
+    ];
     ok_stdout(&on(&datastore(), &args));
     let data = std::fs::read(&target).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&data)), ARCHIVES[1].3);
@@ -181,9 +284,16 @@ fn restore_to_a_file_and_refuse_to_overwrite() {
 
 #[test]
 fn restoring_an_encrypted_archive_without_a_key_is_a_clear_error() {
-    let out = on(&datastore(), &["restore", "host/fixture-enc/latest", "root.pxar", "-"]);
+    let out = on(
+        &datastore(),
+        &["restore", "host/fixture-enc/latest", "root.pxar", "-"],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("encrypted: key needed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("encrypted: key needed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -235,10 +345,23 @@ fn expect_failure(store: &Path, needle: &str) {
     let verify = on(store, &["verify", "host/fixture-legacy/latest"]);
     assert!(!verify.status.success(), "verify passed despite corruption");
     let report = String::from_utf8_lossy(&verify.stdout).into_owned() + &stderr(&verify);
-    assert!(report.contains(needle), "verify output does not name {needle}:\n{report}");
-    let restore = on(store, &["restore", "host/fixture-legacy/latest", "root.pxar", "-"]);
-    assert!(!restore.status.success(), "restore passed despite corruption");
-    assert!(stderr(&restore).contains(needle), "restore error does not name {needle}: {}", stderr(&restore));
+    assert!(
+        report.contains(needle),
+        "verify output does not name {needle}:\n{report}"
+    );
+    let restore = on(
+        store,
+        &["restore", "host/fixture-legacy/latest", "root.pxar", "-"],
+    );
+    assert!(
+        !restore.status.success(),
+        "restore passed despite corruption"
+    );
+    assert!(
+        stderr(&restore).contains(needle),
+        "restore error does not name {needle}: {}",
+        stderr(&restore)
+    );
 }
 
 #[test]
@@ -279,7 +402,11 @@ fn a_wrong_manifest_checksum_is_found() {
         }
     }
     let text = serde_json::to_vec_pretty(&manifest).unwrap();
-    std::fs::write(&manifest_path, pbsfs::format::blob::encode_blob(&text, true).unwrap()).unwrap();
+    std::fs::write(
+        &manifest_path,
+        pbsfs::format::blob::encode_blob(&text, true).unwrap(),
+    )
+    .unwrap();
     expect_failure(&store, "root.pxar.didx");
 }
 

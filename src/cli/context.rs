@@ -18,7 +18,13 @@ pub struct RepoArgs {
     /// Datastore to use: a local datastore directory (starting with /, ./, ../ or ~) or a PBS
     /// repository [[USER@REALM[!TOKEN]@]HOST:][PORT:]DATASTORE. Default: the local datastore
     /// in $XDG_DATA_HOME/pbsfs/datastore (~/.local/share/pbsfs/datastore).
-    #[arg(short = 'r', long, env = "PBS_REPOSITORY", global = true, value_name = "REPO")]
+    #[arg(
+        short = 'r',
+        long,
+        env = "PBS_REPOSITORY",
+        global = true,
+        value_name = "REPO"
+    )]
     pub repository: Option<String>,
 
     /// Namespace inside the datastore, e.g. `team/web` (default: the root namespace).
@@ -26,7 +32,13 @@ pub struct RepoArgs {
     pub namespace: Option<String>,
 
     /// How to print results.
-    #[arg(long, value_enum, default_value_t, global = true, value_name = "FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        value_name = "FORMAT"
+    )]
     pub output_format: OutputFormat,
 }
 
@@ -65,7 +77,12 @@ impl Context {
                 bail!("namespace '{ns}' does not exist in {}", location.display());
             }
         }
-        Ok(Context { store, location, ns, output: args.output_format })
+        Ok(Context {
+            store,
+            location,
+            ns,
+            output: args.output_format,
+        })
     }
 
     /// The datastore, or an error explaining that the default one is still empty.
@@ -81,7 +98,9 @@ impl Context {
 
     /// Finished snapshots of the namespace.
     pub fn finished_snapshots(&self) -> Result<Vec<BackupDir>> {
-        let Some(store) = &self.store else { return Ok(Vec::new()) };
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
         Ok(store
             .list_snapshots(&self.ns, None)?
             .into_iter()

@@ -14,8 +14,6 @@ use super::output::{human_size, Table};
 pub struct FilesArgs {
     /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`.
     pub snapshot: String,
-    #[command(flatten)]
-    pub repo: RepoArgs,
 }
 
 fn crypt_mode_name(mode: CryptMode) -> &'static str {
@@ -26,12 +24,14 @@ fn crypt_mode_name(mode: CryptMode) -> &'static str {
     }
 }
 
-pub fn run(args: &FilesArgs) -> Result<()> {
-    let ctx = Context::open(&args.repo)?;
+pub fn run(args: &FilesArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?;
     let manifest = store.read_manifest(&ctx.ns, &dir)?;
-    let manifest_size = store.read_snapshot_file(&ctx.ns, &dir, MANIFEST_BLOB_NAME)?.len() as u64;
+    let manifest_size = store
+        .read_snapshot_file(&ctx.ns, &dir, MANIFEST_BLOB_NAME)?
+        .len() as u64;
 
     let mut rows: Vec<(String, u64, &'static str)> = manifest
         .files
@@ -49,9 +49,16 @@ pub fn run(args: &FilesArgs) -> Result<()> {
         return Ok(());
     }
     println!("{dir}");
-    let mut table = Table::new(&["file", "size", "bytes", "crypt-mode"]).align_right(1).align_right(2);
+    let mut table = Table::new(&["file", "size", "bytes", "crypt-mode"])
+        .align_right(1)
+        .align_right(2);
     for (name, size, mode) in rows {
-        table.push(vec![name, human_size(size), size.to_string(), mode.to_string()]);
+        table.push(vec![
+            name,
+            human_size(size),
+            size.to_string(),
+            mode.to_string(),
+        ]);
     }
     table.print();
     Ok(())

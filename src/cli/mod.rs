@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "pbsfs", version, about, long_about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub repo: context::RepoArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,11 +40,12 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let repo = &cli.repo;
     match cli.command {
-        Command::Snapshots(args) => snapshots::run(&args),
-        Command::Namespaces(args) => snapshots::run_namespaces(&args),
-        Command::Files(args) => files::run(&args),
-        Command::Restore(args) => restore::run(&args),
-        Command::Verify(args) => verify::run(&args),
+        Command::Snapshots(args) => snapshots::run(&args, repo),
+        Command::Namespaces(args) => snapshots::run_namespaces(&args, repo),
+        Command::Files(args) => files::run(&args, repo),
+        Command::Restore(args) => restore::run(&args, repo),
+        Command::Verify(args) => verify::run(&args, repo),
     }
 }

@@ -39,7 +39,11 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Self {
-        Table { headers: headers.to_vec(), rows: Vec::new(), right: vec![false; headers.len()] }
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+            right: vec![false; headers.len()],
+        }
     }
 
     pub fn align_right(mut self, column: usize) -> Self {

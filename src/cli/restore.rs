@@ -26,12 +26,10 @@ pub struct RestoreArgs {
     /// Replace TARGET if it already exists.
     #[arg(long)]
     pub overwrite: bool,
-    #[command(flatten)]
-    pub repo: RepoArgs,
 }
 
-pub fn run(args: &RestoreArgs) -> Result<()> {
-    let ctx = Context::open(&args.repo)?;
+pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?;
     let manifest = store.read_manifest(&ctx.ns, &dir)?;
@@ -68,7 +66,10 @@ pub fn run(args: &RestoreArgs) -> Result<()> {
         );
     }
     if target.exists() && !args.overwrite {
-        bail!("{} already exists (use --overwrite to replace it)", target.display());
+        bail!(
+            "{} already exists (use --overwrite to replace it)",
+            target.display()
+        );
     }
     // Write next to the target and rename at the end: a failed restore leaves no partial file
     // under the target name.

@@ -13,12 +13,10 @@ use super::output::{human_size, Table};
 pub struct SnapshotsArgs {
     /// Only this backup group, e.g. `host/myhost`.
     pub group: Option<String>,
-    #[command(flatten)]
-    pub repo: RepoArgs,
 }
 
-pub fn run(args: &SnapshotsArgs) -> Result<()> {
-    let ctx = Context::open(&args.repo)?;
+pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
     let group = args.group.as_deref().map(BackupGroup::parse).transpose()?;
     let mut rows = Vec::new();
     if let Some(store) = &ctx.store {
@@ -32,7 +30,10 @@ pub fn run(args: &SnapshotsArgs) -> Result<()> {
             rows.push((entry, files, size));
         }
     } else if !ctx.output.is_json() {
-        eprintln!("(the default datastore {} is still empty)", ctx.location.display());
+        eprintln!(
+            "(the default datastore {} is still empty)",
+            ctx.location.display()
+        );
     }
 
     if ctx.output.is_json() {
@@ -64,21 +65,22 @@ pub fn run(args: &SnapshotsArgs) -> Result<()> {
                     .unwrap_or(f)
             })
             .collect();
-        table.push(vec![entry.dir.to_string(), human_size(*size), short.join(" ")]);
+        table.push(vec![
+            entry.dir.to_string(),
+            human_size(*size),
+            short.join(" "),
+        ]);
     }
     table.print();
     Ok(())
 }
 
 #[derive(Args, Debug)]
-pub struct NamespacesArgs {
-    #[command(flatten)]
-    pub repo: RepoArgs,
-}
+pub struct NamespacesArgs {}
 
 /// Lists the selected namespace and every namespace below it.
-pub fn run_namespaces(args: &NamespacesArgs) -> Result<()> {
-    let ctx = Context::open(&args.repo)?;
+pub fn run_namespaces(_args: &NamespacesArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
     let list: Vec<BackupNamespace> = match &ctx.store {
         Some(store) => store.list_namespaces(&ctx.ns)?,
         None => vec![BackupNamespace::root()],
@@ -88,7 +90,14 @@ pub fn run_namespaces(args: &NamespacesArgs) -> Result<()> {
         ctx.output.print_json(&json!(names));
     } else {
         for ns in list {
-            println!("{}", if ns.is_root() { "(root)".to_string() } else { ns.to_string() });
+            println!(
+                "{}",
+                if ns.is_root() {
+                    "(root)".to_string()
+                } else {
+                    ns.to_string()
+                }
+            );
         }
     }
     Ok(())

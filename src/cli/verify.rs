@@ -14,12 +14,10 @@ pub struct VerifyArgs {
     /// One snapshot (TYPE/ID/TIME, TIME may be a prefix, an epoch or `latest`); default: every
     /// snapshot of the namespace and the namespaces below it.
     pub snapshot: Option<String>,
-    #[command(flatten)]
-    pub repo: RepoArgs,
 }
 
-pub fn run(args: &VerifyArgs) -> Result<()> {
-    let ctx = Context::open(&args.repo)?;
+pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
     let store = ctx.store()?;
     let mut targets = Vec::new();
     match &args.snapshot {

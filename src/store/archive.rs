@@ -11,9 +11,9 @@ use super::local::LocalDatastore;
 use super::names::{BackupDir, BackupNamespace};
 use super::range::IndexReader;
 use crate::format::blob::{decode_blob, MAX_BLOB_SIZE};
+use crate::format::digest_to_hex;
 use crate::format::index::{AnyIndex, ChunkIndex};
 use crate::format::manifest::{FileInfo, Manifest};
-use crate::format::digest_to_hex;
 
 /// What kind of file a snapshot file name denotes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,11 @@ pub fn check_index(filename: &str, raw: &[u8], info: &FileInfo) -> Result<AnyInd
 /// Checks a raw blob file against its manifest entry.
 pub fn check_blob(filename: &str, raw: &[u8], info: &FileInfo) -> Result<()> {
     if raw.len() as u64 != info.size {
-        bail!("{filename}: wrong size (manifest {}, file {})", info.size, raw.len());
+        bail!(
+            "{filename}: wrong size (manifest {}, file {})",
+            info.size,
+            raw.len()
+        );
     }
     let csum: [u8; 32] = Sha256::digest(raw).into();
     if csum != info.csum {

@@ -103,7 +103,12 @@ impl Inner {
             }
         }
         // Errors are not cached: the next read tries again (the source may recover).
-        flight.finish(result.as_ref().map(Arc::clone).map_err(|e| format!("{e:#}")));
+        flight.finish(
+            result
+                .as_ref()
+                .map(Arc::clone)
+                .map_err(|e| format!("{e:#}")),
+        );
         result
     }
 
@@ -152,7 +157,11 @@ impl ChunkCache {
 
     /// Bytes of chunk data held now.
     pub fn cached_bytes(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().bytes)
+            .sum()
     }
 
     /// Whether a chunk is cached or being fetched.
@@ -222,7 +231,11 @@ mod tests {
     }
 
     fn source(delay_ms: u64, fail: Option<u8>) -> Arc<FakeSource> {
-        Arc::new(FakeSource { fetches: AtomicUsize::new(0), delay: Duration::from_millis(delay_ms), fail })
+        Arc::new(FakeSource {
+            fetches: AtomicUsize::new(0),
+            delay: Duration::from_millis(delay_ms),
+            fail,
+        })
     }
 
     #[test]
@@ -289,7 +302,8 @@ mod tests {
             cache.prefetch(&digest(n), 50);
         }
         for _ in 0..200 {
-            if (0..4).all(|n| cache.contains(&digest(n))) && src.fetches.load(Ordering::SeqCst) == 4 {
+            if (0..4).all(|n| cache.contains(&digest(n))) && src.fetches.load(Ordering::SeqCst) == 4
+            {
                 break;
             }
             thread::sleep(Duration::from_millis(10));

@@ -34,11 +34,16 @@ impl LocalDatastore {
     pub fn open(path: &Path) -> Result<Self> {
         let chunks = path.join(".chunks");
         match fs::metadata(&chunks) {
-            Ok(meta) if meta.is_dir() => Ok(LocalDatastore { root: path.to_path_buf() }),
+            Ok(meta) if meta.is_dir() => Ok(LocalDatastore {
+                root: path.to_path_buf(),
+            }),
             Ok(_) => bail!("{}: .chunks is not a directory", path.display()),
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 if path.exists() {
-                    bail!("{} is not a PBS datastore (no .chunks directory)", path.display())
+                    bail!(
+                        "{} is not a PBS datastore (no .chunks directory)",
+                        path.display()
+                    )
                 }
                 bail!("datastore {} does not exist", path.display())
             }
@@ -53,7 +58,10 @@ impl LocalDatastore {
             return Self::open(path);
         }
         if path.exists() && fs::read_dir(path)?.next().is_some() {
-            bail!("{} exists, is not empty and is not a datastore", path.display());
+            bail!(
+                "{} exists, is not empty and is not a datastore",
+                path.display()
+            );
         }
         fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
         // Build the chunk store under a temporary name so a half-created store is never
@@ -73,7 +81,9 @@ impl LocalDatastore {
             .mode(0o644)
             .open(path.join(".lock"))?;
         fs::rename(&staging, path.join(".chunks"))?;
-        Ok(LocalDatastore { root: path.to_path_buf() })
+        Ok(LocalDatastore {
+            root: path.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -159,7 +169,9 @@ impl LocalDatastore {
         let group_dir = self.group_path(ns, group);
         let mut out = Vec::new();
         for name in dir_names(&group_dir)? {
-            let Some(time) = parse_rfc3339(&name) else { continue };
+            let Some(time) = parse_rfc3339(&name) else {
+                continue;
+            };
             let path = group_dir.join(&name);
             if !path.is_dir() {
                 continue;
@@ -238,13 +250,12 @@ impl LocalDatastore {
         }
         let prefix_dir = path.parent().expect("chunk path has a prefix dir");
         if !prefix_dir.is_dir() {
-            fs::DirBuilder::new().mode(0o750).recursive(true).create(prefix_dir)?;
+            fs::DirBuilder::new()
+                .mode(0o750)
+                .recursive(true)
+                .create(prefix_dir)?;
         }
-        let tmp = prefix_dir.join(format!(
-            "{}.tmp_{}",
-            digest_to_hex(digest),
-            random_suffix()
-        ));
+        let tmp = prefix_dir.join(format!("{}.tmp_{}", digest_to_hex(digest), random_suffix()));
         let write = || -> std::io::Result<()> {
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -267,7 +278,10 @@ impl ChunkSource for LocalDatastore {
         let path = self.chunk_path(digest);
         let raw = fs::read(&path).map_err(|err| {
             if err.kind() == ErrorKind::NotFound {
-                anyhow::anyhow!("chunk {} is missing from the datastore", digest_to_hex(digest))
+                anyhow::anyhow!(
+                    "chunk {} is missing from the datastore",
+                    digest_to_hex(digest)
+                )
             } else {
                 anyhow::anyhow!("cannot read chunk {}: {err}", path.display())
             }
@@ -299,15 +313,28 @@ fn dir_names(path: &Path) -> Result<Vec<String>> {
 
 fn touch_atime(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     ];
     // Best effort: a read-only datastore cannot be touched, and that must not fail a write
     // that found its chunk present.
     unsafe {
-        libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        );
     }
 }
 

@@ -138,7 +138,10 @@ impl BackupGroup {
         if !is_safe_id(backup_id) {
             bail!("invalid backup id '{backup_id}'");
         }
-        Ok(BackupGroup { backup_type, backup_id: backup_id.to_string() })
+        Ok(BackupGroup {
+            backup_type,
+            backup_id: backup_id.to_string(),
+        })
     }
 
     /// Parses `type/id`.
@@ -249,19 +252,26 @@ mod tests {
         let dir = BackupDir::parse("host/elsa/2020-06-26T13:56:05Z").unwrap();
         assert_eq!(dir.time, 1593179765);
         assert_eq!(dir.to_string(), "host/elsa/2020-06-26T13:56:05Z");
-        assert_eq!(dir.rel_path(), PathBuf::from("host/elsa/2020-06-26T13:56:05Z"));
+        assert_eq!(
+            dir.rel_path(),
+            PathBuf::from("host/elsa/2020-06-26T13:56:05Z")
+        );
         assert!(BackupDir::parse("nas/elsa/2020-06-26T13:56:05Z").is_err());
         assert!(BackupDir::parse("host/../2020-06-26T13:56:05Z").is_err());
     }
 
     #[test]
     fn group_order_matches_pbs() {
-        let mut groups: Vec<BackupGroup> = ["vm/100", "host/b", "vm/20", "ct/5", "vm/abc", "host/a"]
-            .iter()
-            .map(|g| BackupGroup::parse(g).unwrap())
-            .collect();
+        let mut groups: Vec<BackupGroup> =
+            ["vm/100", "host/b", "vm/20", "ct/5", "vm/abc", "host/a"]
+                .iter()
+                .map(|g| BackupGroup::parse(g).unwrap())
+                .collect();
         groups.sort();
         let names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        assert_eq!(names, ["ct/5", "host/a", "host/b", "vm/20", "vm/100", "vm/abc"]);
+        assert_eq!(
+            names,
+            ["ct/5", "host/a", "host/b", "vm/20", "vm/100", "vm/abc"]
+        );
     }
 }

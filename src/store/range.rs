@@ -22,7 +22,12 @@ pub struct IndexReader {
 impl IndexReader {
     /// `name` (the archive file name) is used in error messages.
     pub fn new(name: &str, index: Arc<AnyIndex>, chunks: Arc<dyn ChunkReader>) -> Self {
-        IndexReader { name: name.to_string(), index, chunks, last: Mutex::new(None) }
+        IndexReader {
+            name: name.to_string(),
+            index,
+            chunks,
+            last: Mutex::new(None),
+        }
     }
 
     pub fn index(&self) -> &AnyIndex {
@@ -43,7 +48,11 @@ impl IndexReader {
             .chunks
             .read_chunk(&info.digest, info.end - info.start)
             .with_context(|| {
-                format!("{}: chunk #{position} {}", self.name, digest_to_hex(&info.digest))
+                format!(
+                    "{}: chunk #{position} {}",
+                    self.name,
+                    digest_to_hex(&info.digest)
+                )
             })?;
         *self.last.lock().unwrap() = Some((position, data.clone()));
         Ok(data)
@@ -52,9 +61,14 @@ impl IndexReader {
     /// Asks the chunk reader to fetch the chunks covering `[offset, offset + len)` in the
     /// background (read-ahead); a no-op for readers without a cache.
     pub fn prefetch(&self, offset: u64, len: u64) {
-        let Some((first, _)) = self.index.chunk_from_offset(offset) else { return };
+        let Some((first, _)) = self.index.chunk_from_offset(offset) else {
+            return;
+        };
         let last_byte = (offset + len.max(1) - 1).min(self.index.total_size().saturating_sub(1));
-        let last = self.index.chunk_from_offset(last_byte).map_or(first, |(p, _)| p);
+        let last = self
+            .index
+            .chunk_from_offset(last_byte)
+            .map_or(first, |(p, _)| p);
         for position in first..=last {
             if let Some(info) = self.index.chunk_info(position) {
                 self.chunks.prefetch(&info.digest, info.end - info.start);
@@ -67,7 +81,8 @@ impl IndexReader {
         let mut written = 0;
         for position in 0..self.index.chunk_count() {
             let data = self.chunk(position)?;
-            out.write_all(&data).with_context(|| format!("{}: write failed", self.name))?;
+            out.write_all(&data)
+                .with_context(|| format!("{}: write failed", self.name))?;
             written += data.len() as u64;
         }
         Ok(written)
@@ -93,7 +108,10 @@ impl ReadAt for IndexReader {
             if within >= data.len() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: chunk #{position} is shorter than its index says", self.name),
+                    format!(
+                        "{}: chunk #{position} is shorter than its index says",
+                        self.name
+                    ),
                 ));
             }
             let n = (buf.len() - done).min(data.len() - within);

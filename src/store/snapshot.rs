@@ -19,16 +19,32 @@ pub fn resolve_snapshot(spec: &str, candidates: &[BackupDir]) -> Result<BackupDi
     let time = parts.get(2).copied().unwrap_or("").trim_end_matches('/');
     let in_group: Vec<&BackupDir> = candidates.iter().filter(|d| d.group == group).collect();
     if in_group.is_empty() {
-        bail!("no snapshots in backup group '{group}'{}", list_groups(candidates));
+        bail!(
+            "no snapshots in backup group '{group}'{}",
+            list_groups(candidates)
+        );
     }
     let matching: Vec<&BackupDir> = if time == "latest" {
-        in_group.iter().max_by_key(|d| d.time).into_iter().copied().collect()
+        in_group
+            .iter()
+            .max_by_key(|d| d.time)
+            .into_iter()
+            .copied()
+            .collect()
     } else if let Some(epoch) = parse_rfc3339(time) {
-        in_group.iter().copied().filter(|d| d.time == epoch).collect()
+        in_group
+            .iter()
+            .copied()
+            .filter(|d| d.time == epoch)
+            .collect()
     } else if !time.is_empty() && time.bytes().all(|c| c.is_ascii_digit()) && time.len() > 4 {
         // Longer than a year: an epoch.
         let epoch: i64 = time.parse().unwrap_or(-1);
-        in_group.iter().copied().filter(|d| d.time == epoch).collect()
+        in_group
+            .iter()
+            .copied()
+            .filter(|d| d.time == epoch)
+            .collect()
     } else {
         in_group
             .iter()
@@ -42,7 +58,10 @@ pub fn resolve_snapshot(spec: &str, candidates: &[BackupDir]) -> Result<BackupDi
             "no snapshot '{spec}'; the group '{group}' has:{}",
             list_dirs(&in_group)
         ),
-        many => bail!("snapshot '{spec}' is ambiguous; it matches:{}", list_dirs(many)),
+        many => bail!(
+            "snapshot '{spec}' is ambiguous; it matches:{}",
+            list_dirs(many)
+        ),
     }
 }
 
@@ -90,11 +109,17 @@ pub fn resolve_archive_name<'a>(archive: &str, files: &'a [String]) -> Result<&'
                     split[1]
                 );
             }
-            bail!("no archive '{archive}' in this snapshot; it has: {}", files.join(", "))
+            bail!(
+                "no archive '{archive}' in this snapshot; it has: {}",
+                files.join(", ")
+            )
         }
         many => bail!(
             "archive name '{archive}' is ambiguous: {}",
-            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -119,41 +144,85 @@ mod tests {
     fn resolves_every_form() {
         let all = dirs();
         let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
-        assert_eq!(pick("host/a/latest").unwrap(), "host/a/2026-04-14T10:00:00Z");
-        assert_eq!(pick("host/a/2026-04-14").unwrap(), "host/a/2026-04-14T10:00:00Z");
-        assert_eq!(pick("host/a/2026-04-13T12").unwrap(), "host/a/2026-04-13T12:00:00Z");
-        assert_eq!(pick("host/a/2026-04-13T10:00:00Z").unwrap(), "host/a/2026-04-13T10:00:00Z");
-        assert_eq!(pick("host/a/1776074400").unwrap(), "host/a/2026-04-13T10:00:00Z");
+        assert_eq!(
+            pick("host/a/latest").unwrap(),
+            "host/a/2026-04-14T10:00:00Z"
+        );
+        assert_eq!(
+            pick("host/a/2026-04-14").unwrap(),
+            "host/a/2026-04-14T10:00:00Z"
+        );
+        assert_eq!(
+            pick("host/a/2026-04-13T12").unwrap(),
+            "host/a/2026-04-13T12:00:00Z"
+        );
+        assert_eq!(
+            pick("host/a/2026-04-13T10:00:00Z").unwrap(),
+            "host/a/2026-04-13T10:00:00Z"
+        );
+        assert_eq!(
+            pick("host/a/1776074400").unwrap(),
+            "host/a/2026-04-13T10:00:00Z"
+        );
         assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
     }
 
     #[test]
     fn ambiguous_and_unknown_list_candidates() {
         let all = dirs();
-        let err = resolve_snapshot("host/a/2026-04-13", &all).unwrap_err().to_string();
-        assert!(err.contains("ambiguous") && err.contains("2026-04-13T12:00:00Z"), "{err}");
-        let err = resolve_snapshot("host/a/2027", &all).unwrap_err().to_string();
+        let err = resolve_snapshot("host/a/2026-04-13", &all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ambiguous") && err.contains("2026-04-13T12:00:00Z"),
+            "{err}"
+        );
+        let err = resolve_snapshot("host/a/2027", &all)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("2026-04-14T10:00:00Z"), "{err}");
-        let err = resolve_snapshot("host/b/latest", &all).unwrap_err().to_string();
+        let err = resolve_snapshot("host/b/latest", &all)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vm/100"), "{err}");
         assert!(resolve_snapshot("nonsense", &all).is_err());
     }
 
     #[test]
     fn archive_names() {
-        let files: Vec<String> =
-            ["root.pxar.didx", "catalog.pcat1.didx", "drive-scsi0.img.fidx", "qemu.conf.blob"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        assert_eq!(resolve_archive_name("root.pxar", &files).unwrap(), "root.pxar.didx");
-        assert_eq!(resolve_archive_name("root.pxar.didx", &files).unwrap(), "root.pxar.didx");
-        assert_eq!(resolve_archive_name("drive-scsi0.img", &files).unwrap(), "drive-scsi0.img.fidx");
-        assert_eq!(resolve_archive_name("qemu.conf", &files).unwrap(), "qemu.conf.blob");
+        let files: Vec<String> = [
+            "root.pxar.didx",
+            "catalog.pcat1.didx",
+            "drive-scsi0.img.fidx",
+            "qemu.conf.blob",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            resolve_archive_name("root.pxar", &files).unwrap(),
+            "root.pxar.didx"
+        );
+        assert_eq!(
+            resolve_archive_name("root.pxar.didx", &files).unwrap(),
+            "root.pxar.didx"
+        );
+        assert_eq!(
+            resolve_archive_name("drive-scsi0.img", &files).unwrap(),
+            "drive-scsi0.img.fidx"
+        );
+        assert_eq!(
+            resolve_archive_name("qemu.conf", &files).unwrap(),
+            "qemu.conf.blob"
+        );
         assert!(resolve_archive_name("root", &files).is_err());
-        let split: Vec<String> =
-            ["root.mpxar.didx", "root.ppxar.didx"].iter().map(|s| s.to_string()).collect();
-        let err = resolve_archive_name("root.pxar", &split).unwrap_err().to_string();
+        let split: Vec<String> = ["root.mpxar.didx", "root.ppxar.didx"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let err = resolve_archive_name("root.pxar", &split)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("split"), "{err}");
     }
 }

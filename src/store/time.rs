@@ -62,7 +62,9 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = &text[range];
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
     };
     let (year, month, day) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -86,7 +88,10 @@ mod tests {
 
     #[test]
     fn known_values() {
-        assert_eq!(epoch_to_rfc3339(1700000000).unwrap(), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            epoch_to_rfc3339(1700000000).unwrap(),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1700000000));
         assert_eq!(epoch_to_rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(-1));

@@ -63,10 +63,15 @@ impl Verifier {
                     Ok(index) => {
                         let encrypted = info.crypt_mode == CryptMode::Encrypt;
                         for position in 0..index.chunk_count() {
-                            let Some(chunk) = index.chunk_info(position) else { break };
-                            if let Err(err) =
-                                self.check_chunk(store, &chunk.digest, chunk.end - chunk.start, encrypted)
-                            {
+                            let Some(chunk) = index.chunk_info(position) else {
+                                break;
+                            };
+                            if let Err(err) = self.check_chunk(
+                                store,
+                                &chunk.digest,
+                                chunk.end - chunk.start,
+                                encrypted,
+                            ) {
                                 problems.push(format!(
                                     "{filename}: chunk #{position} {}: {err}",
                                     digest_to_hex(&chunk.digest)
@@ -105,7 +110,12 @@ impl Verifier {
     }
 }
 
-fn check_one_chunk(store: &LocalDatastore, digest: &Digest, len: u64, encrypted: bool) -> Result<()> {
+fn check_one_chunk(
+    store: &LocalDatastore,
+    digest: &Digest,
+    len: u64,
+    encrypted: bool,
+) -> Result<()> {
     let raw = store.fetch_raw_chunk(digest)?;
     let kind = blob_kind(&raw)?;
     match (encrypted, kind) {
