@@ -186,9 +186,10 @@ const EROFS: fuser::Errno = fuser::Errno::EROFS;
 
 impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Always readdirplus (not READDIRPLUS_AUTO, which only does the first batch): the
+        // attributes come with the listing anyway and save a lookup per entry.
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let supported = wanted & config.capabilities();

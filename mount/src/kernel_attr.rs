@@ -55,8 +55,9 @@ pub(crate) fn system_time(t: Timespec) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// The kernel reads FUSE's 32-bit rdev with `new_decode_dev`: 12 bits of major and 20 of
-/// minor, laid out differently from glibc's 64-bit `dev_t`. Larger numbers cannot be sent.
+/// The kernel reads FUSE's 32-bit rdev with `new_decode_dev` (12 bits of major, 20 of
+/// minor). glibc's 64-bit `dev_t` matches that layout in its low 32 bits only while the
+/// numbers fit; the split and rejoin makes the narrowing explicit.
 pub(crate) fn kernel_rdev(dev: u64) -> u32 {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
     let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
