@@ -22,15 +22,12 @@ pub(crate) fn raise_readahead(mountpoint: &Path, bytes: u32) {
 /// The "major:minor" of the last (topmost) mount at `mountpoint` in a mountinfo text.
 fn device_of(mountinfo: &str, mountpoint: &Path) -> Option<String> {
     let wanted = mountpoint.to_str()?;
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let dev = fields.nth(2)?;
-            let point = fields.nth(1)?;
-            (unescape(point) == wanted).then(|| dev.to_string())
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let dev = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        (unescape(point) == wanted).then(|| dev.to_string())
+    })
 }
 
 /// mountinfo writes space, tab, newline and backslash as three-digit octal escapes.

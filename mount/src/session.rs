@@ -115,6 +115,10 @@ impl Drop for BackgroundMount {
                     );
                 }
             }
+            // Unmounted from outside already: nothing left but the finished threads.
+            Err(_) if session.guard.is_finished() => {
+                let _ = session.join();
+            }
             Err(err) => {
                 log::warn!(
                     "unmount of {} failed ({err}); detaching",
@@ -132,7 +136,8 @@ impl Drop for BackgroundMount {
 }
 
 /// Unmounts the filesystem at `mountpoint` (`umount2`, or `fusermount3 -u` when not
-/// permitted). Safe to call from any thread, e.g. on SIGTERM to end a foreground mount.
+/// permitted). Callable from any thread, e.g. a signal-handling thread ending a foreground
+/// mount on SIGTERM (not from inside a signal handler: the fallback spawns a process).
 pub fn unmount(mountpoint: impl AsRef<Path>) -> io::Result<()> {
     unmount_with(mountpoint.as_ref(), false)
 }

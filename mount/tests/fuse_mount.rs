@@ -646,3 +646,15 @@ fn foreground_mount_returns_after_unmount() {
     server.join().unwrap().expect("foreground session result");
     assert!(!is_mounted(&point));
 }
+
+#[test]
+fn dropping_a_handle_after_an_outside_unmount_returns() {
+    let m = TestMount::start(MemFs::new());
+    let point = canonical(m.root());
+    unmount(&point).expect("unmount from outside the handle");
+    assert!(!is_mounted(&point));
+    let started = Instant::now();
+    drop(m);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!is_mounted(&point));
+}
