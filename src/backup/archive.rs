@@ -554,6 +554,257 @@ impl<R: Read> Read for ExactSize<'_, R> {
 mod tests {
     use super::*;
 
+    use crate::backup::fs_flags::magic;
+    use crate::pxar::format::*;
+    use std::collections::BTreeMap;
+
+    /// An in-memory tree: path -> (stat, content or symlink target, xattrs).
+    #[derive(Default)]
+    struct MemFs {
+        nodes: BTreeMap<PathBuf, (FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>,
+        magic_by_dev: HashMap<u64, i64>,
+    }
+
+    impl MemFs {
+        fn add(&mut self, path: &str, mode: u32, ino: u64, data: &[u8]) -> &mut FileStat {
+            let stat = FileStat {
+                mode,
+                ino,
+                dev: 1,
+                nlink: 1,
+                size: data.len() as u64,
+                ..Default::default()
+            };
+            let entry = self.nodes.entry(PathBuf::from(path)).or_default();
+            *entry = (stat, data.to_vec(), Vec::new());
+            &mut entry.0
+        }
+        fn xattr(&mut self, path: &str, name: &[u8], value: &[u8]) {
+            self.nodes
+                .get_mut(Path::new(path))
+                .unwrap()
+                .2
+                .push((name.to_vec(), value.to_vec()));
+        }
+        fn node(&self, path: &Path) -> io::Result<&(FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+            self.nodes
+                .get(path)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+    }
+
+    impl FileSystemAccessor for MemFs {
+        fn lstat(&self, path: &Path) -> io::Result<FileStat> {
+            Ok(self.node(path)?.0)
+        }
+        fn read_dir(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
+            // Reverse order on purpose: the walker must sort.
+            let mut names: Vec<Vec<u8>> = self
+                .nodes
+                .keys()
+                .filter(|p| p.parent() == Some(path) && !p.as_os_str().is_empty())
+                .map(|p| p.file_name().unwrap().as_bytes().to_vec())
+                .collect();
+            names.reverse();
+            Ok(names)
+        }
+        fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            let data = &self.node(path)?.1;
+            let start = (offset as usize).min(data.len());
+            let n = buf.len().min(data.len() - start);
+            buf[..n].copy_from_slice(&data[start..start + n]);
+            Ok(n)
+        }
+        fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+            Ok(self.node(path)?.1.clone())
+        }
+        fn list_xattrs(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
+            Ok(self.node(path)?.2.iter().map(|(n, _)| n.clone()).collect())
+        }
+        fn get_xattr(&self, path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            Ok(self
+                .node(path)?
+                .2
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone()))
+        }
+        fn fs_magic(&self, path: &Path) -> io::Result<i64> {
+            Ok(self
+                .magic_by_dev
+                .get(&self.node(path)?.0.dev)
+                .copied()
+                .unwrap_or(magic::EXT4))
+        }
+        fn chattr_flags(&self, _: &Path) -> io::Result<Option<u64>> {
+            Ok(Some(0x10 | 0x8_0000)) // immutable + extents
+        }
+        fn quota_project_id(&self, _: &Path) -> io::Result<Option<u64>> {
+            Ok(Some(0))
+        }
+    }
+
+    /// (type, content) of every item, in stream order.
+    fn items(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let header = Header::from_bytes(bytes[at..at + 16].try_into().unwrap());
+            let end = at + header.full_size as usize;
+            out.push((header.htype, bytes[at + 16..end].to_vec()));
+            at = end;
+        }
+        out
+    }
+
+    fn filenames(items: &[(u64, Vec<u8>)]) -> Vec<String> {
+        items
+            .iter()
+            .filter(|(t, _)| *t == PXAR_FILENAME)
+            .map(|(_, c)| String::from_utf8_lossy(&c[..c.len() - 1]).into_owned())
+            .collect()
+    }
+
+    fn encode(fs: &MemFs, options: &ArchiveOptions) -> Vec<(u64, Vec<u8>)> {
+        items(&create_v1_archive(fs, Vec::new(), options, None).unwrap())
+    }
+
+    const DIR: u32 = libc::S_IFDIR | 0o755;
+    const REG: u32 = libc::S_IFREG | 0o644;
+
+    #[test]
+    fn entries_are_sorted_and_hardlinks_point_at_the_first_name() {
+        let mut fs = MemFs::default();
+        fs.add("", DIR, 1, b"");
+        fs.add("b", REG, 2, b"bee");
+        fs.add("a", DIR, 3, b"");
+        fs.add("a/x", REG, 4, b"shared").nlink = 2;
+        fs.add("Z", libc::S_IFLNK | 0o777, 5, b"a/x");
+        fs.add("c", REG, 4, b"shared").nlink = 2;
+        fs.add("f", libc::S_IFIFO | 0o600, 6, b"");
+        fs.add("s", libc::S_IFSOCK | 0o755, 7, b"");
+        fs.add("dev", libc::S_IFBLK | 0o660, 8, b"").rdev = join_dev(8, 17);
+        fs.add(".pxarexclude-cli", REG, 9, b"ignored");
+        let items = encode(&fs, &ArchiveOptions::default());
+        assert_eq!(
+            filenames(&items),
+            ["Z", "a", "x", "b", "c", "dev", "f", "s"]
+        );
+        let hardlink = items.iter().find(|(t, _)| *t == PXAR_HARDLINK).unwrap();
+        assert_eq!(&hardlink.1[8..], b"a/x\0");
+        let symlink = items.iter().find(|(t, _)| *t == PXAR_SYMLINK).unwrap();
+        assert_eq!(symlink.1, b"a/x\0");
+        let device = items.iter().find(|(t, _)| *t == PXAR_DEVICE).unwrap();
+        assert_eq!(device.1, [8u64.to_le_bytes(), 17u64.to_le_bytes()].concat());
+        let payloads: Vec<&[u8]> = items
+            .iter()
+            .filter(|(t, _)| *t == PXAR_PAYLOAD)
+            .map(|(_, c)| &c[..])
+            .collect();
+        assert_eq!(payloads, [&b"shared"[..], b"bee"]);
+    }
+
+    #[test]
+    fn attributes_follow_the_official_capture_rules() {
+        let mut fs = MemFs::default();
+        fs.add("", DIR, 1, b"");
+        fs.add("f", REG, 2, b"");
+        fs.add("l", libc::S_IFLNK | 0o777, 3, b"f");
+        let acl = [
+            2u32.to_le_bytes().to_vec(),
+            vec![2, 0, 6, 0],
+            1001u32.to_le_bytes().to_vec(),
+        ]
+        .concat();
+        for path in ["f", "l"] {
+            fs.xattr(path, b"user.b", b"1");
+            fs.xattr(path, b"security.selinux", b"ctx");
+            fs.xattr(path, b"security.capability", b"caps");
+            fs.xattr(path, b"system.posix_acl_access", &acl);
+            fs.xattr(path, b"trusted.a", b"2");
+        }
+        let items = encode(&fs, &ArchiveOptions::default());
+        let kinds: Vec<u64> = items.iter().map(|(t, _)| *t).collect();
+        // f: ENTRY, 2 xattrs in listing order, ACL_USER, FCAPS, PAYLOAD; l: ENTRY, SYMLINK.
+        assert_eq!(
+            kinds,
+            [
+                PXAR_ENTRY,
+                PXAR_FILENAME,
+                PXAR_ENTRY,
+                PXAR_XATTR,
+                PXAR_XATTR,
+                PXAR_ACL_USER,
+                PXAR_FCAPS,
+                PXAR_PAYLOAD,
+                PXAR_FILENAME,
+                PXAR_ENTRY,
+                PXAR_SYMLINK,
+                PXAR_GOODBYE
+            ]
+        );
+        assert_eq!(items[3].1, b"user.b\01");
+        assert_eq!(items[4].1, b"trusted.a\02");
+        assert_eq!(
+            items[5].1,
+            [1001u64.to_le_bytes(), 6u64.to_le_bytes()].concat()
+        );
+        // chattr flags only for files and directories; unmapped bits dropped.
+        let stat = |i: usize| Stat::from_bytes(items[i].1[..].try_into().unwrap());
+        assert_eq!(stat(2).flags, flags::WITH_FLAG_IMMUTABLE);
+        assert_eq!(stat(9).flags, 0);
+
+        // tmpfs: no xattrs, ACLs or fcaps at all.
+        fs.magic_by_dev.insert(1, magic::TMPFS);
+        let kinds: Vec<u64> = encode(&fs, &ArchiveOptions::default())
+            .iter()
+            .map(|(t, _)| *t)
+            .collect();
+        assert!(!kinds
+            .iter()
+            .any(|t| [PXAR_XATTR, PXAR_ACL_USER, PXAR_FCAPS].contains(t)));
+    }
+
+    #[test]
+    fn other_file_systems_are_recorded_but_not_entered() {
+        let mut fs = MemFs::default();
+        fs.add("", DIR, 1, b"");
+        fs.add("mnt", DIR, 2, b"").dev = 2;
+        fs.add("mnt/inner", REG, 3, b"x").dev = 2;
+        fs.add("proc", DIR, 4, b"").dev = 3;
+        fs.add("proc/self", REG, 5, b"x").dev = 3;
+        fs.magic_by_dev.insert(3, 0x9fa0);
+        assert_eq!(
+            filenames(&encode(&fs, &ArchiveOptions::default())),
+            ["mnt", "proc"]
+        );
+        let all = ArchiveOptions {
+            all_file_systems: true,
+            ..Default::default()
+        };
+        assert_eq!(filenames(&encode(&fs, &all)), ["mnt", "inner", "proc"]);
+    }
+
+    #[test]
+    fn excluded_entries_are_left_out() {
+        struct NoTmp;
+        impl ExcludeFilter for NoTmp {
+            fn is_excluded(&self, path: &[u8], _mode: u32) -> bool {
+                path.ends_with(b".tmp")
+            }
+        }
+        let mut fs = MemFs::default();
+        fs.add("", DIR, 1, b"");
+        fs.add("d", DIR, 2, b"");
+        fs.add("d/a.tmp", REG, 3, b"");
+        fs.add("d/b", REG, 4, b"");
+        let options = ArchiveOptions {
+            exclude: Some(&NoTmp),
+            ..Default::default()
+        };
+        assert_eq!(filenames(&encode(&fs, &options)), ["d", "b"]);
+    }
+
     #[test]
     fn exact_size_pads_and_truncates() {
         let path = Path::new("f");

@@ -663,3 +663,394 @@ impl<W: Write, P: Write> Encoder<W, P> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pxar::format::{mode, MTime, Stat, PXAR_GOODBYE, PXAR_GOODBYE_TAIL_MARKER};
+    use crate::pxar::goodbye::GoodbyeItem;
+
+    fn meta(file_mode: u64) -> Metadata {
+        Metadata::from_stat(Stat {
+            mode: file_mode,
+            flags: 0,
+            uid: 1000,
+            gid: 1000,
+            mtime: MTime {
+                secs: 1_700_000_000,
+                nanos: 5,
+            },
+        })
+    }
+
+    fn u64_at(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+    }
+
+    /// (offset, type, full size) of each item, walking headers from `start`. PAYLOAD items
+    /// are stepped over as a whole.
+    fn items(bytes: &[u8], start: usize) -> Vec<(usize, u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < bytes.len() {
+            let (htype, size) = (u64_at(bytes, at), u64_at(bytes, at + 8));
+            out.push((at, htype, size));
+            at += size as usize;
+        }
+        out
+    }
+
+    fn goodbye_items(bytes: &[u8], at: usize) -> Vec<GoodbyeItem> {
+        let size = u64_at(bytes, at + 8) as usize;
+        bytes[at + 16..at + size]
+            .chunks(24)
+            .map(|c| GoodbyeItem::from_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// The tree of pxar.md §12: a.txt = "hello", d/l -> a.txt, h hardlink to a.txt.
+    fn encode_example<W: Write, P: Write>(encoder: &mut Encoder<W, P>) {
+        let file = meta(mode::IFREG | 0o644);
+        let target = encoder
+            .add_file(&file, b"a.txt", 5, &mut &b"hello"[..])
+            .unwrap();
+        encoder
+            .create_directory(b"d", &meta(mode::IFDIR | 0o755))
+            .unwrap();
+        encoder
+            .add_symlink(&meta(mode::IFLNK | 0o777), b"l", b"a.txt")
+            .unwrap();
+        encoder.finish_directory().unwrap();
+        encoder.add_hardlink(b"h", b"a.txt", target).unwrap();
+    }
+
+    #[test]
+    fn v1_matches_the_worked_example() {
+        let mut encoder = Encoder::new_v1(Vec::new(), &meta(mode::IFDIR | 0o755)).unwrap();
+        encode_example(&mut encoder);
+        let (bytes, payload) = encoder.finish().unwrap();
+        assert!(payload.is_none());
+        assert_eq!(bytes.len(), 549);
+        assert_eq!(
+            hex::encode(&bytes[..56]),
+            "efac88e5746495d53800000000000000ed410000000000000000000000000000\
+             e8030000e803000000f15365000000000500000000000000"
+        );
+        let layout: Vec<(usize, u64, u64)> = items(&bytes, 0);
+        let expected = [
+            (0, PXAR_ENTRY, 56),
+            (56, PXAR_FILENAME, 22),
+            (78, PXAR_ENTRY, 56),
+            (134, PXAR_PAYLOAD, 21),
+            (155, PXAR_FILENAME, 18),
+            (173, PXAR_ENTRY, 56),
+            (229, PXAR_FILENAME, 18),
+            (247, PXAR_ENTRY, 56),
+            (303, PXAR_SYMLINK, 22),
+            (325, PXAR_GOODBYE, 64),
+            (389, PXAR_FILENAME, 18),
+            (407, PXAR_HARDLINK, 30),
+            (437, PXAR_GOODBYE, 112),
+        ];
+        assert_eq!(layout, expected);
+        assert_eq!(u64_at(&bytes, 407 + 16), 333);
+        assert_eq!(&bytes[407 + 24..437], b"a.txt\0");
+
+        let inner = goodbye_items(&bytes, 325);
+        assert_eq!(
+            inner,
+            vec![
+                GoodbyeItem {
+                    hash: 0x53720446c9172559,
+                    offset: 96,
+                    size: 96
+                },
+                GoodbyeItem {
+                    hash: PXAR_GOODBYE_TAIL_MARKER,
+                    offset: 152,
+                    size: 64
+                },
+            ]
+        );
+        let root = goodbye_items(&bytes, 437);
+        assert_eq!(
+            root,
+            vec![
+                GoodbyeItem {
+                    hash: 0xdc392d66b611aa72,
+                    offset: 381,
+                    size: 99
+                },
+                GoodbyeItem {
+                    hash: 0x25b61d6cbc2f47c3,
+                    offset: 282,
+                    size: 234
+                },
+                GoodbyeItem {
+                    hash: 0xfcb517b2b2698000,
+                    offset: 48,
+                    size: 48
+                },
+                GoodbyeItem {
+                    hash: PXAR_GOODBYE_TAIL_MARKER,
+                    offset: 437,
+                    size: 112
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_matches_the_worked_example() {
+        let prelude = br#"{"exclude-patterns":"*.tmp\n"}"#;
+        let mut encoder = Encoder::new_v2(
+            Vec::new(),
+            Vec::new(),
+            &meta(mode::IFDIR | 0o755),
+            Some(&prelude[..]),
+        )
+        .unwrap();
+        encode_example(&mut encoder);
+        let (bytes, payload) = encoder.finish().unwrap();
+        let payload = payload.unwrap();
+        assert_eq!(bytes.len(), 630);
+        assert_eq!(payload.len(), 53);
+
+        let layout: Vec<(usize, u64)> = items(&bytes, 0).iter().map(|i| (i.0, i.1)).collect();
+        assert_eq!(
+            &layout[..4],
+            &[
+                (0, PXAR_FORMAT_VERSION),
+                (24, PXAR_PRELUDE),
+                (70, PXAR_ENTRY),
+                (126, PXAR_FILENAME)
+            ]
+        );
+        assert_eq!(u64_at(&bytes, 16), 2);
+        assert_eq!(&bytes[40..70], prelude);
+        // PAYLOAD_REF {16, 5}
+        assert_eq!(layout[5], (204, PXAR_PAYLOAD_REF));
+        assert_eq!((u64_at(&bytes, 220), u64_at(&bytes, 228)), (16, 5));
+        assert_eq!(u64_at(&bytes, 488 + 16), 344);
+
+        let root = goodbye_items(&bytes, 518);
+        assert_eq!(
+            root[0],
+            GoodbyeItem {
+                hash: 0xdc392d66b611aa72,
+                offset: 392,
+                size: 115
+            }
+        );
+        assert_eq!(
+            root[3],
+            GoodbyeItem {
+                hash: PXAR_GOODBYE_TAIL_MARKER,
+                offset: 518,
+                size: 112
+            }
+        );
+
+        let payload_items = items(&payload, 0);
+        assert_eq!(
+            payload_items,
+            vec![
+                (0, PXAR_PAYLOAD_START_MARKER, 16),
+                (16, PXAR_PAYLOAD, 21),
+                (37, PXAR_PAYLOAD_TAIL_MARKER, 16)
+            ]
+        );
+        assert_eq!(&payload[32..37], b"hello");
+    }
+
+    #[test]
+    fn bad_names_are_rejected_without_writing() {
+        let mut encoder = Encoder::new_v1(Vec::new(), &meta(mode::IFDIR | 0o755)).unwrap();
+        let long = vec![b'x'; MAX_NAME_LEN + 1];
+        for name in [&b""[..], b".", b"..", b"a/b", b"/", b"nul\0", &long] {
+            let before = encoder.position();
+            let err = encoder
+                .add_fifo(&meta(mode::IFIFO | 0o644), name)
+                .unwrap_err();
+            assert!(
+                matches!(err, EncodeError::InvalidName { .. }),
+                "{name:?}: {err}"
+            );
+            assert_eq!(encoder.position(), before);
+        }
+        assert!(validate_filename(&vec![b'x'; MAX_NAME_LEN]).is_ok());
+        assert!(validate_filename(b"...").is_ok());
+        assert!(validate_filename(b"\xe9\xff latin1").is_ok());
+        // Still usable after validation errors.
+        encoder.add_fifo(&meta(mode::IFIFO | 0o644), b"ok").unwrap();
+        encoder.finish().unwrap();
+    }
+
+    #[test]
+    fn misuse_is_rejected() {
+        let dir = meta(mode::IFDIR | 0o755);
+        assert!(matches!(
+            Encoder::new_v1(Vec::new(), &meta(mode::IFREG | 0o644)),
+            Err(EncodeError::WrongKind { .. })
+        ));
+        let mut encoder = Encoder::new_v1(Vec::new(), &dir).unwrap();
+        assert!(matches!(
+            encoder.add_fifo(&dir, b"x"),
+            Err(EncodeError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            encoder.finish_directory(),
+            Err(EncodeError::NoOpenDirectory)
+        ));
+        assert!(matches!(
+            encoder.add_hardlink(b"h", b"t", LinkOffset(encoder.position())),
+            Err(EncodeError::HardlinkNotBackwards { .. })
+        ));
+        assert!(matches!(
+            encoder.add_payload_ref(&meta(mode::IFREG), b"f", 1, 0),
+            Err(EncodeError::NotSplit)
+        ));
+        assert!(matches!(encoder.advance(5), Err(EncodeError::NotSplit)));
+        let mut big = meta(mode::IFREG | 0o644);
+        big.xattrs.push((b"user.big".to_vec(), vec![0; 70_000]));
+        assert!(matches!(
+            encoder.add_file(&big, b"f", 0, &mut io::empty()),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        big.xattrs[0] = (b"user\0x".to_vec(), Vec::new());
+        assert!(matches!(
+            encoder.add_file(&big, b"f", 0, &mut io::empty()),
+            Err(EncodeError::InvalidXattrName(_))
+        ));
+        encoder.create_directory(b"open", &dir).unwrap();
+        assert!(matches!(
+            encoder.finish(),
+            Err(EncodeError::DirectoriesOpen(1))
+        ));
+    }
+
+    #[test]
+    fn short_content_poisons_the_encoder() {
+        let mut encoder = Encoder::new_v1(Vec::new(), &meta(mode::IFDIR | 0o755)).unwrap();
+        let err = encoder
+            .add_file(&meta(mode::IFREG | 0o644), b"f", 10, &mut &b"abc"[..])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EncodeError::ShortRead {
+                    expected: 10,
+                    got: 3
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            encoder.add_fifo(&meta(mode::IFIFO), b"x"),
+            Err(EncodeError::Poisoned)
+        ));
+        assert!(matches!(encoder.finish(), Err(EncodeError::Poisoned)));
+    }
+
+    #[test]
+    fn payload_references_must_move_forward() {
+        let file = meta(mode::IFREG | 0o644);
+        let mut encoder =
+            Encoder::new_v2(Vec::new(), Vec::new(), &meta(mode::IFDIR | 0o755), None).unwrap();
+        assert_eq!(encoder.payload_position(), Some(16));
+        // Below the payload position.
+        assert!(matches!(
+            encoder.add_payload_ref(&file, b"a", 1, 15),
+            Err(EncodeError::PayloadOrder {
+                offset: 15,
+                min: 16
+            })
+        ));
+        // References into bytes the caller injects next, then accounts with advance().
+        encoder.add_payload_ref(&file, b"a", 1, 100).unwrap();
+        assert!(matches!(
+            encoder.add_payload_ref(&file, b"b", 1, 100),
+            Err(EncodeError::PayloadOrder { .. })
+        ));
+        encoder.add_payload_ref(&file, b"b", 1, 117).unwrap();
+        encoder.advance(200).unwrap();
+        assert_eq!(encoder.payload_position(), Some(216));
+        encoder.add_file(&file, b"c", 2, &mut &b"xy"[..]).unwrap();
+        assert_eq!(encoder.payload_position(), Some(216 + 18));
+        let (meta_bytes, payload) = encoder.finish().unwrap();
+        // Only the freshly written file is in the payload sink; reused bytes are the caller's.
+        assert_eq!(payload.unwrap().len(), 16 + 18 + 16);
+        // The reused file's goodbye size is its metadata only, the new file's includes data.
+        let goodbye_at = meta_bytes.len() - (16 + 24 * 4);
+        let sizes: Vec<u64> = goodbye_items(&meta_bytes, goodbye_at)
+            .iter()
+            .map(|i| i.size)
+            .collect();
+        let entry_size = 18 + 56 + 32;
+        assert!(sizes.contains(&(entry_size + 2)));
+        assert_eq!(sizes.iter().filter(|&&s| s == entry_size).count(), 2);
+    }
+
+    /// Yields `remaining` zero bytes without holding any data itself, and records the largest
+    /// read request.
+    struct Zeros {
+        remaining: u64,
+        largest_request: usize,
+    }
+
+    impl Read for Zeros {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest_request = self.largest_request.max(buf.len());
+            let n = (buf.len() as u64).min(self.remaining) as usize;
+            buf[..n].fill(0);
+            self.remaining -= n as u64;
+            Ok(n)
+        }
+    }
+
+    /// Counts bytes and records the largest single write.
+    #[derive(Default)]
+    struct Counter {
+        total: u64,
+        largest_write: usize,
+    }
+
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.total += buf.len() as u64;
+            self.largest_write = self.largest_write.max(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn large_files_stream_through_a_small_buffer() {
+        const SIZE: u64 = 200 << 20;
+        for split in [false, true] {
+            let root = meta(mode::IFDIR | 0o755);
+            let mut encoder = if split {
+                Encoder::new_v2(Counter::default(), Counter::default(), &root, None).unwrap()
+            } else {
+                Encoder::new_v1(Counter::default(), &root).unwrap()
+            };
+            let mut zeros = Zeros {
+                remaining: SIZE,
+                largest_request: 0,
+            };
+            encoder
+                .add_file(&meta(mode::IFREG | 0o644), b"big", SIZE, &mut zeros)
+                .unwrap();
+            let (meta_out, payload_out) = encoder.finish().unwrap();
+            assert_eq!(zeros.remaining, 0);
+            assert!(zeros.largest_request <= COPY_BUFFER_SIZE);
+            let data_sink = payload_out.as_ref().unwrap_or(&meta_out);
+            assert!(data_sink.total > SIZE);
+            // Nothing is gathered up: the biggest write is one copy buffer.
+            assert!(data_sink.largest_write <= COPY_BUFFER_SIZE);
+            assert!(meta_out.largest_write <= COPY_BUFFER_SIZE);
+        }
+    }
+}
