@@ -40,7 +40,7 @@ pub struct ParsedAcl {
 
 /// Parses the kernel's ACL xattr: u32 version 2, then `{u16 tag, u16 perm, u32 id}` entries.
 pub fn parse_acl_xattr(bytes: &[u8]) -> Result<ParsedAcl, AclError> {
-    if bytes.len() < 4 || (bytes.len() - 4) % 8 != 0 {
+    if bytes.len() < 4 || !(bytes.len() - 4).is_multiple_of(8) {
         return Err(AclError::BadLength(bytes.len()));
     }
     let version = u32::from_le_bytes(bytes[..4].try_into().unwrap());

@@ -558,10 +558,13 @@ mod tests {
     use crate::pxar::format::*;
     use std::collections::BTreeMap;
 
-    /// An in-memory tree: path -> (stat, content or symlink target, xattrs).
+    /// stat, content or symlink target, xattrs
+    type Node = (FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+    /// An in-memory tree.
     #[derive(Default)]
     struct MemFs {
-        nodes: BTreeMap<PathBuf, (FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>,
+        nodes: BTreeMap<PathBuf, Node>,
         magic_by_dev: HashMap<u64, i64>,
     }
 
@@ -586,7 +589,7 @@ mod tests {
                 .2
                 .push((name.to_vec(), value.to_vec()));
         }
-        fn node(&self, path: &Path) -> io::Result<&(FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+        fn node(&self, path: &Path) -> io::Result<&Node> {
             self.nodes
                 .get(path)
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
@@ -743,8 +746,8 @@ mod tests {
                 PXAR_GOODBYE
             ]
         );
-        assert_eq!(items[3].1, b"user.b\01");
-        assert_eq!(items[4].1, b"trusted.a\02");
+        assert_eq!(items[3].1, b"user.b\x001");
+        assert_eq!(items[4].1, b"trusted.a\x002");
         assert_eq!(
             items[5].1,
             [1001u64.to_le_bytes(), 6u64.to_le_bytes()].concat()

@@ -276,6 +276,8 @@ impl FileSystemAccessor for LocalFileSystem {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: initialised by the successful call (and zeroed before).
+        // (`f_type`'s integer type differs between libcs.)
+        #[allow(clippy::unnecessary_cast)]
         Ok(unsafe { stat.assume_init() }.f_type as i64)
     }
 

@@ -87,7 +87,7 @@ pub fn build_goodbye(
     entry_offset: u64,
 ) -> Vec<u8> {
     // The reference sorts unstably by hash; equal hashes only matter for name collisions.
-    children.sort_unstable_by(|a, b| a.hash.cmp(&b.hash));
+    children.sort_unstable_by_key(|child| child.hash);
     let full_size = HEADER_SIZE + GOODBYE_ITEM_SIZE * (children.len() as u64 + 1);
     let mut out = Vec::with_capacity(full_size as usize);
     out.extend_from_slice(&Header::new(PXAR_GOODBYE, full_size - HEADER_SIZE).to_bytes());
