@@ -9,7 +9,6 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use pbsfs::backup::archive::{create_split_archive, create_v1_archive, ArchiveOptions};
 use pbsfs::backup::fs_accessor::LocalFileSystem;
@@ -72,36 +71,33 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Builds the seed-1 tree once per test run; `None` when not running as root.
-fn fixture_tree() -> Option<&'static Path> {
-    static TREE: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
-    TREE.get_or_init(|| {
-        if !is_root() {
-            eprintln!("skipping: building the fixture tree needs root");
-            return None;
-        }
-        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let tree = dir.path().join("tree");
-        let status = Command::new("python3")
-            .arg(Path::new(FIXTURES).join("mktree.py"))
-            .arg("1")
-            .arg(&tree)
-            .status()
-            .expect("python3 must be installed");
-        assert!(
-            status.success(),
-            "mktree.py failed (are setfacl and setcap installed?)"
-        );
-        Some((dir, tree))
-    })
-    .as_ref()
-    .map(|(_, tree)| tree.as_path())
+/// Builds the seed-1 tree in a fresh directory; `None` when not running as root.
+fn fixture_tree() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() {
+        eprintln!("skipping: building the fixture tree needs root");
+        return None;
+    }
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    let status = Command::new("python3")
+        .arg(Path::new(FIXTURES).join("mktree.py"))
+        .arg("1")
+        .arg(&tree)
+        .status()
+        .expect("python3 must be installed");
+    assert!(
+        status.success(),
+        "mktree.py failed (are setfacl and setcap installed?)"
+    );
+    Some((dir, tree))
 }
 
 #[test]
 fn legacy_archive_is_byte_identical_to_the_official_one() {
-    let Some(tree) = fixture_tree() else { return };
-    let fs = LocalFileSystem::new(tree);
+    let Some((_dir, tree)) = fixture_tree() else {
+        return;
+    };
+    let fs = LocalFileSystem::new(&tree);
     let sink = create_v1_archive(
         &fs,
         HashSink::new("root.pxar"),
@@ -116,8 +112,10 @@ fn legacy_archive_is_byte_identical_to_the_official_one() {
 
 #[test]
 fn data_mode_archives_are_byte_identical_to_the_official_ones() {
-    let Some(tree) = fixture_tree() else { return };
-    let fs = LocalFileSystem::new(tree);
+    let Some((_dir, tree)) = fixture_tree() else {
+        return;
+    };
+    let fs = LocalFileSystem::new(&tree);
     let (meta, payload) = create_split_archive(
         &fs,
         HashSink::new("root.mpxar"),
@@ -132,4 +130,26 @@ fn data_mode_archives_are_byte_identical_to_the_official_ones() {
     assert_eq!(meta_sha, MPXAR_SHA256);
     assert_eq!(payload_len, PPXAR_SIZE);
     assert_eq!(payload_sha, PPXAR_SHA256);
+}
+
+#[test]
+fn subdirectory_archive_is_byte_identical_to_the_official_one() {
+    // fixture-ns: `root.pxar:TREE/links` (a hardlink group partly outside the archive root).
+    let Some((_dir, tree)) = fixture_tree() else {
+        return;
+    };
+    let fs = LocalFileSystem::new(tree.join("links"));
+    let sink = create_v1_archive(
+        &fs,
+        HashSink::new("links.pxar"),
+        &ArchiveOptions::default(),
+        None,
+    )
+    .unwrap();
+    let (sha, len) = sink.result();
+    assert_eq!(len, 977);
+    assert_eq!(
+        sha,
+        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d"
+    );
 }
