@@ -2,6 +2,8 @@
 //!
 //! Nothing here does I/O beyond `Read`/`Write` values and the [`ReadAt`] trait.
 
+pub mod catalog;
+pub mod chunker;
 pub mod read_at;
 
 pub use read_at::ReadAt;
