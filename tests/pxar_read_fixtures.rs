@@ -453,3 +453,214 @@ fn wrong_variant_is_refused() {
     assert!(Accessor::open_v2(payload.clone(), meta.clone()).is_err());
     assert!(Decoder::from_read_at(meta, None).next_entry().is_err());
 }
+
+// ---- extraction -------------------------------------------------------------------------
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use pbsfs::pxar::extract::{extract, extract_with_accessor, ExtractOptions};
+
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+fn list_xattrs(path: &Path) -> Vec<String> {
+    let p = c_path(path);
+    let mut buf = vec![0u8; 65536];
+    let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "llistxattr {}", path.display());
+    buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8(n.to_vec()).unwrap())
+        .collect()
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = c_path(path);
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+/// Describes an extracted tree like mktree.py's `--describe` does.
+fn tree_from_disk(root: &Path) -> BTreeMap<Vec<u8>, Expected> {
+    let mut tree = BTreeMap::new();
+    let mut inodes: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
+    let mut pending = vec![Vec::new()];
+    while let Some(rel) = pending.pop() {
+        let full = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(std::ffi::OsStr::from_bytes(&rel))
+        };
+        let st = std::fs::symlink_metadata(&full).unwrap();
+        let mut rec = Expected {
+            kind: type_char(st.mode() as u64),
+            mode: st.mode() as u64,
+            uid: st.uid(),
+            gid: st.gid(),
+            mtime_ns: st.mtime() as i128 * 1_000_000_000 + st.mtime_nsec() as i128,
+            ..Expected::default()
+        };
+        match rec.kind {
+            '-' => {
+                let data = std::fs::read(&full).unwrap();
+                rec.size = Some(st.size());
+                rec.sha256 = Some(sha256_hex(&data));
+                if st.nlink() > 1 {
+                    inodes
+                        .entry((st.dev(), st.ino()))
+                        .or_default()
+                        .push(rel.clone());
+                }
+            }
+            'l' => {
+                rec.target = Some(
+                    std::fs::read_link(&full)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
+            }
+            'c' | 'b' => {
+                let (major, minor) = pbsfs::pxar::format::split_dev(st.rdev());
+                rec.rdev = Some((major, minor));
+            }
+            'd' => {
+                for child in std::fs::read_dir(&full).unwrap() {
+                    let name = child.unwrap().file_name();
+                    let mut path = rel.clone();
+                    if !path.is_empty() {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(name.as_bytes());
+                    pending.push(path);
+                }
+            }
+            _ => {}
+        }
+        if rec.kind != 'l' {
+            for name in list_xattrs(&full) {
+                if name.starts_with("user.") || name.starts_with("security.capability") {
+                    let value = get_xattr(&full, &name).unwrap();
+                    rec.xattrs.insert(name, hex::encode(value));
+                }
+            }
+            let mut lines = Vec::new();
+            if let Some(value) = get_xattr(&full, acl::XATTR_ACCESS) {
+                lines.extend(acl::text_lines(&acl::from_xattr(&value).unwrap(), ""));
+            }
+            if let Some(value) = get_xattr(&full, acl::XATTR_DEFAULT) {
+                lines.extend(acl::text_lines(
+                    &acl::from_xattr(&value).unwrap(),
+                    "default:",
+                ));
+            }
+            rec.acl = extended_acl_lines(lines);
+        }
+        tree.insert(rel, rec);
+    }
+    for paths in inodes.into_values() {
+        let mut all = paths.clone();
+        all.sort();
+        for path in &all {
+            tree.get_mut(path).unwrap().hardlinks = all.clone();
+        }
+    }
+    tree
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn extracted_trees_match_fixture() {
+    if !is_root() {
+        eprintln!("skipped: extraction with owners, devices and capabilities needs root");
+        return;
+    }
+    for case in &CASES[..2] {
+        let (meta, payload) = streams(case);
+        let dir = tempfile::TempDir::new().unwrap();
+        let target = dir.path().join("out");
+        let mut decoder = Decoder::from_read_at(meta.clone(), payload.clone());
+        let stats = extract(&mut decoder, &target, &ExtractOptions::default()).unwrap();
+        let expected = expected_tree(case.json);
+        assert_eq!(stats.entries as usize, expected.len() - 1);
+        assert_same_tree(&tree_from_disk(&target), &expected, case.snapshot);
+
+        // A second extraction refuses to overwrite, unless told to.
+        let mut decoder = Decoder::from_read_at(meta.clone(), payload.clone());
+        assert!(extract(&mut decoder, &target, &ExtractOptions::default()).is_err());
+        let mut decoder = Decoder::from_read_at(meta, payload);
+        let options = ExtractOptions {
+            overwrite: true,
+            ..ExtractOptions::default()
+        };
+        extract(&mut decoder, &target, &options).unwrap();
+        assert_same_tree(&tree_from_disk(&target), &expected, "after overwrite");
+    }
+}
+
+#[test]
+fn extraction_with_patterns_selects_subtrees() {
+    if !is_root() {
+        return;
+    }
+    let (meta, payload) = streams(&CASES[1]);
+    let dir = tempfile::TempDir::new().unwrap();
+    let target = dir.path().join("out");
+    let options = ExtractOptions {
+        patterns: vec!["/links".into(), "*.sh".into(), "deep/**/bottom.txt".into()],
+        ..ExtractOptions::default()
+    };
+    // Without random access, the hardlink to the unselected data/hard-c cannot be made.
+    let err = extract(
+        &mut Decoder::from_read_at(meta.clone(), payload.clone()),
+        &dir.path().join("x"),
+        &options,
+    );
+    assert!(format!("{:#}", err.unwrap_err()).contains("was not extracted"));
+    let accessor = Accessor::open(meta.clone(), payload.clone()).unwrap();
+    extract_with_accessor(
+        &mut Decoder::from_read_at(meta, payload),
+        Some(&accessor),
+        &target,
+        &options,
+    )
+    .unwrap();
+    let expected = expected_tree("tree1.json");
+    let got = tree_from_disk(&target);
+    let wanted: Vec<&Vec<u8>> = expected
+        .keys()
+        .filter(|p| {
+            p.starts_with(b"links")
+                || p.as_slice() == b"data/script.sh"
+                || p.as_slice() == b"data"
+                || (p.starts_with(b"deep") && b"deep/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/level12/level13/level14/level15/level16/level17/level18/level19/level20/level21/level22/level23/bottom.txt".starts_with(p))
+        })
+        .collect();
+    let got_paths: Vec<&Vec<u8>> = got.keys().filter(|p| !p.is_empty()).collect();
+    assert_eq!(got_paths, wanted);
+    // Selected entries and their parents carry the archived metadata; the two links of
+    // the unselected hard-c became one hardlink group.
+    for path in wanted {
+        let mut want = expected[path].clone();
+        if !want.hardlinks.is_empty() {
+            want.hardlinks = vec![b"links/hard-a".to_vec(), b"links/hard-b".to_vec()];
+        }
+        assert_eq!(got[path], want, "{}", show(path));
+    }
+}
