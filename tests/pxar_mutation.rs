@@ -146,7 +146,10 @@ fn exercise(meta: Arc<dyn ReadAt>, payload: Option<Arc<dyn ReadAt>>) -> usize {
 
 /// Rounds per archive: 300, or `PXAR_MUTATION_ROUNDS` for longer hunts.
 fn rounds() -> usize {
-    std::env::var("PXAR_MUTATION_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+    std::env::var("PXAR_MUTATION_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
 }
 
 fn run(meta: Arc<dyn ReadAt>, payload: Option<Arc<dyn ReadAt>>, seed: u64, rounds: usize) {

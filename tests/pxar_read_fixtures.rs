@@ -301,13 +301,11 @@ fn sequential_decoder_matches_tree() {
         assert_same_tree(&tree, &expected, case.snapshot);
     }
     // A v1 archive from a plain sequential reader.
-    let file = std::fs::File::open("/work/archives/legacy.root.pxar").ok();
     let meta = fixture_archive(LEGACY, "root.pxar");
     let reader = ReadAtReader {
         inner: meta,
         position: 0,
     };
-    drop(file);
     let tree = tree_via_decoder(Decoder::from_read(std::io::BufReader::new(reader)));
     assert_same_tree(&tree, &expected_tree("tree1.json"), "legacy via Read");
 }

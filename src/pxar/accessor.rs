@@ -91,7 +91,7 @@ impl Accessor {
     /// given exactly when it is present.
     pub fn open(meta: Arc<dyn ReadAt>, payload: Option<Arc<dyn ReadAt>>) -> Result<Self> {
         let size = meta.size();
-        if size < HEADER_SIZE + 24 || size >= NON_DIR_ID_TAG {
+        if !(HEADER_SIZE + 24..NON_DIR_ID_TAG).contains(&size) {
             return Err(DecodeError::invalid(0, "archive size out of range"));
         }
         let first = read_header_at(&*meta, 0)?;
@@ -485,4 +485,162 @@ fn read_header_at(reader: &dyn ReadAt, offset: u64) -> Result<Header> {
     let mut raw = [0u8; 16];
     read_exact(reader, &mut raw, offset)?;
     Ok(Header::from_bytes(&raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pxar::decoder::{Decoder, MAX_DEPTH};
+    use crate::pxar::format::*;
+    use crate::pxar::test_archive::{nested, spec_example};
+
+    fn open(data: Vec<u8>) -> Result<Accessor> {
+        Accessor::open_v1(Arc::new(data))
+    }
+
+    fn put_u64(data: &mut [u8], at: usize, value: u64) {
+        data[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn walk_all(accessor: &Accessor) -> Result<usize> {
+        let mut count = 0;
+        let mut pending = vec![accessor.root()?];
+        while let Some(dir) = pending.pop() {
+            for child in accessor.read_dir(&dir)?.iter() {
+                count += 1;
+                let entry = accessor.open_dir_entry(child)?;
+                if entry.is_dir() {
+                    pending.push(entry);
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    #[test]
+    fn spec_example_layout_and_access() {
+        let data = spec_example();
+        // Offsets and sizes as in pxar.md §12.1.
+        assert_eq!(data.len(), 549);
+        assert_eq!(&data[56..64], &PXAR_FILENAME.to_le_bytes());
+        assert_eq!(&data[437..445], &PXAR_GOODBYE.to_le_bytes());
+        let accessor = open(data).unwrap();
+        let root = accessor.root().unwrap();
+        assert_eq!(root.id(), Some(549));
+        let file = accessor.lookup(&root, b"a.txt").unwrap().unwrap();
+        assert_eq!(file.filename_offset, Some(56));
+        let mut buf = [0u8; 16];
+        assert_eq!(accessor.read_file(&file, 1, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ello");
+        let link = accessor.lookup_path(b"d/l").unwrap().unwrap();
+        assert_eq!(
+            link.kind,
+            EntryKind::Symlink {
+                target: b"a.txt".to_vec()
+            }
+        );
+        let dir = accessor.lookup(&root, b"d").unwrap().unwrap();
+        assert_eq!(dir.dir_end, Some(389));
+        let hard = accessor.lookup(&root, b"h").unwrap().unwrap();
+        assert_eq!(accessor.follow_hardlink(&hard).unwrap().id(), file.id());
+        let names: Vec<Vec<u8>> = accessor
+            .read_dir(&root)
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, [b"a.txt".to_vec(), b"d".to_vec(), b"h".to_vec()]);
+        assert!(accessor.lookup(&root, b"nope").unwrap().is_none());
+        assert!(accessor.lookup(&root, b"..").unwrap().is_none());
+        assert!(accessor.lookup(&file, b"x").is_err());
+        assert_eq!(
+            accessor.entry_at(dir.id().unwrap()).unwrap().metadata,
+            dir.metadata
+        );
+        assert!(
+            accessor.entry_at(56).is_err(),
+            "untagged non-directory offset"
+        );
+    }
+
+    #[test]
+    fn forbidden_names_are_rejected() {
+        use crate::pxar::test_archive::{build, Node};
+        for bad in [&b"."[..], b"..", b"a/b", b"/", b"", b"a\0b"] {
+            let data = build(vec![(b"ok", Node::File(b"1")), (bad, Node::File(b"x"))]);
+            let accessor = open(data.clone()).unwrap();
+            assert!(walk_all(&accessor).is_err(), "{bad:?}");
+            let decoded = Decoder::from_read_at(Arc::new(data), None).collect::<Result<Vec<_>>>();
+            assert!(decoded.is_err(), "{bad:?}");
+        }
+        // Missing terminating NUL ("d\0" of the example at 171).
+        let mut data = spec_example();
+        data[172] = b'x';
+        assert!(walk_all(&open(data).unwrap()).is_err());
+    }
+
+    #[test]
+    fn goodbye_offsets_outside_the_directory_are_rejected() {
+        // Root table at 437: items at 453, 477, 501 (a.txt, d, h), tail at 525.
+        let mut data = spec_example();
+        put_u64(&mut data, 477 + 8, 438); // `d` points past the start of the archive
+        assert!(walk_all(&open(data).unwrap()).is_err());
+        let mut data = spec_example();
+        put_u64(&mut data, 477 + 16, 234 + 112); // `d` would end at the root's end: a loop
+        let accessor = open(data).unwrap();
+        assert!(accessor.lookup_path(b"d").is_err());
+        let mut data = spec_example();
+        put_u64(&mut data, 525 + 8, 0); // tail offset 0
+        assert!(open(data).is_err());
+        let mut data = spec_example();
+        put_u64(&mut data, 525 + 16, 100); // table size not matching the header
+        assert!(open(data).is_err());
+    }
+
+    #[test]
+    fn hardlink_and_size_checks() {
+        // HARDLINK at 407: its offset (333) made larger than its FILENAME offset.
+        let mut data = spec_example();
+        put_u64(&mut data, 407 + 16, 390);
+        let accessor = open(data).unwrap();
+        assert!(accessor.lookup_path(b"h").is_err());
+        // Hardlink to a directory.
+        let mut data = spec_example();
+        put_u64(&mut data, 407 + 16, 389 - 155);
+        let accessor = open(data).unwrap();
+        let link = accessor.lookup_path(b"h").unwrap().unwrap();
+        assert!(accessor.follow_hardlink(&link).is_err());
+        // A file whose PAYLOAD claims more bytes than the archive holds.
+        let mut data = spec_example();
+        put_u64(&mut data, 134 + 8, 1 << 40);
+        assert!(open(data.clone()).unwrap().lookup_path(b"a.txt").is_err());
+        assert!(Decoder::from_read_at(Arc::new(data), None)
+            .collect::<Result<Vec<_>>>()
+            .is_err());
+        // An ENTRY with a huge size is refused before anything is allocated.
+        let mut data = spec_example();
+        put_u64(&mut data, 78 + 8, u64::MAX);
+        assert!(open(data).unwrap().lookup_path(b"a.txt").is_err());
+    }
+
+    #[test]
+    fn nesting_depth_is_capped_in_the_decoder() {
+        let ok = nested(MAX_DEPTH - 1);
+        assert_eq!(Decoder::from_read_at(Arc::new(ok), None).count(), MAX_DEPTH);
+        let deep = nested(MAX_DEPTH);
+        let results: Vec<_> = Decoder::from_read_at(Arc::new(deep.clone()), None).collect();
+        assert!(results.last().unwrap().is_err());
+        // The accessor descends one checked level at a time.
+        let accessor = open(deep).unwrap();
+        let path = vec![&b"n"[..]; 100].join(&b'/');
+        assert!(accessor.lookup_path(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn truncated_archives_fail_to_open() {
+        let data = spec_example();
+        for len in [0, 10, 39, 100, 548] {
+            assert!(open(data[..len].to_vec()).is_err(), "{len}");
+        }
+    }
 }

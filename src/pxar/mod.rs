@@ -19,3 +19,5 @@ pub use decode_error::DecodeError;
 pub use decoder::{DecodedEntry, Decoder};
 pub use entry::{Entry, EntryKind, FileData};
 pub use metadata::{Acl, Metadata};
+#[cfg(test)]
+pub(crate) mod test_archive;
