@@ -367,8 +367,10 @@ impl Accessor {
             .collect::<Result<_>>()?;
         located.sort_unstable_by_key(|(offset, _)| *offset);
         let mut listing = Vec::with_capacity(located.len());
+        // One cursor for all names: neighbours in archive order often share a window.
+        let mut src = AtSource::new(&*self.meta, 0, table.goodbye);
         for (index, (filename_offset, item)) in located.into_iter().enumerate() {
-            let mut src = AtSource::new(&*self.meta, filename_offset, table.goodbye);
+            src.seek(filename_offset);
             listing.push(DirEntry {
                 index,
                 name: items::read_filename(&mut src)?,

@@ -136,6 +136,11 @@ impl<R: ReadAt> AtSource<R> {
         self.end
     }
 
+    /// Moves the cursor, keeping the window if it still covers the new position.
+    pub fn seek(&mut self, position: u64) {
+        self.position = position;
+    }
+
     fn window_has(&self, offset: u64) -> bool {
         offset >= self.window_start && offset < self.window_start + self.window.len() as u64
     }
