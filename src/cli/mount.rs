@@ -59,8 +59,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some((i, 'T' | 't')) => (&text[..i], 40),
         _ => (text, 0),
     };
-    let value: u64 = digits.parse().map_err(|_| format!("invalid size '{text}'"))?;
-    value.checked_shl(shift).filter(|v| v >> shift == value).ok_or_else(|| format!("size '{text}' is too large"))
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{text}'"))?;
+    value
+        .checked_shl(shift)
+        .filter(|v| v >> shift == value)
+        .ok_or_else(|| format!("size '{text}' is too large"))
 }
 
 pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
@@ -89,7 +94,11 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         }
     }
 
-    let ready = if args.foreground { None } else { Some(daemonize()?) };
+    let ready = if args.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
     let result = (|| -> Result<pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>> {
         let verifying = Arc::new(VerifyingChunkReader::new(store.clone()));
         let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
@@ -131,11 +140,16 @@ fn serve_until_signal(
     unsafe { libc::sigwait(&signals, &mut signal) };
     if signal != libc::SIGUSR1 {
         if let Err(err) = pbsfs_mount::unmount(mountpoint) {
-            eprintln!("pbsfs: unmount of {} failed ({err}); detaching", mountpoint.display());
+            eprintln!(
+                "pbsfs: unmount of {} failed ({err}); detaching",
+                mountpoint.display()
+            );
             let _ = pbsfs_mount::unmount_lazy(mountpoint);
         }
     }
-    server.join().map_err(|_| anyhow::anyhow!("the FUSE session panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the FUSE session panicked"))??;
     Ok(())
 }
 
@@ -161,7 +175,11 @@ impl Ready {
         };
         let _ = self.0.write_all(message.as_bytes());
         // Detach from the terminal only now, so early errors could still be printed.
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             use std::os::fd::AsRawFd;
             for fd in 0..3 {
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
+use crate::format::ReadAt;
 use crate::pxar::accessor::Accessor;
 use crate::pxar::acl;
 use crate::pxar::entry::{Entry, EntryKind, FileData};
@@ -54,10 +55,11 @@ impl ArchiveFs {
     /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
-        let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn crate::format::ReadAt>))
+        let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
             .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;
-        let counts = walk(&accessor, root_id).context("cannot read the archive's directory tree")?;
+        let counts =
+            walk(&accessor, root_id).context("cannot read the archive's directory tree")?;
         Ok(ArchiveFs {
             accessor,
             data,
@@ -117,9 +119,11 @@ impl ArchiveFs {
         let id = entry.id().ok_or(Errno::EIO)?;
         let stat = &entry.metadata.stat;
         let (size, nlink, rdev) = match &entry.kind {
-            EntryKind::File { size, .. } => {
-                (*size, self.counts.file_links.get(&id).copied().unwrap_or(1), 0)
-            }
+            EntryKind::File { size, .. } => (
+                *size,
+                self.counts.file_links.get(&id).copied().unwrap_or(1),
+                0,
+            ),
             EntryKind::Directory => (0, 2 + self.counts.subdirs.get(&id).copied().unwrap_or(0), 0),
             EntryKind::Symlink { target } => (target.len() as u64, 1, 0),
             EntryKind::Device { major, minor } => {
@@ -145,18 +149,25 @@ impl ArchiveFs {
     /// Where a file's bytes start in the data stream.
     fn data_start(entry: &Entry) -> Option<u64> {
         match entry.kind {
-            EntryKind::File { data: FileData::Inline { data_offset }, .. } => Some(data_offset),
-            EntryKind::File { data: FileData::PayloadRef { payload_offset }, .. } => {
-                Some(payload_offset + HEADER_SIZE)
-            }
+            EntryKind::File {
+                data: FileData::Inline { data_offset },
+                ..
+            } => Some(data_offset),
+            EntryKind::File {
+                data: FileData::PayloadRef { payload_offset },
+                ..
+            } => Some(payload_offset + HEADER_SIZE),
             _ => None,
         }
     }
 
     fn xattr_names(entry: &Entry) -> Vec<OsString> {
         let meta = &entry.metadata;
-        let mut names: Vec<OsString> =
-            meta.xattrs.iter().map(|(name, _)| OsString::from_vec(name.clone())).collect();
+        let mut names: Vec<OsString> = meta
+            .xattrs
+            .iter()
+            .map(|(name, _)| OsString::from_vec(name.clone()))
+            .collect();
         if meta.fcaps.is_some() {
             names.push("security.capability".into());
         }
@@ -252,7 +263,10 @@ impl ReadOnlyFs for ArchiveFs {
 
     fn parent(&self, ino: u64) -> Option<u64> {
         let id = self.to_id(ino);
-        self.counts.parents.get(&id).map(|parent| self.to_ino(*parent))
+        self.counts
+            .parents
+            .get(&id)
+            .map(|parent| self.to_ino(*parent))
     }
 
     fn open(&self, ino: u64) -> Result<u64, Errno> {
@@ -336,7 +350,12 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn statfs(&self) -> Result<StatFs, Errno> {
-        let size = self.data.size() + self.accessor.size();
+        // v1: the data stream is the archive; v2: metadata plus payload.
+        let size = if self.accessor.is_split() {
+            self.data.size() + self.accessor.size()
+        } else {
+            self.accessor.size()
+        };
         Ok(StatFs {
             blocks: size.div_ceil(4096),
             files: self.counts.entries + 1,

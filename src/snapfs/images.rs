@@ -127,6 +127,10 @@ impl ReadOnlyFs for ImageDirFs {
 
     fn statfs(&self) -> Result<StatFs, Errno> {
         let size: u64 = self.images.iter().map(|(_, r)| r.size()).sum();
-        Ok(StatFs { blocks: size.div_ceil(4096), files: self.images.len() as u64 + 1, ..StatFs::default() })
+        Ok(StatFs {
+            blocks: size.div_ceil(4096),
+            files: self.images.len() as u64 + 1,
+            ..StatFs::default()
+        })
     }
 }

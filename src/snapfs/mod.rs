@@ -25,7 +25,11 @@ pub enum Mountable {
     /// `name.pxar.didx`.
     Pxar { name: String, file: String },
     /// `name.mpxar.didx` + `name.ppxar.didx`.
-    SplitPxar { name: String, meta: String, payload: String },
+    SplitPxar {
+        name: String,
+        meta: String,
+        payload: String,
+    },
     /// `name.img.fidx`.
     Image { name: String, file: String },
 }
@@ -47,7 +51,10 @@ pub fn mountables(manifest: &Manifest) -> Vec<Mountable> {
     for info in &manifest.files {
         let file = &info.filename;
         if let Some(stem) = file.strip_suffix(".pxar.didx") {
-            out.push(Mountable::Pxar { name: format!("{stem}.pxar"), file: file.clone() });
+            out.push(Mountable::Pxar {
+                name: format!("{stem}.pxar"),
+                file: file.clone(),
+            });
         } else if let Some(stem) = file.strip_suffix(".mpxar.didx") {
             let payload = format!("{stem}.ppxar.didx");
             if has(&payload) {
@@ -58,7 +65,10 @@ pub fn mountables(manifest: &Manifest) -> Vec<Mountable> {
                 });
             }
         } else if let Some(stem) = file.strip_suffix(".img.fidx") {
-            out.push(Mountable::Image { name: format!("{stem}.img"), file: file.clone() });
+            out.push(Mountable::Image {
+                name: format!("{stem}.img"),
+                file: file.clone(),
+            });
         }
     }
     out
@@ -75,7 +85,12 @@ pub fn open_snapshot(
 ) -> Result<Arc<dyn ReadOnlyFs>> {
     let manifest = store.read_manifest(ns, dir)?;
     let all = mountables(&manifest);
-    let names = || all.iter().map(|m| m.name().to_string()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        all.iter()
+            .map(|m| m.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let chosen: Vec<&Mountable> = match archive {
         Some(wanted) => {
             let matches: Vec<&Mountable> = all
@@ -84,21 +99,32 @@ pub fn open_snapshot(
                     m.name() == wanted
                         || m.name().rsplit_once('.').map(|(stem, _)| stem) == Some(wanted)
                         || match m {
-                            Mountable::Pxar { file, .. } | Mountable::Image { file, .. } => file == wanted,
-                            Mountable::SplitPxar { meta, payload, .. } => meta == wanted || payload == wanted,
+                            Mountable::Pxar { file, .. } | Mountable::Image { file, .. } => {
+                                file == wanted
+                            }
+                            Mountable::SplitPxar { meta, payload, .. } => {
+                                meta == wanted || payload == wanted
+                            }
                         }
                 })
                 .collect();
             if matches.is_empty() {
-                bail!("snapshot {dir} has no archive '{wanted}'; it has: {}", names());
+                bail!(
+                    "snapshot {dir} has no archive '{wanted}'; it has: {}",
+                    names()
+                );
             }
             matches
         }
         None => {
-            let pxars: Vec<&Mountable> =
-                all.iter().filter(|m| !matches!(m, Mountable::Image { .. })).collect();
+            let pxars: Vec<&Mountable> = all
+                .iter()
+                .filter(|m| !matches!(m, Mountable::Image { .. }))
+                .collect();
             match pxars.len() {
-                0 if all.is_empty() => bail!("snapshot {dir} has no pxar archive or image to mount"),
+                0 if all.is_empty() => {
+                    bail!("snapshot {dir} has no pxar archive or image to mount")
+                }
                 0 => all.iter().collect(), // images only
                 1 => pxars,
                 _ => bail!(
@@ -109,13 +135,21 @@ pub fn open_snapshot(
         }
     };
     let open = |file: &str| -> Result<Arc<crate::store::range::IndexReader>> {
-        Ok(Arc::new(open_index_reader(store, ns, dir, &manifest, file, chunks.clone())?))
+        Ok(Arc::new(open_index_reader(
+            store,
+            ns,
+            dir,
+            &manifest,
+            file,
+            chunks.clone(),
+        )?))
     };
     match chosen.as_slice() {
         [Mountable::Pxar { file, .. }] => Ok(Arc::new(ArchiveFs::open(open(file)?, None)?)),
-        [Mountable::SplitPxar { meta, payload, .. }] => {
-            Ok(Arc::new(ArchiveFs::open(open(meta)?, Some(open(payload)?))?))
-        }
+        [Mountable::SplitPxar { meta, payload, .. }] => Ok(Arc::new(ArchiveFs::open(
+            open(meta)?,
+            Some(open(payload)?),
+        )?)),
         many if many.iter().any(|m| !matches!(m, Mountable::Image { .. })) => bail!(
             "archive name '{}' is ambiguous in {dir}; it has: {}",
             archive.unwrap_or(""),
