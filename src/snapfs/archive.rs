@@ -1,7 +1,8 @@
 //! One pxar archive seen as a read-only filesystem.
 //!
-//! Inode numbers are the accessor's entry ids (archive offsets), except the root, which FUSE
-//! wants as 1. Hardlinks resolve to their target's inode, so all names of a file share one
+//! Inode numbers come from archive offsets: a directory's end offset times two, any other
+//! entry's FILENAME offset times two plus one (the two kinds of offsets can be equal), and
+//! the root, which FUSE wants as 1. Hardlinks resolve to their target's inode, so all names of a file share one
 //! inode; their count (nlink) and each directory's subdirectory count come from one walk of
 //! the metadata when the archive is opened.
 
@@ -18,7 +19,7 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 use crate::format::ReadAt;
 use crate::pxar::accessor::Accessor;
 use crate::pxar::acl;
-use crate::pxar::entry::{Entry, EntryKind, FileData};
+use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
@@ -74,16 +75,20 @@ impl ArchiveFs {
     fn to_id(&self, ino: u64) -> u64 {
         if ino == ROOT_INO {
             self.root_id
+        } else if ino & 1 == 1 {
+            (ino >> 1) | NON_DIR_ID_TAG
         } else {
-            ino
+            ino >> 1
         }
     }
 
     fn to_ino(&self, id: u64) -> u64 {
         if id == self.root_id {
             ROOT_INO
+        } else if id & NON_DIR_ID_TAG != 0 {
+            ((id & !NON_DIR_ID_TAG) << 1) | 1
         } else {
-            id
+            id << 1
         }
     }
 

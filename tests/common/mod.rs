@@ -18,6 +18,7 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
 }
 
+pub mod disk_tree;
 #[path = "fixture_stream.rs"]
 mod fixture_stream;
 #[allow(unused_imports)]
