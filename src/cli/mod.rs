@@ -32,8 +32,9 @@ pub enum Command {
     Namespaces(snapshots::NamespacesArgs),
     /// List the files (archives) of a snapshot with their sizes and crypt modes.
     Files(files::FilesArgs),
-    /// Write an archive of a snapshot, as stored (the raw pxar stream, image or blob content),
-    /// to stdout (`-`) or a file.
+    /// Restore an archive: extract a pxar archive's tree into a directory (with owners,
+    /// modes, times, xattrs, ACLs, devices, hardlinks), or write an archive as stored (raw
+    /// pxar stream, image, blob content) to stdout (`-`) or a file.
     Restore(restore::RestoreArgs),
     /// Mount a snapshot read-only (FUSE): its pxar archive as a directory tree, or its disk
     /// images as files. Runs in the background unless --foreground; `pbsfs umount` ends it.

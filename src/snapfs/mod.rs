@@ -74,6 +74,23 @@ pub fn mountables(manifest: &Manifest) -> Vec<Mountable> {
     out
 }
 
+/// The archives a user-typed name means: `root.pxar`, `root`, or a file name such as
+/// `root.pxar.didx` or `root.mpxar.didx`.
+pub fn select_archive<'a>(all: &'a [Mountable], wanted: &str) -> Vec<&'a Mountable> {
+    all.iter()
+        .filter(|m| {
+            m.name() == wanted
+                || m.name().rsplit_once('.').map(|(stem, _)| stem) == Some(wanted)
+                || match m {
+                    Mountable::Pxar { file, .. } | Mountable::Image { file, .. } => file == wanted,
+                    Mountable::SplitPxar { meta, payload, .. } => {
+                        meta == wanted || payload == wanted
+                    }
+                }
+        })
+        .collect()
+}
+
 /// Opens the filesystem for one snapshot: the archive named `archive` (with or without
 /// `.pxar`/`.img`/index suffix), else the only pxar archive, else all images as files.
 pub fn open_snapshot(
@@ -93,21 +110,7 @@ pub fn open_snapshot(
     };
     let chosen: Vec<&Mountable> = match archive {
         Some(wanted) => {
-            let matches: Vec<&Mountable> = all
-                .iter()
-                .filter(|m| {
-                    m.name() == wanted
-                        || m.name().rsplit_once('.').map(|(stem, _)| stem) == Some(wanted)
-                        || match m {
-                            Mountable::Pxar { file, .. } | Mountable::Image { file, .. } => {
-                                file == wanted
-                            }
-                            Mountable::SplitPxar { meta, payload, .. } => {
-                                meta == wanted || payload == wanted
-                            }
-                        }
-                })
-                .collect();
+            let matches = select_archive(&all, wanted);
             if matches.is_empty() {
                 bail!(
                     "snapshot {dir} has no archive '{wanted}'; it has: {}",
