@@ -3,7 +3,9 @@
 //! Nothing here does I/O beyond `Read`/`Write` values and the [`ReadAt`] trait.
 
 pub mod blob;
+pub mod crypto;
 pub mod index;
+pub mod keyfile;
 pub mod manifest;
 pub mod read_at;
 
