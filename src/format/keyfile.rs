@@ -152,6 +152,13 @@ pub struct KeyConfig {
     pub hint: Option<String>,
 }
 
+/// `data` is the raw key when there is no KDF: wipe it.
+impl Drop for KeyConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
 /// What can be told about a key file once unlocked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
