@@ -3,7 +3,9 @@
 //! Layers (see DESIGN in the README): `format` (pure codecs) → `pxar` (archive format) →
 //! `store` (datastores, chunk sources, range reader) → `cli`.
 
+pub mod backup;
 pub mod format;
 pub mod pxar;
 pub mod repository;
+pub mod snapfs;
 pub mod store;

@@ -3,6 +3,8 @@
 //! Nothing here does I/O beyond `Read`/`Write` values and the [`ReadAt`] trait.
 
 pub mod blob;
+pub mod catalog;
+pub mod chunker;
 pub mod crypto;
 pub mod index;
 pub mod keyfile;

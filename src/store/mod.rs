@@ -11,5 +11,6 @@ pub mod range;
 pub mod snapshot;
 pub mod time;
 pub mod verify;
+pub mod writer;
 
 pub use chunk_source::ChunkSource;

@@ -1,0 +1,200 @@
+//! The small read-only filesystem interface the FUSE adapter serves.
+
+use std::ffi::{OsStr, OsString};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use crate::Errno;
+
+/// Inode number of the root directory (FUSE_ROOT_ID): the adapter passes inode numbers
+/// through unchanged, so a filesystem must give its root this number.
+pub const ROOT_INO: u64 = 1;
+
+/// A point in time as seconds and nanoseconds since the Unix epoch; `secs` may be negative
+/// (before 1970), `nanos` is always the positive part (< 1e9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timespec {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timespec {
+    pub const fn new(secs: i64, nanos: u32) -> Self {
+        Timespec { secs, nanos }
+    }
+}
+
+/// What `stat` reports for one inode. Atime and ctime are reported equal to mtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    /// Allocated size in 512-byte units.
+    pub blocks: u64,
+    /// File type and permission bits, as in `st_mode` (`libc::S_IFREG | 0o644`).
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timespec,
+    /// Device number of a device node, as a glibc `dev_t` (`libc::makedev(major, minor)`).
+    pub rdev: u64,
+    /// Preferred I/O size reported as `st_blksize`.
+    pub blksize: u32,
+}
+
+impl Attr {
+    /// The `S_IFMT` part of `mode`.
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+
+    /// Blocks (512-byte units) a file of `size` bytes occupies when stored densely.
+    pub fn blocks_for(size: u64) -> u64 {
+        size.div_ceil(512)
+    }
+}
+
+/// One directory entry handed to the adapter while listing a directory.
+#[derive(Clone, Copy, Debug)]
+pub struct DirItem<'a> {
+    pub name: &'a OsStr,
+    /// Full attributes of the entry: with them `readdirplus` needs no further lookups.
+    pub attr: Attr,
+    /// Cookie at which a later listing resumes *after* this entry. It must be non-zero,
+    /// stable for the life of the mount, and below `u64::MAX - 2`.
+    pub next_offset: u64,
+}
+
+/// Answer of `statfs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+impl Default for StatFs {
+    fn default() -> Self {
+        StatFs {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: 0,
+            ffree: 0,
+            bsize: 4096,
+            namelen: 255,
+            frsize: 4096,
+        }
+    }
+}
+
+/// A read-only filesystem with stable inode numbers.
+///
+/// Methods are called from several threads at once. Inode numbers must stay valid for the
+/// whole mount (the adapter ignores the kernel's `forget` counts), and the root is
+/// [`ROOT_INO`]. Access checks are left to the kernel (`default_permissions`), so methods
+/// need not look at the caller.
+pub trait ReadOnlyFs: Send + Sync + 'static {
+    /// Finds `name` in directory `parent` (never "." or ".."; the kernel resolves those).
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno>;
+
+    fn getattr(&self, ino: u64) -> Result<Attr, Errno>;
+
+    /// Lists directory `ino` starting at `offset` (0 = the first entry, otherwise a
+    /// `next_offset` handed out earlier), without "." and "..", which the adapter adds.
+    /// Calls `add` for each entry in order and stops as soon as it returns
+    /// `ControlFlow::Break(())`: the reply is full and that entry was not taken.
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
+    ) -> Result<(), Errno>;
+
+    /// The parent directory of directory `ino`, reported as the inode of "..".
+    /// Without it ".." shows the directory's own inode number.
+    fn parent(&self, _ino: u64) -> Option<u64> {
+        None
+    }
+
+    /// Opens a regular file; the returned handle comes back in `read` and `release`.
+    fn open(&self, _ino: u64) -> Result<u64, Errno> {
+        Ok(0)
+    }
+
+    fn release(&self, _ino: u64, _fh: u64) {}
+
+    /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno>;
+
+    /// The target of symlink `ino`.
+    fn readlink(&self, _ino: u64) -> Result<OsString, Errno> {
+        Err(Errno::EINVAL)
+    }
+
+    /// Names of the extended attributes of `ino`.
+    fn listxattr(&self, _ino: u64) -> Result<Vec<OsString>, Errno> {
+        Ok(Vec::new())
+    }
+
+    /// Value of one extended attribute; `Errno::ENODATA` when `ino` has no such attribute.
+    fn getxattr(&self, _ino: u64, _name: &OsStr) -> Result<Vec<u8>, Errno> {
+        Err(Errno::ENODATA)
+    }
+
+    fn statfs(&self) -> Result<StatFs, Errno> {
+        Ok(StatFs::default())
+    }
+}
+
+/// Lets a caller keep a handle on the filesystem it mounts.
+impl<T: ReadOnlyFs + ?Sized> ReadOnlyFs for Arc<T> {
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        (**self).lookup(parent, name)
+    }
+    fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        (**self).getattr(ino)
+    }
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
+    ) -> Result<(), Errno> {
+        (**self).readdir(ino, offset, add)
+    }
+    fn parent(&self, ino: u64) -> Option<u64> {
+        (**self).parent(ino)
+    }
+    fn open(&self, ino: u64) -> Result<u64, Errno> {
+        (**self).open(ino)
+    }
+    fn release(&self, ino: u64, fh: u64) {
+        (**self).release(ino, fh)
+    }
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        (**self).read(ino, fh, offset, size)
+    }
+    fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
+        (**self).readlink(ino)
+    }
+    fn listxattr(&self, ino: u64) -> Result<Vec<OsString>, Errno> {
+        (**self).listxattr(ino)
+    }
+    fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        (**self).getxattr(ino, name)
+    }
+    fn statfs(&self) -> Result<StatFs, Errno> {
+        (**self).statfs()
+    }
+}

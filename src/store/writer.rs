@@ -1,0 +1,341 @@
+//! Writing a new snapshot into a local datastore the way PBS does (datastore.md §8):
+//! group and owner, locks, files under temporary names renamed into place, and the manifest
+//! written last. Until the manifest exists the snapshot is unfinished and hidden from
+//! listings; a writer dropped before `finish` removes its directory again.
+
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::local::{LocalDatastore, MANIFEST_BLOB_NAME};
+use super::names::{is_safe_id, BackupDir, BackupNamespace};
+use crate::format::manifest::{FileInfo, Manifest};
+use crate::format::Digest;
+
+/// A snapshot being written. Holds the group lock and a shared chunk-store lock.
+pub struct SnapshotWriter {
+    store: Arc<LocalDatastore>,
+    ns: BackupNamespace,
+    dir: BackupDir,
+    path: PathBuf,
+    files: Vec<FileInfo>,
+    finished: bool,
+    _group_lock: File,
+    _store_lock: File,
+}
+
+/// A file being written under a temporary name in the snapshot directory.
+pub struct PendingFile {
+    pub file: File,
+    tmp_path: PathBuf,
+    name: String,
+}
+
+impl SnapshotWriter {
+    /// Starts snapshot `dir` in namespace `ns`. The group is created with `owner` if new;
+    /// an existing group must not be locked by another writer, and `dir.time` must be newer
+    /// than its newest finished snapshot.
+    pub fn begin(
+        store: Arc<LocalDatastore>,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        owner: &str,
+    ) -> Result<Self> {
+        if !store.namespace_exists(ns) {
+            bail!(
+                "namespace '{ns}' does not exist in {}",
+                store.root().display()
+            );
+        }
+        let store_lock = lock_store_shared(store.root())?;
+        let group_path = store.group_path(ns, &dir.group);
+        fs::create_dir_all(&group_path)
+            .with_context(|| format!("cannot create {}", group_path.display()))?;
+        let group_lock = File::open(&group_path)?;
+        if unsafe { libc::flock(group_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "backup group '{}' is locked: another backup of it is running",
+                dir.group
+            );
+        }
+        write_owner_if_missing(&group_path.join("owner"), owner)?;
+
+        // Unfinished snapshots of an unlocked group are left-overs of an interrupted run.
+        for entry in store.list_group_snapshots(ns, &dir.group)? {
+            if !entry.finished {
+                let stale = store.snapshot_path(ns, &entry.dir);
+                let _ = fs::remove_dir_all(&stale);
+            } else if entry.dir.time >= dir.time {
+                bail!(
+                    "backup time {} is not newer than the last snapshot {} of the group",
+                    dir.time_string(),
+                    entry.dir
+                );
+            }
+        }
+        let path = store.snapshot_path(ns, dir);
+        fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(SnapshotWriter {
+            store,
+            ns: ns.clone(),
+            dir: dir.clone(),
+            path,
+            files: Vec::new(),
+            finished: false,
+            _group_lock: group_lock,
+            _store_lock: store_lock,
+        })
+    }
+
+    pub fn dir(&self) -> &BackupDir {
+        &self.dir
+    }
+
+    pub fn namespace(&self) -> &BackupNamespace {
+        &self.ns
+    }
+
+    pub fn store(&self) -> &Arc<LocalDatastore> {
+        &self.store
+    }
+
+    /// Stores an encoded chunk (see [`LocalDatastore::insert_chunk`]).
+    pub fn insert_chunk(&self, digest: &Digest, raw_blob: &[u8]) -> Result<bool> {
+        self.store.insert_chunk(digest, raw_blob)
+    }
+
+    /// Opens `name` for writing under a temporary name.
+    pub fn create_file(&self, name: &str) -> Result<PendingFile> {
+        if !is_safe_id(name) || name == MANIFEST_BLOB_NAME {
+            bail!("invalid archive file name '{name}'");
+        }
+        if self.files.iter().any(|f| f.filename == name) {
+            bail!("archive '{name}' was already written to this snapshot");
+        }
+        let tmp_path = self.path.join(format!("{name}.tmp_{}", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp_path)
+            .with_context(|| format!("cannot create {}", tmp_path.display()))?;
+        Ok(PendingFile {
+            file,
+            tmp_path,
+            name: name.to_string(),
+        })
+    }
+
+    /// Makes a written file final and records it for the manifest.
+    pub fn commit_file(&mut self, pending: PendingFile, info: FileInfo) -> Result<()> {
+        if info.filename != pending.name {
+            bail!("file name mismatch: {} vs {}", info.filename, pending.name);
+        }
+        pending.file.sync_all()?;
+        fs::rename(&pending.tmp_path, self.path.join(&pending.name))?;
+        self.files.push(info);
+        Ok(())
+    }
+
+    /// Writes a whole small file (a blob) and records it.
+    pub fn add_blob(&mut self, name: &str, raw_blob: &[u8], info: FileInfo) -> Result<()> {
+        use std::io::Write;
+        let mut pending = self.create_file(name)?;
+        pending.file.write_all(raw_blob)?;
+        self.commit_file(pending, info)
+    }
+
+    /// Writes the manifest last; from then on the snapshot is visible and complete.
+    /// `complete` may add to the manifest (unprotected data, signature) before it is written.
+    pub fn finish(
+        mut self,
+        complete: impl FnOnce(&mut Manifest) -> Result<()>,
+    ) -> Result<BackupDir> {
+        let mut manifest = Manifest::new(
+            self.dir.group.backup_type.as_str(),
+            &self.dir.group.backup_id,
+            self.dir.time,
+        );
+        manifest.files = self.files.clone();
+        complete(&mut manifest)?;
+        let raw = manifest.to_blob()?;
+        let tmp = self.path.join("index.json.tmp_manifest");
+        fs::write(&tmp, &raw)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, self.path.join(MANIFEST_BLOB_NAME))?;
+        if let Ok(dir) = File::open(&self.path) {
+            let _ = dir.sync_all();
+        }
+        self.finished = true;
+        Ok(self.dir.clone())
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        // After a commit the temporary name is gone and this does nothing.
+        let _ = fs::remove_file(&self.tmp_path);
+    }
+}
+
+fn write_owner_if_missing(path: &Path, owner: &str) -> Result<()> {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+    {
+        Ok(mut file) => {
+            use std::io::Write;
+            writeln!(file, "{owner}")?;
+            Ok(())
+        }
+        Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// The shared fcntl lock PBS backup sessions hold on `<root>/.lock` (garbage collection takes
+/// it exclusively). Kept open for the writer's lifetime.
+fn lock_store_shared(root: &Path) -> Result<File> {
+    let path = root.join(".lock");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let lock = libc::flock {
+        l_type: libc::F_RDLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } != 0 {
+        bail!(
+            "datastore {} is busy (garbage collection running?)",
+            root.display()
+        );
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::manifest::CryptMode;
+    use crate::store::names::BackupGroup;
+
+    /// One datastore for all tests (creating 65536 chunk directories is slow on busy disks);
+    /// each test uses a group of its own.
+    fn store() -> Arc<LocalDatastore> {
+        static STORE: std::sync::OnceLock<(tempfile::TempDir, Arc<LocalDatastore>)> =
+            std::sync::OnceLock::new();
+        STORE
+            .get_or_init(|| {
+                let tmp = tempfile::tempdir().unwrap();
+                let store = Arc::new(LocalDatastore::create(&tmp.path().join("ds")).unwrap());
+                (tmp, store)
+            })
+            .1
+            .clone()
+    }
+
+    fn dir_in(group: &str, time: i64) -> BackupDir {
+        BackupDir::new(BackupGroup::parse(group).unwrap(), time).unwrap()
+    }
+
+    #[test]
+    fn a_finished_snapshot_is_listed_and_readable() {
+        let store = store();
+        let dir = |time| dir_in("host/finished", time);
+        let ns = BackupNamespace::root();
+        let mut writer = SnapshotWriter::begin(store.clone(), &ns, &dir(1000), "me@pam").unwrap();
+        let blob = crate::format::blob::encode_blob(b"hello", true).unwrap();
+        let csum =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&blob)).into();
+        let info = FileInfo {
+            filename: "x.conf.blob".into(),
+            crypt_mode: CryptMode::None,
+            size: blob.len() as u64,
+            csum,
+        };
+        writer.add_blob("x.conf.blob", &blob, info).unwrap();
+        // Not visible before finish.
+        assert!(!store.list_snapshots(&ns, Some(&dir(1000).group)).unwrap()[0].finished);
+        writer.finish(|_| Ok(())).unwrap();
+        let list = store.list_snapshots(&ns, Some(&dir(1000).group)).unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].finished);
+        let manifest = store.read_manifest(&ns, &dir(1000)).unwrap();
+        assert_eq!(manifest.files[0].filename, "x.conf.blob");
+        assert_eq!(store.group_owner(&ns, &dir(1000).group).unwrap(), "me@pam");
+    }
+
+    #[test]
+    fn an_abandoned_writer_leaves_nothing() {
+        let store = store();
+        let dir = |time| dir_in("host/abandoned", time);
+        let ns = BackupNamespace::root();
+        let writer = SnapshotWriter::begin(store.clone(), &ns, &dir(1000), "me@pam").unwrap();
+        let path = store.snapshot_path(&ns, &dir(1000));
+        assert!(path.is_dir());
+        drop(writer);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_second_writer_of_the_group_is_refused() {
+        let store = store();
+        let dir = |time| dir_in("host/second", time);
+        let ns = BackupNamespace::root();
+        let _first = SnapshotWriter::begin(store.clone(), &ns, &dir(1000), "me@pam").unwrap();
+        let err = SnapshotWriter::begin(store.clone(), &ns, &dir(2000), "me@pam")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("another backup"), "{err}");
+    }
+
+    #[test]
+    fn older_times_are_refused_and_stale_snapshots_removed() {
+        let store = store();
+        let dir = |time| dir_in("host/older", time);
+        let ns = BackupNamespace::root();
+        SnapshotWriter::begin(store.clone(), &ns, &dir(1000), "me@pam")
+            .unwrap()
+            .finish(|_| Ok(()))
+            .unwrap();
+        assert!(SnapshotWriter::begin(store.clone(), &ns, &dir(1000), "me@pam").is_err());
+        // A left-over unfinished snapshot (e.g. after kill -9) is cleaned by the next writer.
+        let stale = store.snapshot_path(&ns, &dir(1500));
+        fs::create_dir(&stale).unwrap();
+        let writer = SnapshotWriter::begin(store.clone(), &ns, &dir(2000), "me@pam").unwrap();
+        assert!(!stale.exists());
+        writer.finish(|_| Ok(())).unwrap();
+        assert_eq!(
+            store
+                .list_snapshots(&ns, Some(&dir(1000).group))
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
