@@ -5,7 +5,9 @@
 pub mod blob;
 pub mod catalog;
 pub mod chunker;
+pub mod crypto;
 pub mod index;
+pub mod keyfile;
 pub mod manifest;
 pub mod read_at;
 
