@@ -74,6 +74,8 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?.clone();
+    let crypt = ctx.crypt()?;
+    ctx.checked_manifest(&dir, crypt.as_deref())?;
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -100,7 +102,7 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         Some(daemonize()?)
     };
     let result = (|| -> Result<pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>> {
-        let verifying = Arc::new(VerifyingChunkReader::new(store.clone()));
+        let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
         let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
         let fs = snapfs::open_snapshot(&store, &ctx.ns, &dir, args.archive.as_deref(), cache)?;
         pbsfs_mount::mount(fs, &mountpoint, &options)

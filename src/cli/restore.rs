@@ -47,7 +47,8 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?;
-    let manifest = store.read_manifest(&ctx.ns, &dir)?;
+    let crypt = ctx.crypt()?;
+    let manifest = ctx.checked_manifest(&dir, crypt.as_deref())?;
     if args.target != "-" {
         let all = snapfs::mountables(&manifest);
         let pxars: Vec<&Mountable> = snapfs::select_archive(&all, &args.archive)
@@ -56,7 +57,7 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
             .collect();
         if let [pxar] = pxars.as_slice() {
             let chunks: Arc<dyn ChunkReader> = Arc::new(ChunkCache::new(
-                Arc::new(VerifyingChunkReader::new(store.clone())),
+                Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone())),
                 64 << 20,
                 2,
             ));
@@ -84,11 +85,18 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let write_all = |out: &mut dyn Write| -> Result<()> {
         match ArchiveKind::of(&filename) {
             Some(ArchiveKind::Blob) => {
-                let data = read_blob(store, &ctx.ns, &dir, &manifest, &filename)?;
+                let data = read_blob(store, &ctx.ns, &dir, &manifest, &filename, crypt.as_deref())?;
                 out.write_all(&data)?;
             }
             _ => {
-                let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
+                let mode = manifest
+                    .file(&filename)
+                    .map(|f| f.crypt_mode)
+                    .unwrap_or_default();
+                let chunks = Arc::new(
+                    VerifyingChunkReader::with_key(store.clone(), crypt.clone())
+                        .expect_crypt_mode(mode),
+                );
                 let reader = open_index_reader(store, &ctx.ns, &dir, &manifest, &filename, chunks)?;
                 reader.copy_to(out)?;
             }

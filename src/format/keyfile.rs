@@ -337,7 +337,7 @@ fn now_rfc3339() -> String {
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    crate::store::time::epoch_to_rfc3339(epoch)
+    crate::format::time::epoch_to_rfc3339(epoch)
         .map(|text| text.replace('Z', "+00:00"))
         .unwrap_or_else(|| "1970-01-01T00:00:00+00:00".to_string())
 }

@@ -10,6 +10,7 @@ pub mod index;
 pub mod keyfile;
 pub mod manifest;
 pub mod read_at;
+pub mod time;
 
 pub use read_at::ReadAt;
 
