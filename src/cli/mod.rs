@@ -2,6 +2,7 @@
 
 pub mod context;
 pub mod files;
+pub mod helper;
 pub mod keys;
 pub mod mount;
 pub mod output;
