@@ -169,3 +169,111 @@ fn an_encrypted_snapshot_mounts_with_its_key() {
         .output();
     assert_same_tree(&tree, &expected_tree("tree1.json"), "fixture-enc");
 }
+
+#[test]
+fn key_show_prints_the_fixture_fingerprints() {
+    let out = pbsfs(&["key", "show", &key("fixture.key")], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("59:fc:73:e2:8a:71:d0:80:b8:60:4a:da:74:aa:87:bc:79:de:0a:72:fd:03:b4:c0:66:9c:08:97:ee:08:e1:a6"), "{text}");
+    let out = pbsfs(
+        &[
+            "key",
+            "show",
+            &key("fixture-scrypt.key"),
+            "--output-format",
+            "json",
+        ],
+        Some("fixture-password"),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["kdf"], "scrypt");
+    assert_eq!(shown["fingerprint"], "48:95:6d:c7:1a:84:c2:2b:62:d9:e2:33:32:b2:17:3a:13:c5:86:5d:4f:47:38:d2:9e:ac:27:c7:a7:4e:67:95");
+}
+
+#[test]
+fn key_create_writes_a_key_that_show_and_unlock_agree_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("new.key");
+    let out = pbsfs(
+        &[
+            "key",
+            "create",
+            path.to_str().unwrap(),
+            "--kdf",
+            "scrypt",
+            "--output-format",
+            "json",
+        ],
+        Some("s3cret-pass"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let shown = pbsfs(
+        &[
+            "key",
+            "show",
+            path.to_str().unwrap(),
+            "--output-format",
+            "json",
+        ],
+        None,
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["fingerprint"], created["fingerprint"]);
+    // A second create never overwrites a key.
+    let again = pbsfs(
+        &["key", "create", path.to_str().unwrap()],
+        Some("s3cret-pass"),
+    );
+    assert!(!again.status.success());
+    // The password never shows up in output.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret-pass"));
+    assert!(!stderr(&out).contains("s3cret-pass"));
+}
+
+#[test]
+fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let point: PathBuf = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    let out = pbsfs(
+        &[
+            "mount",
+            "host/fixture-enc-scrypt/latest",
+            point.to_str().unwrap(),
+            "--keyfile",
+            &key("fixture-scrypt.key"),
+        ],
+        Some("fixture-password"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tree = tree_from_disk(&point);
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    // The archive was made from TREE/links: compare with that part of tree1.json.
+    let mut expected = std::collections::BTreeMap::new();
+    for (path, mut record) in expected_tree("tree1.json") {
+        let rel = if path == b"links" {
+            Vec::new()
+        } else if let Some(rest) = path.strip_prefix(b"links/".as_slice()) {
+            rest.to_vec()
+        } else {
+            continue;
+        };
+        record.hardlinks = record
+            .hardlinks
+            .iter()
+            .filter_map(|h| h.strip_prefix(b"links/".as_slice()).map(<[u8]>::to_vec))
+            .collect();
+        expected.insert(rel, record);
+    }
+    assert_same_tree(&tree, &expected, "fixture-enc-scrypt");
+}

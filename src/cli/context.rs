@@ -106,7 +106,7 @@ impl Context {
         })
     }
 
-    /// The unlocked key, when --keyfile was given.
+    /// The unlocked key named by --keyfile.
     pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
         self.keyfile
             .as_deref()
@@ -114,14 +114,23 @@ impl Context {
             .transpose()
     }
 
-    /// Reads a snapshot's manifest and checks its signature when a key is given; refuses an
-    /// encrypted snapshot without a key.
-    pub fn checked_manifest(
-        &self,
-        dir: &BackupDir,
-        crypt: Option<&CryptConfig>,
-    ) -> Result<Manifest> {
+    /// Reads a snapshot's manifest and the key it needs: --keyfile, else (for an encrypted or
+    /// signed snapshot) the official client's default key if it exists. With a key the
+    /// signature is checked; an encrypted snapshot without a key is refused.
+    pub fn open_manifest(&self, dir: &BackupDir) -> Result<(Manifest, Option<Arc<CryptConfig>>)> {
         let manifest = self.store()?.read_manifest(&self.ns, dir)?;
+        let needs_key = manifest
+            .files
+            .iter()
+            .any(|f| f.crypt_mode != CryptMode::None);
+        let crypt = match &self.keyfile {
+            Some(path) => Some(super::keys::load_crypt_config(path)?),
+            None if needs_key => match super::key::default_key_path() {
+                Ok(path) if path.exists() => Some(super::keys::load_crypt_config(&path)?),
+                _ => None,
+            },
+            None => None,
+        };
         let encrypted = manifest
             .files
             .iter()
@@ -129,12 +138,12 @@ impl Context {
         if encrypted && crypt.is_none() {
             bail!("snapshot {dir} is encrypted: key needed (pass --keyfile)");
         }
-        if crypt.is_some() {
+        if let Some(crypt) = &crypt {
             manifest
-                .verify_signature(crypt)
+                .verify_signature(Some(crypt))
                 .with_context(|| format!("snapshot {dir}"))?;
         }
-        Ok(manifest)
+        Ok((manifest, crypt))
     }
 
     /// Finished snapshots of the namespace.

@@ -32,6 +32,22 @@ fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }
 
+/// A password for a new key: from the environment, or asked twice on the terminal.
+pub fn new_password() -> Result<Zeroizing<Vec<u8>>> {
+    if ["", "_FILE", "_FD", "_CMD"]
+        .iter()
+        .any(|suffix| std::env::var_os(format!("PBS_ENCRYPTION_PASSWORD{suffix}")).is_some())
+    {
+        return encryption_password();
+    }
+    let first = prompt("New key password: ")?;
+    let second = prompt("Repeat the password: ")?;
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    Ok(first)
+}
+
 fn encryption_password() -> Result<Zeroizing<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     if let Some(value) = std::env::var_os("PBS_ENCRYPTION_PASSWORD") {

@@ -3,6 +3,7 @@
 pub mod context;
 pub mod files;
 pub mod helper;
+pub mod key;
 pub mod keys;
 pub mod mount;
 pub mod output;
@@ -38,6 +39,8 @@ pub enum Command {
     /// modes, times, xattrs, ACLs, devices, hardlinks), or write an archive as stored (raw
     /// pxar stream, image, blob content) to stdout (`-`) or a file.
     Restore(restore::RestoreArgs),
+    /// Create or show encryption key files.
+    Key(key::KeyArgs),
     /// Mount a snapshot read-only (FUSE): its pxar archive as a directory tree, or its disk
     /// images as files. Runs in the background unless --foreground; `pbsfs umount` ends it.
     Mount(mount::MountArgs),
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
         Command::Mount(args) => mount::run(&args, repo),
+        Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),
     }
 }

@@ -74,8 +74,7 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?.clone();
-    let crypt = ctx.crypt()?;
-    ctx.checked_manifest(&dir, crypt.as_deref())?;
+    let (_manifest, crypt) = ctx.open_manifest(&dir)?;
     let mountpoint = args
         .mountpoint
         .canonicalize()

@@ -47,8 +47,7 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?;
-    let crypt = ctx.crypt()?;
-    let manifest = ctx.checked_manifest(&dir, crypt.as_deref())?;
+    let (manifest, crypt) = ctx.open_manifest(&dir)?;
     if args.target != "-" {
         let all = snapfs::mountables(&manifest);
         let pxars: Vec<&Mountable> = snapfs::select_archive(&all, &args.archive)
