@@ -218,3 +218,51 @@ fn mount_fuse3_helper_form_works() {
         7
     );
 }
+
+#[test]
+fn concurrent_readers_get_correct_data_and_unmount_leaves_no_process() {
+    let mount = Mounted::new(&datastore_dir(), "", "host/fixture-data/2026-11-25T08:28:43Z", &[]);
+    let files: Vec<(Vec<u8>, String)> = expected_tree("tree1.json")
+        .into_iter()
+        .filter(|(_, e)| e.kind == '-' && e.size.unwrap_or(0) > 0)
+        .map(|(path, e)| (path, e.sha256.unwrap()))
+        .collect();
+    assert!(files.len() > 50);
+    let point = mount.point.clone();
+    std::thread::scope(|scope| {
+        for thread in 0..8usize {
+            let files = &files;
+            let point = &point;
+            scope.spawn(move || {
+                // Half the threads read the same big files, the others walk the list at
+                // different starting points.
+                let order: Vec<usize> = if thread % 2 == 0 {
+                    (0..files.len()).filter(|i| i % 7 == 0).collect()
+                } else {
+                    (0..files.len()).map(|i| (i + thread * 13) % files.len()).collect()
+                };
+                for index in order {
+                    let (path, sha) = &files[index];
+                    let data = std::fs::read(point.join(std::ffi::OsStr::from_bytes(path))).unwrap();
+                    assert_eq!(&sha256_hex(&data), sha, "{}", show(path));
+                }
+            });
+        }
+    });
+    let canonical = mount.point.canonicalize().unwrap();
+    let pattern = format!("mount .*{}", canonical.display());
+    let running = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    assert!(running.status.success(), "the mount process should be found while mounted");
+    drop(mount);
+    // The background mount process ends with the unmount.
+    let mut gone = false;
+    for _ in 0..50 {
+        let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+        if !out.status.success() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gone, "a pbsfs mount process is still running after unmount");
+}
