@@ -289,7 +289,10 @@ impl StoreFs {
         if let Some(found) = self.open.lock().unwrap().get(&slot_index) {
             return Ok(found.clone());
         }
-        let opened = self.open_slot(slot).map_err(|err| {
+        let opened = self.open_slot(slot);
+        self.opening.lock().unwrap().remove(&slot_index);
+        let opened = opened.map_err(|err| {
+            // Logged once; later accesses retry (the error may have been transient).
             self.eio(format!(
                 "cannot open {}{}/{}: {err:#}",
                 ns_prefix(&slot.ns),
@@ -298,7 +301,6 @@ impl StoreFs {
             ))
         })?;
         self.open.lock().unwrap().put(slot_index, opened.clone());
-        self.opening.lock().unwrap().remove(&slot_index);
         Ok(opened)
     }
 
