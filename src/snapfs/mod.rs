@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod images;
+pub mod store_tree;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::store::names::{BackupDir, BackupNamespace};
 
 pub use archive::ArchiveFs;
 pub use images::ImageDirFs;
+pub use store_tree::StoreFs;
 
 /// What a snapshot can show: its pxar archives (by the name the official client uses,
 /// `root.pxar` also for a split `root.mpxar` + `root.ppxar` pair) and its images.

@@ -1,0 +1,310 @@
+//! The whole-store filesystem (`StoreFs`) over the fixture datastore, through the
+//! `ReadOnlyFs` trait directly, plus one mount through the kernel.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use common::{datastore_dir, expected_tree, sha256_hex};
+use pbsfs::format::Digest;
+use pbsfs::snapfs::StoreFs;
+use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::BackupNamespace;
+use pbsfs_mount::{Attr, Errno, ReadOnlyFs, ROOT_INO};
+
+const DATA_SNAP: &str = "host/fixture-data/2026-11-25T08:28:43Z";
+const LEGACY_SNAP: &str = "host/fixture-legacy/2026-11-25T08:28:42Z";
+const NS_SNAP: &str = "ns/team/host/fixture-ns/2026-11-25T08:29:01Z";
+const IMAGE: &str = "vm/100/2026-11-25T08:29:01Z/drive-scsi0.img";
+
+/// Counts the chunks read, to show what is (not) opened.
+struct Counting {
+    inner: VerifyingChunkReader,
+    reads: AtomicUsize,
+}
+
+impl ChunkReader for Counting {
+    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_chunk(digest, expected_len)
+    }
+}
+
+fn store_fs() -> (StoreFs, Arc<Counting>) {
+    let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
+    let chunks = Arc::new(Counting {
+        inner: VerifyingChunkReader::new(store.clone()),
+        reads: AtomicUsize::new(0),
+    });
+    let fs = StoreFs::new(store, BackupNamespace::root(), chunks.clone()).unwrap();
+    (fs, chunks)
+}
+
+/// Looks up a `/`-separated path from the root.
+fn resolve(fs: &dyn ReadOnlyFs, path: &str) -> Result<Attr, Errno> {
+    let mut attr = fs.getattr(ROOT_INO)?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        attr = fs.lookup(attr.ino, OsStr::new(part))?;
+    }
+    Ok(attr)
+}
+
+fn list(fs: &dyn ReadOnlyFs, ino: u64, offset: u64) -> Result<Vec<(String, Attr, u64)>, Errno> {
+    let mut out = Vec::new();
+    fs.readdir(ino, offset, &mut |item| {
+        out.push((
+            item.name.to_string_lossy().into_owned(),
+            item.attr,
+            item.next_offset,
+        ));
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+fn names(fs: &dyn ReadOnlyFs, path: &str) -> Vec<String> {
+    let ino = resolve(fs, path).unwrap().ino;
+    list(fs, ino, 0).unwrap().into_iter().map(|e| e.0).collect()
+}
+
+fn read_all(fs: &dyn ReadOnlyFs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let piece = fs.read(ino, fh, out.len() as u64, 1 << 20).unwrap();
+        if piece.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&piece);
+    }
+    fs.release(ino, fh);
+    out
+}
+
+fn expected_sha(rel: &str) -> String {
+    expected_tree("tree1.json")[rel.as_bytes()]
+        .sha256
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn top_levels_follow_the_datastore_layout() {
+    let (fs, _) = store_fs();
+    assert_eq!(names(&fs, ""), ["host", "ns", "vm"]);
+    assert!(resolve(&fs, "ns").unwrap().is_dir());
+    assert_eq!(names(&fs, "ns"), ["team"]);
+    assert_eq!(names(&fs, "ns/team"), ["host"]);
+    assert_eq!(names(&fs, "ns/team/host"), ["fixture-ns"]);
+    assert_eq!(names(&fs, "vm"), ["100"]);
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z"]
+    );
+    // Snapshot directories carry the backup time.
+    let snap = resolve(&fs, DATA_SNAP).unwrap();
+    assert!(snap.is_dir());
+    assert_eq!(snap.mtime.secs, 1795595323); // 2026-11-25T08:28:43Z
+    assert_eq!(resolve(&fs, "nothing").unwrap_err(), Errno::ENOENT);
+    assert_eq!(resolve(&fs, "host/nothing").unwrap_err(), Errno::ENOENT);
+}
+
+#[test]
+fn listing_a_snapshot_opens_no_archive() {
+    let (fs, chunks) = store_fs();
+    // The split pair shows as one `root.pxar`; the catalog is not an archive to browse.
+    assert_eq!(names(&fs, DATA_SNAP), ["root.pxar"]);
+    assert_eq!(names(&fs, LEGACY_SNAP), ["root.pxar"]);
+    let archive = resolve(&fs, &format!("{DATA_SNAP}/root.pxar")).unwrap();
+    assert!(archive.is_dir());
+    assert_eq!(fs.getattr(archive.ino).unwrap(), archive);
+    assert_eq!(chunks.reads.load(Ordering::SeqCst), 0);
+    // Entering it does.
+    assert!(names(&fs, &format!("{DATA_SNAP}/root.pxar")).contains(&"links".to_string()));
+    assert!(chunks.reads.load(Ordering::SeqCst) > 0);
+    // The archive root keeps the attributes the listing showed.
+    assert_eq!(fs.getattr(archive.ino).unwrap(), archive);
+}
+
+#[test]
+fn files_inside_split_and_namespaced_archives_read_correctly() {
+    let (fs, _) = store_fs();
+    let want = expected_sha("links/hard-a");
+    let a = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links/hard-a")).unwrap();
+    assert_eq!(sha256_hex(&read_all(&fs, a.ino)), want);
+    // The ns fixture archived only `links`: its root holds hard-a directly.
+    let b = resolve(&fs, &format!("{NS_SNAP}/root.pxar/hard-a")).unwrap();
+    assert_eq!(sha256_hex(&read_all(&fs, b.ino)), want);
+    assert_ne!(a.ino, b.ino);
+    // Hardlinks still share their inode within one archive.
+    let c = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links/hard-b")).unwrap();
+    assert_eq!(a.ino, c.ino);
+    assert_eq!(c.nlink, 3);
+}
+
+#[test]
+fn images_are_regular_files_of_their_size() {
+    let (fs, chunks) = store_fs();
+    let image = resolve(&fs, IMAGE).unwrap();
+    assert_eq!(image.mode & libc::S_IFMT, libc::S_IFREG);
+    assert_eq!(image.size, 16789561);
+    assert_eq!(chunks.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        sha256_hex(&read_all(&fs, image.ino)),
+        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"
+    );
+}
+
+#[test]
+fn inodes_are_unique_across_archives_and_stable() {
+    let (fs, _) = store_fs();
+    let mut seen: HashMap<u64, String> = HashMap::new();
+    let mut record = |ino: u64, what: String| {
+        if let Some(other) = seen.insert(ino, what.clone()) {
+            // Only the names of one hardlinked file may share an inode.
+            let (a_dir, a_name) = other.rsplit_once('/').unwrap();
+            let (b_dir, b_name) = what.rsplit_once('/').unwrap();
+            assert!(
+                a_dir == b_dir && a_name.starts_with("hard-") && b_name.starts_with("hard-"),
+                "{what} and {other} share inode {ino}"
+            );
+        }
+    };
+    for dir in [
+        format!("{LEGACY_SNAP}/root.pxar/links"),
+        format!("{DATA_SNAP}/root.pxar/links"),
+        format!("{NS_SNAP}/root.pxar"),
+        format!("{DATA_SNAP}/root.pxar"),
+        LEGACY_SNAP.to_string(),
+        DATA_SNAP.to_string(),
+        String::new(),
+    ] {
+        let ino = resolve(&fs, &dir).unwrap().ino;
+        for (name, attr, _) in list(&fs, ino, 0).unwrap() {
+            record(attr.ino, format!("{dir}/{name}"));
+            // Listing and lookup agree.
+            assert_eq!(fs.lookup(ino, OsStr::new(&name)).unwrap().ino, attr.ino);
+        }
+    }
+    // Numbers do not change on a second resolve.
+    let a = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links"))
+        .unwrap()
+        .ino;
+    let b = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links"))
+        .unwrap()
+        .ino;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn parents_lead_back_to_the_root() {
+    let (fs, _) = store_fs();
+    let chain = [
+        "",
+        "ns",
+        "ns/team",
+        "ns/team/host",
+        "ns/team/host/fixture-ns",
+        NS_SNAP,
+    ];
+    for pair in chain.windows(2) {
+        let parent = resolve(&fs, pair[0]).unwrap().ino;
+        let child = resolve(&fs, pair[1]).unwrap().ino;
+        assert_eq!(fs.parent(child), Some(parent), "parent of {}", pair[1]);
+    }
+    assert_eq!(fs.parent(ROOT_INO), None);
+    let snap = resolve(&fs, DATA_SNAP).unwrap().ino;
+    let root = resolve(&fs, &format!("{DATA_SNAP}/root.pxar")).unwrap().ino;
+    let links = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links"))
+        .unwrap()
+        .ino;
+    let group = resolve(&fs, "host/fixture-data").unwrap().ino;
+    assert_eq!(fs.parent(snap), Some(group));
+    assert_eq!(fs.parent(root), Some(snap));
+    assert_eq!(fs.parent(links), Some(root));
+    // A deeper directory inside the archive points at its archive parent.
+    let tree = list(&fs, root, 0).unwrap();
+    let (name, attr, _) = tree
+        .iter()
+        .find(|(_, a, _)| a.is_dir())
+        .expect("the archive has a directory");
+    assert_eq!(fs.parent(attr.ino), Some(root), "{name}");
+}
+
+#[test]
+fn listings_resume_at_their_offsets() {
+    let (fs, _) = store_fs();
+    for path in ["", "host", &format!("{DATA_SNAP}/root.pxar/links")] {
+        let ino = resolve(&fs, path).unwrap().ino;
+        let all = list(&fs, ino, 0).unwrap();
+        assert!(all.len() >= 2, "{path}");
+        let rest = list(&fs, ino, all[0].2).unwrap();
+        assert_eq!(
+            rest.iter().map(|e| &e.0).collect::<Vec<_>>(),
+            all[1..].iter().map(|e| &e.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_archive_fails_only_its_own_directory() {
+    let (fs, _) = store_fs();
+    // Encrypted, and no key given: the archive cannot be opened.
+    let enc = "host/fixture-enc/2026-11-25T08:29:00Z/root.pxar";
+    let root = resolve(&fs, enc).unwrap();
+    assert!(root.is_dir());
+    assert_eq!(list(&fs, root.ino, 0).unwrap_err(), Errno::EIO);
+    assert_eq!(
+        fs.lookup(root.ino, OsStr::new("links")).unwrap_err(),
+        Errno::EIO
+    );
+    // Everything else keeps working.
+    assert!(resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links/hard-a")).is_ok());
+    assert_eq!(list(&fs, root.ino, 0).unwrap_err(), Errno::EIO);
+}
+
+#[test]
+fn a_namespace_can_be_the_root() {
+    let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
+    let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
+    let team = BackupNamespace::parse("team").unwrap();
+    let fs = StoreFs::new(store.clone(), team, chunks.clone()).unwrap();
+    assert_eq!(names(&fs, ""), ["host"]);
+    assert!(resolve(&fs, "host/fixture-ns/2026-11-25T08:29:01Z/root.pxar/hard-a").is_ok());
+    let missing = BackupNamespace::parse("nope").unwrap();
+    assert!(StoreFs::new(store, missing, chunks).is_err());
+}
+
+#[test]
+fn the_store_mounts_through_the_kernel() {
+    let (fs, _) = store_fs();
+    let dir = tempfile::tempdir().unwrap();
+    let mount =
+        pbsfs_mount::mount_background(fs, dir.path(), &pbsfs_mount::MountOptions::default())
+            .expect("mount (needs root and /dev/fuse)");
+    let base = mount.mountpoint().to_path_buf();
+    let mut top: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["host", "ns", "vm"]);
+    let data = std::fs::read(base.join(DATA_SNAP).join("root.pxar/links/hard-a")).unwrap();
+    assert_eq!(sha256_hex(&data), expected_sha("links/hard-a"));
+    let ns_file = std::fs::read(base.join(NS_SNAP).join("root.pxar/hard-b")).unwrap();
+    assert_eq!(ns_file, data);
+    let image = std::fs::metadata(base.join(IMAGE)).unwrap();
+    assert_eq!(image.len(), 16789561);
+    // ".." inside an archive is the real parent.
+    use std::os::unix::fs::MetadataExt;
+    let up = std::fs::metadata(base.join(DATA_SNAP).join("root.pxar/links/..")).unwrap();
+    let root = std::fs::metadata(base.join(DATA_SNAP).join("root.pxar")).unwrap();
+    assert_eq!(up.ino(), root.ino());
+    mount.unmount().unwrap();
+}
