@@ -18,19 +18,19 @@ struct Mounted {
 }
 
 impl Mounted {
+    /// `snapshot` "" mounts the whole datastore.
     fn new(store: &Path, ns: &str, snapshot: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let point = dir.path().join("mnt");
         std::fs::create_dir(&point).unwrap();
+        let snapshot: &[&str] = if snapshot.is_empty() {
+            &[]
+        } else {
+            &[snapshot]
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-            .args([
-                "--repository",
-                store.to_str().unwrap(),
-                "--ns",
-                ns,
-                "mount",
-                snapshot,
-            ])
+            .args(["--repository", store.to_str().unwrap(), "--ns", ns, "mount"])
+            .args(snapshot)
             .arg(&point)
             .args(extra)
             .output()
@@ -221,7 +221,12 @@ fn mount_fuse3_helper_form_works() {
 
 #[test]
 fn concurrent_readers_get_correct_data_and_unmount_leaves_no_process() {
-    let mount = Mounted::new(&datastore_dir(), "", "host/fixture-data/2026-11-25T08:28:43Z", &[]);
+    let mount = Mounted::new(
+        &datastore_dir(),
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        &[],
+    );
     let files: Vec<(Vec<u8>, String)> = expected_tree("tree1.json")
         .into_iter()
         .filter(|(_, e)| e.kind == '-' && e.size.unwrap_or(0) > 0)
@@ -239,11 +244,14 @@ fn concurrent_readers_get_correct_data_and_unmount_leaves_no_process() {
                 let order: Vec<usize> = if thread % 2 == 0 {
                     (0..files.len()).filter(|i| i % 7 == 0).collect()
                 } else {
-                    (0..files.len()).map(|i| (i + thread * 13) % files.len()).collect()
+                    (0..files.len())
+                        .map(|i| (i + thread * 13) % files.len())
+                        .collect()
                 };
                 for index in order {
                     let (path, sha) = &files[index];
-                    let data = std::fs::read(point.join(std::ffi::OsStr::from_bytes(path))).unwrap();
+                    let data =
+                        std::fs::read(point.join(std::ffi::OsStr::from_bytes(path))).unwrap();
                     assert_eq!(&sha256_hex(&data), sha, "{}", show(path));
                 }
             });
@@ -251,13 +259,22 @@ fn concurrent_readers_get_correct_data_and_unmount_leaves_no_process() {
     });
     let canonical = mount.point.canonicalize().unwrap();
     let pattern = format!("mount .*{}", canonical.display());
-    let running = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
-    assert!(running.status.success(), "the mount process should be found while mounted");
+    let running = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    assert!(
+        running.status.success(),
+        "the mount process should be found while mounted"
+    );
     drop(mount);
     // The background mount process ends with the unmount.
     let mut gone = false;
     for _ in 0..50 {
-        let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+        let out = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
         if !out.status.success() {
             gone = true;
             break;
@@ -265,4 +282,41 @@ fn concurrent_readers_get_correct_data_and_unmount_leaves_no_process() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(gone, "a pbsfs mount process is still running after unmount");
+}
+
+#[test]
+fn the_whole_datastore_mounts_as_a_tree_of_snapshots() {
+    let mount = Mounted::new(&datastore_dir(), "", "", &[]);
+    let mut top: Vec<String> = std::fs::read_dir(&mount.point)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["host", "ns", "vm"]);
+    let image = mount
+        .point
+        .join("vm/100/2026-11-25T08:29:01Z/drive-scsi0.img");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&image).unwrap()),
+        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"
+    );
+    let expected = expected_tree("tree1.json");
+    for archive in [
+        "host/fixture-legacy/2026-11-25T08:28:42Z/root.pxar",
+        "host/fixture-meta/2026-11-25T08:28:43Z/root.pxar",
+    ] {
+        let target = mount.point.join(archive).join("links/target.txt");
+        let data = std::fs::read(&target).unwrap();
+        assert_eq!(
+            Some(sha256_hex(&data)),
+            expected[b"links/target.txt".as_slice()].sha256
+        );
+    }
+    let ns_file = mount
+        .point
+        .join("ns/team/host/fixture-ns/2026-11-25T08:29:01Z/root.pxar/rel-link");
+    assert_eq!(
+        std::fs::read_link(ns_file).unwrap().to_str(),
+        Some("target.txt")
+    );
 }

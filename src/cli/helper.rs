@@ -1,7 +1,7 @@
 //! The `mount.fuse3` helper form: `pbsfs SOURCE MOUNTPOINT -o OPTIONS`, so that
 //! `mount -t fuse.pbsfs SOURCE /mnt` and fstab lines work.
 //!
-//! SOURCE is `REPOSITORY#SNAPSHOT` (`#` cannot occur in repository strings or snapshot
+//! SOURCE is `REPOSITORY#SNAPSHOT`, or `REPOSITORY#` for the whole datastore (`#` cannot occur in repository strings or snapshot
 //! names), e.g. `/srv/backups#host/myhost/latest`. pbsfs's own options ride in `-o`:
 //! `ns=NS`, `archive=NAME`, `keyfile=PATH`, `cache_size=SIZE`, `credentials=FILE` (a file
 //! of `NAME=VALUE` lines such as PBS_PASSWORD, PBS_FINGERPRINT, PBS_ENCRYPTION_PASSWORD:
@@ -52,7 +52,12 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
     }
 
     let mut out: Vec<OsString> = vec![args[0].clone(), "--repository".into(), repository.into()];
-    let mut mount_args: Vec<OsString> = vec!["mount".into(), snapshot.into(), mountpoint.clone()];
+    // `REPOSITORY#` alone mounts the whole datastore.
+    let mut mount_args: Vec<OsString> = vec!["mount".into()];
+    if !snapshot.is_empty() {
+        mount_args.push(snapshot.into());
+    }
+    mount_args.push(mountpoint.clone());
     for option in options {
         let (name, value) = option
             .split_once('=')

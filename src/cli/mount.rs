@@ -21,10 +21,11 @@ use super::context::{Context, RepoArgs};
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`.
-    pub snapshot: String,
-    /// An existing, empty directory.
-    pub mountpoint: PathBuf,
+    /// `[SNAPSHOT] MOUNTPOINT`. SNAPSHOT is TYPE/ID/TIME (TIME may be a unique prefix such
+    /// as 2026-04-13, an epoch or `latest`). Without it the whole datastore (from the selected
+    /// namespace down) is mounted: [ns/NS/]TYPE/ID/TIME/ARCHIVE/..., opened lazily.
+    #[arg(required = true, num_args = 1..=2, value_names = ["SNAPSHOT", "MOUNTPOINT"])]
+    pub targets: Vec<String>,
     /// Which archive to show when the snapshot has several (e.g. `root.pxar`, `drive-scsi0.img`).
     #[arg(long, value_name = "NAME")]
     pub archive: Option<String>,
@@ -72,18 +73,33 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     // Everything that can fail because of what the user typed is checked here, before the
     // background process is started, so errors reach the terminal.
     let ctx = Context::open(repo)?;
-    let dir = ctx.resolve(&args.snapshot)?;
+    let (snapshot, mountpoint) = match args.targets.as_slice() {
+        [mountpoint] => (None, PathBuf::from(mountpoint)),
+        [snapshot, mountpoint] => (Some(snapshot.as_str()), PathBuf::from(mountpoint)),
+        _ => bail!("expected [SNAPSHOT] MOUNTPOINT"),
+    };
     let store = ctx.store()?.clone();
-    let (_manifest, crypt) = ctx.open_manifest(&dir)?;
-    let mountpoint = args
-        .mountpoint
+    // A snapshot mount checks its snapshot (and key) now; a whole-store mount uses
+    // --keyfile, if given, for whatever encrypted archives are opened later.
+    let (dir, crypt) = match snapshot {
+        Some(spec) => {
+            let dir = ctx.resolve(spec)?;
+            let (_manifest, crypt) = ctx.open_manifest(&dir)?;
+            (Some(dir), crypt)
+        }
+        None => (None, ctx.crypt()?),
+    };
+    let mountpoint = mountpoint
         .canonicalize()
-        .with_context(|| format!("mount point {} does not exist", args.mountpoint.display()))?;
+        .with_context(|| format!("mount point {} does not exist", mountpoint.display()))?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
     let mut options = MountOptions {
-        fsname: Some(format!("pbsfs:{dir}")),
+        fsname: Some(match &dir {
+            Some(dir) => format!("pbsfs:{dir}"),
+            None => format!("pbsfs:{}", store.root().display()),
+        }),
         subtype: Some("pbsfs".into()),
         ..MountOptions::default()
     };
@@ -103,7 +119,12 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     let result = (|| -> Result<pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>> {
         let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
         let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
-        let fs = snapfs::open_snapshot(&store, &ctx.ns, &dir, args.archive.as_deref(), cache)?;
+        let fs: Arc<dyn pbsfs_mount::ReadOnlyFs> = match &dir {
+            Some(dir) => {
+                snapfs::open_snapshot(&store, &ctx.ns, dir, args.archive.as_deref(), cache)?
+            }
+            None => Arc::new(snapfs::StoreFs::new(store.clone(), ctx.ns.clone(), cache)?),
+        };
         pbsfs_mount::mount(fs, &mountpoint, &options)
             .with_context(|| format!("cannot mount on {}", mountpoint.display()))
     })();
