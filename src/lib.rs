@@ -6,5 +6,6 @@
 pub mod backup;
 pub mod format;
 pub mod pxar;
+pub mod remote;
 pub mod repository;
 pub mod store;
