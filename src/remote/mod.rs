@@ -3,13 +3,17 @@
 //! [`ChunkSource`](crate::store::ChunkSource) and the backup protocol for writing snapshots.
 
 pub mod client;
+pub mod datastore;
 pub mod error;
 pub mod options;
 pub mod query;
+pub mod reader;
 pub mod runtime;
 pub mod session;
 mod tls;
 
 pub use client::HttpClient;
+pub use datastore::{RemoteDatastore, RemoteFile, RemoteGroup, RemoteSnapshot};
 pub use error::RemoteError;
 pub use options::{ConnectOptions, Fingerprint, Secret};
+pub use reader::RemoteReader;
