@@ -2,18 +2,23 @@
 //! mirror what the CLI uses from [`LocalDatastore`](crate::store::local::LocalDatastore);
 //! reading archives goes through a reader session ([`RemoteReader`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use super::backup::RemoteBackupSession;
 use super::client::{HttpClient, DOWNLOAD_LIMIT};
 use super::options::ConnectOptions;
 use super::query::{encode_component, encode_query};
 use super::reader::RemoteReader;
 use super::runtime::block_on;
+use crate::format::index::AnyIndex;
 use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
+use crate::format::Digest;
 use crate::repository::RemoteRepository;
+use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use crate::store::local::SnapshotEntry;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
 
@@ -92,6 +97,15 @@ struct NamespaceItem {
 pub struct RemoteDatastore {
     client: Arc<HttpClient>,
     store: String,
+    /// Reader sessions opened by [`read_index`](Self::read_index), and which of them may
+    /// serve which chunk (the server only serves chunks of indexes read in a session).
+    readers: Arc<Mutex<ReaderMap>>,
+}
+
+#[derive(Default)]
+struct ReaderMap {
+    by_snapshot: HashMap<(BackupNamespace, BackupDir), Arc<RemoteReader>>,
+    by_digest: HashMap<Digest, Arc<RemoteReader>>,
 }
 
 impl RemoteDatastore {
@@ -100,6 +114,7 @@ impl RemoteDatastore {
         let datastore = RemoteDatastore {
             client: Arc::new(HttpClient::new(options)),
             store: repo.datastore.clone(),
+            readers: Arc::default(),
         };
         block_on(datastore.client.get_json("/api2/json/version", ""))?;
         Ok(datastore)
@@ -240,6 +255,71 @@ impl RemoteDatastore {
         reader.connect()?;
         Ok(Arc::new(reader))
     }
+
+    /// The newest finished snapshot of a group (the base for change detection).
+    pub fn last_snapshot(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Option<BackupDir>> {
+        // All groups, then filtered: asking for an unknown group is an error on PBS.
+        Ok(self
+            .list_snapshots(ns, None)?
+            .into_iter()
+            .filter(|s| s.entry.finished && &s.entry.dir.group == group)
+            .map(|s| s.entry.dir)
+            .next_back())
+    }
+
+    /// An index of a finished snapshot, checked against its manifest entry. It is read
+    /// through a reader session, so [`chunk_reader`](Self::chunk_reader) can then fetch its
+    /// chunks.
+    pub fn read_index(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        manifest: &Manifest,
+        name: &str,
+    ) -> Result<AnyIndex> {
+        let key = (ns.clone(), dir.clone());
+        let existing = self.readers.lock().unwrap().by_snapshot.get(&key).cloned();
+        let reader = match existing {
+            Some(reader) => reader,
+            None => {
+                let reader = self.open_reader(ns, dir)?;
+                self.readers
+                    .lock()
+                    .unwrap()
+                    .by_snapshot
+                    .insert(key, reader.clone());
+                reader
+            }
+        };
+        let index = reader.open_index(manifest, name)?;
+        let mut readers = self.readers.lock().unwrap();
+        for digest in index.digests() {
+            readers.by_digest.insert(*digest, reader.clone());
+        }
+        Ok(index)
+    }
+
+    /// Verified reads of the chunks of every index read with
+    /// [`read_index`](Self::read_index).
+    pub fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
+        Arc::new(VerifyingChunkReader::new(Arc::new(IndexedChunks {
+            readers: self.readers.clone(),
+        })))
+    }
+
+    /// Starts writing snapshot `dir` (backup protocol); its group is created with the
+    /// connecting auth-id as owner. The previous snapshot's chunks are known from the start.
+    pub fn start_backup(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+    ) -> Result<RemoteBackupSession> {
+        RemoteBackupSession::start(&self.client, &self.store, ns, dir)
+    }
 }
 
 /// `[(name, ns)]`, or nothing for the root namespace (the official client omits it).
@@ -260,4 +340,28 @@ pub(crate) fn snapshot_params(
     params.push(("backup-id", dir.group.backup_id.clone()));
     params.push(("backup-time", dir.time.to_string()));
     params
+}
+
+/// Routes a chunk to the reader session that downloaded an index containing it.
+struct IndexedChunks {
+    readers: Arc<Mutex<ReaderMap>>,
+}
+
+impl crate::store::ChunkSource for IndexedChunks {
+    fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let reader = self
+            .readers
+            .lock()
+            .unwrap()
+            .by_digest
+            .get(digest)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "chunk {} is not in an index read from the server",
+                    crate::format::digest_to_hex(digest)
+                )
+            })?;
+        reader.fetch_raw_chunk(digest)
+    }
 }

@@ -2,6 +2,7 @@
 //! token or ticket authentication, the admin API for browsing, the reader protocol as a
 //! [`ChunkSource`](crate::store::ChunkSource) and the backup protocol for writing snapshots.
 
+pub mod backup;
 pub mod client;
 pub mod datastore;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod runtime;
 pub mod session;
 mod tls;
 
+pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
 pub use client::HttpClient;
 pub use datastore::{RemoteDatastore, RemoteFile, RemoteGroup, RemoteSnapshot};
 pub use error::RemoteError;

@@ -809,9 +809,9 @@ fn read_snapshot_file(
     name: &str,
 ) -> Result<(Bytes, Option<AnyIndex>), Reply> {
     if !is_safe_id(name) {
-        return Err(Reply::bad_param(format!(
-            "parameter verification failed - 'file-name': value does not match the regex pattern"
-        )));
+        return Err(Reply::bad_param(
+            "parameter verification failed - 'file-name': value does not match the regex pattern",
+        ));
     }
     let path = store.snapshot_path(ns, dir).join(name);
     let kind = ArchiveKind::of(name);
@@ -974,8 +974,7 @@ impl BackupState {
             .list_group_snapshots(&ns, &dir.group)
             .unwrap_or_default()
             .into_iter()
-            .filter(|s| s.finished)
-            .next_back()
+            .rfind(|s| s.finished)
             .filter(|s| {
                 store
                     .read_manifest(&ns, &s.dir)
