@@ -205,24 +205,16 @@ impl HttpClient {
         let what = format!("{} {}", request.method(), request.uri().path());
         let exchange = async {
             let idle = self.idle.lock().unwrap().take();
-            let mut sender = match idle {
-                Some(sender) if sender.is_ready() => sender,
-                _ => self.new_http1().await?,
-            };
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|err| self.lost(err))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), API_BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(|err| self.lost(err))?
-                .to_bytes();
-            if sender.is_ready() {
-                *self.idle.lock().unwrap() = Some(sender);
+            if let Some(sender) = idle.filter(|s| s.is_ready()) {
+                // The server may have closed an idle keep-alive connection meanwhile: then
+                // the request is sent again on a new one.
+                match self.exchange(sender, clone_request(&request)).await {
+                    Err(err) if err.is_connection_error() => {}
+                    result => return result,
+                }
             }
-            Ok((status, body))
+            let sender = self.new_http1().await?;
+            self.exchange(sender, request).await
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -231,6 +223,27 @@ impl HttpClient {
                 after: timeout,
             }),
         }
+    }
+
+    async fn exchange(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), RemoteError> {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| self.lost(err))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), API_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|err| self.lost(err))?
+            .to_bytes();
+        if sender.is_ready() {
+            *self.idle.lock().unwrap() = Some(sender);
+        }
+        Ok((status, body))
     }
 
     /// A GET of an API path (`/api2/json/...`) with query parameters; returns the raw body of
@@ -337,6 +350,14 @@ fn base_request(method: Method, uri: &str, options: &ConnectOptions) -> http::re
         .uri(uri)
         .header(http::header::HOST, options.server())
         .header(http::header::USER_AGENT, USER_AGENT)
+}
+
+fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, RemoteError> {
