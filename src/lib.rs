@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod format;
 pub mod pxar;
+pub mod remote;
 pub mod repository;
 pub mod snapfs;
 pub mod store;

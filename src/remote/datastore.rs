@@ -1,0 +1,367 @@
+//! A datastore on a PBS server, browsed through the admin API (protocol.md §5). The methods
+//! mirror what the CLI uses from [`LocalDatastore`](crate::store::local::LocalDatastore);
+//! reading archives goes through a reader session ([`RemoteReader`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::backup::RemoteBackupSession;
+use super::client::{HttpClient, DOWNLOAD_LIMIT};
+use super::options::ConnectOptions;
+use super::query::{encode_component, encode_query};
+use super::reader::RemoteReader;
+use super::runtime::block_on;
+use crate::format::index::AnyIndex;
+use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
+use crate::format::Digest;
+use crate::repository::RemoteRepository;
+use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
+use crate::store::local::SnapshotEntry;
+use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
+
+/// A file of a snapshot as the server lists it (`BackupContent`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RemoteFile {
+    pub filename: String,
+    /// Absent for files not in the manifest (e.g. `client.log.blob`).
+    #[serde(default)]
+    pub crypt_mode: Option<CryptMode>,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// A snapshot as the server lists it (`SnapshotListItem`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSnapshot {
+    pub entry: SnapshotEntry,
+    pub files: Vec<RemoteFile>,
+    /// Sum of the file sizes.
+    pub size: Option<u64>,
+    pub owner: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// A group as the server lists it (`GroupListItem`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteGroup {
+    pub group: BackupGroup,
+    /// Time of the newest finished snapshot (0 if none).
+    pub last_backup: i64,
+    pub backup_count: u64,
+    pub files: Vec<String>,
+    pub owner: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct SnapshotItem {
+    backup_type: String,
+    backup_id: String,
+    backup_time: i64,
+    #[serde(default)]
+    files: Vec<RemoteFile>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    protected: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct GroupItem {
+    backup_type: String,
+    backup_id: String,
+    #[serde(default)]
+    last_backup: i64,
+    #[serde(default)]
+    backup_count: u64,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceItem {
+    ns: String,
+}
+
+pub struct RemoteDatastore {
+    client: Arc<HttpClient>,
+    store: String,
+    /// Reader sessions opened by [`read_index`](Self::read_index), and which of them may
+    /// serve which chunk (the server only serves chunks of indexes read in a session).
+    readers: Arc<Mutex<ReaderMap>>,
+}
+
+#[derive(Default)]
+struct ReaderMap {
+    by_snapshot: HashMap<(BackupNamespace, BackupDir), Arc<RemoteReader>>,
+    by_digest: HashMap<Digest, Arc<RemoteReader>>,
+}
+
+impl RemoteDatastore {
+    /// Connects and authenticates (so a wrong fingerprint or secret fails here, clearly).
+    pub fn connect(repo: &RemoteRepository, options: ConnectOptions) -> Result<Self> {
+        let datastore = RemoteDatastore {
+            client: Arc::new(HttpClient::new(options)),
+            store: repo.datastore.clone(),
+            readers: Arc::default(),
+        };
+        block_on(datastore.client.get_json("/api2/json/version", ""))?;
+        Ok(datastore)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.store
+    }
+
+    pub fn client(&self) -> &Arc<HttpClient> {
+        &self.client
+    }
+
+    fn path(&self, call: &str) -> String {
+        format!(
+            "/api2/json/admin/datastore/{}/{call}",
+            encode_component(&self.store)
+        )
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, call: &str, query: &str) -> Result<T> {
+        let data = block_on(self.client.get_json(&self.path(call), query))?;
+        serde_json::from_value(data).with_context(|| {
+            format!(
+                "unexpected answer to {call} from {}",
+                self.client.options().server()
+            )
+        })
+    }
+
+    /// `parent` and every namespace below it, depth first, children in name order.
+    pub fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
+        let items: Vec<NamespaceItem> =
+            self.get("namespace", &encode_query(&ns_param("parent", parent)))?;
+        let mut list = items
+            .iter()
+            .map(|item| BackupNamespace::parse(&item.ns))
+            .collect::<Result<Vec<_>>>()?;
+        list.sort(); // component order = depth-first pre-order
+        Ok(list)
+    }
+
+    /// The groups of one namespace, in display order.
+    pub fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<RemoteGroup>> {
+        let items: Vec<GroupItem> = self.get("groups", &encode_query(&ns_param("ns", ns)))?;
+        let mut groups = items
+            .into_iter()
+            .map(|item| {
+                Ok(RemoteGroup {
+                    group: BackupGroup::new(
+                        BackupType::parse(&item.backup_type)?,
+                        &item.backup_id,
+                    )?,
+                    last_backup: item.last_backup,
+                    backup_count: item.backup_count,
+                    files: item.files,
+                    owner: item.owner,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
+    }
+
+    /// Every snapshot of a namespace (or of one group), finished or not, ordered by group
+    /// then time like the local store.
+    pub fn list_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: Option<&BackupGroup>,
+    ) -> Result<Vec<RemoteSnapshot>> {
+        let mut params = ns_param("ns", ns);
+        if let Some(group) = group {
+            params.push(("backup-type", group.backup_type.as_str().to_string()));
+            params.push(("backup-id", group.backup_id.clone()));
+        }
+        let items: Vec<SnapshotItem> = self.get("snapshots", &encode_query(&params))?;
+        let mut list = items
+            .into_iter()
+            .map(|item| {
+                let group =
+                    BackupGroup::new(BackupType::parse(&item.backup_type)?, &item.backup_id)?;
+                let finished = item.files.iter().any(|f| f.filename == MANIFEST_BLOB_NAME);
+                Ok(RemoteSnapshot {
+                    entry: SnapshotEntry {
+                        dir: BackupDir::new(group, item.backup_time)?,
+                        finished,
+                        protected: item.protected,
+                    },
+                    files: item.files,
+                    size: item.size,
+                    owner: item.owner,
+                    comment: item.comment,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        list.sort_by(|a, b| {
+            (&a.entry.dir.group, a.entry.dir.time).cmp(&(&b.entry.dir.group, b.entry.dir.time))
+        });
+        Ok(list)
+    }
+
+    /// The files of a snapshot: the manifest's, then `index.json.blob`, then others.
+    pub fn snapshot_files(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Vec<RemoteFile>> {
+        self.get("files", &encode_query(&snapshot_params(ns, dir)))
+    }
+
+    /// Raw bytes of a file of a snapshot, exactly as stored (admin `download`).
+    pub fn download_file(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        filename: &str,
+    ) -> Result<Vec<u8>> {
+        let mut params = snapshot_params(ns, dir);
+        params.push(("file-name", filename.to_string()));
+        let raw = block_on(
+            self.client
+                .get_raw(&self.path("download"), &encode_query(&params)),
+        )
+        .with_context(|| format!("cannot download {dir}/{filename}"))?;
+        if raw.len() > DOWNLOAD_LIMIT {
+            anyhow::bail!("{dir}/{filename} is larger than {DOWNLOAD_LIMIT} bytes");
+        }
+        Ok(raw.into())
+    }
+
+    /// The decoded manifest of a snapshot.
+    pub fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
+        let raw = self.download_file(ns, dir, MANIFEST_BLOB_NAME)?;
+        Manifest::from_blob(&raw).with_context(|| format!("{dir}/{MANIFEST_BLOB_NAME}"))
+    }
+
+    /// Opens a reader session on a snapshot (its chunks become readable after the index
+    /// that references them was downloaded through it).
+    pub fn open_reader(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Arc<RemoteReader>> {
+        let reader = RemoteReader::new(self.client.clone(), &self.store, ns, dir);
+        reader.connect()?;
+        Ok(Arc::new(reader))
+    }
+
+    /// The newest finished snapshot of a group (the base for change detection).
+    pub fn last_snapshot(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Option<BackupDir>> {
+        // All groups, then filtered: asking for an unknown group is an error on PBS.
+        Ok(self
+            .list_snapshots(ns, None)?
+            .into_iter()
+            .filter(|s| s.entry.finished && &s.entry.dir.group == group)
+            .map(|s| s.entry.dir)
+            .next_back())
+    }
+
+    /// An index of a finished snapshot, checked against its manifest entry. It is read
+    /// through a reader session, so [`chunk_reader`](Self::chunk_reader) can then fetch its
+    /// chunks.
+    pub fn read_index(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        manifest: &Manifest,
+        name: &str,
+    ) -> Result<AnyIndex> {
+        let key = (ns.clone(), dir.clone());
+        let existing = self.readers.lock().unwrap().by_snapshot.get(&key).cloned();
+        let reader = match existing {
+            Some(reader) => reader,
+            None => {
+                let reader = self.open_reader(ns, dir)?;
+                self.readers
+                    .lock()
+                    .unwrap()
+                    .by_snapshot
+                    .insert(key, reader.clone());
+                reader
+            }
+        };
+        let index = reader.open_index(manifest, name)?;
+        let mut readers = self.readers.lock().unwrap();
+        for digest in index.digests() {
+            readers.by_digest.insert(*digest, reader.clone());
+        }
+        Ok(index)
+    }
+
+    /// Verified reads of the chunks of every index read with
+    /// [`read_index`](Self::read_index).
+    pub fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
+        Arc::new(VerifyingChunkReader::new(Arc::new(IndexedChunks {
+            readers: self.readers.clone(),
+        })))
+    }
+
+    /// Starts writing snapshot `dir` (backup protocol); its group is created with the
+    /// connecting auth-id as owner. The previous snapshot's chunks are known from the start.
+    pub fn start_backup(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+    ) -> Result<RemoteBackupSession> {
+        RemoteBackupSession::start(&self.client, &self.store, ns, dir)
+    }
+}
+
+/// `[(name, ns)]`, or nothing for the root namespace (the official client omits it).
+pub(crate) fn ns_param(name: &'static str, ns: &BackupNamespace) -> Vec<(&'static str, String)> {
+    if ns.is_root() {
+        Vec::new()
+    } else {
+        vec![(name, ns.to_string())]
+    }
+}
+
+pub(crate) fn snapshot_params(
+    ns: &BackupNamespace,
+    dir: &BackupDir,
+) -> Vec<(&'static str, String)> {
+    let mut params = ns_param("ns", ns);
+    params.push(("backup-type", dir.group.backup_type.as_str().to_string()));
+    params.push(("backup-id", dir.group.backup_id.clone()));
+    params.push(("backup-time", dir.time.to_string()));
+    params
+}
+
+/// Routes a chunk to the reader session that downloaded an index containing it.
+struct IndexedChunks {
+    readers: Arc<Mutex<ReaderMap>>,
+}
+
+impl crate::store::ChunkSource for IndexedChunks {
+    fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let reader = self
+            .readers
+            .lock()
+            .unwrap()
+            .by_digest
+            .get(digest)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "chunk {} is not in an index read from the server",
+                    crate::format::digest_to_hex(digest)
+                )
+            })?;
+        reader.fetch_raw_chunk(digest)
+    }
+}

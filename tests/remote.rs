@@ -1,0 +1,423 @@
+//! The PBS client (src/remote) against the in-process test server: listing, reading through
+//! the reader protocol, authentication and certificate errors, dropped connections.
+
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use pbsfs::format::index::ChunkIndex;
+use pbsfs::remote::{
+    ConnectOptions, Fingerprint, RemoteDatastore, RemoteError, RemoteReader, Secret,
+};
+use pbsfs::repository::RemoteRepository;
+use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::ChunkSource;
+use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+
+fn repo(server: &TestServer, auth_id: &str) -> RemoteRepository {
+    RemoteRepository {
+        auth_id: auth_id.to_string(),
+        host: "127.0.0.1".into(),
+        port: server.addr.port(),
+        datastore: server.config.store_name.clone(),
+    }
+}
+
+fn token_options(server: &TestServer) -> ConnectOptions {
+    let mut options = ConnectOptions::new(
+        "127.0.0.1",
+        server.addr.port(),
+        &server.config.token_id,
+        Secret::new(server.config.token_secret.clone()),
+    );
+    options.fingerprint = Some(Fingerprint::parse(&server.fingerprint).unwrap());
+    options.request_timeout = Duration::from_secs(20);
+    options
+}
+
+fn connect(server: &TestServer) -> RemoteDatastore {
+    RemoteDatastore::connect(
+        &repo(server, &server.config.token_id),
+        token_options(server),
+    )
+    .unwrap()
+}
+
+fn remote_error(err: &anyhow::Error) -> &RemoteError {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<RemoteError>())
+        .unwrap_or_else(|| panic!("not a RemoteError: {err:#}"))
+}
+
+#[test]
+fn listing_matches_the_local_store() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let remote = connect(&server);
+    let local = LocalDatastore::open(&fixture_datastore()).unwrap();
+    let root = BackupNamespace::root();
+
+    assert_eq!(
+        remote.list_namespaces(&root).unwrap(),
+        local.list_namespaces(&root).unwrap()
+    );
+    for ns in local.list_namespaces(&root).unwrap() {
+        let remote_list = remote.list_snapshots(&ns, None).unwrap();
+        let entries: Vec<_> = remote_list.iter().map(|s| s.entry.clone()).collect();
+        assert_eq!(entries, local.list_snapshots(&ns, None).unwrap(), "ns {ns}");
+        assert!(!entries.is_empty());
+        for snapshot in &remote_list {
+            let manifest = local.read_manifest(&ns, &snapshot.entry.dir).unwrap();
+            // The manifest's files, then the manifest itself, with the manifest's sizes.
+            let names: Vec<_> = snapshot.files.iter().map(|f| f.filename.as_str()).collect();
+            let mut expected: Vec<_> = manifest.files.iter().map(|f| f.filename.as_str()).collect();
+            expected.push("index.json.blob");
+            assert_eq!(names, expected);
+            for (file, info) in snapshot.files.iter().zip(&manifest.files) {
+                assert_eq!(file.size, Some(info.size));
+                assert_eq!(file.crypt_mode, Some(info.crypt_mode));
+            }
+            assert_eq!(
+                remote.snapshot_files(&ns, &snapshot.entry.dir).unwrap(),
+                snapshot.files
+            );
+            assert_eq!(
+                remote.read_manifest(&ns, &snapshot.entry.dir).unwrap(),
+                manifest
+            );
+        }
+        let groups: Vec<_> = remote
+            .list_groups(&ns)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.group)
+            .collect();
+        assert_eq!(groups, local.list_groups(&ns).unwrap());
+    }
+    // One group only.
+    let meta = pbsfs::store::names::BackupGroup::parse("host/fixture-meta").unwrap();
+    let list = remote.list_snapshots(&root, Some(&meta)).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[0].entry.dir.time < list[1].entry.dir.time);
+}
+
+/// Unencrypted archives of the fixture README with their stream sha256.
+const ARCHIVES: &[(&str, &str, &str, &str)] = &[
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "root.pxar.didx",
+        "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
+    ),
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "catalog.pcat1.didx",
+        "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.mpxar.didx",
+        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.ppxar.didx",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:43Z",
+        "root.ppxar.didx",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.mpxar.didx",
+        "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.ppxar.didx",
+        "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094",
+    ),
+    (
+        "team",
+        "host/fixture-ns/2026-11-25T08:29:01Z",
+        "root.pxar.didx",
+        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
+    ),
+    (
+        "",
+        "vm/100/2026-11-25T08:29:01Z",
+        "drive-scsi0.img.fidx",
+        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
+    ),
+];
+
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let remote = connect(&server);
+    for (ns, dir, file, sha) in ARCHIVES {
+        let ns = BackupNamespace::parse(ns).unwrap();
+        let dir = BackupDir::parse(dir).unwrap();
+        let reader = remote.open_reader(&ns, &dir).unwrap();
+        let manifest = reader.read_manifest().unwrap();
+        let chunks = Arc::new(VerifyingChunkReader::new(reader.clone()));
+        let archive = reader.open_index_reader(&manifest, file, chunks).unwrap();
+        let mut hash = HashWriter(Sha256::new());
+        let written = archive.copy_to(&mut hash).unwrap();
+        assert_eq!(written, archive.index().total_size());
+        assert_eq!(hex::encode(hash.0.finalize()), *sha, "{dir}/{file}");
+    }
+}
+
+#[test]
+fn many_concurrent_chunk_reads_share_one_session() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let remote = connect(&server);
+    let dir = BackupDir::parse("host/fixture-meta/2026-11-25T08:28:55Z").unwrap();
+    let reader = remote.open_reader(&BackupNamespace::root(), &dir).unwrap();
+    let manifest = reader.read_manifest().unwrap();
+    let index = reader.open_index(&manifest, "root.ppxar.didx").unwrap();
+    let local = LocalDatastore::open(&fixture_datastore()).unwrap();
+    let upgrades_before = server
+        .counters
+        .upgrades
+        .load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for round in 0..4 {
+            let reader = reader.clone();
+            let index = &index;
+            let local = &local;
+            scope.spawn(move || {
+                for i in 0..index.chunk_count() {
+                    let digest = index
+                        .chunk_info((i + round) % index.chunk_count())
+                        .unwrap()
+                        .digest;
+                    assert_eq!(
+                        reader.fetch_raw_chunk(&digest).unwrap(),
+                        local.fetch_raw_chunk(&digest).unwrap()
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(
+        server
+            .counters
+            .upgrades
+            .load(std::sync::atomic::Ordering::SeqCst),
+        upgrades_before,
+        "no new connection was needed"
+    );
+}
+
+#[test]
+fn a_chunk_outside_the_downloaded_indexes_is_refused() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let remote = connect(&server);
+    let legacy = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
+    let vm = BackupDir::parse("vm/100/2026-11-25T08:29:01Z").unwrap();
+    let root = BackupNamespace::root();
+    let local = LocalDatastore::open(&fixture_datastore()).unwrap();
+    let vm_manifest = local.read_manifest(&root, &vm).unwrap();
+    let vm_index = pbsfs::format::index::AnyIndex::parse(
+        &local
+            .read_snapshot_file(&root, &vm, "drive-scsi0.img.fidx")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(vm_manifest.files.len(), 1);
+    let reader = remote.open_reader(&root, &legacy).unwrap();
+    let err = reader.fetch_raw_chunk(&vm_index.digests()[0]).unwrap_err();
+    assert_eq!(remote_error(&err).status(), Some(401), "{err:#}");
+    assert!(format!("{err:#}").contains("not allowed"), "{err:#}");
+}
+
+#[test]
+fn ticket_login_is_done_once_and_reused() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let mut options = token_options(&server);
+    options.auth_id = server.config.user.clone();
+    options.secret = Secret::new(server.config.password.clone());
+    let remote = RemoteDatastore::connect(&repo(&server, &server.config.user), options).unwrap();
+    let root = BackupNamespace::root();
+    assert!(!remote.list_snapshots(&root, None).unwrap().is_empty());
+    let dir = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
+    let reader = remote.open_reader(&root, &dir).unwrap();
+    assert_eq!(reader.read_manifest().unwrap().files.len(), 2);
+    assert_eq!(
+        server
+            .counters
+            .logins
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn a_wrong_secret_is_a_clear_authentication_error() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    for (auth_id, secret) in [
+        (
+            server.config.token_id.clone(),
+            "00000000-0000-0000-0000-000000000000",
+        ),
+        (server.config.user.clone(), "wrong-password"),
+    ] {
+        let mut options = token_options(&server);
+        options.auth_id = auth_id.clone();
+        options.secret = Secret::new(secret);
+        let started = Instant::now();
+        let err = RemoteDatastore::connect(&repo(&server, &auth_id), options)
+            .err()
+            .expect("must fail");
+        assert!(
+            matches!(remote_error(&err), RemoteError::AuthenticationFailed { .. }),
+            "{err:#}"
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("authentication") && text.contains(&auth_id),
+            "{text}"
+        );
+        assert!(
+            !text.contains(secret),
+            "the secret must not be shown: {text}"
+        );
+        assert!(started.elapsed() >= server.config.auth_fail_delay);
+    }
+}
+
+#[test]
+fn a_wrong_fingerprint_is_refused_and_the_real_one_shown() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let mut options = token_options(&server);
+    options.fingerprint = Some(Fingerprint([0x11; 32]));
+    let err = RemoteDatastore::connect(&repo(&server, &server.config.token_id), options)
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(remote_error(&err), RemoteError::FingerprintMismatch { .. }),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
+    // Without a pin, the self-signed certificate is untrusted; its fingerprint is shown.
+    let mut options = token_options(&server);
+    options.fingerprint = None;
+    let err = RemoteDatastore::connect(&repo(&server, &server.config.token_id), options)
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(remote_error(&err), RemoteError::UntrustedCertificate { .. }),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
+    assert_eq!(
+        server
+            .counters
+            .logins
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[test]
+fn an_unreachable_server_fails_fast() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut options = ConnectOptions::new("127.0.0.1", port, "root@pam!x", Secret::new("s"));
+    options.connect_timeout = Duration::from_secs(2);
+    let repo = RemoteRepository {
+        auth_id: "root@pam!x".into(),
+        host: "127.0.0.1".into(),
+        port,
+        datastore: "store1".into(),
+    };
+    let started = Instant::now();
+    let err = RemoteDatastore::connect(&repo, options)
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(remote_error(&err), RemoteError::Unreachable { .. }),
+        "{err:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn first_chunks(reader: &RemoteReader, file: &str) -> Vec<pbsfs::format::Digest> {
+    let manifest = reader.read_manifest().unwrap();
+    reader
+        .open_index(&manifest, file)
+        .unwrap()
+        .digests()
+        .to_vec()
+}
+
+#[test]
+fn reads_recover_after_dropped_connections_and_a_restart() {
+    let mut server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let remote = connect(&server);
+    let dir = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
+    let reader = remote.open_reader(&BackupNamespace::root(), &dir).unwrap();
+    let digests = first_chunks(&reader, "root.pxar.didx");
+    let local = LocalDatastore::open(&fixture_datastore()).unwrap();
+    assert_eq!(
+        reader.fetch_raw_chunk(&digests[0]).unwrap(),
+        local.fetch_raw_chunk(&digests[0]).unwrap()
+    );
+
+    // The server drops every connection: the next read reconnects, downloads the index
+    // again (the new session must know it) and succeeds.
+    server.kill_connections();
+    std::thread::sleep(Duration::from_millis(100));
+    // API calls notice the stale keep-alive connection and use a new one.
+    assert_eq!(
+        remote.list_snapshots(&BackupNamespace::root(), None).unwrap().len(),
+        local.list_snapshots(&BackupNamespace::root(), None).unwrap().len()
+    );
+    assert_eq!(
+        reader.fetch_raw_chunk(&digests[1]).unwrap(),
+        local.fetch_raw_chunk(&digests[1]).unwrap()
+    );
+
+    // The server is gone: reads fail promptly with a connection error.
+    server.stop();
+    let started = Instant::now();
+    let err = reader.fetch_raw_chunk(&digests[2]).unwrap_err();
+    assert!(remote_error(&err).is_connection_error(), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Back again: the same reader works without being reopened.
+    server.restart();
+    assert_eq!(
+        reader.fetch_raw_chunk(&digests[2]).unwrap(),
+        local.fetch_raw_chunk(&digests[2]).unwrap()
+    );
+}
