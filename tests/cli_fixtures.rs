@@ -297,10 +297,17 @@ fn restoring_an_encrypted_archive_without_a_key_is_a_clear_error() {
 }
 
 #[test]
-fn a_remote_repository_is_reported_as_not_yet_supported() {
-    let out = pbsfs(&["--repository", "backup@pbs@pbs.example:store", "snapshots"]);
+fn a_remote_repository_without_credentials_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args(["--repository", "backup@pbs@pbs.invalid:store", "snapshots"])
+        .env_remove("PBS_PASSWORD")
+        .env_remove("PBS_PASSWORD_FILE")
+        .env_remove("PBS_PASSWORD_FD")
+        .env_remove("PBS_PASSWORD_CMD")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("PBS server"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("PBS_PASSWORD"), "{}", stderr(&out));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use pbsfs::format::crypto::CryptConfig;
 use pbsfs::format::index::ChunkIndex;
 use pbsfs::format::keyfile::{decrypt_key, load_key_file, Kdf, KeyFileError};
 use pbsfs::format::manifest::{CryptMode, Manifest, ManifestError};
-use pbsfs::store::archive::open_index_reader;
+use pbsfs::store::access::{open_index_reader, LocalSnapshot};
 use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
@@ -158,7 +158,12 @@ fn encrypted_archives_reassemble_to_the_readme_hashes() {
             VerifyingChunkReader::with_key(store.clone(), Some(crypt))
                 .expect_crypt_mode(m.file(filename).unwrap().crypt_mode),
         );
-        let reader = open_index_reader(&store, &ns, &dir, &m, filename, chunks).unwrap();
+        let reader = open_index_reader(
+            &LocalSnapshot::open(store.clone(), &ns, &dir).unwrap(),
+            filename,
+            chunks,
+        )
+        .unwrap();
         let mut hash = HashWriter(Sha256::new());
         let written = reader.copy_to(&mut hash).unwrap();
         assert_eq!(written, m.file(filename).unwrap().size);
@@ -169,17 +174,14 @@ fn encrypted_archives_reassemble_to_the_readme_hashes() {
 #[test]
 fn wrong_key_on_an_encrypted_chunk_is_a_clear_error() {
     let store = store();
-    let m = manifest(ENC_SCRYPT);
+    let _ = manifest(ENC_SCRYPT); // the manifest itself still reads
     let dir = BackupDir::parse(ENC_SCRYPT).unwrap();
     let chunks = Arc::new(VerifyingChunkReader::with_key(
         store.clone(),
         Some(Arc::new(plain_key())),
     ));
     let reader = open_index_reader(
-        &store,
-        &BackupNamespace::root(),
-        &dir,
-        &m,
+        &LocalSnapshot::open(store.clone(), &BackupNamespace::root(), &dir).unwrap(),
         "root.pxar.didx",
         chunks.clone(),
     )

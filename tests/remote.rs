@@ -399,8 +399,14 @@ fn reads_recover_after_dropped_connections_and_a_restart() {
     std::thread::sleep(Duration::from_millis(100));
     // API calls notice the stale keep-alive connection and use a new one.
     assert_eq!(
-        remote.list_snapshots(&BackupNamespace::root(), None).unwrap().len(),
-        local.list_snapshots(&BackupNamespace::root(), None).unwrap().len()
+        remote
+            .list_snapshots(&BackupNamespace::root(), None)
+            .unwrap()
+            .len(),
+        local
+            .list_snapshots(&BackupNamespace::root(), None)
+            .unwrap()
+            .len()
     );
     assert_eq!(
         reader.fetch_raw_chunk(&digests[1]).unwrap(),

@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -13,6 +14,7 @@ use pbsfs::format::blob::{chunk_digest, encode_blob};
 use pbsfs::format::Digest;
 use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteBackupSession, RemoteDatastore, Secret};
 use pbsfs::repository::RemoteRepository;
+use pbsfs::store::access::LocalSnapshot;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
@@ -172,7 +174,14 @@ fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
 
     // The server's datastore has a complete, valid snapshot.
     let store = LocalDatastore::open(server.store().root()).unwrap();
-    let problems = Verifier::new().verify_snapshot(&store, &root, &target);
+    let problems = Verifier::new().verify_snapshot(
+        &LocalSnapshot::open(
+            Arc::new(LocalDatastore::open(server.store().root()).unwrap()),
+            &root,
+            &target,
+        )
+        .unwrap(),
+    );
     assert!(problems.is_empty(), "{problems:?}");
     let manifest = store.read_manifest(&root, &target).unwrap();
     let names: Vec<_> = manifest.files.iter().map(|f| f.filename.as_str()).collect();
@@ -247,7 +256,14 @@ fn an_incremental_push_uploads_only_new_chunks() {
 
     let store = LocalDatastore::open(server.store().root()).unwrap();
     assert!(Verifier::new()
-        .verify_snapshot(&store, &root, &second)
+        .verify_snapshot(
+            &LocalSnapshot::open(
+                Arc::new(LocalDatastore::open(server.store().root()).unwrap()),
+                &root,
+                &second
+            )
+            .unwrap()
+        )
         .is_empty());
     let manifest = store.read_manifest(&root, &second).unwrap();
     assert_eq!(manifest.unprotected["chunk_upload_stats"]["count"], 1);

@@ -7,8 +7,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use pbsfs::format::crypto::CryptConfig;
-use pbsfs::format::manifest::{CryptMode, Manifest};
+use pbsfs::format::manifest::CryptMode;
+use pbsfs::remote::access::RemoteAccess;
+use pbsfs::remote::{ConnectOptions, RemoteDatastore};
 use pbsfs::repository::Repository;
+use pbsfs::store::access::{DatastoreAccess, LocalAccess, SnapshotAccess};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::snapshot::resolve_snapshot;
@@ -39,6 +42,11 @@ pub struct RepoArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub keyfile: Option<PathBuf>,
 
+    /// Expected SHA-256 fingerprint of the PBS server's certificate (xx:xx:...); default
+    /// PBS_FINGERPRINT. Without one, the certificate must be trusted by the system.
+    #[arg(long, global = true, value_name = "FINGERPRINT")]
+    pub fingerprint: Option<String>,
+
     /// How to print results.
     #[arg(
         long,
@@ -52,8 +60,12 @@ pub struct RepoArgs {
 
 /// The selected datastore, opened.
 pub struct Context {
-    pub store: Option<Arc<LocalDatastore>>,
-    pub location: PathBuf,
+    /// Reading access, local or remote; None while the default datastore does not exist.
+    pub access: Option<Arc<dyn DatastoreAccess>>,
+    /// The local datastore, when the repository is one.
+    pub local: Option<Arc<LocalDatastore>>,
+    /// What the user selected, for messages.
+    pub location: String,
     pub ns: BackupNamespace,
     pub output: OutputFormat,
     pub keyfile: Option<PathBuf>,
@@ -61,47 +73,65 @@ pub struct Context {
 
 impl Context {
     /// Opens the selected datastore for reading. The embedded default may not exist yet; it
-    /// then reads as empty (`store` is None).
+    /// then reads as empty.
     pub fn open(args: &RepoArgs) -> Result<Self> {
         let ns = BackupNamespace::parse(args.namespace.as_deref().unwrap_or(""))?;
-        let (location, is_default) = match &args.repository {
-            Some(text) => match Repository::parse(text)? {
-                Repository::Local(path) => (path, false),
-                Repository::Remote(remote) => bail!(
-                    "repository '{text}' names a PBS server ({}:{}); talking to a server is not \
-                     implemented in this build yet, use a local datastore path",
-                    remote.host,
-                    remote.port
-                ),
-            },
-            None => (Repository::default_local()?, true),
+        let repository = match &args.repository {
+            Some(text) => Repository::parse(text)?,
+            None => Repository::Local(Repository::default_local()?),
         };
-        let store = if is_default && !location.join(".chunks").exists() {
-            None
-        } else {
-            Some(Arc::new(LocalDatastore::open(&location)?))
-        };
-        if let Some(store) = &store {
-            if !store.namespace_exists(&ns) {
-                bail!("namespace '{ns}' does not exist in {}", location.display());
-            }
-        }
-        Ok(Context {
-            store,
-            location,
+        let mut ctx = Context {
+            access: None,
+            local: None,
+            location: repository.to_string(),
             ns,
             output: args.output_format,
             keyfile: args.keyfile.clone(),
-        })
+        };
+        match repository {
+            Repository::Local(path) => {
+                let is_default = args.repository.is_none();
+                if is_default && !path.join(".chunks").exists() {
+                    return Ok(ctx);
+                }
+                let store = Arc::new(LocalDatastore::open(&path)?);
+                if !store.namespace_exists(&ctx.ns) {
+                    bail!(
+                        "namespace '{}' does not exist in {}",
+                        ctx.ns,
+                        path.display()
+                    );
+                }
+                ctx.access = Some(Arc::new(LocalAccess(store.clone())));
+                ctx.local = Some(store);
+            }
+            Repository::Remote(remote) => {
+                let options = ConnectOptions::from_env(&remote, args.fingerprint.as_deref())?;
+                let store = RemoteDatastore::connect(&remote, options)?;
+                ctx.access = Some(Arc::new(RemoteAccess(Arc::new(store))));
+            }
+        }
+        Ok(ctx)
     }
 
     /// The datastore, or an error explaining that the default one is still empty.
-    pub fn store(&self) -> Result<&Arc<LocalDatastore>> {
-        self.store.as_ref().with_context(|| {
+    pub fn access(&self) -> Result<&Arc<dyn DatastoreAccess>> {
+        self.access.as_ref().with_context(|| {
             format!(
                 "the default datastore {} does not exist yet (it is created by the first \
                  `pbsfs push`); select another one with --repository",
-                self.location.display()
+                self.location
+            )
+        })
+    }
+
+    /// The local datastore, for what only works locally.
+    pub fn local(&self, what: &str) -> Result<&Arc<LocalDatastore>> {
+        self.access()?;
+        self.local.as_ref().with_context(|| {
+            format!(
+                "{what} needs a local datastore; {} is a PBS server",
+                self.location
             )
         })
     }
@@ -114,11 +144,15 @@ impl Context {
             .transpose()
     }
 
-    /// Reads a snapshot's manifest and the key it needs: --keyfile, else (for an encrypted or
-    /// signed snapshot) the official client's default key if it exists. With a key the
+    /// Opens a snapshot and the key it needs: --keyfile, else (for an encrypted or signed
+    /// snapshot) the official client's default key if it exists. With a key the manifest
     /// signature is checked; an encrypted snapshot without a key is refused.
-    pub fn open_manifest(&self, dir: &BackupDir) -> Result<(Manifest, Option<Arc<CryptConfig>>)> {
-        let manifest = self.store()?.read_manifest(&self.ns, dir)?;
+    pub fn open_snapshot(
+        &self,
+        dir: &BackupDir,
+    ) -> Result<(Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>)> {
+        let snapshot = self.access()?.open_snapshot(&self.ns, dir)?;
+        let manifest = snapshot.manifest();
         let needs_key = manifest
             .files
             .iter()
@@ -143,25 +177,25 @@ impl Context {
                 .verify_signature(Some(crypt))
                 .with_context(|| format!("snapshot {dir}"))?;
         }
-        Ok((manifest, crypt))
+        Ok((snapshot, crypt))
     }
 
     /// Finished snapshots of the namespace.
     pub fn finished_snapshots(&self) -> Result<Vec<BackupDir>> {
-        let Some(store) = &self.store else {
+        let Some(access) = &self.access else {
             return Ok(Vec::new());
         };
-        Ok(store
+        Ok(access
             .list_snapshots(&self.ns, None)?
             .into_iter()
-            .filter(|entry| entry.finished)
-            .map(|entry| entry.dir)
+            .filter(|s| s.entry.finished)
+            .map(|s| s.entry.dir)
             .collect())
     }
 
     /// Resolves a SNAPSHOT argument among the finished snapshots of the namespace.
     pub fn resolve(&self, spec: &str) -> Result<BackupDir> {
-        self.store()?;
+        self.access()?;
         resolve_snapshot(spec, &self.finished_snapshots()?)
     }
 }

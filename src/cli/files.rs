@@ -5,6 +5,7 @@ use clap::Args;
 use serde_json::json;
 
 use pbsfs::format::manifest::CryptMode;
+use pbsfs::store::access::manifest_file_size;
 use pbsfs::store::local::MANIFEST_BLOB_NAME;
 
 use super::context::{Context, RepoArgs};
@@ -27,11 +28,9 @@ fn crypt_mode_name(mode: CryptMode) -> &'static str {
 pub fn run(args: &FilesArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
-    let store = ctx.store()?;
-    let manifest = store.read_manifest(&ctx.ns, &dir)?;
-    let manifest_size = store
-        .read_snapshot_file(&ctx.ns, &dir, MANIFEST_BLOB_NAME)?
-        .len() as u64;
+    let snapshot = ctx.access()?.open_snapshot(&ctx.ns, &dir)?;
+    let manifest = snapshot.manifest();
+    let manifest_size = manifest_file_size(&*snapshot)?;
 
     let mut rows: Vec<(String, u64, &'static str)> = manifest
         .files

@@ -70,24 +70,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
-    // Everything that can fail because of what the user typed is checked here, before the
-    // background process is started, so errors reach the terminal.
-    let ctx = Context::open(repo)?;
     let (snapshot, mountpoint) = match args.targets.as_slice() {
         [mountpoint] => (None, PathBuf::from(mountpoint)),
-        [snapshot, mountpoint] => (Some(snapshot.as_str()), PathBuf::from(mountpoint)),
+        [snapshot, mountpoint] => (Some(snapshot.clone()), PathBuf::from(mountpoint)),
         _ => bail!("expected [SNAPSHOT] MOUNTPOINT"),
-    };
-    let store = ctx.store()?.clone();
-    // A snapshot mount checks its snapshot (and key) now; a whole-store mount uses
-    // --keyfile, if given, for whatever encrypted archives are opened later.
-    let (dir, crypt) = match snapshot {
-        Some(spec) => {
-            let dir = ctx.resolve(spec)?;
-            let (_manifest, crypt) = ctx.open_manifest(&dir)?;
-            (Some(dir), crypt)
-        }
-        None => (None, ctx.crypt()?),
     };
     let mountpoint = mountpoint
         .canonicalize()
@@ -95,39 +81,15 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
-    let mut options = MountOptions {
-        fsname: Some(match &dir {
-            Some(dir) => format!("pbsfs:{dir}"),
-            None => format!("pbsfs:{}", store.root().display()),
-        }),
-        subtype: Some("pbsfs".into()),
-        ..MountOptions::default()
-    };
-    for option in args.options.iter().flat_map(|o| o.split(',')) {
-        match option.trim() {
-            "" => {}
-            "allow_other" => options.allow_other = true,
-            other => options.extra.push(other.to_string()),
-        }
-    }
-
+    // The background process is started before anything else (a PBS connection's threads
+    // would not survive the fork); it reports success or the error that stopped it, and this
+    // process prints it and exits accordingly.
     let ready = if args.foreground {
         None
     } else {
         Some(daemonize()?)
     };
-    let result = (|| -> Result<pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>> {
-        let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
-        let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
-        let fs: Arc<dyn pbsfs_mount::ReadOnlyFs> = match &dir {
-            Some(dir) => {
-                snapfs::open_snapshot(&store, &ctx.ns, dir, args.archive.as_deref(), cache)?
-            }
-            None => Arc::new(snapfs::StoreFs::new(store.clone(), ctx.ns.clone(), cache)?),
-        };
-        pbsfs_mount::mount(fs, &mountpoint, &options)
-            .with_context(|| format!("cannot mount on {}", mountpoint.display()))
-    })();
+    let result = prepare_mount(args, repo, snapshot.as_deref(), &mountpoint);
     let mounted = match (result, ready) {
         (Ok(mounted), ready) => {
             if let Some(ready) = ready {
@@ -142,6 +104,52 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         (Err(err), None) => return Err(err),
     };
     serve_until_signal(mounted, &mountpoint)
+}
+
+type Mounted = pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>;
+
+/// Opens the datastore, the snapshot (or the whole store) and mounts it.
+fn prepare_mount(
+    args: &MountArgs,
+    repo: &RepoArgs,
+    snapshot: Option<&str>,
+    mountpoint: &Path,
+) -> Result<Mounted> {
+    let ctx = Context::open(repo)?;
+    let mut options = MountOptions {
+        subtype: Some("pbsfs".into()),
+        ..MountOptions::default()
+    };
+    for option in args.options.iter().flat_map(|o| o.split(',')) {
+        match option.trim() {
+            "" => {}
+            "allow_other" => options.allow_other = true,
+            other => options.extra.push(other.to_string()),
+        }
+    }
+    let fs: Arc<dyn pbsfs_mount::ReadOnlyFs> = match snapshot {
+        Some(spec) => {
+            let dir = ctx.resolve(spec)?;
+            let (snapshot, crypt) = ctx.open_snapshot(&dir)?;
+            options.fsname = Some(format!("pbsfs:{dir}"));
+            let verifying = Arc::new(VerifyingChunkReader::with_key(
+                snapshot.chunk_source(),
+                crypt,
+            ));
+            let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
+            snapfs::open_snapshot(&*snapshot, args.archive.as_deref(), cache)?
+        }
+        None => {
+            // The whole store; --keyfile, if given, serves the encrypted archives in it.
+            let store = ctx.local("mounting a whole datastore")?.clone();
+            options.fsname = Some(format!("pbsfs:{}", store.root().display()));
+            let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), ctx.crypt()?));
+            let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
+            Arc::new(snapfs::StoreFs::new(store, ctx.ns.clone(), cache)?)
+        }
+    };
+    pbsfs_mount::mount(fs, mountpoint, &options)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))
 }
 
 /// Serves on a thread and waits for a signal (or an unmount from outside).
@@ -196,7 +204,10 @@ impl Ready {
             Err(err) => format!("{err:#}"),
         };
         let _ = self.0.write_all(message.as_bytes());
-        // Detach from the terminal only now, so early errors could still be printed.
+        // Leave the terminal's session and working directory only now: until the mount was
+        // ready, a key password could still be asked for on the terminal.
+        unsafe { libc::setsid() };
+        let _ = std::env::set_current_dir("/");
         if let Ok(null) = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -223,8 +234,6 @@ fn daemonize() -> Result<Ready> {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(read_end);
-            unsafe { libc::setsid() };
-            let _ = std::env::set_current_dir("/");
             Ok(Ready(std::fs::File::from(write_end)))
         }
         _child => {

@@ -13,7 +13,8 @@ use pbsfs::format::ReadAt;
 use pbsfs::pxar::extract::{extract_with_accessor, ExtractOptions};
 use pbsfs::pxar::{Accessor, Decoder};
 use pbsfs::snapfs::{self, Mountable};
-use pbsfs::store::archive::{open_index_reader, read_blob, ArchiveKind};
+use pbsfs::store::access::{open_index_reader, read_blob};
+use pbsfs::store::archive::ArchiveKind;
 use pbsfs::store::cache::ChunkCache;
 use pbsfs::store::chunk_reader::ChunkReader;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
@@ -46,26 +47,27 @@ pub struct RestoreArgs {
 pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
-    let store = ctx.store()?;
-    let (manifest, crypt) = ctx.open_manifest(&dir)?;
+    let (snapshot, crypt) = ctx.open_snapshot(&dir)?;
+    let manifest = snapshot.manifest();
+    let source = snapshot.chunk_source();
     if args.target != "-" {
-        let all = snapfs::mountables(&manifest);
+        let all = snapfs::mountables(manifest);
         let pxars: Vec<&Mountable> = snapfs::select_archive(&all, &args.archive)
             .into_iter()
             .filter(|m| !matches!(m, Mountable::Image { .. }))
             .collect();
         if let [pxar] = pxars.as_slice() {
             let chunks: Arc<dyn ChunkReader> = Arc::new(ChunkCache::new(
-                Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone())),
+                Arc::new(VerifyingChunkReader::with_key(
+                    source.clone(),
+                    crypt.clone(),
+                )),
                 64 << 20,
                 2,
             ));
             let open = |file: &str| -> Result<Arc<dyn ReadAt>> {
                 Ok(Arc::new(open_index_reader(
-                    store,
-                    &ctx.ns,
-                    &dir,
-                    &manifest,
+                    &*snapshot,
                     file,
                     chunks.clone(),
                 )?))
@@ -84,7 +86,7 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let write_all = |out: &mut dyn Write| -> Result<()> {
         match ArchiveKind::of(&filename) {
             Some(ArchiveKind::Blob) => {
-                let data = read_blob(store, &ctx.ns, &dir, &manifest, &filename, crypt.as_deref())?;
+                let data = read_blob(&*snapshot, &filename, crypt.as_deref())?;
                 out.write_all(&data)?;
             }
             _ => {
@@ -93,10 +95,10 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
                     .map(|f| f.crypt_mode)
                     .unwrap_or_default();
                 let chunks = Arc::new(
-                    VerifyingChunkReader::with_key(store.clone(), crypt.clone())
+                    VerifyingChunkReader::with_key(source.clone(), crypt.clone())
                         .expect_crypt_mode(mode),
                 );
-                let reader = open_index_reader(store, &ctx.ns, &dir, &manifest, &filename, chunks)?;
+                let reader = open_index_reader(&*snapshot, &filename, chunks)?;
                 reader.copy_to(out)?;
             }
         }

@@ -19,21 +19,15 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let group = args.group.as_deref().map(BackupGroup::parse).transpose()?;
     let mut rows = Vec::new();
-    if let Some(store) = &ctx.store {
-        for entry in store.list_snapshots(&ctx.ns, group.as_ref())? {
-            if !entry.finished {
-                continue; // still being written, or abandoned: not a snapshot yet
+    if let Some(access) = &ctx.access {
+        for summary in access.list_snapshots(&ctx.ns, group.as_ref())? {
+            // Unfinished: still being written, or abandoned; not a snapshot yet.
+            if summary.entry.finished {
+                rows.push((summary.entry, summary.files, summary.size));
             }
-            let manifest = store.read_manifest(&ctx.ns, &entry.dir)?;
-            let files: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
-            let size: u64 = manifest.files.iter().map(|f| f.size).sum();
-            rows.push((entry, files, size));
         }
     } else if !ctx.output.is_json() {
-        eprintln!(
-            "(the default datastore {} is still empty)",
-            ctx.location.display()
-        );
+        eprintln!("(the default datastore {} is still empty)", ctx.location);
     }
 
     if ctx.output.is_json() {
@@ -81,8 +75,8 @@ pub struct NamespacesArgs {}
 /// Lists the selected namespace and every namespace below it.
 pub fn run_namespaces(_args: &NamespacesArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
-    let list: Vec<BackupNamespace> = match &ctx.store {
-        Some(store) => store.list_namespaces(&ctx.ns)?,
+    let list: Vec<BackupNamespace> = match &ctx.access {
+        Some(access) => access.list_namespaces(&ctx.ns)?,
         None => vec![BackupNamespace::root()],
     };
     if ctx.output.is_json() {

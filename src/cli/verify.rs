@@ -18,15 +18,15 @@ pub struct VerifyArgs {
 
 pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
-    let store = ctx.store()?;
+    let store = ctx.access()?;
     let mut targets = Vec::new();
     match &args.snapshot {
         Some(spec) => targets.push((ctx.ns.clone(), ctx.resolve(spec)?)),
         None => {
             for ns in store.list_namespaces(&ctx.ns)? {
-                for entry in store.list_snapshots(&ns, None)? {
-                    if entry.finished {
-                        targets.push((ns.clone(), entry.dir));
+                for summary in store.list_snapshots(&ns, None)? {
+                    if summary.entry.finished {
+                        targets.push((ns.clone(), summary.entry.dir));
                     }
                 }
             }
@@ -37,7 +37,11 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     let mut verifier = Verifier::with_key(ctx.crypt()?);
     let mut results = Vec::new();
     for (ns, dir) in &targets {
-        let problems = verifier.verify_snapshot(store, ns, dir);
+        // A snapshot whose manifest cannot be read is a problem of that snapshot.
+        let problems = match store.open_snapshot(ns, dir) {
+            Ok(snapshot) => verifier.verify_snapshot(&*snapshot),
+            Err(err) => vec![format!("{err:#}")],
+        };
         if !ctx.output.is_json() {
             let name = display_name(ns, dir);
             if problems.is_empty() {

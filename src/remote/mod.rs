@@ -2,6 +2,7 @@
 //! token or ticket authentication, the admin API for browsing, the reader protocol as a
 //! [`ChunkSource`](crate::store::ChunkSource) and the backup protocol for writing snapshots.
 
+pub mod access;
 pub mod backup;
 pub mod client;
 pub mod datastore;

@@ -11,10 +11,8 @@ use anyhow::{bail, Result};
 use pbsfs_mount::ReadOnlyFs;
 
 use crate::format::manifest::Manifest;
-use crate::store::archive::open_index_reader;
+use crate::store::access::{open_index_reader, SnapshotAccess};
 use crate::store::chunk_reader::ChunkReader;
-use crate::store::local::LocalDatastore;
-use crate::store::names::{BackupDir, BackupNamespace};
 
 pub use archive::ArchiveFs;
 pub use images::ImageDirFs;
@@ -96,14 +94,12 @@ pub fn select_archive<'a>(all: &'a [Mountable], wanted: &str) -> Vec<&'a Mountab
 /// Opens the filesystem for one snapshot: the archive named `archive` (with or without
 /// `.pxar`/`.img`/index suffix), else the only pxar archive, else all images as files.
 pub fn open_snapshot(
-    store: &LocalDatastore,
-    ns: &BackupNamespace,
-    dir: &BackupDir,
+    snapshot: &dyn SnapshotAccess,
     archive: Option<&str>,
     chunks: Arc<dyn ChunkReader>,
 ) -> Result<Arc<dyn ReadOnlyFs>> {
-    let manifest = store.read_manifest(ns, dir)?;
-    let all = mountables(&manifest);
+    let dir = snapshot.dir();
+    let all = mountables(snapshot.manifest());
     let names = || {
         all.iter()
             .map(|m| m.name().to_string())
@@ -140,14 +136,7 @@ pub fn open_snapshot(
         }
     };
     let open = |file: &str| -> Result<Arc<crate::store::range::IndexReader>> {
-        Ok(Arc::new(open_index_reader(
-            store,
-            ns,
-            dir,
-            &manifest,
-            file,
-            chunks.clone(),
-        )?))
+        Ok(Arc::new(open_index_reader(snapshot, file, chunks.clone())?))
     };
     match chosen.as_slice() {
         [Mountable::Pxar { file, .. }] => Ok(Arc::new(ArchiveFs::open(open(file)?, None)?)),

@@ -34,7 +34,7 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use super::{mountables, ArchiveFs, Mountable};
 use crate::format::ReadAt;
-use crate::store::archive::open_index_reader;
+use crate::store::access::{open_index_reader, LocalSnapshot};
 use crate::store::chunk_reader::ChunkReader;
 use crate::store::local::LocalDatastore;
 use crate::store::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
@@ -305,13 +305,10 @@ impl StoreFs {
     }
 
     fn open_slot(&self, slot: &Slot) -> Result<Opened> {
-        let manifest = self.store.read_manifest(&slot.ns, &slot.dir)?;
+        let snapshot = LocalSnapshot::open(self.store.clone(), &slot.ns, &slot.dir)?;
         let open = |file: &str| -> Result<Arc<IndexReader>> {
             Ok(Arc::new(open_index_reader(
-                &self.store,
-                &slot.ns,
-                &slot.dir,
-                &manifest,
+                &snapshot,
                 file,
                 self.chunks.clone(),
             )?))

@@ -1,20 +1,12 @@
 //! Opening the files of a snapshot with the manifest's checks: an index must have the
 //! checksum and size the manifest lists, a blob the SHA-256 and length.
 
-use std::sync::Arc;
-
 use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::chunk_reader::ChunkReader;
-use super::local::LocalDatastore;
-use super::names::{BackupDir, BackupNamespace};
-use super::range::IndexReader;
-use crate::format::blob::{decode_blob_with, MAX_BLOB_SIZE};
-use crate::format::crypto::CryptConfig;
 use crate::format::digest_to_hex;
 use crate::format::index::{AnyIndex, ChunkIndex};
-use crate::format::manifest::{FileInfo, Manifest};
+use crate::format::manifest::FileInfo;
 
 /// What kind of file a snapshot file name denotes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,14 +28,6 @@ impl ArchiveKind {
             None
         }
     }
-}
-
-fn file_info<'a>(manifest: &'a Manifest, filename: &str) -> Result<&'a FileInfo> {
-    manifest
-        .files
-        .iter()
-        .find(|f| f.filename == filename)
-        .with_context(|| format!("{filename} is not listed in the snapshot's manifest"))
 }
 
 /// Parses an index file and checks it against its manifest entry.
@@ -85,35 +69,4 @@ pub fn check_blob(filename: &str, raw: &[u8], info: &FileInfo) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Opens an index of a snapshot, verified against the manifest, as a random-access reader.
-pub fn open_index_reader(
-    store: &LocalDatastore,
-    ns: &BackupNamespace,
-    dir: &BackupDir,
-    manifest: &Manifest,
-    filename: &str,
-    chunks: Arc<dyn ChunkReader>,
-) -> Result<IndexReader> {
-    let info = file_info(manifest, filename)?;
-    let raw = store.read_snapshot_file(ns, dir, filename)?;
-    let index = check_index(filename, &raw, info)?;
-    Ok(IndexReader::new(filename, Arc::new(index), chunks))
-}
-
-/// Reads a blob of a snapshot, verified against the manifest, and returns its plaintext.
-pub fn read_blob(
-    store: &LocalDatastore,
-    ns: &BackupNamespace,
-    dir: &BackupDir,
-    manifest: &Manifest,
-    filename: &str,
-    crypt: Option<&CryptConfig>,
-) -> Result<Vec<u8>> {
-    let info = file_info(manifest, filename)?;
-    let raw = store.read_snapshot_file(ns, dir, filename)?;
-    check_blob(filename, &raw, info)?;
-    decode_blob_with(&raw, MAX_BLOB_SIZE, crypt)
-        .with_context(|| format!("{filename}: cannot decode"))
 }

@@ -1,6 +1,7 @@
 //! Chunk sources and sinks: the local PBS-layout datastore, verified chunk reads, and the range
 //! reader that turns an index plus a [`ChunkSource`] into a random-access byte stream.
 
+pub mod access;
 pub mod archive;
 pub mod cache;
 pub mod chunk_reader;

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
+use super::access::SnapshotAccess;
 use super::archive::{check_blob, check_index, ArchiveKind};
-use super::local::LocalDatastore;
-use super::names::{BackupDir, BackupNamespace};
 use super::ChunkSource;
 use std::sync::Arc;
 
@@ -43,20 +42,13 @@ impl Verifier {
 
     /// Returns the problems found in one snapshot; empty means it verified.
     /// Each problem names the file (and chunk) it is about.
-    pub fn verify_snapshot(
-        &mut self,
-        store: &LocalDatastore,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-    ) -> Vec<String> {
-        let manifest = match store.read_manifest(ns, dir) {
-            Ok(manifest) => manifest,
-            Err(err) => return vec![format!("{err:#}")],
-        };
+    pub fn verify_snapshot(&mut self, snapshot: &dyn SnapshotAccess) -> Vec<String> {
+        let manifest = snapshot.manifest();
+        let chunks = snapshot.chunk_source();
         let mut problems = Vec::new();
         for info in &manifest.files {
             let filename = info.filename.as_str();
-            let raw = match store.read_snapshot_file(ns, dir, filename) {
+            let raw = match snapshot.read_file(filename) {
                 Ok(raw) => raw,
                 Err(err) => {
                     problems.push(format!("{filename}: {err:#}"));
@@ -79,7 +71,7 @@ impl Verifier {
                                 break;
                             };
                             if let Err(err) = self.check_chunk(
-                                store,
+                                &*chunks,
                                 &chunk.digest,
                                 chunk.end - chunk.start,
                                 encrypted,
@@ -101,7 +93,7 @@ impl Verifier {
 
     fn check_chunk(
         &mut self,
-        store: &LocalDatastore,
+        store: &dyn ChunkSource,
         digest: &Digest,
         len: u64,
         encrypted: bool,
@@ -124,7 +116,7 @@ impl Verifier {
 }
 
 fn check_one_chunk(
-    store: &LocalDatastore,
+    store: &dyn ChunkSource,
     digest: &Digest,
     len: u64,
     encrypted: bool,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pbsfs::format::index::ChunkIndex;
-use pbsfs::store::archive::open_index_reader;
+use pbsfs::store::access::{open_index_reader, LocalSnapshot};
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
@@ -38,9 +38,9 @@ pub fn parse_snapshot(snapshot_rel: &str) -> (BackupNamespace, BackupDir) {
 pub fn index_reader(snapshot_rel: &str, archive: &str) -> IndexReader {
     let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
     let (ns, dir) = parse_snapshot(snapshot_rel);
-    let manifest = store.read_manifest(&ns, &dir).unwrap();
-    let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
-    open_index_reader(&store, &ns, &dir, &manifest, archive, chunks).unwrap()
+    let snapshot = LocalSnapshot::open(store.clone(), &ns, &dir).unwrap();
+    let chunks = Arc::new(VerifyingChunkReader::new(store));
+    open_index_reader(&snapshot, archive, chunks).unwrap()
 }
 
 /// (end offset, digest) of every entry of a dynamic index.

@@ -1,0 +1,77 @@
+//! A PBS server behind the same reading interface as a local datastore.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::{RemoteDatastore, RemoteReader};
+use crate::format::manifest::Manifest;
+use crate::store::access::{DatastoreAccess, SnapshotAccess, SnapshotSummary};
+use crate::store::local::MANIFEST_BLOB_NAME;
+use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::ChunkSource;
+
+pub struct RemoteAccess(pub Arc<RemoteDatastore>);
+
+impl DatastoreAccess for RemoteAccess {
+    fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
+        self.0.list_namespaces(parent)
+    }
+
+    fn list_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: Option<&BackupGroup>,
+    ) -> Result<Vec<SnapshotSummary>> {
+        Ok(self
+            .0
+            .list_snapshots(ns, group)?
+            .into_iter()
+            .map(|snapshot| {
+                // Like the local listing: the manifest's files, without the manifest itself
+                // and the client log.
+                let files: Vec<_> = snapshot
+                    .files
+                    .iter()
+                    .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob")
+                    .collect();
+                SnapshotSummary {
+                    size: files.iter().filter_map(|f| f.size).sum(),
+                    files: files.iter().map(|f| f.filename.clone()).collect(),
+                    entry: snapshot.entry,
+                }
+            })
+            .collect())
+    }
+
+    fn open_snapshot(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+    ) -> Result<Arc<dyn SnapshotAccess>> {
+        let reader = self.0.open_reader(ns, dir)?;
+        let manifest = reader.read_manifest()?;
+        Ok(Arc::new(RemoteSnapshot { reader, manifest }))
+    }
+}
+
+/// A snapshot read through one reader-protocol session.
+pub struct RemoteSnapshot {
+    reader: Arc<RemoteReader>,
+    manifest: Manifest,
+}
+
+impl SnapshotAccess for RemoteSnapshot {
+    fn dir(&self) -> &BackupDir {
+        self.reader.dir()
+    }
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    fn read_file(&self, filename: &str) -> Result<Vec<u8>> {
+        self.reader.download(filename)
+    }
+    fn chunk_source(&self) -> Arc<dyn ChunkSource> {
+        self.reader.clone()
+    }
+}
