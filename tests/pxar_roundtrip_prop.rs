@@ -381,6 +381,31 @@ fn check_decoder(built: &Built) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// With `PXAR_FUZZ_SEEDS=DIR`, keeps each generated archive as a seed for the fuzz target
+/// (fuzz/fuzz_targets/pxar_reader.rs): v1 as it is, v2 as the two-byte split position
+/// followed by both streams (archives over 64 KiB are left out).
+fn save_seed(built: &Built) {
+    let Some(dir) = std::env::var_os("PXAR_FUZZ_SEEDS") else {
+        return;
+    };
+    let bytes = match &built.payload {
+        None => built.meta.clone(),
+        Some(payload) => {
+            let Ok(split) = u16::try_from(built.meta.len()) else {
+                return;
+            };
+            [&split.to_le_bytes()[..], &built.meta, payload].concat()
+        }
+    };
+    // Small seeds keep the fuzzer fast.
+    if bytes.len() > 64 << 10 {
+        return;
+    }
+    let name = format!("{:016x}", pbsfs::pxar::format::pxar_hash(&bytes));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // Strategies.
 
@@ -575,6 +600,7 @@ proptest! {
     #[test]
     fn v1_round_trip(root in metadata(mode::IFDIR), children in tree()) {
         let built = build_v1(&root, &children);
+        save_seed(&built);
         check_accessor(&built)?;
         check_decoder(&built)?;
     }
@@ -586,6 +612,7 @@ proptest! {
         prelude in prop::option::of(vec(any::<u8>(), 0..64)),
     ) {
         let built = build_v2(&root, &children, prelude.as_deref());
+        save_seed(&built);
         check_accessor(&built)?;
         check_decoder(&built)?;
     }
