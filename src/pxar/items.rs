@@ -421,7 +421,8 @@ pub fn read_body_after(
             PXAR_SYMLINK | PXAR_DEVICE | PXAR_PAYLOAD | PXAR_PAYLOAD_REF => return Err(mismatch()),
             _ => {
                 attribute_items += 1;
-                attribute_bytes += content;
+                // Saturating: an unknown item may claim almost 2^64 bytes.
+                attribute_bytes = attribute_bytes.saturating_add(content);
                 if attribute_items > MAX_ATTRIBUTE_ITEMS || attribute_bytes > MAX_ATTRIBUTE_BYTES {
                     return Err(DecodeError::invalid(offset, "too many attribute items"));
                 }
@@ -571,4 +572,30 @@ pub fn skip_version_and_prelude(
     }
     src.skip(next.2)?;
     next_header(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pxar::format::{mode, Stat};
+
+    /// Found by fuzzing: an unknown item claiming a near-2^64 size after an ENTRY overflowed
+    /// the attribute byte count.
+    #[test]
+    fn huge_unknown_item_after_entry_is_an_error() {
+        let stat = Stat {
+            mode: mode::IFDIR | 0o755,
+            ..Stat::default()
+        };
+        let mut bytes = Header::new(PXAR_ENTRY, STAT_SIZE).to_bytes().to_vec();
+        bytes.extend_from_slice(&stat.to_bytes());
+        // An xattr, then an unknown item whose size pushes the sum past u64::MAX.
+        let xattr = b"user.a\0twenty-four bytes of value";
+        bytes.extend_from_slice(&Header::new(PXAR_XATTR, xattr.len() as u64).to_bytes());
+        bytes.extend_from_slice(xattr);
+        bytes.extend_from_slice(&0x1234_5678_u64.to_le_bytes());
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut src = SeqSource::new(&bytes[..]);
+        assert!(read_body(&mut src, Layout::Unified, None).is_err());
+    }
 }
