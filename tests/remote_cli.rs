@@ -1,0 +1,147 @@
+//! The command line against the in-process PBS test server: listing, files, restore, verify
+//! and a snapshot mount, with token auth and a pinned certificate fingerprint.
+
+mod common;
+mod support;
+
+use std::process::{Command, Output};
+
+use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::{expected_tree, sha256_hex};
+use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+
+fn repository(server: &TestServer) -> String {
+    format!(
+        "{}@127.0.0.1:{}:{}",
+        server.config.token_id,
+        server.addr.port(),
+        server.config.store_name
+    )
+}
+
+fn pbsfs(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--repository",
+            &repository(server),
+            "--fingerprint",
+            &server.fingerprint,
+        ])
+        .args(args)
+        .env("PBS_PASSWORD", &server.config.token_secret)
+        .env_remove("PBS_FINGERPRINT")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> &[u8] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    &out.stdout
+}
+
+#[test]
+fn list_files_restore_and_verify_through_the_server() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let list: serde_json::Value = serde_json::from_slice(ok(&pbsfs(
+        &server,
+        &["snapshots", "--output-format", "json"],
+    )))
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 7);
+    let team: serde_json::Value = serde_json::from_slice(ok(&pbsfs(
+        &server,
+        &["--ns", "team", "snapshots", "--output-format", "json"],
+    )))
+    .unwrap();
+    assert_eq!(team[0]["snapshot"], "host/fixture-ns/2026-11-25T08:29:01Z");
+
+    let files: serde_json::Value = serde_json::from_slice(ok(&pbsfs(
+        &server,
+        &[
+            "files",
+            "host/fixture-legacy/latest",
+            "--output-format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(files[0]["filename"], "root.pxar.didx");
+    assert_eq!(files[0]["size"], 28269171);
+
+    let raw = pbsfs(
+        &server,
+        &["restore", "host/fixture-data/latest", "root.ppxar", "-"],
+    );
+    assert_eq!(
+        sha256_hex(ok(&raw)),
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"
+    );
+    ok(&pbsfs(&server, &["verify", "host/fixture-legacy/latest"]));
+}
+
+#[test]
+fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    ok(&pbsfs(
+        &server,
+        &["mount", "host/fixture-data/latest", point.to_str().unwrap()],
+    ));
+    let tree = tree_from_disk(&point);
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    assert_same_tree(&tree, &expected_tree("tree1.json"), "remote fixture-data");
+}
+
+#[test]
+fn wrong_token_and_wrong_fingerprint_are_clear_errors() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--repository",
+            &repository(&server),
+            "--fingerprint",
+            &server.fingerprint,
+            "snapshots",
+        ])
+        .env("PBS_PASSWORD", "not-the-secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("authentication") || err.contains("401"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-secret"),
+        "the secret leaked into the error: {err}"
+    );
+
+    let wrong = "00:".repeat(31) + "00";
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--repository",
+            &repository(&server),
+            "--fingerprint",
+            &wrong,
+            "snapshots",
+        ])
+        .env("PBS_PASSWORD", &server.config.token_secret)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains(&server.fingerprint.to_lowercase()),
+        "the error should show the server's fingerprint: {err}"
+    );
+}
