@@ -7,4 +7,5 @@ pub mod backup;
 pub mod format;
 pub mod pxar;
 pub mod repository;
+pub mod snapfs;
 pub mod store;

@@ -3,7 +3,17 @@ mod cli;
 use clap::Parser;
 
 fn main() {
-    let parsed = cli::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `mount -t fuse.pbsfs SOURCE DIR -o ...` calls us as `pbsfs SOURCE DIR -o ...`.
+    let args = match cli::helper::translate(&args) {
+        Ok(Some(translated)) => translated,
+        Ok(None) => args,
+        Err(err) => {
+            eprintln!("pbsfs: error: {err:#}");
+            std::process::exit(1);
+        }
+    };
+    let parsed = cli::Cli::parse_from(args);
     if let Err(err) = cli::run(parsed) {
         // A closed pipe (`pbsfs restore ... - | head`) is not an error worth reporting.
         if err.chain().any(|cause| {

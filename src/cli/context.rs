@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::format::crypto::CryptConfig;
+use pbsfs::format::manifest::{CryptMode, Manifest};
 use pbsfs::repository::Repository;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
@@ -31,6 +33,12 @@ pub struct RepoArgs {
     #[arg(long = "ns", env = "PBS_NAMESPACE", global = true, value_name = "NS")]
     pub namespace: Option<String>,
 
+    /// Encryption key file (JSON, as made by `proxmox-backup-client key create`), for
+    /// encrypted snapshots. A password is read from PBS_ENCRYPTION_PASSWORD (or _FILE, _FD,
+    /// _CMD) or asked for on the terminal.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub keyfile: Option<PathBuf>,
+
     /// How to print results.
     #[arg(
         long,
@@ -48,6 +56,7 @@ pub struct Context {
     pub location: PathBuf,
     pub ns: BackupNamespace,
     pub output: OutputFormat,
+    pub keyfile: Option<PathBuf>,
 }
 
 impl Context {
@@ -82,6 +91,7 @@ impl Context {
             location,
             ns,
             output: args.output_format,
+            keyfile: args.keyfile.clone(),
         })
     }
 
@@ -94,6 +104,37 @@ impl Context {
                 self.location.display()
             )
         })
+    }
+
+    /// The unlocked key, when --keyfile was given.
+    pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
+        self.keyfile
+            .as_deref()
+            .map(super::keys::load_crypt_config)
+            .transpose()
+    }
+
+    /// Reads a snapshot's manifest and checks its signature when a key is given; refuses an
+    /// encrypted snapshot without a key.
+    pub fn checked_manifest(
+        &self,
+        dir: &BackupDir,
+        crypt: Option<&CryptConfig>,
+    ) -> Result<Manifest> {
+        let manifest = self.store()?.read_manifest(&self.ns, dir)?;
+        let encrypted = manifest
+            .files
+            .iter()
+            .any(|f| f.crypt_mode == CryptMode::Encrypt);
+        if encrypted && crypt.is_none() {
+            bail!("snapshot {dir} is encrypted: key needed (pass --keyfile)");
+        }
+        if crypt.is_some() {
+            manifest
+                .verify_signature(crypt)
+                .with_context(|| format!("snapshot {dir}"))?;
+        }
+        Ok(manifest)
     }
 
     /// Finished snapshots of the namespace.

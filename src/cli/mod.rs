@@ -2,6 +2,9 @@
 
 pub mod context;
 pub mod files;
+pub mod helper;
+pub mod keys;
+pub mod mount;
 pub mod output;
 pub mod restore;
 pub mod snapshots;
@@ -31,9 +34,15 @@ pub enum Command {
     Namespaces(snapshots::NamespacesArgs),
     /// List the files (archives) of a snapshot with their sizes and crypt modes.
     Files(files::FilesArgs),
-    /// Write an archive of a snapshot, as stored (the raw pxar stream, image or blob content),
-    /// to stdout (`-`) or a file.
+    /// Restore an archive: extract a pxar archive's tree into a directory (with owners,
+    /// modes, times, xattrs, ACLs, devices, hardlinks), or write an archive as stored (raw
+    /// pxar stream, image, blob content) to stdout (`-`) or a file.
     Restore(restore::RestoreArgs),
+    /// Mount a snapshot read-only (FUSE): its pxar archive as a directory tree, or its disk
+    /// images as files. Runs in the background unless --foreground; `pbsfs umount` ends it.
+    Mount(mount::MountArgs),
+    /// Unmount a pbsfs mount (same as `fusermount3 -u`).
+    Umount(mount::UmountArgs),
     /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
     /// Exits non-zero when anything is wrong.
     Verify(verify::VerifyArgs),
@@ -47,5 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Files(args) => files::run(&args, repo),
         Command::Restore(args) => restore::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
+        Command::Mount(args) => mount::run(&args, repo),
+        Command::Umount(args) => mount::run_umount(&args),
     }
 }

@@ -9,7 +9,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::format::ReadAt;
+use pbsfs::pxar::extract::{extract_with_accessor, ExtractOptions};
+use pbsfs::pxar::{Accessor, Decoder};
+use pbsfs::snapfs::{self, Mountable};
 use pbsfs::store::archive::{open_index_reader, read_blob, ArchiveKind};
+use pbsfs::store::cache::ChunkCache;
+use pbsfs::store::chunk_reader::ChunkReader;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::snapshot::resolve_archive_name;
 
@@ -21,29 +27,76 @@ pub struct RestoreArgs {
     pub snapshot: String,
     /// Archive name as listed by `pbsfs files`; the .didx/.fidx/.blob suffix may be left out.
     pub archive: String,
-    /// `-` writes the raw archive to stdout; a file path writes it there.
+    /// `-` writes the raw archive to stdout. For a pxar archive (`root.pxar`, also a split
+    /// `root.mpxar`+`root.ppxar` pair) any other TARGET is a directory to extract the tree
+    /// into; for other archives it is the file to write.
     pub target: String,
-    /// Replace TARGET if it already exists.
+    /// Replace existing files (and extract into an existing, non-empty directory).
     #[arg(long)]
     pub overwrite: bool,
+    /// Extract only what matches this glob (repeatable): a pattern without `/` matches a
+    /// name at any depth, `**` spans directories, a matching directory brings its subtree.
+    #[arg(long, value_name = "GLOB")]
+    pub pattern: Vec<String>,
+    /// Do not restore file owners (the default when not running as root).
+    #[arg(long)]
+    pub no_owner: bool,
 }
 
 pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let dir = ctx.resolve(&args.snapshot)?;
     let store = ctx.store()?;
-    let manifest = store.read_manifest(&ctx.ns, &dir)?;
+    let crypt = ctx.crypt()?;
+    let manifest = ctx.checked_manifest(&dir, crypt.as_deref())?;
+    if args.target != "-" {
+        let all = snapfs::mountables(&manifest);
+        let pxars: Vec<&Mountable> = snapfs::select_archive(&all, &args.archive)
+            .into_iter()
+            .filter(|m| !matches!(m, Mountable::Image { .. }))
+            .collect();
+        if let [pxar] = pxars.as_slice() {
+            let chunks: Arc<dyn ChunkReader> = Arc::new(ChunkCache::new(
+                Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone())),
+                64 << 20,
+                2,
+            ));
+            let open = |file: &str| -> Result<Arc<dyn ReadAt>> {
+                Ok(Arc::new(open_index_reader(
+                    store,
+                    &ctx.ns,
+                    &dir,
+                    &manifest,
+                    file,
+                    chunks.clone(),
+                )?))
+            };
+            let (meta, payload) = match pxar {
+                Mountable::Pxar { file, .. } => (open(file)?, None),
+                Mountable::SplitPxar { meta, payload, .. } => (open(meta)?, Some(open(payload)?)),
+                Mountable::Image { .. } => unreachable!("filtered above"),
+            };
+            return extract_tree(args, meta, payload);
+        }
+    }
     let names: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
     let filename = resolve_archive_name(&args.archive, &names)?.to_string();
 
     let write_all = |out: &mut dyn Write| -> Result<()> {
         match ArchiveKind::of(&filename) {
             Some(ArchiveKind::Blob) => {
-                let data = read_blob(store, &ctx.ns, &dir, &manifest, &filename)?;
+                let data = read_blob(store, &ctx.ns, &dir, &manifest, &filename, crypt.as_deref())?;
                 out.write_all(&data)?;
             }
             _ => {
-                let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
+                let mode = manifest
+                    .file(&filename)
+                    .map(|f| f.crypt_mode)
+                    .unwrap_or_default();
+                let chunks = Arc::new(
+                    VerifyingChunkReader::with_key(store.clone(), crypt.clone())
+                        .expect_crypt_mode(mode),
+                );
                 let reader = open_index_reader(store, &ctx.ns, &dir, &manifest, &filename, chunks)?;
                 reader.copy_to(out)?;
             }
@@ -60,8 +113,7 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let target = PathBuf::from(&args.target);
     if target.is_dir() {
         bail!(
-            "{} is a directory; extracting an archive into a directory is not available yet — \
-             give a file name or - for stdout",
+            "{} is a directory; give a file name or - for stdout",
             target.display()
         );
     }
@@ -88,6 +140,43 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
         let _ = fs::remove_file(&partial);
     }
     result
+}
+
+/// Extracts a pxar tree into the target directory.
+fn extract_tree(
+    args: &RestoreArgs,
+    meta: Arc<dyn ReadAt>,
+    payload: Option<Arc<dyn ReadAt>>,
+) -> Result<()> {
+    let target = PathBuf::from(&args.target);
+    let non_empty = fs::read_dir(&target)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !args.overwrite {
+        bail!(
+            "{} exists and is not empty (use --overwrite to restore into it)",
+            target.display()
+        );
+    }
+    if target.exists() && !target.is_dir() {
+        bail!("{} exists and is not a directory", target.display());
+    }
+    let accessor = Accessor::open(meta.clone(), payload.clone())?;
+    let mut decoder = Decoder::from_read_at(meta, payload);
+    let options = ExtractOptions {
+        overwrite: args.overwrite,
+        allow_existing_dirs: true,
+        patterns: args.pattern.clone(),
+        restore_owner: !args.no_owner && unsafe { libc::geteuid() } == 0,
+    };
+    let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options)?;
+    eprintln!(
+        "restored {} entries ({} bytes of file data) into {}",
+        stats.entries,
+        stats.bytes,
+        target.display()
+    );
+    Ok(())
 }
 
 fn partial_path(target: &Path) -> PathBuf {

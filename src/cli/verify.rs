@@ -33,7 +33,8 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
         }
     }
 
-    let mut verifier = Verifier::new();
+    // With --keyfile, encrypted chunks are decrypted and their keyed digests checked too.
+    let mut verifier = Verifier::with_key(ctx.crypt()?);
     let mut results = Vec::new();
     for (ns, dir) in &targets {
         let problems = verifier.verify_snapshot(store, ns, dir);

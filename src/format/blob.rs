@@ -2,15 +2,15 @@
 //! blob body on the wire (spec/blob.md).
 //!
 //! Layout: 8-byte magic, CRC-32 (LE) over everything after the header, then for encrypted
-//! kinds a 16-byte IV and a 16-byte GCM tag, then the payload. Decryption is not done here:
-//! [`parse_blob`] hands out the IV, tag and ciphertext so a crypto layer can be put on top
-//! without touching the framing code.
+//! kinds a 16-byte IV and a 16-byte GCM tag, then the payload. The `*_with` functions take
+//! an optional [`CryptConfig`] and handle the encrypted kinds (compress, then encrypt).
 
 use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use super::crypto::{CryptConfig, CryptoError, IV_LEN};
 use super::Digest;
 
 /// Largest plaintext a blob may hold (the official encoder refuses more).
@@ -41,6 +41,13 @@ pub enum BlobError {
     BadCrc { stored: u32, computed: u32 },
     #[error("blob is encrypted: key needed")]
     Encrypted,
+    #[error("blob decryption failed: wrong key or corrupted data")]
+    Decrypt(#[source] CryptoError),
+    #[error("encryption failed: {0}")]
+    Encrypt(#[source] CryptoError),
+    #[error("Index and chunk CryptMode don't match: the index is {} but the chunk is {}",
+        encrypted_word(*.index_encrypted), encrypted_word(!*.index_encrypted))]
+    CryptModeMismatch { index_encrypted: bool },
     #[error("zstd decompression failed: {0}")]
     Decompress(#[source] std::io::Error),
     #[error("blob data larger than the limit of {limit} bytes")]
@@ -49,6 +56,14 @@ pub enum BlobError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("chunk size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch { expected: u64, actual: u64 },
+}
+
+fn encrypted_word(encrypted: bool) -> &'static str {
+    if encrypted {
+        "encrypted"
+    } else {
+        "not encrypted"
+    }
 }
 
 /// The four blob kinds, one per magic.
@@ -167,22 +182,50 @@ pub fn parse_blob(raw: &[u8]) -> Result<BlobBody<'_>, BlobError> {
 
 /// Decodes an unencrypted blob to its plaintext, refusing plaintext above `max_size`.
 pub fn decode_blob(raw: &[u8], max_size: usize) -> Result<Vec<u8>, BlobError> {
+    decode_blob_with(raw, max_size, None)
+}
+
+/// Decodes any blob to its plaintext, refusing plaintext above `max_size`. Encrypted kinds
+/// need `crypt` (else [`BlobError::Encrypted`]); plain kinds ignore it.
+pub fn decode_blob_with(
+    raw: &[u8],
+    max_size: usize,
+    crypt: Option<&CryptConfig>,
+) -> Result<Vec<u8>, BlobError> {
     match parse_blob(raw)? {
-        BlobBody::Plain {
-            compressed: true,
-            data,
-        } => decompress_bounded(data, max_size),
-        BlobBody::Plain {
-            compressed: false,
-            data,
+        BlobBody::Plain { compressed, data } => finish_plain(data, compressed, max_size),
+        BlobBody::Encrypted {
+            compressed,
+            iv,
+            tag,
+            ciphertext,
         } => {
-            if data.len() > max_size {
+            let crypt = crypt.ok_or(BlobError::Encrypted)?;
+            // For an uncompressed blob the ciphertext length is the plaintext length, so
+            // check the limit before decrypting.
+            if !compressed && ciphertext.len() > max_size {
                 return Err(BlobError::TooLarge { limit: max_size });
             }
-            Ok(data.to_vec())
+            let decrypted = crypt
+                .decrypt(&iv, &tag, ciphertext)
+                .map_err(BlobError::Decrypt)?;
+            if compressed {
+                decompress_bounded(&decrypted, max_size)
+            } else {
+                Ok(decrypted)
+            }
         }
-        BlobBody::Encrypted { .. } => Err(BlobError::Encrypted),
     }
+}
+
+fn finish_plain(data: &[u8], compressed: bool, max_size: usize) -> Result<Vec<u8>, BlobError> {
+    if compressed {
+        return decompress_bounded(data, max_size);
+    }
+    if data.len() > max_size {
+        return Err(BlobError::TooLarge { limit: max_size });
+    }
+    Ok(data.to_vec())
 }
 
 /// Decompresses a zstd stream (any number of frames) without ever holding more than
@@ -233,6 +276,49 @@ pub fn encode_blob(data: &[u8], compress: bool) -> Result<Vec<u8>, BlobError> {
     Ok(raw)
 }
 
+/// Encodes `data` as a blob: encrypted (random IV) when `crypt` is given, zstd-compressed
+/// first when asked and worthwhile.
+pub fn encode_blob_with(
+    data: &[u8],
+    compress: bool,
+    crypt: Option<&CryptConfig>,
+) -> Result<Vec<u8>, BlobError> {
+    let Some(crypt) = crypt else {
+        return encode_blob(data, compress);
+    };
+    let mut iv = [0u8; IV_LEN];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut iv);
+    encode_encrypted_blob(data, compress, crypt, &iv)
+}
+
+/// Encrypted encoding with a caller-chosen IV. Only for test vectors and reproducible
+/// tests: reusing an IV with the same key breaks GCM.
+pub fn encode_encrypted_blob(
+    data: &[u8],
+    compress: bool,
+    crypt: &CryptConfig,
+    iv: &[u8; IV_LEN],
+) -> Result<Vec<u8>, BlobError> {
+    if data.len() > MAX_BLOB_SIZE {
+        return Err(BlobError::TooLarge {
+            limit: MAX_BLOB_SIZE,
+        });
+    }
+    let compressed = if compress {
+        compress_if_not_larger(data)
+    } else {
+        None
+    };
+    let plain = compressed.as_deref().unwrap_or(data);
+    let (ciphertext, tag) = crypt.encrypt(iv, plain).map_err(BlobError::Encrypt)?;
+    Ok(assemble_encrypted_blob(
+        compressed.is_some(),
+        iv,
+        &tag,
+        &ciphertext,
+    ))
+}
+
 /// Frames ciphertext produced by a crypto layer as an encrypted blob (with its CRC).
 pub fn assemble_encrypted_blob(
     compressed: bool,
@@ -261,15 +347,54 @@ pub fn chunk_digest(data: &[u8]) -> Digest {
     Sha256::digest(data).into()
 }
 
+/// Digest of a chunk: keyed (SHA-256 of data ‖ id_key) when the archive is encrypted.
+pub fn chunk_digest_with(data: &[u8], crypt: Option<&CryptConfig>) -> Digest {
+    match crypt {
+        Some(crypt) => crypt.compute_digest(data),
+        None => chunk_digest(data),
+    }
+}
+
 /// Decodes an unencrypted chunk and checks it is the chunk the index asked for.
 pub fn decode_chunk(
     raw: &[u8],
     digest: &Digest,
     expected_len: Option<u64>,
 ) -> Result<Vec<u8>, BlobError> {
-    let data = decode_blob(raw, MAX_CHUNK_SIZE)?;
-    verify_chunk(&data, &chunk_digest(&data), digest, expected_len)?;
+    decode_chunk_with(raw, digest, expected_len, None)
+}
+
+/// Decodes a chunk and checks it is the chunk the index asked for. Encrypted chunks need
+/// `crypt` and are checked against the keyed digest; plain chunks against SHA-256 (a
+/// `sign-only` archive has plain chunks even though a key is in use).
+pub fn decode_chunk_with(
+    raw: &[u8],
+    digest: &Digest,
+    expected_len: Option<u64>,
+    crypt: Option<&CryptConfig>,
+) -> Result<Vec<u8>, BlobError> {
+    let keyed = if blob_kind(raw)?.is_encrypted() {
+        Some(crypt.ok_or(BlobError::Encrypted)?)
+    } else {
+        None
+    };
+    let data = decode_blob_with(raw, MAX_CHUNK_SIZE, crypt)?;
+    verify_chunk(
+        &data,
+        &chunk_digest_with(&data, keyed),
+        digest,
+        expected_len,
+    )?;
     Ok(data)
+}
+
+/// Crypt-mode consistency (blob.md §5): an encrypted index references only encrypted
+/// chunks, any other index only plain ones.
+pub fn check_chunk_crypt_mode(raw: &[u8], index_encrypted: bool) -> Result<(), BlobError> {
+    if blob_kind(raw)?.is_encrypted() != index_encrypted {
+        return Err(BlobError::CryptModeMismatch { index_encrypted });
+    }
+    Ok(())
 }
 
 /// Compares a decoded chunk's digest and length with what the index says.
@@ -518,6 +643,145 @@ mod tests {
         assert!(matches!(
             encode_blob(&data, false),
             Err(BlobError::TooLarge { .. })
+        ));
+    }
+
+    fn test_crypt() -> CryptConfig {
+        CryptConfig::new(std::array::from_fn(|i| i as u8))
+    }
+
+    fn encrypted_hello() -> Vec<u8> {
+        hex::decode(concat!(
+            "7b6785be222d4cf0784eea93000102030405060708090a0b0c0d0e0f",
+            "0c84c431837297c0b19e77e5608162ea0f09cc1a56"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn encrypted_hello_vector_encodes_and_decodes() {
+        let crypt = test_crypt();
+        let iv: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            encode_encrypted_blob(b"hello", true, &crypt, &iv).unwrap(),
+            encrypted_hello()
+        );
+        assert_eq!(
+            decode_blob_with(&encrypted_hello(), 5, Some(&crypt)).unwrap(),
+            b"hello"
+        );
+        let digest = chunk_digest_with(b"hello", Some(&crypt));
+        assert_eq!(
+            hex::encode(digest),
+            "e34178a27b992c4a218599bf7f43ed50bc464a03d624d9092306fe2ed74d557e"
+        );
+        assert_eq!(
+            decode_chunk_with(&encrypted_hello(), &digest, Some(5), Some(&crypt)).unwrap(),
+            b"hello"
+        );
+        // The plain digest does not name an encrypted chunk.
+        assert!(matches!(
+            decode_chunk_with(
+                &encrypted_hello(),
+                &chunk_digest(b"hello"),
+                None,
+                Some(&crypt)
+            ),
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            decode_blob_with(&encrypted_hello(), 4, Some(&crypt)),
+            Err(BlobError::TooLarge { limit: 4 })
+        ));
+    }
+
+    #[test]
+    fn encrypted_round_trip_compressed_and_not() {
+        let crypt = test_crypt();
+        let compressible: Vec<u8> = (0..50_000u32).map(|i| (i % 5) as u8).collect();
+        let raw = encode_blob_with(&compressible, true, Some(&crypt)).unwrap();
+        assert_eq!(blob_kind(&raw).unwrap(), BlobKind::EncryptedCompressed);
+        assert!(raw.len() < compressible.len() / 10);
+        assert_eq!(
+            decode_blob_with(&raw, compressible.len(), Some(&crypt)).unwrap(),
+            compressible
+        );
+        assert!(matches!(
+            decode_blob_with(&raw, compressible.len() - 1, Some(&crypt)),
+            Err(BlobError::TooLarge { .. })
+        ));
+        let raw = encode_blob_with(&compressible, false, Some(&crypt)).unwrap();
+        assert_eq!(blob_kind(&raw).unwrap(), BlobKind::Encrypted);
+        assert_eq!(raw.len(), ENCRYPTED_HEADER_LEN + compressible.len());
+        assert_eq!(
+            decode_blob_with(&raw, usize::MAX, Some(&crypt)).unwrap(),
+            compressible
+        );
+        // Fresh IV every time.
+        assert_ne!(
+            encode_blob_with(b"same", false, Some(&crypt)).unwrap(),
+            encode_blob_with(b"same", false, Some(&crypt)).unwrap()
+        );
+        // Without a key the plain encoder is used.
+        assert_eq!(
+            encode_blob_with(b"hello", true, None).unwrap(),
+            hello_blob()
+        );
+    }
+
+    #[test]
+    fn wrong_key_or_missing_key_is_reported() {
+        let raw = encrypted_hello();
+        let other = CryptConfig::new([1; 32]);
+        let err = decode_blob_with(&raw, 100, Some(&other)).unwrap_err();
+        assert!(matches!(err, BlobError::Decrypt(_)));
+        assert!(err.to_string().contains("wrong key"));
+        let err = decode_chunk_with(&raw, &[0; 32], None, None).unwrap_err();
+        assert!(err.to_string().contains("encrypted: key needed"));
+        // A plain chunk decodes with a key too (sign-only archives) and uses SHA-256.
+        let crypt = test_crypt();
+        assert_eq!(
+            decode_chunk_with(
+                &hello_blob(),
+                &chunk_digest(b"hello"),
+                Some(5),
+                Some(&crypt)
+            )
+            .unwrap(),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn tampered_ciphertext_with_fixed_crc_fails_authentication() {
+        let mut raw = encrypted_hello();
+        raw[ENCRYPTED_HEADER_LEN] ^= 1;
+        seal_crc(&mut raw, ENCRYPTED_HEADER_LEN);
+        assert!(matches!(
+            decode_blob_with(&raw, 100, Some(&test_crypt())),
+            Err(BlobError::Decrypt(_))
+        ));
+        let mut raw = encrypted_hello();
+        raw[20] ^= 1; // the IV is not covered by the CRC
+        assert!(matches!(
+            decode_blob_with(&raw, 100, Some(&test_crypt())),
+            Err(BlobError::Decrypt(_))
+        ));
+    }
+
+    #[test]
+    fn crypt_mode_consistency() {
+        assert!(check_chunk_crypt_mode(&encrypted_hello(), true).is_ok());
+        assert!(check_chunk_crypt_mode(&hello_blob(), false).is_ok());
+        let err = check_chunk_crypt_mode(&hello_blob(), true).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("index is encrypted but the chunk is not encrypted"));
+        assert!(matches!(
+            check_chunk_crypt_mode(&encrypted_hello(), false),
+            Err(BlobError::CryptModeMismatch {
+                index_encrypted: false
+            })
         ));
     }
 }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use super::blob::{decode_blob, encode_blob, BlobError, MAX_BLOB_SIZE};
+use super::crypto::{CryptConfig, Fingerprint};
 use super::Digest;
 
 /// File name of the manifest inside a snapshot directory.
@@ -33,6 +34,17 @@ pub enum ManifestError {
     },
     #[error("null value in the signed part of the manifest")]
     NullInSignedPart,
+    #[error("missing key - manifest was created with key {0}")]
+    MissingKey(String),
+    #[error("wrong key - manifest's key {manifest} does not match provided key {provided}")]
+    WrongKey {
+        manifest: String,
+        provided: Fingerprint,
+    },
+    #[error("invalid key-fingerprint '{0}' in manifest")]
+    BadFingerprint(String),
+    #[error("wrong signature in manifest")]
+    WrongSignature,
 }
 
 /// How the archives of a backup run were protected (crypto.md §1).
@@ -144,6 +156,61 @@ impl Manifest {
     /// the backup.
     pub fn key_fingerprint(&self) -> Option<&str> {
         self.unprotected.get("key-fingerprint")?.as_str()
+    }
+
+    /// Signs the manifest with `crypt` (HMAC over [`Self::signed_bytes`]) and records the
+    /// key fingerprint in `unprotected`, as the official client does in `encrypt` and
+    /// `sign-only` mode.
+    pub fn sign(&mut self, crypt: &CryptConfig) -> Result<(), ManifestError> {
+        let tag = crypt.compute_auth_tag(&self.signed_bytes()?);
+        self.signature = Some(hex::encode(tag));
+        if !self.unprotected.is_object() {
+            self.unprotected = empty_object();
+        }
+        self.unprotected["key-fingerprint"] = Value::String(crypt.fingerprint().to_string());
+        Ok(())
+    }
+
+    /// Checks that the manifest fits the key: a manifest made with a key needs that key
+    /// ("missing key" / "wrong key"); an unsigned manifest is fine with or without one.
+    /// With a key, a present signature must match ("wrong signature in manifest").
+    pub fn verify_signature(&self, crypt: Option<&CryptConfig>) -> Result<(), ManifestError> {
+        let stored = self.stored_fingerprint()?;
+        let Some(crypt) = crypt else {
+            return match stored {
+                Some(fingerprint) => Err(ManifestError::MissingKey(fingerprint.to_string())),
+                None => Ok(()),
+            };
+        };
+        if let Some(stored) = stored {
+            let provided = crypt.fingerprint();
+            if stored != provided {
+                return Err(ManifestError::WrongKey {
+                    manifest: stored.to_string(),
+                    provided,
+                });
+            }
+        }
+        if let Some(signature) = &self.signature {
+            let tag = hex::decode(signature).map_err(|_| ManifestError::WrongSignature)?;
+            if !crypt.verify_auth_tag(&self.signed_bytes()?, &tag) {
+                return Err(ManifestError::WrongSignature);
+            }
+        }
+        Ok(())
+    }
+
+    /// `unprotected["key-fingerprint"]` parsed; an unparsable value is an error rather
+    /// than "unsigned" so it cannot be used to skip the key check.
+    pub fn stored_fingerprint(&self) -> Result<Option<Fingerprint>, ManifestError> {
+        match self.unprotected.get("key-fingerprint") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| ManifestError::BadFingerprint(text.clone())),
+            Some(other) => Err(ManifestError::BadFingerprint(other.to_string())),
+        }
     }
 
     /// The bytes the signature is computed over: canonical JSON of the manifest without
@@ -357,5 +424,85 @@ mod tests {
             assert_eq!(serde_json::to_string(&mode).unwrap(), name);
             assert_eq!(serde_json::from_str::<CryptMode>(name).unwrap(), mode);
         }
+    }
+
+    fn scrypt_test_key() -> CryptConfig {
+        let kdf = crate::format::keyfile::KeyDerivationConfig::Scrypt {
+            n: 65536,
+            r: 8,
+            p: 1,
+            salt: Vec::new(),
+        };
+        CryptConfig::new(*kdf.derive_key(b"test").unwrap())
+    }
+
+    #[test]
+    fn signature_matches_the_pbs_vector_and_verifies() {
+        let crypt = scrypt_test_key();
+        let mut m = signature_vector_manifest();
+        m.unprotected = serde_json::json!({"note": "This is not protected by the signature."});
+        m.sign(&crypt).unwrap();
+        assert_eq!(
+            m.signature.as_deref(),
+            Some("d7b446fb7db081662081d4b40fedd858a1d6307a5aff4ecff7d5bf4fd35679e9")
+        );
+        assert_eq!(
+            m.key_fingerprint(),
+            Some("12:b9:b7:74:bb:3d:89:95:2b:97:cb:c2:82:f0:0c:14:2b:83:ba:7f:96:62:6a:a1:5a:44:9a:63:e8:91:fe:25")
+        );
+        assert_eq!(
+            m.unprotected["note"],
+            "This is not protected by the signature."
+        );
+        m.verify_signature(Some(&crypt)).unwrap();
+
+        // Survives a blob round trip; unprotected changes do not matter.
+        let mut again = Manifest::from_blob(&m.to_blob().unwrap()).unwrap();
+        again.unprotected["verify_state"] = serde_json::json!({"state": "ok"});
+        again.verify_signature(Some(&crypt)).unwrap();
+
+        // Any change to the signed part does.
+        again.files[1].size += 1;
+        let err = again.verify_signature(Some(&crypt)).unwrap_err();
+        assert_eq!(err.to_string(), "wrong signature in manifest");
+    }
+
+    #[test]
+    fn wrong_and_missing_keys_are_named() {
+        let crypt = CryptConfig::new([3; 32]);
+        let mut m = signature_vector_manifest();
+        m.sign(&crypt).unwrap();
+        let other = CryptConfig::new([4; 32]);
+        let err = m.verify_signature(Some(&other)).unwrap_err();
+        assert!(matches!(err, ManifestError::WrongKey { .. }));
+        assert!(err.to_string().starts_with("wrong key"));
+        let err = m.verify_signature(None).unwrap_err();
+        assert!(err.to_string().starts_with("missing key"));
+        assert!(err.to_string().contains(&crypt.fingerprint().to_string()));
+
+        // Without the fingerprint, a foreign key fails on the signature.
+        m.unprotected = empty_object();
+        assert!(matches!(
+            m.verify_signature(Some(&other)),
+            Err(ManifestError::WrongSignature)
+        ));
+        m.signature = Some("not hex".into());
+        assert!(matches!(
+            m.verify_signature(Some(&crypt)),
+            Err(ManifestError::WrongSignature)
+        ));
+        m.unprotected["key-fingerprint"] = serde_json::json!(17);
+        assert!(matches!(
+            m.verify_signature(Some(&crypt)),
+            Err(ManifestError::BadFingerprint(_))
+        ));
+    }
+
+    #[test]
+    fn unsigned_manifest_is_accepted_with_or_without_key() {
+        let m = signature_vector_manifest();
+        m.verify_signature(None).unwrap();
+        m.verify_signature(Some(&CryptConfig::new([5; 32])))
+            .unwrap();
     }
 }

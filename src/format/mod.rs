@@ -5,9 +5,12 @@
 pub mod blob;
 pub mod catalog;
 pub mod chunker;
+pub mod crypto;
 pub mod index;
+pub mod keyfile;
 pub mod manifest;
 pub mod read_at;
+pub mod time;
 
 pub use read_at::ReadAt;
 

@@ -10,7 +10,8 @@ use super::chunk_reader::ChunkReader;
 use super::local::LocalDatastore;
 use super::names::{BackupDir, BackupNamespace};
 use super::range::IndexReader;
-use crate::format::blob::{decode_blob, MAX_BLOB_SIZE};
+use crate::format::blob::{decode_blob_with, MAX_BLOB_SIZE};
+use crate::format::crypto::CryptConfig;
 use crate::format::digest_to_hex;
 use crate::format::index::{AnyIndex, ChunkIndex};
 use crate::format::manifest::{FileInfo, Manifest};
@@ -108,9 +109,11 @@ pub fn read_blob(
     dir: &BackupDir,
     manifest: &Manifest,
     filename: &str,
+    crypt: Option<&CryptConfig>,
 ) -> Result<Vec<u8>> {
     let info = file_info(manifest, filename)?;
     let raw = store.read_snapshot_file(ns, dir, filename)?;
     check_blob(filename, &raw, info)?;
-    decode_blob(&raw, MAX_BLOB_SIZE).with_context(|| format!("{filename}: cannot decode"))
+    decode_blob_with(&raw, MAX_BLOB_SIZE, crypt)
+        .with_context(|| format!("{filename}: cannot decode"))
 }

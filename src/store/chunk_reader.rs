@@ -1,12 +1,15 @@
-//! Verified chunk reads: raw blob from a [`ChunkSource`], then CRC, decompression, SHA-256
-//! and length checks. Nothing above this layer ever sees unverified bytes.
+//! Verified chunk reads: raw blob from a [`ChunkSource`], then CRC, decryption (with a key),
+//! decompression, digest and length checks. Nothing above this layer ever sees unverified
+//! bytes.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use super::ChunkSource;
-use crate::format::blob::{decode_chunk, MAX_CHUNK_SIZE};
+use crate::format::blob::{check_chunk_crypt_mode, decode_chunk_with, MAX_CHUNK_SIZE};
+use crate::format::crypto::CryptConfig;
+use crate::format::manifest::CryptMode;
 use crate::format::{digest_to_hex, Digest};
 
 /// Gives the verified plain data of a chunk.
@@ -31,11 +34,31 @@ impl<T: ChunkReader + ?Sized> ChunkReader for Arc<T> {
 /// Fetches from a source and verifies every chunk (no caching).
 pub struct VerifyingChunkReader {
     source: Arc<dyn ChunkSource>,
+    crypt: Option<Arc<CryptConfig>>,
+    /// When set, chunks must be encrypted (`true`) or plain (`false`).
+    expect_encrypted: Option<bool>,
 }
 
 impl VerifyingChunkReader {
+    /// A reader without a key: encrypted chunks fail with "key needed".
     pub fn new(source: Arc<dyn ChunkSource>) -> Self {
-        VerifyingChunkReader { source }
+        Self::with_key(source, None)
+    }
+
+    /// A reader that decrypts encrypted chunks with `crypt` and checks their keyed digest.
+    pub fn with_key(source: Arc<dyn ChunkSource>, crypt: Option<Arc<CryptConfig>>) -> Self {
+        VerifyingChunkReader {
+            source,
+            crypt,
+            expect_encrypted: None,
+        }
+    }
+
+    /// Enforces the crypt mode of the index's manifest entry on every chunk: `encrypt` →
+    /// only encrypted chunks, `none`/`sign-only` → only plain ones.
+    pub fn expect_crypt_mode(mut self, mode: CryptMode) -> Self {
+        self.expect_encrypted = Some(mode == CryptMode::Encrypt);
+        self
     }
 }
 
@@ -50,8 +73,80 @@ impl ChunkReader for VerifyingChunkReader {
             );
         }
         let raw = self.source.fetch_raw_chunk(digest)?;
-        let data = decode_chunk(&raw, digest, Some(expected_len))
-            .with_context(|| format!("chunk {}", digest_to_hex(digest)))?;
+        let data = (|| {
+            if let Some(encrypted) = self.expect_encrypted {
+                check_chunk_crypt_mode(&raw, encrypted)?;
+            }
+            decode_chunk_with(&raw, digest, Some(expected_len), self.crypt.as_deref())
+        })()
+        .with_context(|| format!("chunk {}", digest_to_hex(digest)))?;
         Ok(Arc::new(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::blob::{chunk_digest, chunk_digest_with, encode_blob, encode_blob_with};
+    use std::collections::HashMap;
+
+    struct MapSource(HashMap<Digest, Vec<u8>>);
+
+    impl ChunkSource for MapSource {
+        fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
+            self.0
+                .get(digest)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no chunk"))
+        }
+    }
+
+    fn source_with(chunks: Vec<(Digest, Vec<u8>)>) -> Arc<dyn ChunkSource> {
+        Arc::new(MapSource(chunks.into_iter().collect()))
+    }
+
+    #[test]
+    fn encrypted_chunks_need_the_right_key() {
+        let crypt = Arc::new(CryptConfig::new([8; 32]));
+        let data = b"chunk data".to_vec();
+        let digest = chunk_digest_with(&data, Some(&crypt));
+        let raw = encode_blob_with(&data, true, Some(&crypt)).unwrap();
+        let source = source_with(vec![(digest, raw)]);
+
+        let reader = VerifyingChunkReader::with_key(source.clone(), Some(crypt.clone()))
+            .expect_crypt_mode(CryptMode::Encrypt);
+        assert_eq!(*reader.read_chunk(&digest, 10).unwrap(), data);
+
+        let err = VerifyingChunkReader::new(source.clone())
+            .read_chunk(&digest, 10)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("encrypted: key needed"));
+
+        let wrong = Arc::new(CryptConfig::new([9; 32]));
+        let err = VerifyingChunkReader::with_key(source.clone(), Some(wrong))
+            .read_chunk(&digest, 10)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("wrong key"));
+
+        let err = VerifyingChunkReader::with_key(source, Some(crypt))
+            .expect_crypt_mode(CryptMode::SignOnly)
+            .read_chunk(&digest, 10)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("CryptMode don't match"));
+    }
+
+    #[test]
+    fn plain_chunk_in_encrypted_index_is_refused() {
+        let data = b"plain".to_vec();
+        let digest = chunk_digest(&data);
+        let source = source_with(vec![(digest, encode_blob(&data, false).unwrap())]);
+        let crypt = Arc::new(CryptConfig::new([8; 32]));
+        let reader = VerifyingChunkReader::with_key(source.clone(), Some(crypt.clone()));
+        assert_eq!(*reader.read_chunk(&digest, 5).unwrap(), data);
+        let err = VerifyingChunkReader::with_key(source, Some(crypt))
+            .expect_crypt_mode(CryptMode::Encrypt)
+            .read_chunk(&digest, 5)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("index is encrypted but the chunk is not"));
     }
 }

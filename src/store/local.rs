@@ -34,8 +34,9 @@ impl LocalDatastore {
     pub fn open(path: &Path) -> Result<Self> {
         let chunks = path.join(".chunks");
         match fs::metadata(&chunks) {
+            // Absolute, so a mount that changes its working directory keeps reading.
             Ok(meta) if meta.is_dir() => Ok(LocalDatastore {
-                root: path.to_path_buf(),
+                root: path.canonicalize()?,
             }),
             Ok(_) => bail!("{}: .chunks is not a directory", path.display()),
             Err(err) if err.kind() == ErrorKind::NotFound => {

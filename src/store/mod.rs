@@ -9,7 +9,7 @@ pub mod local;
 pub mod names;
 pub mod range;
 pub mod snapshot;
-pub mod time;
+pub use crate::format::time;
 pub mod verify;
 pub mod writer;
 

@@ -9,7 +9,10 @@ use super::archive::{check_blob, check_index, ArchiveKind};
 use super::local::LocalDatastore;
 use super::names::{BackupDir, BackupNamespace};
 use super::ChunkSource;
-use crate::format::blob::{blob_kind, decode_chunk, parse_blob, BlobKind};
+use std::sync::Arc;
+
+use crate::format::blob::{blob_kind, decode_chunk, decode_chunk_with, parse_blob, BlobKind};
+use crate::format::crypto::CryptConfig;
 use crate::format::index::ChunkIndex;
 use crate::format::manifest::CryptMode;
 use crate::format::{digest_to_hex, Digest};
@@ -17,6 +20,8 @@ use crate::format::{digest_to_hex, Digest};
 /// Verifies snapshots, remembering chunks already checked so shared chunks are read once.
 #[derive(Default)]
 pub struct Verifier {
+    /// With a key, encrypted chunks are decrypted and their keyed digest checked too.
+    crypt: Option<Arc<CryptConfig>>,
     checked: HashMap<Digest, Option<String>>,
     /// Chunks read and checked (not counting repeats).
     pub chunks_checked: u64,
@@ -27,6 +32,13 @@ pub struct Verifier {
 impl Verifier {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_key(crypt: Option<Arc<CryptConfig>>) -> Self {
+        Verifier {
+            crypt,
+            ..Self::default()
+        }
     }
 
     /// Returns the problems found in one snapshot; empty means it verified.
@@ -100,7 +112,8 @@ impl Verifier {
                 Some(err) => Err(err.clone()),
             };
         }
-        let result = check_one_chunk(store, digest, len, encrypted).map_err(|e| format!("{e:#}"));
+        let result = check_one_chunk(store, digest, len, encrypted, self.crypt.as_deref())
+            .map_err(|e| format!("{e:#}"));
         self.chunks_checked += 1;
         if result.is_ok() {
             self.bytes_checked += len;
@@ -115,13 +128,19 @@ fn check_one_chunk(
     digest: &Digest,
     len: u64,
     encrypted: bool,
+    crypt: Option<&CryptConfig>,
 ) -> Result<()> {
     let raw = store.fetch_raw_chunk(digest)?;
     let kind = blob_kind(&raw)?;
     match (encrypted, kind) {
-        (true, BlobKind::Encrypted | BlobKind::EncryptedCompressed) => {
-            parse_blob(&raw)?;
-        }
+        (true, BlobKind::Encrypted | BlobKind::EncryptedCompressed) => match crypt {
+            Some(crypt) => {
+                decode_chunk_with(&raw, digest, Some(len), Some(crypt))?;
+            }
+            None => {
+                parse_blob(&raw)?;
+            }
+        },
         (false, BlobKind::Uncompressed | BlobKind::Compressed) => {
             decode_chunk(&raw, digest, Some(len))?;
         }

@@ -1,20 +1,16 @@
-//! Minimal reader of the fixture datastore for tests: dynamic index entries and archive
-//! reassembly from unencrypted chunks.
-//!
-//! TEMPORARY: a private stand-in written before the real codecs existed. To be replaced by the
-//! store API (`src/format/index.rs`, `src/format/blob.rs`, `src/store/`) once they land.
+//! Fixture archives through the store API: index entries and reassembled streams.
 //! Include with `#[path = "common/fixture_stream.rs"] mod fixture_stream;`.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
-const DIDX_MAGIC: [u8; 8] = [0x1c, 0x91, 0x4e, 0xa5, 0x19, 0xba, 0xb3, 0xcd];
-const UNCOMPRESSED_BLOB_MAGIC: [u8; 8] = [0x42, 0xab, 0x38, 0x07, 0xbe, 0x83, 0x70, 0xa1];
-const COMPRESSED_BLOB_MAGIC: [u8; 8] = [0x31, 0xb9, 0x58, 0x42, 0x6f, 0xb6, 0xa3, 0x7f];
-const DIDX_HEADER_SIZE: usize = 4096;
-const DIDX_ENTRY_SIZE: usize = 40;
+use pbsfs::format::index::ChunkIndex;
+use pbsfs::store::archive::open_index_reader;
+use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::range::IndexReader;
 
 /// `<fixtures>/datastore`, read-only.
 pub fn datastore_dir() -> PathBuf {
@@ -24,47 +20,46 @@ pub fn datastore_dir() -> PathBuf {
     ))
 }
 
-/// Entries of a `.didx`: (exclusive end offset, chunk digest), checked against the header csum.
+/// Splits `[ns/a/ns/b/]type/id/time` into namespace and snapshot.
+pub fn parse_snapshot(snapshot_rel: &str) -> (BackupNamespace, BackupDir) {
+    let mut parts: Vec<&str> = snapshot_rel.split('/').collect();
+    let mut ns = Vec::new();
+    while parts.first() == Some(&"ns") {
+        ns.push(parts[1]);
+        parts.drain(..2);
+    }
+    (
+        BackupNamespace::parse(&ns.join("/")).unwrap(),
+        BackupDir::parse(&parts.join("/")).unwrap(),
+    )
+}
+
+/// A verified random-access reader of `archive` (a file name like `root.pxar.didx`).
+pub fn index_reader(snapshot_rel: &str, archive: &str) -> IndexReader {
+    let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
+    let (ns, dir) = parse_snapshot(snapshot_rel);
+    let manifest = store.read_manifest(&ns, &dir).unwrap();
+    let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
+    open_index_reader(&store, &ns, &dir, &manifest, archive, chunks).unwrap()
+}
+
+/// (end offset, digest) of every entry of a dynamic index.
 pub fn read_didx(snapshot_rel: &str, archive: &str) -> Vec<(u64, [u8; 32])> {
-    let path = datastore_dir().join(snapshot_rel).join(archive);
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(raw.len() >= DIDX_HEADER_SIZE, "index too short");
-    assert_eq!(raw[..8], DIDX_MAGIC, "not a dynamic index");
-    let entries = &raw[DIDX_HEADER_SIZE..];
-    assert_eq!(entries.len() % DIDX_ENTRY_SIZE, 0, "ragged index");
-    assert_eq!(raw[32..64], Sha256::digest(entries)[..], "index checksum");
-    entries
-        .chunks_exact(DIDX_ENTRY_SIZE)
-        .map(|e| {
-            let end = u64::from_le_bytes(e[..8].try_into().unwrap());
-            (end, e[8..].try_into().unwrap())
+    let reader = index_reader(snapshot_rel, archive);
+    let index = reader.index();
+    (0..index.chunk_count())
+        .map(|i| {
+            let info = index.chunk_info(i).unwrap();
+            (info.end, info.digest)
         })
         .collect()
 }
 
-/// Plain data of an unencrypted chunk in the fixture datastore, verified against its digest.
-pub fn read_chunk(digest: &[u8; 32]) -> Vec<u8> {
-    let name = hex::encode(digest);
-    let path = datastore_dir().join(".chunks").join(&name[..4]).join(&name);
-    let blob = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(blob.len() >= 12, "blob too short");
-    let body = &blob[12..];
-    assert_eq!(blob[8..12], crc32fast::hash(body).to_le_bytes(), "blob crc");
-    let data = match blob[..8].try_into().unwrap() {
-        UNCOMPRESSED_BLOB_MAGIC => body.to_vec(),
-        COMPRESSED_BLOB_MAGIC => zstd::stream::decode_all(body).expect("zstd"),
-        _ => panic!("{name}: not an unencrypted blob"),
-    };
-    assert_eq!(Sha256::digest(&data)[..], digest[..], "chunk digest");
-    data
-}
-
-/// The whole archive stream behind `<snapshot_rel>/<archive>` (a `.didx`).
+/// The whole archive stream, every chunk verified.
 pub fn reassemble(snapshot_rel: &str, archive: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    for (end, digest) in read_didx(snapshot_rel, archive) {
-        out.extend_from_slice(&read_chunk(&digest));
-        assert_eq!(out.len() as u64, end, "chunk length disagrees with index");
-    }
+    index_reader(snapshot_rel, archive)
+        .copy_to(&mut out)
+        .unwrap();
     out
 }

@@ -1,0 +1,96 @@
+//! Loading the encryption key named by `--keyfile`, with its password from the environment
+//! (PBS_ENCRYPTION_PASSWORD, _FILE, _FD, _CMD, like the official client) or a prompt.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use zeroize::Zeroizing;
+
+use pbsfs::format::crypto::CryptConfig;
+use pbsfs::format::keyfile::{decrypt_key, KeyConfig};
+
+/// Reads and unlocks a key file.
+pub fn load_crypt_config(path: &Path) -> Result<Arc<CryptConfig>> {
+    let json =
+        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let config = KeyConfig::from_json(&json)
+        .with_context(|| format!("{} is not a PBS key file", path.display()))?;
+    let password = if config.is_protected() {
+        Some(encryption_password()?)
+    } else {
+        None
+    };
+    let (key, _info) = decrypt_key(&json, password.as_ref().map(|p| p.as_slice()))
+        .with_context(|| format!("cannot unlock key file {}", path.display()))?;
+    Ok(Arc::new(CryptConfig::from(&key)))
+}
+
+fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    Zeroizing::new(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+fn encryption_password() -> Result<Zeroizing<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(value) = std::env::var_os("PBS_ENCRYPTION_PASSWORD") {
+        return Ok(Zeroizing::new(value.as_bytes().to_vec()));
+    }
+    if let Some(path) = std::env::var_os("PBS_ENCRYPTION_PASSWORD_FILE") {
+        let data = Zeroizing::new(std::fs::read(&path).context("PBS_ENCRYPTION_PASSWORD_FILE")?);
+        return Ok(first_line(&data));
+    }
+    if let Some(fd) = std::env::var_os("PBS_ENCRYPTION_PASSWORD_FD") {
+        let fd: i32 = fd
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .context("PBS_ENCRYPTION_PASSWORD_FD is not a number")?;
+        // SAFETY: the caller handed this descriptor to us for reading the password.
+        let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut data = Zeroizing::new(Vec::new());
+        file.read_to_end(&mut data)?;
+        return Ok(first_line(&data));
+    }
+    if let Some(command) = std::env::var_os("PBS_ENCRYPTION_PASSWORD_CMD") {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .output()?;
+        if !out.status.success() {
+            bail!("PBS_ENCRYPTION_PASSWORD_CMD failed ({})", out.status);
+        }
+        return Ok(first_line(&out.stdout));
+    }
+    prompt("Encryption key password: ")
+}
+
+/// Asks on the terminal without echo.
+fn prompt(text: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context(
+            "the key file is password protected: set PBS_ENCRYPTION_PASSWORD (or _FILE, _FD, _CMD)",
+        )?;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let fd = tty.as_raw_fd();
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let have_termios = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
+    if have_termios {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    (&tty).write_all(text.as_bytes())?;
+    let mut line = Zeroizing::new(Vec::new());
+    let result = std::io::BufReader::new(&tty).read_until(b'\n', &mut line);
+    if have_termios {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    let _ = (&tty).write_all(b"\n");
+    result?;
+    Ok(first_line(&line))
+}

@@ -1,0 +1,233 @@
+//! `pbsfs mount SNAPSHOT MOUNTPOINT` and `pbsfs umount MOUNTPOINT`.
+//!
+//! By default the mount runs in a background process, and the command returns only once
+//! the mount is ready (or with the error that prevented it). SIGTERM, SIGINT and SIGHUP
+//! unmount cleanly.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use pbsfs::snapfs;
+use pbsfs::store::cache::ChunkCache;
+use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs_mount::MountOptions;
+
+use super::context::{Context, RepoArgs};
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`.
+    pub snapshot: String,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Which archive to show when the snapshot has several (e.g. `root.pxar`, `drive-scsi0.img`).
+    #[arg(long, value_name = "NAME")]
+    pub archive: Option<String>,
+    /// Memory for decoded chunks, e.g. 256M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Mount options passed on (comma-separated, repeatable): allow_other, allow_root, noexec,
+    /// nosuid, nodev, ...
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground instead of running in the background.
+    #[arg(short, long)]
+    pub foreground: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// Where a pbsfs mount is mounted.
+    pub mountpoint: PathBuf,
+    /// Detach now even if files are open; the mount goes away when they are closed.
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+/// `256M`, `2G`, `1048576`, `512K`: binary units.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        Some((i, 'T' | 't')) => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{text}'"))?;
+    value
+        .checked_shl(shift)
+        .filter(|v| v >> shift == value)
+        .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
+    // Everything that can fail because of what the user typed is checked here, before the
+    // background process is started, so errors reach the terminal.
+    let ctx = Context::open(repo)?;
+    let dir = ctx.resolve(&args.snapshot)?;
+    let store = ctx.store()?.clone();
+    let crypt = ctx.crypt()?;
+    ctx.checked_manifest(&dir, crypt.as_deref())?;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {} does not exist", args.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let mut options = MountOptions {
+        fsname: Some(format!("pbsfs:{dir}")),
+        subtype: Some("pbsfs".into()),
+        ..MountOptions::default()
+    };
+    for option in args.options.iter().flat_map(|o| o.split(',')) {
+        match option.trim() {
+            "" => {}
+            "allow_other" => options.allow_other = true,
+            other => options.extra.push(other.to_string()),
+        }
+    }
+
+    let ready = if args.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    let result = (|| -> Result<pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>> {
+        let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
+        let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
+        let fs = snapfs::open_snapshot(&store, &ctx.ns, &dir, args.archive.as_deref(), cache)?;
+        pbsfs_mount::mount(fs, &mountpoint, &options)
+            .with_context(|| format!("cannot mount on {}", mountpoint.display()))
+    })();
+    let mounted = match (result, ready) {
+        (Ok(mounted), ready) => {
+            if let Some(ready) = ready {
+                ready.report(Ok(()));
+            }
+            mounted
+        }
+        (Err(err), Some(ready)) => {
+            ready.report(Err(&err));
+            std::process::exit(1);
+        }
+        (Err(err), None) => return Err(err),
+    };
+    serve_until_signal(mounted, &mountpoint)
+}
+
+/// Serves on a thread and waits for a signal (or an unmount from outside).
+fn serve_until_signal(
+    mounted: pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>,
+    mountpoint: &Path,
+) -> Result<()> {
+    let signals = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]);
+    // Blocked here, and so in every thread started from now on: only sigwait sees them.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    let server = std::thread::spawn(move || {
+        let result = mounted.run();
+        // Wake the main thread when the mount ends from outside (umount, fusermount -u).
+        unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+        result
+    });
+    let mut signal: libc::c_int = 0;
+    unsafe { libc::sigwait(&signals, &mut signal) };
+    if signal != libc::SIGUSR1 {
+        if let Err(err) = pbsfs_mount::unmount(mountpoint) {
+            eprintln!(
+                "pbsfs: unmount of {} failed ({err}); detaching",
+                mountpoint.display()
+            );
+            let _ = pbsfs_mount::unmount_lazy(mountpoint);
+        }
+    }
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the FUSE session panicked"))??;
+    Ok(())
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in signals {
+            libc::sigaddset(&mut set, *signal);
+        }
+        set
+    }
+}
+
+/// The child's end of the "mount is ready" pipe.
+struct Ready(std::fs::File);
+
+impl Ready {
+    fn report(mut self, result: Result<(), &anyhow::Error>) {
+        let message = match result {
+            Ok(()) => "ok\n".to_string(),
+            Err(err) => format!("{err:#}"),
+        };
+        let _ = self.0.write_all(message.as_bytes());
+        // Detach from the terminal only now, so early errors could still be printed.
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            use std::os::fd::AsRawFd;
+            for fd in 0..3 {
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+}
+
+/// Forks: the parent waits for the child's report and exits with it; the child continues
+/// in a new session and returns its end of the pipe.
+fn daemonize() -> Result<Ready> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(read_end);
+            unsafe { libc::setsid() };
+            let _ = std::env::set_current_dir("/");
+            Ok(Ready(std::fs::File::from(write_end)))
+        }
+        _child => {
+            drop(write_end);
+            let mut message = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut message);
+            if message == "ok\n" {
+                std::process::exit(0);
+            }
+            if message.is_empty() {
+                message = "the mount process ended without reporting".into();
+            }
+            eprintln!("pbsfs: error: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+pub fn run_umount(args: &UmountArgs) -> Result<()> {
+    let result = if args.lazy {
+        pbsfs_mount::unmount_lazy(&args.mountpoint)
+    } else {
+        pbsfs_mount::unmount(&args.mountpoint)
+    };
+    result.with_context(|| format!("cannot unmount {}", args.mountpoint.display()))
+}

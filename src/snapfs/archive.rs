@@ -1,0 +1,370 @@
+//! One pxar archive seen as a read-only filesystem.
+//!
+//! Inode numbers come from archive offsets: a directory's end offset times two, any other
+//! entry's FILENAME offset times two plus one (the two kinds of offsets can be equal), and
+//! the root, which FUSE wants as 1. Hardlinks resolve to their target's inode, so all names of a file share one
+//! inode; their count (nlink) and each directory's subdirectory count come from one walk of
+//! the metadata when the archive is opened.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::ops::ControlFlow;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+
+use crate::format::ReadAt;
+use crate::pxar::accessor::Accessor;
+use crate::pxar::acl;
+use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
+use crate::pxar::format::HEADER_SIZE;
+use crate::store::range::IndexReader;
+
+/// How far ahead of a sequential reader chunks are fetched.
+const READ_AHEAD: u64 = 16 << 20;
+/// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
+const BLKSIZE: u32 = 128 * 1024;
+
+/// Counts gathered by walking the archive once.
+#[derive(Default)]
+struct TreeCounts {
+    /// Links to a regular file: 1 + the number of HARDLINK entries pointing at it.
+    file_links: HashMap<u64, u32>,
+    /// Subdirectories of each directory.
+    subdirs: HashMap<u64, u32>,
+    /// Parent of each directory (for "..").
+    parents: HashMap<u64, u64>,
+    entries: u64,
+}
+
+pub struct ArchiveFs {
+    accessor: Accessor,
+    /// The stream holding file contents (the archive itself for v1, the payload for v2),
+    /// used to start read-ahead.
+    data: Arc<IndexReader>,
+    root_id: u64,
+    counts: TreeCounts,
+    handles: Mutex<HashMap<u64, u64>>, // fh -> offset where a sequential read would continue
+    next_fh: AtomicU64,
+    logged: Mutex<HashSet<String>>,
+}
+
+impl ArchiveFs {
+    /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
+    pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
+        let data = payload.clone().unwrap_or_else(|| meta.clone());
+        let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
+            .context("cannot open the pxar archive")?;
+        let root_id = accessor.root()?.id().context("archive root has no id")?;
+        let counts =
+            walk(&accessor, root_id).context("cannot read the archive's directory tree")?;
+        Ok(ArchiveFs {
+            accessor,
+            data,
+            root_id,
+            counts,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            logged: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn to_id(&self, ino: u64) -> u64 {
+        if ino == ROOT_INO {
+            self.root_id
+        } else if ino & 1 == 1 {
+            (ino >> 1) | NON_DIR_ID_TAG
+        } else {
+            ino >> 1
+        }
+    }
+
+    fn to_ino(&self, id: u64) -> u64 {
+        if id == self.root_id {
+            ROOT_INO
+        } else if id & NON_DIR_ID_TAG != 0 {
+            ((id & !NON_DIR_ID_TAG) << 1) | 1
+        } else {
+            id << 1
+        }
+    }
+
+    /// Maps a reader error to EIO, logging each distinct message once.
+    fn eio(&self, what: &str, err: impl std::fmt::Display) -> Errno {
+        let message = format!("{what}: {err}");
+        if self.logged.lock().unwrap().insert(message.clone()) {
+            eprintln!("pbsfs: {message}");
+        }
+        Errno::EIO
+    }
+
+    fn entry(&self, ino: u64) -> Result<Entry, Errno> {
+        let entry = self
+            .accessor
+            .entry_at(self.to_id(ino))
+            .map_err(|_| Errno::ENOENT)?;
+        self.resolve(entry)
+    }
+
+    /// Hardlinks stand for their target.
+    fn resolve(&self, entry: Entry) -> Result<Entry, Errno> {
+        if matches!(entry.kind, EntryKind::Hardlink { .. }) {
+            self.accessor
+                .follow_hardlink(&entry)
+                .map_err(|err| self.eio("broken hardlink", err))
+        } else {
+            Ok(entry)
+        }
+    }
+
+    fn attr(&self, entry: &Entry) -> Result<Attr, Errno> {
+        let id = entry.id().ok_or(Errno::EIO)?;
+        let stat = &entry.metadata.stat;
+        let (size, nlink, rdev) = match &entry.kind {
+            EntryKind::File { size, .. } => (
+                *size,
+                self.counts.file_links.get(&id).copied().unwrap_or(1),
+                0,
+            ),
+            EntryKind::Directory => (0, 2 + self.counts.subdirs.get(&id).copied().unwrap_or(0), 0),
+            EntryKind::Symlink { target } => (target.len() as u64, 1, 0),
+            EntryKind::Device { major, minor } => {
+                (0, 1, libc::makedev(*major as u32, *minor as u32))
+            }
+            EntryKind::Fifo | EntryKind::Socket => (0, 1, 0),
+            EntryKind::Hardlink { .. } => return Err(Errno::EIO), // resolved before
+        };
+        Ok(Attr {
+            ino: self.to_ino(id),
+            size,
+            blocks: Attr::blocks_for(size),
+            mode: stat.mode as u32,
+            nlink,
+            uid: stat.uid,
+            gid: stat.gid,
+            mtime: Timespec::new(stat.mtime.secs, stat.mtime.nanos),
+            rdev,
+            blksize: BLKSIZE,
+        })
+    }
+
+    /// Where a file's bytes start in the data stream.
+    fn data_start(entry: &Entry) -> Option<u64> {
+        match entry.kind {
+            EntryKind::File {
+                data: FileData::Inline { data_offset },
+                ..
+            } => Some(data_offset),
+            EntryKind::File {
+                data: FileData::PayloadRef { payload_offset },
+                ..
+            } => Some(payload_offset + HEADER_SIZE),
+            _ => None,
+        }
+    }
+
+    fn xattr_names(entry: &Entry) -> Vec<OsString> {
+        let meta = &entry.metadata;
+        let mut names: Vec<OsString> = meta
+            .xattrs
+            .iter()
+            .map(|(name, _)| OsString::from_vec(name.clone()))
+            .collect();
+        if meta.fcaps.is_some() {
+            names.push("security.capability".into());
+        }
+        if acl::access_entries(meta).is_some() {
+            names.push(acl::XATTR_ACCESS.into());
+        }
+        if acl::default_entries(meta).is_some() {
+            names.push(acl::XATTR_DEFAULT.into());
+        }
+        names
+    }
+}
+
+/// Walks every directory once, counting hardlinks and subdirectories.
+fn walk(accessor: &Accessor, root_id: u64) -> Result<TreeCounts> {
+    let mut counts = TreeCounts::default();
+    let mut pending = vec![root_id];
+    while let Some(dir_id) = pending.pop() {
+        let dir = accessor.entry_at(dir_id)?;
+        for child in accessor.read_dir(&dir)?.iter() {
+            counts.entries += 1;
+            let entry = accessor.open_dir_entry(child)?;
+            match &entry.kind {
+                EntryKind::Directory => {
+                    let id = entry.id().context("directory without id")?;
+                    *counts.subdirs.entry(dir_id).or_default() += 1;
+                    counts.parents.insert(id, dir_id);
+                    pending.push(id);
+                }
+                EntryKind::Hardlink { .. } => {
+                    let target = accessor.follow_hardlink(&entry)?;
+                    let id = target.id().context("hardlink target without id")?;
+                    *counts.file_links.entry(id).or_insert(1) += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(counts)
+}
+
+impl ReadOnlyFs for ArchiveFs {
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        let dir = self.entry(parent)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let child = self
+            .accessor
+            .lookup(&dir, name.as_bytes())
+            .map_err(|err| self.eio("lookup failed", err))?
+            .ok_or(Errno::ENOENT)?;
+        let child = self.resolve(child)?;
+        self.attr(&child)
+    }
+
+    fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        let entry = self.entry(ino)?;
+        self.attr(&entry)
+    }
+
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
+    ) -> Result<(), Errno> {
+        let dir = self.entry(ino)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let listing = self
+            .accessor
+            .read_dir(&dir)
+            .map_err(|err| self.eio("cannot list directory", err))?;
+        for child in listing.iter().skip(offset as usize) {
+            let entry = self
+                .accessor
+                .open_dir_entry(child)
+                .map_err(|err| self.eio("cannot read directory entry", err))?;
+            let attr = self.attr(&self.resolve(entry)?)?;
+            let item = DirItem {
+                name: OsStr::from_bytes(&child.name),
+                attr,
+                next_offset: child.index as u64 + 1,
+            };
+            if add(item).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn parent(&self, ino: u64) -> Option<u64> {
+        let id = self.to_id(ino);
+        self.counts
+            .parents
+            .get(&id)
+            .map(|parent| self.to_ino(*parent))
+    }
+
+    fn open(&self, ino: u64) -> Result<u64, Errno> {
+        let entry = self.entry(ino)?;
+        if !matches!(entry.kind, EntryKind::File { .. }) {
+            return Err(Errno::EINVAL);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, 0);
+        Ok(fh)
+    }
+
+    fn release(&self, _ino: u64, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let entry = self.entry(ino)?;
+        let file_size = entry.file_size();
+        // Sequential reader: fetch the chunks ahead of it in the background.
+        let sequential = {
+            let mut handles = self.handles.lock().unwrap();
+            let expected = handles.insert(fh, offset + size as u64);
+            expected == Some(offset)
+        };
+        if sequential {
+            if let Some(start) = Self::data_start(&entry) {
+                let ahead_from = offset + size as u64;
+                if ahead_from < file_size {
+                    let len = READ_AHEAD.min(file_size - ahead_from);
+                    self.data.prefetch(start + ahead_from, len);
+                }
+            }
+        }
+        let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = self
+                .accessor
+                .read_file(&entry, offset + done as u64, &mut buf[done..])
+                .map_err(|err| self.eio("read failed", err))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
+        match self.entry(ino)?.kind {
+            EntryKind::Symlink { target } => Ok(OsString::from_vec(target)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn listxattr(&self, ino: u64) -> Result<Vec<OsString>, Errno> {
+        Ok(Self::xattr_names(&self.entry(ino)?))
+    }
+
+    fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        let entry = self.entry(ino)?;
+        let meta = &entry.metadata;
+        let name = name.as_bytes();
+        if let Some((_, value)) = meta.xattrs.iter().find(|(n, _)| n == name) {
+            return Ok(value.clone());
+        }
+        let value = match name {
+            b"security.capability" => meta.fcaps.clone(),
+            n if n == acl::XATTR_ACCESS.as_bytes() => {
+                acl::access_entries(meta).map(|e| acl::to_xattr(&e))
+            }
+            n if n == acl::XATTR_DEFAULT.as_bytes() => {
+                acl::default_entries(meta).map(|e| acl::to_xattr(&e))
+            }
+            _ => None,
+        };
+        value.ok_or(Errno::ENODATA)
+    }
+
+    fn statfs(&self) -> Result<StatFs, Errno> {
+        // v1: the data stream is the archive; v2: metadata plus payload.
+        let size = if self.accessor.is_split() {
+            self.data.size() + self.accessor.size()
+        } else {
+            self.accessor.size()
+        };
+        Ok(StatFs {
+            blocks: size.div_ceil(4096),
+            files: self.counts.entries + 1,
+            ..StatFs::default()
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Image archives (`.img.fidx`) as regular files in one directory, read lazily through the
+//! index so `cmp`, `losetup` or `qemu-img` can use them.
+
+use std::ffi::{OsStr, OsString};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+
+use crate::format::ReadAt;
+use crate::store::range::IndexReader;
+
+pub struct ImageDirFs {
+    /// (file name, reader); the inode of image `i` is `i + 2`.
+    images: Vec<(String, Arc<IndexReader>)>,
+    mtime: Timespec,
+    uid: u32,
+    gid: u32,
+}
+
+impl ImageDirFs {
+    /// `mtime` is the backup time; files are owned by the mounting user.
+    pub fn new(images: Vec<(String, Arc<IndexReader>)>, backup_time: i64) -> Self {
+        ImageDirFs {
+            images,
+            mtime: Timespec::new(backup_time, 0),
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        }
+    }
+
+    fn image(&self, ino: u64) -> Result<&(String, Arc<IndexReader>), Errno> {
+        ino.checked_sub(2)
+            .and_then(|i| self.images.get(i as usize))
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            mode: libc::S_IFDIR | 0o555,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            blksize: 4096,
+            ..Attr::default()
+        }
+    }
+
+    fn file_attr(&self, index: usize) -> Attr {
+        let size = self.images[index].1.size();
+        Attr {
+            ino: index as u64 + 2,
+            size,
+            blocks: Attr::blocks_for(size),
+            mode: libc::S_IFREG | 0o444,
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            rdev: 0,
+            blksize: 1 << 20,
+        }
+    }
+}
+
+impl ReadOnlyFs for ImageDirFs {
+    fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        if parent != ROOT_INO {
+            return Err(Errno::ENOTDIR);
+        }
+        let index = self
+            .images
+            .iter()
+            .position(|(n, _)| OsStr::new(n) == name)
+            .ok_or(Errno::ENOENT)?;
+        Ok(self.file_attr(index))
+    }
+
+    fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        self.image(ino)?;
+        Ok(self.file_attr(ino as usize - 2))
+    }
+
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
+    ) -> Result<(), Errno> {
+        if ino != ROOT_INO {
+            return Err(Errno::ENOTDIR);
+        }
+        for index in offset as usize..self.images.len() {
+            let item = DirItem {
+                name: OsStr::new(&self.images[index].0),
+                attr: self.file_attr(index),
+                next_offset: index as u64 + 1,
+            };
+            if add(item).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let (name, reader) = self.image(ino)?;
+        let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; len];
+        // Read-ahead: images are mostly read front to back.
+        reader.prefetch(offset + len as u64, 8 << 20);
+        reader.read_exact_at(&mut buf, offset).map_err(|err| {
+            eprintln!("pbsfs: {name}: {err}");
+            Errno::EIO
+        })?;
+        Ok(buf)
+    }
+
+    fn listxattr(&self, _ino: u64) -> Result<Vec<OsString>, Errno> {
+        Ok(Vec::new())
+    }
+
+    fn statfs(&self) -> Result<StatFs, Errno> {
+        let size: u64 = self.images.iter().map(|(_, r)| r.size()).sum();
+        Ok(StatFs {
+            blocks: size.div_ceil(4096),
+            files: self.images.len() as u64 + 1,
+            ..StatFs::default()
+        })
+    }
+}

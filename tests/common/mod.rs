@@ -1,0 +1,175 @@
+//! Shared helpers of the pxar reader tests: archive bytes of the fixture snapshots and the
+//! expected trees (tree1.json, tree1-meta2.json).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pbsfs::format::ReadAt;
+
+pub const LEGACY: &str = "host/fixture-legacy/2026-11-25T08:28:42Z";
+pub const DATA: &str = "host/fixture-data/2026-11-25T08:28:43Z";
+pub const META1: &str = "host/fixture-meta/2026-11-25T08:28:43Z";
+pub const META2: &str = "host/fixture-meta/2026-11-25T08:28:55Z";
+pub const NS: &str = "ns/team/host/fixture-ns/2026-11-25T08:29:01Z";
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+}
+
+pub mod disk_tree;
+#[path = "fixture_stream.rs"]
+mod fixture_stream;
+#[allow(unused_imports)]
+pub use fixture_stream::{datastore_dir, index_reader, parse_snapshot};
+
+/// The archive stream `archive` (`root.pxar`, `root.mpxar`, ...) of the snapshot
+/// `snapshot_rel` (relative to the fixture datastore), read lazily through a chunk cache.
+pub fn fixture_archive(snapshot_rel: &str, archive: &str) -> Arc<dyn ReadAt> {
+    use pbsfs::store::cache::ChunkCache;
+    use pbsfs::store::chunk_reader::VerifyingChunkReader;
+    use pbsfs::store::local::LocalDatastore;
+    let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
+    let (ns, dir) = parse_snapshot(snapshot_rel);
+    let manifest = store.read_manifest(&ns, &dir).unwrap();
+    let cache = Arc::new(ChunkCache::new(
+        Arc::new(VerifyingChunkReader::new(store.clone())),
+        64 << 20,
+        0,
+    ));
+    let file = format!("{archive}.didx");
+    Arc::new(
+        pbsfs::store::archive::open_index_reader(&store, &ns, &dir, &manifest, &file, cache)
+            .unwrap(),
+    )
+}
+
+/// One record of tree1.json.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub kind: char,
+    pub mode: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i128,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub target: Option<Vec<u8>>,
+    pub rdev: Option<(u64, u64)>,
+    /// name → hex value
+    pub xattrs: BTreeMap<String, String>,
+    pub acl: Vec<String>,
+    pub hardlinks: Vec<Vec<u8>>,
+}
+
+/// Python's surrogateescape maps undecodable bytes 0x80..0xff to U+DC80..U+DCFF; JSON keeps
+/// them as `\udcXX` escapes, which serde_json refuses. They are swapped for private-use
+/// characters U+F780..U+F7FF before parsing and turned back into bytes afterwards.
+fn unescape_surrogates(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(at) = rest.find("\\udc") {
+        out.push_str(&rest[..at]);
+        let hex = &rest[at + 4..at + 6];
+        out.push_str("\\uf7");
+        out.push_str(hex);
+        rest = &rest[at + 6..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub fn name_bytes(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in text.chars() {
+        let code = c as u32;
+        if (0xf780..=0xf7ff).contains(&code) {
+            out.push((code - 0xf700) as u8);
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    out
+}
+
+/// The expected tree: relative path bytes ("" for the root) → record.
+pub fn expected_tree(json_name: &str) -> BTreeMap<Vec<u8>, Expected> {
+    let text = std::fs::read_to_string(fixtures_dir().join(json_name)).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&unescape_surrogates(&text)).unwrap();
+    let mut tree = BTreeMap::new();
+    for (path, rec) in value.as_object().unwrap() {
+        let path = if path == "." {
+            Vec::new()
+        } else {
+            name_bytes(path)
+        };
+        let text_bytes = |key: &str| rec.get(key).map(|v| name_bytes(v.as_str().unwrap()));
+        let expected = Expected {
+            kind: rec["type"].as_str().unwrap().chars().next().unwrap(),
+            mode: rec["mode"].as_u64().unwrap(),
+            uid: rec["uid"].as_u64().unwrap() as u32,
+            gid: rec["gid"].as_u64().unwrap() as u32,
+            mtime_ns: rec["mtime_ns"].as_i64().unwrap() as i128,
+            size: rec.get("size").map(|v| v.as_u64().unwrap()),
+            sha256: rec.get("sha256").map(|v| v.as_str().unwrap().to_string()),
+            target: text_bytes("target"),
+            rdev: rec
+                .get("rdev")
+                .map(|v| (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())),
+            xattrs: rec
+                .get("xattrs")
+                .map(|x| {
+                    x.as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            acl: rec
+                .get("acl")
+                .map(|a| {
+                    a.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|l| l.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            hardlinks: rec
+                .get("hardlinks")
+                .map(|a| {
+                    a.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|l| name_bytes(l.as_str().unwrap()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        tree.insert(path, expected);
+    }
+    tree
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The ACL lines the fixture lists: getfacl lines other than the base access entries.
+pub fn extended_acl_lines(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|l| {
+            !(l.starts_with("user::") || l.starts_with("group::") || l.starts_with("other::"))
+        })
+        .collect()
+}
+
+pub fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}

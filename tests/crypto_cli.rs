@@ -1,0 +1,171 @@
+//! Encrypted fixture snapshots through the command line: restore, verify and mount with
+//! the official key files; clear errors for a missing or wrong key or password.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::*;
+
+fn key(name: &str) -> String {
+    fixtures_dir().join(name).to_str().unwrap().to_string()
+}
+
+fn pbsfs(args: &[&str], password: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pbsfs"));
+    command
+        .args(["--repository", datastore_dir().to_str().unwrap()])
+        .args(args);
+    command.env_remove("PBS_ENCRYPTION_PASSWORD");
+    if let Some(password) = password {
+        command.env("PBS_ENCRYPTION_PASSWORD", password);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn restore_with_the_keys_gives_the_official_archives() {
+    let cases = [
+        (
+            "host/fixture-enc/latest",
+            "root.pxar",
+            "fixture.key",
+            None,
+            "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
+        ),
+        (
+            "host/fixture-enc/latest",
+            "catalog.pcat1",
+            "fixture.key",
+            None,
+            "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
+        ),
+        (
+            "host/fixture-enc-scrypt/latest",
+            "root.pxar",
+            "fixture-scrypt.key",
+            Some("fixture-password"),
+            "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
+        ),
+        (
+            "host/fixture-enc-scrypt/latest",
+            "catalog.pcat1",
+            "fixture-scrypt.key",
+            Some("fixture-password"),
+            "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc",
+        ),
+    ];
+    for (snapshot, archive, keyfile, password, sha) in cases {
+        let out = pbsfs(
+            &[
+                "restore",
+                snapshot,
+                archive,
+                "-",
+                "--keyfile",
+                &key(keyfile),
+            ],
+            password,
+        );
+        assert!(
+            out.status.success(),
+            "{snapshot} {archive}: {}",
+            stderr(&out)
+        );
+        assert_eq!(sha256_hex(&out.stdout), sha, "{snapshot} {archive}");
+    }
+}
+
+#[test]
+fn verify_with_a_key_decrypts_every_chunk() {
+    let out = pbsfs(
+        &[
+            "verify",
+            "host/fixture-enc/latest",
+            "--keyfile",
+            &key("fixture.key"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn wrong_or_missing_keys_and_passwords_are_clear_errors() {
+    let no_key = pbsfs(
+        &["restore", "host/fixture-enc/latest", "root.pxar", "-"],
+        None,
+    );
+    assert!(!no_key.status.success());
+    assert!(
+        stderr(&no_key).contains("key needed"),
+        "{}",
+        stderr(&no_key)
+    );
+
+    let wrong_key = pbsfs(
+        &[
+            "restore",
+            "host/fixture-enc-scrypt/latest",
+            "root.pxar",
+            "-",
+            "--keyfile",
+            &key("fixture.key"),
+        ],
+        None,
+    );
+    assert!(!wrong_key.status.success());
+    assert!(
+        stderr(&wrong_key).contains("wrong key"),
+        "{}",
+        stderr(&wrong_key)
+    );
+
+    let wrong_password = pbsfs(
+        &[
+            "restore",
+            "host/fixture-enc-scrypt/latest",
+            "root.pxar",
+            "-",
+            "--keyfile",
+            &key("fixture-scrypt.key"),
+        ],
+        Some("not-the-password"),
+    );
+    assert!(!wrong_password.status.success());
+    assert!(
+        stderr(&wrong_password).contains("wrong password"),
+        "{}",
+        stderr(&wrong_password)
+    );
+}
+
+#[test]
+fn an_encrypted_snapshot_mounts_with_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let point: PathBuf = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    let out = pbsfs(
+        &[
+            "mount",
+            "host/fixture-enc/latest",
+            point.to_str().unwrap(),
+            "--keyfile",
+            &key("fixture.key"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tree = tree_from_disk(&point);
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    assert_same_tree(&tree, &expected_tree("tree1.json"), "fixture-enc");
+}
