@@ -185,8 +185,15 @@ fn mount_fuse3_helper_form_works() {
     let dir = tempfile::tempdir().unwrap();
     let point = dir.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pbsfs")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let source = format!("{}#host/fixture-legacy/latest", datastore_dir().display());
     let out = Command::new("mount.fuse3")
         .arg(&source)
@@ -195,9 +202,19 @@ fn mount_fuse3_helper_form_works() {
         .env("PATH", path)
         .output()
         .expect("mount.fuse3 (package fuse3) is needed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _guard = Mounted { point: point.clone(), _dir: dir };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _guard = Mounted {
+        point: point.clone(),
+        _dir: dir,
+    };
     let target = std::fs::read_link(point.join("links/rel-link")).unwrap();
     assert_eq!(target.to_str(), Some("target.txt"));
-    assert_eq!(std::fs::read(point.join("links/target.txt")).unwrap().len(), 7);
+    assert_eq!(
+        std::fs::read(point.join("links/target.txt")).unwrap().len(),
+        7
+    );
 }

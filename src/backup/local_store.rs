@@ -168,7 +168,7 @@ impl BackupSession for LocalSession {
         with_writer(&self.writer, |w| w.add_blob(name, raw_blob, info))
     }
 
-    fn finish(self: Box<Self>) -> Result<BackupDir> {
+    fn finish(&self) -> Result<BackupDir> {
         let writer = self
             .writer
             .lock()

@@ -96,5 +96,6 @@ pub trait BackupSession: Send + Sync {
     fn add_blob(&self, name: &str, raw_blob: &[u8]) -> Result<()>;
 
     /// Writes the manifest; the snapshot becomes visible. All index writers must be finished.
-    fn finish(self: Box<Self>) -> Result<BackupDir>;
+    /// A session dropped without `finish` is aborted.
+    fn finish(&self) -> Result<BackupDir>;
 }

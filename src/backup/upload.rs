@@ -15,32 +15,40 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::session::{BackupSession, IndexSummary, IndexWriter};
-use crate::format::blob::{chunk_digest, encode_blob};
+use crate::format::blob::{chunk_digest_with, encode_blob_with};
 use crate::format::chunker::Chunker;
+use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
 
-/// How chunks are turned into stored blobs.
-///
-/// Encryption plugs in here: with a `CryptConfig` the digest becomes the keyed one and the
-/// blob is encrypted (crypto.md); this struct then gains an `Option<Arc<CryptConfig>>`.
-#[derive(Clone, Debug)]
+/// How chunks are turned into stored blobs: with a key the digest is the keyed one and
+/// the blob is encrypted (crypto.md). (Encrypted pushes also need the manifest's crypt
+/// modes and signature, which the server does not write yet.)
+#[derive(Clone)]
 pub struct ChunkEncoding {
     pub compress: bool,
+    pub crypt: Option<Arc<CryptConfig>>,
 }
 
 impl Default for ChunkEncoding {
     fn default() -> Self {
-        ChunkEncoding { compress: true }
+        ChunkEncoding {
+            compress: true,
+            crypt: None,
+        }
     }
 }
 
 impl ChunkEncoding {
     pub fn digest(&self, data: &[u8]) -> Digest {
-        chunk_digest(data)
+        chunk_digest_with(data, self.crypt.as_deref())
     }
 
     pub fn encode(&self, data: &[u8]) -> Result<Vec<u8>> {
-        Ok(encode_blob(data, self.compress)?)
+        Ok(encode_blob_with(
+            data,
+            self.compress,
+            self.crypt.as_deref(),
+        )?)
     }
 }
 
