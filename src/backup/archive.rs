@@ -84,8 +84,12 @@ pub trait PayloadStream {
     /// A file's payload starts at the current position (a suggested chunk boundary).
     fn suggest_boundary(&mut self) -> Result<()>;
     /// Ends the current chunk and appends these chunks of the previous payload index to the
-    /// stream without their data.
-    fn inject(&mut self, chunks: &[KnownChunk]) -> Result<()>;
+    /// stream without their data. `ends_previous` says the last one ends the previous stream
+    /// (so it ends with the previous PAYLOAD_TAIL_MARKER).
+    fn inject(&mut self, chunks: &[KnownChunk], ends_previous: bool) -> Result<()>;
+    /// Only the PAYLOAD_START_MARKER has been written: drops it (and returns true) because the
+    /// first injected chunk starts with the previous stream's identical marker.
+    fn absorb_start_marker(&mut self) -> Result<bool>;
 }
 
 /// A regular file as the previous snapshot's metadata archive has it.
@@ -131,6 +135,8 @@ pub trait PreviousArchive {
     fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>>;
     /// The previous payload index entries covering `range`.
     fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun>;
+    /// Size of the previous payload stream.
+    fn payload_size(&self) -> u64;
 }
 
 /// How to walk. `Default` is what the official client does without options.
@@ -316,6 +322,9 @@ struct Walker<'a, 'o, 'h, A: ?Sized> {
     cache: Lookahead,
     /// Highest previous payload offset accepted for re-use: references must increase.
     last_reusable_offset: Option<u64>,
+    /// Bytes the payload writer is behind the encoder's payload position (an absorbed start
+    /// marker), made up by the next injection.
+    payload_rewound: u64,
     root_dev: u64,
     current_dev: u64,
     fs_magic: i64,
@@ -359,6 +368,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             hardlinks: HashMap::new(),
             cache: Lookahead::default(),
             last_reusable_offset: None,
+            payload_rewound: 0,
             root_dev: stat.dev,
             current_dev: stat.dev,
             fs_magic,
@@ -641,7 +651,26 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 self.inject(encoder, &[last])?;
             }
         }
-        let base = encoder.payload_position().context("not a split archive")? + run.start_padding;
+        let position = encoder.payload_position().context("not a split archive")?;
+        let first_start = chunks[0].end_offset - chunks[0].chunk.size;
+        let only_references = self
+            .cache
+            .entries
+            .iter()
+            .all(|cached| !matches!(cached, Cached::File(_, _, None)));
+        if position == HEADER_SIZE
+            && first_start == 0
+            && self.payload_rewound == 0
+            && only_references
+        {
+            // The run starts with the previous stream's first chunk, which holds the same
+            // start marker we wrote: re-use it instead of cutting a 16-byte chunk.
+            let payload = self.payload.as_mut().context("no payload stream")?;
+            if payload.absorb_start_marker()? {
+                self.payload_rewound = HEADER_SIZE;
+            }
+        }
+        let base = position - self.payload_rewound + run.start_padding;
         self.encode_cached(encoder, Some(base))?;
         if keep_last_chunk {
             self.cache.last_chunk = chunks.pop();
@@ -660,11 +689,14 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         }
         let known: Vec<KnownChunk> = chunks.iter().map(|c| c.chunk).collect();
         let size: u64 = known.iter().map(|c| c.size).sum();
+        let previous_size = self.previous.as_ref().map(|p| p.payload_size());
+        let ends_previous = chunks.last().map(|c| c.end_offset) == previous_size;
         self.payload
             .as_mut()
             .context("payload re-use needs a payload stream")?
-            .inject(&known)?;
-        encoder.advance(size)?;
+            .inject(&known, ends_previous)?;
+        let rewound = std::mem::take(&mut self.payload_rewound).min(size);
+        encoder.advance(size - rewound)?;
         self.stats.injected_bytes += size;
         Ok(())
     }

@@ -133,6 +133,10 @@ impl PreviousArchive for PreviousSnapshot {
     fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun> {
         chunks_covering(&self.payload_index, range)
     }
+
+    fn payload_size(&self) -> u64 {
+        self.payload_index.ends().last().copied().unwrap_or(0)
+    }
 }
 
 /// The index entries covering `range` of the stream, with the bytes they add before and

@@ -22,6 +22,7 @@ use super::upload::{ChunkEncoding, ChunkedWriter, KnownChunk, SharedChunkedWrite
 use crate::format::catalog::CatalogWriter;
 use crate::format::chunker::{CATALOG_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, FIXED_CHUNK_SIZE};
 use crate::pxar::encoder::Encoder;
+use crate::pxar::format::{Header, PXAR_PAYLOAD_START_MARKER, PXAR_PAYLOAD_TAIL_MARKER};
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 
 /// Name of the catalog file in a snapshot.
@@ -482,7 +483,10 @@ impl<'p> PxarContext<'_, 'p> {
         let payload_name = format!("{}.ppxar.didx", spec.name);
         let meta = SplitWriter::Meta(self.writer(&meta_name)?);
         let payload = SharedChunkedWriter::new(self.writer(&payload_name)?);
-        let mut hook = PayloadHook(payload.clone());
+        let mut hook = PayloadHook {
+            writer: payload.clone(),
+            tail_injected: false,
+        };
         let on_entry = entry_callback(self.options);
         let archive_options = self.archive_options(&on_entry);
         let hooks = ArchiveHooks {
@@ -499,11 +503,17 @@ impl<'p> PxarContext<'_, 'p> {
             })
             .with_context(|| format!("cannot back up {}", spec.path.display()))?;
         drop(payload_sink);
+        let tail_injected = hook.tail_injected;
         drop(hook);
+        let mut payload = payload.into_inner()?;
+        if tail_injected {
+            // The stream already ends with the previous stream's identical tail marker.
+            payload.discard_bytes_after_injection_if(&marker(PXAR_PAYLOAD_TAIL_MARKER));
+        }
         let SplitWriter::Meta(meta) = meta else {
             unreachable!("the metadata sink stays the metadata sink")
         };
-        let payload_index = payload.into_inner()?.finish()?;
+        let payload_index = payload.finish()?;
         let meta_index = meta.finish()?;
         Ok((
             vec![
@@ -542,16 +552,33 @@ impl Write for SplitWriter<'_> {
     }
 }
 
-struct PayloadHook<'p>(SharedChunkedWriter<'p>);
+struct PayloadHook<'p> {
+    writer: SharedChunkedWriter<'p>,
+    /// The last injection ended with the previous stream's tail marker.
+    tail_injected: bool,
+}
 
 impl PayloadStream for PayloadHook<'_> {
     fn suggest_boundary(&mut self) -> Result<()> {
-        self.0.lock().suggest_boundary()
+        self.writer.lock().suggest_boundary()
     }
 
-    fn inject(&mut self, chunks: &[KnownChunk]) -> Result<()> {
-        self.0.lock().inject(chunks)
+    fn inject(&mut self, chunks: &[KnownChunk], ends_previous: bool) -> Result<()> {
+        self.tail_injected = ends_previous;
+        self.writer.lock().inject(chunks)
     }
+
+    fn absorb_start_marker(&mut self) -> Result<bool> {
+        Ok(self
+            .writer
+            .lock()
+            .discard_first_bytes_if(&marker(PXAR_PAYLOAD_START_MARKER)))
+    }
+}
+
+/// A payload stream marker item (header only).
+fn marker(htype: u64) -> [u8; 16] {
+    Header::new(htype, 0).to_bytes()
 }
 
 /// Feeds the catalog from the walk.

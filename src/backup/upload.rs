@@ -255,6 +255,8 @@ pub struct ChunkedWriter<'p> {
     pending: VecDeque<Pending>,
     pending_bytes: u64,
     position: u64,
+    /// Nothing was cut since the last injection.
+    after_injection: bool,
 }
 
 impl<'p> ChunkedWriter<'p> {
@@ -293,6 +295,7 @@ impl<'p> ChunkedWriter<'p> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             position: 0,
+            after_injection: false,
         }
     }
 
@@ -330,7 +333,33 @@ impl<'p> ChunkedWriter<'p> {
             self.pending.push_back(Pending::Known(*chunk));
             self.position += chunk.size;
         }
+        self.after_injection = !chunks.is_empty();
         self.drain(self.pool.in_flight)
+    }
+
+    /// Forgets the not yet cut bytes if they are exactly `expected` and nothing else was
+    /// written or injected (the start marker the first injected chunk already holds).
+    pub fn discard_first_bytes_if(&mut self, expected: &[u8]) -> bool {
+        if self.pending.is_empty() && self.position == expected.len() as u64 && self.buf == expected
+        {
+            self.buf.clear();
+            self.position = 0;
+            self.force_boundary().is_ok()
+        } else {
+            false
+        }
+    }
+
+    /// Forgets the not yet cut bytes if they are exactly `expected` and were written right
+    /// after an injection (a tail marker the injected chunks already end with).
+    pub fn discard_bytes_after_injection_if(&mut self, expected: &[u8]) -> bool {
+        if self.after_injection && self.buf == expected {
+            self.buf.clear();
+            self.position -= expected.len() as u64;
+            true
+        } else {
+            false
+        }
     }
 
     /// Cuts the current chunk now, whatever its size.
@@ -363,6 +392,7 @@ impl<'p> ChunkedWriter<'p> {
             Cutter::Buzhash(chunker) => chunker.min_size() * 2,
             Cutter::Fixed(size) => *size,
         };
+        self.after_injection = false;
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
         let size = data.len() as u64;
         let result = self.pool.submit(data)?;
