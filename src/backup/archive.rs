@@ -35,8 +35,10 @@ const XATTR_FCAPS: &[u8] = b"security.capability";
 /// Re-use previous chunks only if at most this share of the re-used bytes is padding.
 const CHUNK_PADDING_THRESHOLD: f64 = 0.1;
 
-/// Entries the look-ahead cache holds before it is flushed (the official default).
-const LOOKAHEAD_CACHE_SIZE: usize = 512;
+/// Entries the look-ahead cache holds before it is flushed. The official client allows
+/// about as many as it may open files (usually far more); entries here hold no descriptor,
+/// only a path and metadata, so this bounds memory to some tens of MiB.
+const LOOKAHEAD_CACHE_SIZE: usize = 65536;
 
 /// Decides which entries are left out. Sees the path relative to the archive root with a
 /// leading `/` (as the official pattern matcher does) and the entry's `st_mode`.
@@ -653,11 +655,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         }
         let position = encoder.payload_position().context("not a split archive")?;
         let first_start = chunks[0].end_offset - chunks[0].chunk.size;
-        let only_references = self
-            .cache
-            .entries
-            .iter()
-            .all(|cached| !matches!(cached, Cached::File(_, _, None)));
+        let only_references = self.cache_reads_no_file();
         if position == HEADER_SIZE
             && first_start == 0
             && self.payload_rewound == 0
@@ -676,6 +674,24 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             self.cache.last_chunk = chunks.pop();
         }
         self.inject(encoder, &chunks)
+    }
+
+    /// True if encoding the cache with re-use writes nothing to the payload stream: every
+    /// further name of a multiply-linked file resolves to a hardlink.
+    fn cache_reads_no_file(&self) -> bool {
+        let mut linked: HashSet<(u64, u64)> = HashSet::new();
+        self.cache.entries.iter().all(|cached| match cached {
+            Cached::File(entry, _, offset) => {
+                let key = (entry.stat.dev, entry.stat.ino);
+                if offset.is_some() {
+                    linked.insert(key);
+                    true
+                } else {
+                    linked.contains(&key) || self.hardlinks.contains_key(&key)
+                }
+            }
+            _ => true,
+        })
     }
 
     /// Appends previous chunks to the payload stream and moves the encoder past them.
