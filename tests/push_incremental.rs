@@ -251,3 +251,47 @@ fn unchanged_tree_is_not_read_again_and_adds_no_chunks() {
     restore("host/unchanged/latest", &target);
     assert_eq!(describe(&target), describe(&tree));
 }
+
+#[test]
+fn image_push_stores_the_official_fixed_index() {
+    use pbsfs::format::index::{AnyIndex, ChunkIndex};
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"));
+    let official_dir = fixtures.join("datastore/vm/100/2026-11-25T08:29:01Z");
+    let official =
+        AnyIndex::parse(&std::fs::read(official_dir.join("drive-scsi0.img.fidx")).unwrap())
+            .unwrap();
+    // The image itself, reassembled from the official datastore.
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let image = work.path().join("disk.img");
+    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(fixtures.join("datastore"))
+        .args(["restore", "vm/100/latest", "drive-scsi0.img"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let client = LocalClient::new();
+    let spec = BackupSpec::parse(&format!("drive-scsi0.img:{}", image.display())).unwrap();
+    let options = BackupOptions::new(BackupGroup::parse("vm/100").unwrap(), 1000);
+    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let summary = server.run_backup(&client, &[spec], &options).unwrap();
+    let dir = summary.snapshot.unwrap();
+    let raw = store()
+        .1
+        .read_snapshot_file(
+            &pbsfs::store::names::BackupNamespace::root(),
+            &dir,
+            "drive-scsi0.img.fidx",
+        )
+        .unwrap();
+    let ours = AnyIndex::parse(&raw).unwrap();
+    assert_eq!(ours.total_size(), official.total_size());
+    assert_eq!(ours.digests(), official.digests());
+    assert_eq!(client.counters().content_bytes(), official.total_size());
+}
