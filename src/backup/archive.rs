@@ -152,8 +152,11 @@ pub struct ArchiveOptions<'a> {
     /// Command-line exclude patterns; `.pxarexclude` files are honoured in any case.
     pub patterns: Option<&'a ExcludePatterns>,
     /// Called with each entry's path before it is archived (progress); an error aborts.
-    pub on_entry: Option<&'a dyn Fn(&Path) -> Result<()>>,
+    pub on_entry: Option<&'a EntryCallback<'a>>,
 }
+
+/// See [`ArchiveOptions::on_entry`].
+pub type EntryCallback<'a> = dyn Fn(&Path) -> Result<()> + 'a;
 
 impl Default for ArchiveOptions<'_> {
     fn default() -> Self {

@@ -131,7 +131,7 @@ impl ExcludePatterns {
             return None;
         }
         let text = String::from_utf8_lossy(&self.cli_text()).into_owned();
-        Some(serde_json::to_vec(&serde_json::json!({ "exclude-patterns": text })).ok()?)
+        serde_json::to_vec(&serde_json::json!({ "exclude-patterns": text })).ok()
     }
 }
 

@@ -53,9 +53,9 @@ impl RemoteStore for LocalStore {
             .store
             .list_group_snapshots(ns, group)?
             .into_iter()
-            .filter(|entry| entry.finished)
-            .map(|entry| entry.dir)
-            .last())
+            .rev()
+            .find(|entry| entry.finished)
+            .map(|entry| entry.dir))
     }
 
     fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {

@@ -481,7 +481,7 @@ impl<'p> PxarContext<'_, 'p> {
     ) -> Result<(Vec<ArchiveSummary>, ArchiveStats)> {
         let meta_name = format!("{}.mpxar.didx", spec.name);
         let payload_name = format!("{}.ppxar.didx", spec.name);
-        let meta = SplitWriter::Meta(self.writer(&meta_name)?);
+        let meta = SplitWriter::Meta(Box::new(self.writer(&meta_name)?));
         let payload = SharedChunkedWriter::new(self.writer(&payload_name)?);
         let mut hook = PayloadHook {
             writer: payload.clone(),
@@ -514,7 +514,7 @@ impl<'p> PxarContext<'_, 'p> {
             unreachable!("the metadata sink stays the metadata sink")
         };
         let payload_index = payload.finish()?;
-        let meta_index = meta.finish()?;
+        let meta_index = (*meta).finish()?;
         Ok((
             vec![
                 ArchiveSummary {
@@ -535,7 +535,7 @@ impl<'p> PxarContext<'_, 'p> {
 
 /// The two sinks of a split encoder must have one type; this is it.
 enum SplitWriter<'p> {
-    Meta(ChunkedWriter<'p>),
+    Meta(Box<ChunkedWriter<'p>>),
     Payload(SharedChunkedWriter<'p>),
 }
 
