@@ -44,8 +44,12 @@ fn main() -> Result<()> {
                 let mut bytes = 0;
                 loop {
                     let position = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(info) = index.chunk_info(position) else { return Ok(bytes) };
-                    bytes += reader.read_chunk(&info.digest, info.end - info.start)?.len() as u64;
+                    let Some(info) = index.chunk_info(position) else {
+                        return Ok(bytes);
+                    };
+                    bytes += reader
+                        .read_chunk(&info.digest, info.end - info.start)?
+                        .len() as u64;
                 }
             })
         })

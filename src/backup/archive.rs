@@ -1,27 +1,44 @@
 //! Walks a directory tree through a [`FileSystemAccessor`] and encodes it the way
-//! `proxmox-backup-client backup` / `pxar create` do by default (PBS4
-//! pbs-client/src/pxar/create.rs; pxar.md §6): same entries, same order, same metadata, so
-//! the archive is byte-identical to the official one.
+//! `proxmox-backup-client backup` / `pxar create` do (PBS4 pbs-client/src/pxar/create.rs;
+//! pxar.md §6): same entries, same order, same metadata, so the archive is byte-identical to
+//! the official one. Exclude patterns and `.pxarexclude` files follow the official rules
+//! ([`ExcludePatterns`]).
 //!
-//! Not yet handled: `.pxarexclude` files and exclude patterns (the [`ExcludeFilter`] hook
-//! is where they plug in; with patterns the official client also writes `.pxarexclude-cli`
-//! in v1 or a PRELUDE in v2), reusing payloads of a previous snapshot, and the entry limit.
+//! With a previous snapshot ([`PreviousArchive`], v2 only) unchanged regular files are not
+//! read: like the official client, runs of them are collected in a look-ahead cache (with the
+//! directories and other entries between them) until the run ends; then either the previous
+//! payload chunks covering the run are re-used (injected into the payload stream, the files
+//! referenced inside them) or, when that would re-use more than 10 % padding, the cached
+//! entries are encoded normally (pxar.md §9.4, chunker.md §5.2).
+//!
+//! Not handled: the entry limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::acl::{self, XATTR_ACL_ACCESS, XATTR_ACL_DEFAULT};
+use super::exclude::ExcludePatterns;
 use super::fs_accessor::{is_unsupported, join_name, FileStat, FileSystemAccessor};
 use super::fs_flags::{self, feature};
-use crate::pxar::encoder::{Encoder, LinkOffset};
-use crate::pxar::format::Stat;
+use super::upload::KnownChunk;
+use crate::pxar::encoder::{EncodeError, Encoder, LinkOffset};
+use crate::pxar::format::{Stat, HEADER_SIZE};
 use crate::pxar::metadata::{Device, Metadata};
 
 const XATTR_FCAPS: &[u8] = b"security.capability";
+
+/// Re-use previous chunks only if at most this share of the re-used bytes is padding.
+const CHUNK_PADDING_THRESHOLD: f64 = 0.1;
+
+/// Entries the look-ahead cache holds before it is flushed. The official client allows
+/// about as many as it may open files (usually far more); entries here hold no descriptor,
+/// only a path and metadata, so this bounds memory to some tens of MiB.
+const LOOKAHEAD_CACHE_SIZE: usize = 65536;
 
 /// Decides which entries are left out. Sees the path relative to the archive root with a
 /// leading `/` (as the official pattern matcher does) and the entry's `st_mode`.
@@ -64,6 +81,66 @@ pub trait ArchiveObserver {
 struct NoObserver;
 impl ArchiveObserver for NoObserver {}
 
+/// What the walker needs from a v2 payload stream's chunker besides `Write`.
+pub trait PayloadStream {
+    /// A file's payload starts at the current position (a suggested chunk boundary).
+    fn suggest_boundary(&mut self) -> Result<()>;
+    /// Ends the current chunk and appends these chunks of the previous payload index to the
+    /// stream without their data. `ends_previous` says the last one ends the previous stream
+    /// (so it ends with the previous PAYLOAD_TAIL_MARKER).
+    fn inject(&mut self, chunks: &[KnownChunk], ends_previous: bool) -> Result<()>;
+    /// Only the PAYLOAD_START_MARKER has been written: drops it (and returns true) because the
+    /// first injected chunk starts with the previous stream's identical marker.
+    fn absorb_start_marker(&mut self) -> Result<bool>;
+}
+
+/// A regular file as the previous snapshot's metadata archive has it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviousFile {
+    pub metadata: Metadata,
+    pub size: u64,
+    /// Offset of its PAYLOAD header in the previous payload stream.
+    pub payload_offset: u64,
+}
+
+/// A chunk of the previous payload index selected for re-use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReusableChunk {
+    pub chunk: KnownChunk,
+    /// Bytes of the chunk not covered by the re-used range.
+    pub padding: u64,
+    /// End offset in the previous payload stream: with the digest, the identity of the
+    /// index entry (equal digests at different positions are different entries).
+    pub end_offset: u64,
+}
+
+impl ReusableChunk {
+    fn same_entry_as(&self, other: &ReusableChunk) -> bool {
+        self.chunk.digest == other.chunk.digest && self.end_offset == other.end_offset
+    }
+}
+
+/// The previous-index chunks covering a payload range, and how far they overhang it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkRun {
+    pub chunks: Vec<ReusableChunk>,
+    pub start_padding: u64,
+    pub end_padding: u64,
+}
+
+/// The previous snapshot of the group (metadata change detection). The walker tells it
+/// which directory it is in; lookups are by name in that directory.
+pub trait PreviousArchive {
+    fn enter_directory(&mut self, name: &[u8]) -> Result<()>;
+    fn leave_directory(&mut self);
+    /// A regular file (with a payload reference) of that name in the current directory.
+    fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>>;
+    /// The previous payload index entries covering `range`.
+    fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun>;
+    /// Size of the previous payload stream.
+    fn payload_size(&self) -> u64;
+}
+
 /// How to walk. `Default` is what the official client does without options.
 pub struct ArchiveOptions<'a> {
     /// Descend into mount points (`--all-file-systems`); otherwise they are archived as
@@ -72,7 +149,14 @@ pub struct ArchiveOptions<'a> {
     /// Requested capture features ([`feature`] bits), further limited per file system.
     pub features: u64,
     pub exclude: Option<&'a dyn ExcludeFilter>,
+    /// Command-line exclude patterns; `.pxarexclude` files are honoured in any case.
+    pub patterns: Option<&'a ExcludePatterns>,
+    /// Called with each entry's path before it is archived (progress); an error aborts.
+    pub on_entry: Option<&'a EntryCallback<'a>>,
 }
+
+/// See [`ArchiveOptions::on_entry`].
+pub type EntryCallback<'a> = dyn Fn(&Path) -> Result<()> + 'a;
 
 impl Default for ArchiveOptions<'_> {
     fn default() -> Self {
@@ -80,8 +164,36 @@ impl Default for ArchiveOptions<'_> {
             all_file_systems: false,
             features: feature::DEFAULT,
             exclude: None,
+            patterns: None,
+            on_entry: None,
         }
     }
+}
+
+/// Optional participants of a walk.
+#[derive(Default)]
+pub struct ArchiveHooks<'h> {
+    pub observer: Option<&'h mut dyn ArchiveObserver>,
+    pub payload: Option<&'h mut dyn PayloadStream>,
+    /// Needs `payload` and a split encoder.
+    pub previous: Option<&'h mut dyn PreviousArchive>,
+}
+
+/// What a walk did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Regular files (without hardlinks).
+    pub files: u64,
+    pub hardlinks: u64,
+    pub directories: u64,
+    /// Symlinks, devices, fifos, sockets.
+    pub others: u64,
+    /// Files whose payload was referenced from the previous snapshot.
+    pub reused_files: u64,
+    pub reused_bytes: u64,
+    /// Bytes of the previous payload stream injected (re-used files plus padding).
+    pub injected_bytes: u64,
+    pub warnings: u64,
 }
 
 /// Encodes the tree as a v1 (`legacy`) archive into `out` and returns it.
@@ -95,13 +207,12 @@ where
     A: FileSystemAccessor + ?Sized,
     W: Write,
 {
-    let mut no_observer = NoObserver;
-    let observer = observer.unwrap_or(&mut no_observer);
-    let mut walker = Walker::new(fs, options, observer)?;
-    let root = walker.root_metadata()?;
-    let mut encoder = Encoder::new_v1(out, &root)?;
-    walker.archive_dir_contents(&mut encoder, Path::new(""), true)?;
-    Ok(encoder.finish()?.0)
+    let hooks = ArchiveHooks {
+        observer,
+        ..Default::default()
+    };
+    let (out, _, _) = create_archive(fs, options, hooks, |root, _| Encoder::new_v1(out, root))?;
+    Ok(out)
 }
 
 /// Encodes the tree as a v2 split (`data` mode) archive: metadata stream into `meta_out`,
@@ -118,40 +229,124 @@ where
     W: Write,
     P: Write,
 {
-    let mut no_observer = NoObserver;
-    let observer = observer.unwrap_or(&mut no_observer);
-    let mut walker = Walker::new(fs, options, observer)?;
-    let root = walker.root_metadata()?;
-    let mut encoder = Encoder::new_v2(meta_out, payload_out, &root, None)?;
-    walker.archive_dir_contents(&mut encoder, Path::new(""), true)?;
-    let (meta, payload) = encoder.finish()?;
+    let hooks = ArchiveHooks {
+        observer,
+        ..Default::default()
+    };
+    let (meta, payload, _) = create_archive(fs, options, hooks, |root, prelude| {
+        Encoder::new_v2(meta_out, payload_out, root, prelude)
+    })?;
     Ok((
         meta,
         payload.expect("a split encoder returns its payload sink"),
     ))
 }
 
-struct Walker<'a, 'o, A: ?Sized> {
+/// Walks the tree into the encoder `start` makes from the root's metadata and the v2
+/// PRELUDE (present when there are command-line patterns; a v1 encoder ignores it).
+pub fn create_archive<A, W, P>(
+    fs: &A,
+    options: &ArchiveOptions,
+    hooks: ArchiveHooks,
+    start: impl FnOnce(&Metadata, Option<&[u8]>) -> Result<Encoder<W, P>, EncodeError>,
+) -> Result<(W, Option<P>, ArchiveStats)>
+where
+    A: FileSystemAccessor + ?Sized,
+    W: Write,
+    P: Write,
+{
+    let mut no_observer = NoObserver;
+    let observer = hooks.observer.unwrap_or(&mut no_observer);
+    let mut walker = Walker::new(fs, options, observer)?;
+    let root = walker.root_metadata()?;
+    let prelude = walker.patterns.prelude();
+    let mut encoder = start(&root, prelude.as_deref())?;
+    if encoder.is_split() {
+        walker.payload = hooks.payload;
+        if walker.payload.is_some() {
+            walker.previous = hooks.previous;
+        }
+    }
+    walker.archive_dir_contents(&mut encoder, Path::new(""), true)?;
+    if walker.previous.is_some() {
+        walker.flush_cache(&mut encoder, false)?;
+    }
+    let (out, payload) = encoder.finish()?;
+    Ok((out, payload, walker.stats))
+}
+
+/// The look-ahead cache of metadata change detection: entries whose encoding waits until it
+/// is known whether the run of re-usable files they belong to is re-used.
+#[derive(Default)]
+struct Lookahead {
+    entries: Vec<Cached>,
+    /// Range of the previous payload stream the cached re-usable files cover.
+    range: Range<u64>,
+    /// The last chunk of the previous flush, held back because the next run may start in
+    /// it.
+    last_chunk: Option<ReusableChunk>,
+    /// Multiply-linked files seen by the cache.
+    hardlinks: HashSet<(u64, u64)>,
+}
+
+impl Lookahead {
+    fn enabled(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    fn try_extend_range(&mut self, range: &Range<u64>) -> bool {
+        if self.range.end == 0 {
+            self.range = range.start..range.start;
+        }
+        if self.range.end == range.start {
+            self.range.end = range.end;
+            return true;
+        }
+        false
+    }
+}
+
+enum Cached {
+    /// A regular file; `Some(offset)` relative to the cache range's start for a re-usable
+    /// one, `None` for a further name of a multiply-linked file.
+    File(ListEntry, Metadata, Option<u64>),
+    DirStart(ListEntry, Metadata),
+    DirEnd,
+    Other(ListEntry, Metadata),
+}
+
+struct Walker<'a, 'o, 'h, A: ?Sized> {
     fs: &'a A,
     options: &'a ArchiveOptions<'a>,
     observer: &'o mut dyn ArchiveObserver,
+    payload: Option<&'h mut dyn PayloadStream>,
+    previous: Option<&'h mut dyn PreviousArchive>,
+    patterns: ExcludePatterns,
     /// First name of each multiply-linked regular file: path and FILENAME offset.
     hardlinks: HashMap<(u64, u64), (Vec<u8>, LinkOffset)>,
+    cache: Lookahead,
+    /// Highest previous payload offset accepted for re-use: references must increase.
+    last_reusable_offset: Option<u64>,
+    /// Bytes the payload writer is behind the encoder's payload position (an absorbed start
+    /// marker), made up by the next injection.
+    payload_rewound: u64,
     root_dev: u64,
     current_dev: u64,
     fs_magic: i64,
     /// Features the current file system supports; narrowed when it reports EOPNOTSUPP,
     /// restored when leaving the directory (as the official client does).
     fs_features: u64,
+    stats: ArchiveStats,
 }
 
+#[derive(Clone)]
 struct ListEntry {
     name: Vec<u8>,
     path: PathBuf,
     stat: FileStat,
 }
 
-impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
+impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
     fn new(
         fs: &'a A,
         options: &'a ArchiveOptions<'a>,
@@ -172,12 +367,24 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
             fs,
             options,
             observer,
+            payload: None,
+            previous: None,
+            patterns: options.patterns.cloned().unwrap_or_default(),
             hardlinks: HashMap::new(),
+            cache: Lookahead::default(),
+            last_reusable_offset: None,
+            payload_rewound: 0,
             root_dev: stat.dev,
             current_dev: stat.dev,
             fs_magic,
             fs_features: fs_flags::features_of(fs_magic),
+            stats: ArchiveStats::default(),
         })
+    }
+
+    fn warn(&mut self, message: &str) {
+        self.stats.warnings += 1;
+        log_warning(message);
     }
 
     fn root_metadata(&mut self) -> Result<Metadata> {
@@ -193,10 +400,80 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
         dir: &Path,
         is_root: bool,
     ) -> Result<()> {
-        for entry in self.directory_list(dir, is_root)? {
-            self.add_entry(encoder, &entry)
-                .with_context(|| format!("error at {:?}", entry.path))?;
+        let cli_patterns = self.patterns.len();
+        self.read_pxarexclude(dir);
+        let result = self.archive_list(encoder, dir, is_root);
+        self.patterns.truncate(cli_patterns);
+        result?;
+        if is_root && !encoder.is_split() && self.patterns.has_cli_patterns() {
+            self.add_pxarexclude_cli(encoder)?;
         }
+        Ok(())
+    }
+
+    fn archive_list<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        dir: &Path,
+        is_root: bool,
+    ) -> Result<()> {
+        for entry in self.directory_list(dir, is_root)? {
+            if let Some(on_entry) = self.options.on_entry {
+                on_entry(&entry.path)?;
+            }
+            let path = entry.path.clone();
+            self.add_entry(encoder, entry)
+                .with_context(|| format!("error at {path:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the patterns of the directory's `.pxarexclude`, if it has one.
+    fn read_pxarexclude(&mut self, dir: &Path) {
+        let path = join_name(dir, b".pxarexclude");
+        let mut content = Vec::new();
+        match self.fs.open_file(&path) {
+            Ok(reader) => {
+                // A pattern file is small; a huge one is not a pattern file.
+                if let Err(err) = reader.take(1 << 20).read_to_end(&mut content) {
+                    self.warn(&format!(
+                        "ignoring .pxarexclude after read error in {dir:?}: {err}"
+                    ));
+                    return;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => return,
+            Err(err) => {
+                self.warn(&format!("cannot open {path:?}: {err}"));
+                return;
+            }
+        }
+        let dir_bytes = dir.as_os_str().as_bytes().to_vec();
+        for problem in self.patterns.add_pxarexclude(&dir_bytes, &content) {
+            self.warn(&format!("{problem} (in {dir:?})"));
+        }
+    }
+
+    /// The synthetic file with the command-line patterns the official client appends to the
+    /// root of a v1 archive (pxar.md §6.3).
+    fn add_pxarexclude_cli<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+    ) -> Result<()> {
+        let content = self.patterns.cli_text();
+        let name = b".pxarexclude-cli";
+        self.observer.add_file(name, content.len() as u64, 0)?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let metadata = Metadata::from_stat(Stat {
+            mode: u64::from(libc::S_IFREG | 0o600),
+            flags: 0,
+            uid,
+            gid,
+            mtime: Default::default(),
+        });
+        encoder.add_file(&metadata, name, content.len() as u64, &mut &content[..])?;
         Ok(())
     }
 
@@ -220,18 +497,21 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
             let stat = match self.fs.lstat(&path) {
                 Ok(stat) => stat,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    log_warning(&format!("file vanished while reading directory: {path:?}"));
+                    self.warn(&format!("file vanished while reading directory: {path:?}"));
                     continue;
                 }
                 Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
-                    log_warning(&format!("failed to stat {path:?}: access denied"));
+                    self.warn(&format!("failed to stat {path:?}: access denied"));
                     continue;
                 }
                 Err(err) => return Err(err).with_context(|| format!("stat failed on {path:?}")),
             };
+            let mut match_path = b"/".to_vec();
+            match_path.extend_from_slice(path.as_os_str().as_bytes());
+            if self.patterns.is_excluded(&match_path, stat.mode) {
+                continue;
+            }
             if let Some(exclude) = self.options.exclude {
-                let mut match_path = b"/".to_vec();
-                match_path.extend_from_slice(path.as_os_str().as_bytes());
                 if exclude.is_excluded(&match_path, stat.mode) {
                     continue;
                 }
@@ -242,55 +522,258 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
         Ok(list)
     }
 
+    /// Decides per entry whether to encode it now or to cache it (metadata change detection;
+    /// the official `add_entry`).
     fn add_entry<W: Write, P: Write>(
         &mut self,
         encoder: &mut Encoder<W, P>,
-        entry: &ListEntry,
+        entry: ListEntry,
     ) -> Result<()> {
-        let ListEntry { name, path, stat } = entry;
-        // Regular files are opened first, so a file that vanished or is unreadable is skipped
-        // before anything of it is written.
-        let content = if stat.is_regular_file() && !self.is_known_hardlink(stat) {
-            match self.fs.open_file(path) {
-                Ok(reader) => Some(reader),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    log_warning(&format!("file vanished while reading: {path:?}"));
-                    return Ok(());
-                }
-                Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
-                    log_warning(&format!("failed to open file {path:?}: access denied"));
-                    return Ok(());
-                }
-                Err(err) => return Err(err.into()),
+        let metadata = match self.metadata(&entry.path, &entry.stat) {
+            Ok(metadata) => metadata,
+            Err(err) if is_not_found(&err) => {
+                self.warn(&format!("file vanished while reading: {:?}", entry.path));
+                return Ok(());
             }
-        } else {
-            None
+            Err(err) => return Err(err),
         };
-        let metadata = self.metadata(path, stat)?;
-
-        match stat.file_type() {
-            libc::S_IFREG => {
-                let Some(content) = content else {
-                    let (target, offset) = &self.hardlinks[&(stat.dev, stat.ino)];
-                    self.observer.add_hardlink(name)?;
-                    encoder.add_hardlink(name, target, *offset)?;
+        if self.previous.is_none() {
+            return self.encode_entry(encoder, entry, metadata, None);
+        }
+        if self.cache.entries.len() >= LOOKAHEAD_CACHE_SIZE {
+            self.flush_cache(encoder, true)?;
+        }
+        if entry.stat.is_regular_file() {
+            if entry.stat.nlink > 1 {
+                let key = (entry.stat.dev, entry.stat.ino);
+                if self.cache.hardlinks.contains(&key) {
+                    // Resolved to a hardlink (or its first name) when encoded.
+                    self.cache.entries.push(Cached::File(entry, metadata, None));
                     return Ok(());
-                };
-                self.observer.add_file(name, stat.size, stat.mtime.secs)?;
-                let mut content = ExactSize::new(content, stat.size, path);
-                let offset = encoder.add_file(&metadata, name, stat.size, &mut content)?;
-                if stat.nlink > 1 {
-                    let target = path.as_os_str().as_bytes().to_vec();
-                    self.hardlinks
-                        .insert((stat.dev, stat.ino), (target, offset));
+                }
+                self.cache.hardlinks.insert(key);
+            }
+            if let Some(range) = self.reusable_range(&entry, &metadata)? {
+                if !self.cache.try_extend_range(&range) {
+                    // Not contiguous with the cached run: settle that one first.
+                    self.flush_cache(encoder, true)?;
+                    self.cache.range = range.clone();
+                }
+                let offset = range.start - self.cache.range.start;
+                self.cache
+                    .entries
+                    .push(Cached::File(entry, metadata, Some(offset)));
+                return Ok(());
+            }
+            self.flush_cache(encoder, false)?;
+        } else if self.cache.enabled() {
+            if entry.stat.is_dir() {
+                self.cache
+                    .entries
+                    .push(Cached::DirStart(entry.clone(), metadata.clone()));
+                return self.add_directory(encoder, &entry, &metadata);
+            }
+            self.cache.entries.push(Cached::Other(entry, metadata));
+            return Ok(());
+        }
+        self.encode_cached(encoder, None)?;
+        self.encode_entry(encoder, entry, metadata, None)
+    }
+
+    /// The payload range `[PAYLOAD header, end of data)` of the previous snapshot's copy of
+    /// this file, if it is unchanged (official `is_reusable_entry`).
+    fn reusable_range(
+        &mut self,
+        entry: &ListEntry,
+        metadata: &Metadata,
+    ) -> Result<Option<Range<u64>>> {
+        let Some(previous) = self.previous.as_mut() else {
+            return Ok(None);
+        };
+        let Some(file) = previous.lookup_file(&entry.name)? else {
+            return Ok(None);
+        };
+        if file.metadata != *metadata || file.size != entry.stat.size {
+            return Ok(None);
+        }
+        // An archive with non-increasing payload offsets cannot be referenced in order.
+        if self
+            .last_reusable_offset
+            .is_some_and(|last| file.payload_offset <= last)
+        {
+            return Ok(None);
+        }
+        self.last_reusable_offset = Some(file.payload_offset);
+        let end = file
+            .payload_offset
+            .checked_add(HEADER_SIZE)
+            .and_then(|v| v.checked_add(file.size))
+            .context("previous payload reference overflows")?;
+        Ok(Some(file.payload_offset..end))
+    }
+
+    /// Ends the cached run: re-uses the previous chunks covering it if the padding they
+    /// bring is small enough, otherwise encodes the cached entries normally. With
+    /// `keep_last_chunk` the run's last chunk is held back for a following run.
+    fn flush_cache<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        keep_last_chunk: bool,
+    ) -> Result<()> {
+        let range = self.cache.range.clone();
+        if range.is_empty() {
+            return self.encode_cached(encoder, None);
+        }
+        let previous = self.previous.as_ref().context("no previous archive")?;
+        let run = match previous.chunks_covering(range.clone()) {
+            Ok(run) if !run.chunks.is_empty() => run,
+            Ok(_) => return self.encode_cached(encoder, None),
+            Err(err) => {
+                self.warn(&format!("cannot re-use previous chunks: {err:#}"));
+                return self.encode_cached(encoder, None);
+            }
+        };
+        let prev_last = self.cache.last_chunk.take();
+        let mut padding = run.start_padding + run.end_padding;
+        let total = (range.end - range.start) + padding;
+        let first = run.chunks[0];
+        let continues_last = prev_last.is_some_and(|last| last.same_entry_as(&first));
+        if let Some(last) = prev_last.filter(|_| continues_last) {
+            // The held-back chunk is this run's first: its used part is not padding.
+            padding = padding.saturating_sub(last.chunk.size - last.padding);
+        }
+        if padding as f64 / total as f64 > CHUNK_PADDING_THRESHOLD {
+            self.cache.last_chunk = prev_last;
+            return self.encode_cached(encoder, None);
+        }
+        let mut chunks = run.chunks;
+        if let Some(last) = prev_last {
+            if continues_last {
+                chunks[0].padding = chunks[0]
+                    .padding
+                    .saturating_sub(last.chunk.size - last.padding);
+            } else {
+                self.inject(encoder, &[last])?;
+            }
+        }
+        let position = encoder.payload_position().context("not a split archive")?;
+        let first_start = chunks[0].end_offset - chunks[0].chunk.size;
+        let only_references = self.cache_reads_no_file();
+        if position == HEADER_SIZE
+            && first_start == 0
+            && self.payload_rewound == 0
+            && only_references
+        {
+            // The run starts with the previous stream's first chunk, which holds the same
+            // start marker we wrote: re-use it instead of cutting a 16-byte chunk.
+            let payload = self.payload.as_mut().context("no payload stream")?;
+            if payload.absorb_start_marker()? {
+                self.payload_rewound = HEADER_SIZE;
+            }
+        }
+        let base = position - self.payload_rewound + run.start_padding;
+        self.encode_cached(encoder, Some(base))?;
+        if keep_last_chunk {
+            self.cache.last_chunk = chunks.pop();
+        }
+        self.inject(encoder, &chunks)
+    }
+
+    /// True if encoding the cache with re-use writes nothing to the payload stream: every
+    /// further name of a multiply-linked file resolves to a hardlink.
+    fn cache_reads_no_file(&self) -> bool {
+        let mut linked: HashSet<(u64, u64)> = HashSet::new();
+        self.cache.entries.iter().all(|cached| match cached {
+            Cached::File(entry, _, offset) => {
+                let key = (entry.stat.dev, entry.stat.ino);
+                if offset.is_some() {
+                    linked.insert(key);
+                    true
+                } else {
+                    linked.contains(&key) || self.hardlinks.contains_key(&key)
                 }
             }
-            libc::S_IFDIR => self.add_directory(encoder, name, path, stat, &metadata)?,
+            _ => true,
+        })
+    }
+
+    /// Appends previous chunks to the payload stream and moves the encoder past them.
+    fn inject<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        chunks: &[ReusableChunk],
+    ) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<KnownChunk> = chunks.iter().map(|c| c.chunk).collect();
+        let size: u64 = known.iter().map(|c| c.size).sum();
+        let previous_size = self.previous.as_ref().map(|p| p.payload_size());
+        let ends_previous = chunks.last().map(|c| c.end_offset) == previous_size;
+        self.payload
+            .as_mut()
+            .context("payload re-use needs a payload stream")?
+            .inject(&known, ends_previous)?;
+        let rewound = std::mem::take(&mut self.payload_rewound).min(size);
+        encoder.advance(size - rewound)?;
+        self.stats.injected_bytes += size;
+        Ok(())
+    }
+
+    /// Encodes the cached entries, referencing re-used payloads at `base` + their offset, or
+    /// reading every file when `base` is `None` (official `encode_entries_to_archive`).
+    fn encode_cached<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        base: Option<u64>,
+    ) -> Result<()> {
+        if let Some(last) = self.cache.last_chunk.take() {
+            self.inject(encoder, &[last])?;
+        }
+        let entries = std::mem::take(&mut self.cache.entries);
+        self.cache.range = self.cache.range.end..self.cache.range.end;
+        for cached in entries {
+            match cached {
+                Cached::File(entry, metadata, offset) => {
+                    let payload = base.zip(offset).map(|(base, offset)| base + offset);
+                    self.encode_entry(encoder, entry, metadata, payload)?;
+                }
+                Cached::Other(entry, metadata) => {
+                    self.encode_entry(encoder, entry, metadata, None)?
+                }
+                Cached::DirStart(entry, metadata) => {
+                    self.observer.start_directory(&entry.name)?;
+                    encoder.create_directory(&entry.name, &metadata)?;
+                }
+                Cached::DirEnd => {
+                    encoder.finish_directory()?;
+                    self.observer.end_directory()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one entry (official `add_entry_to_archive`); a regular file's payload is
+    /// referenced at `payload_offset` if given, read otherwise.
+    fn encode_entry<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        entry: ListEntry,
+        metadata: Metadata,
+        payload_offset: Option<u64>,
+    ) -> Result<()> {
+        let ListEntry { name, path, stat } = &entry;
+        match stat.file_type() {
+            libc::S_IFREG => self.encode_file(encoder, &entry, &metadata, payload_offset)?,
+            libc::S_IFDIR => self.add_directory(encoder, &entry, &metadata)?,
             libc::S_IFSOCK => {
+                self.stats.others += 1;
                 self.observer.add_socket(name)?;
                 encoder.add_socket(&metadata, name)?;
             }
             libc::S_IFIFO => {
+                self.stats.others += 1;
                 self.observer.add_fifo(name)?;
                 encoder.add_fifo(&metadata, name)?;
             }
@@ -298,15 +781,17 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
                 let target = match self.fs.read_link(path) {
                     Ok(target) => target,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        log_warning(&format!("file vanished while reading: {path:?}"));
+                        self.warn(&format!("file vanished while reading: {path:?}"));
                         return Ok(());
                     }
                     Err(err) => return Err(err.into()),
                 };
+                self.stats.others += 1;
                 self.observer.add_symlink(name)?;
                 encoder.add_symlink(&metadata, name, &target)?;
             }
             libc::S_IFBLK | libc::S_IFCHR => {
+                self.stats.others += 1;
                 if stat.file_type() == libc::S_IFBLK {
                     self.observer.add_block_device(name)?;
                 } else {
@@ -319,18 +804,73 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
         Ok(())
     }
 
-    fn is_known_hardlink(&self, stat: &FileStat) -> bool {
-        stat.nlink > 1 && self.hardlinks.contains_key(&(stat.dev, stat.ino))
+    fn encode_file<W: Write, P: Write>(
+        &mut self,
+        encoder: &mut Encoder<W, P>,
+        entry: &ListEntry,
+        metadata: &Metadata,
+        payload_offset: Option<u64>,
+    ) -> Result<()> {
+        let ListEntry { name, path, stat } = entry;
+        let key = (stat.dev, stat.ino);
+        if stat.nlink > 1 {
+            if let Some((target, offset)) = self.hardlinks.get(&key) {
+                self.stats.hardlinks += 1;
+                self.observer.add_hardlink(name)?;
+                encoder.add_hardlink(name, target, *offset)?;
+                return Ok(());
+            }
+        }
+        let offset = match payload_offset {
+            Some(payload_offset) => {
+                self.observer.add_file(name, stat.size, stat.mtime.secs)?;
+                let offset = encoder.add_payload_ref(metadata, name, stat.size, payload_offset)?;
+                self.stats.reused_files += 1;
+                self.stats.reused_bytes += stat.size;
+                offset
+            }
+            None => {
+                // Opened before anything of it is written, so a file that vanished or is
+                // unreadable is skipped cleanly.
+                let content = match self.fs.open_file(path) {
+                    Ok(reader) => reader,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        self.warn(&format!("file vanished while reading: {path:?}"));
+                        return Ok(());
+                    }
+                    Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
+                        self.warn(&format!("failed to open file {path:?}: access denied"));
+                        return Ok(());
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                self.observer.add_file(name, stat.size, stat.mtime.secs)?;
+                if let Some(payload) = self.payload.as_mut() {
+                    payload.suggest_boundary()?;
+                }
+                let mut content = ExactSize::new(content, stat.size, path);
+                let offset = encoder.add_file(metadata, name, stat.size, &mut content)?;
+                self.stats.warnings += content.warnings;
+                offset
+            }
+        };
+        self.stats.files += 1;
+        if stat.nlink > 1 {
+            let target = path.as_os_str().as_bytes().to_vec();
+            self.hardlinks.insert(key, (target, offset));
+        }
+        Ok(())
     }
 
+    /// Opens (unless the look-ahead cache holds its start), walks and closes a directory.
     fn add_directory<W: Write, P: Write>(
         &mut self,
         encoder: &mut Encoder<W, P>,
-        name: &[u8],
-        path: &Path,
-        stat: &FileStat,
+        entry: &ListEntry,
         metadata: &Metadata,
     ) -> Result<()> {
+        let ListEntry { name, path, stat } = entry;
+        self.stats.directories += 1;
         let saved = (self.fs_magic, self.fs_features, self.current_dev);
         let mut skip_contents = false;
         if stat.dev != self.current_dev {
@@ -341,18 +881,40 @@ impl<'a, 'o, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, A> {
                 || (!self.options.all_file_systems && stat.dev != self.root_dev);
         }
 
-        self.observer.start_directory(name)?;
-        encoder.create_directory(name, metadata)?;
+        if !self.cache.enabled() {
+            self.observer.start_directory(name)?;
+            encoder.create_directory(name, metadata)?;
+        }
         let result = if skip_contents {
             log_info(&format!("skipping mount point: {path:?}"));
             Ok(())
         } else {
-            self.archive_dir_contents(encoder, path, false)
+            let entered = match self.previous.as_mut() {
+                Some(previous) => previous.enter_directory(name).map(|_| true),
+                None => Ok(false),
+            };
+            match entered {
+                Ok(entered) => {
+                    let result = self.archive_dir_contents(encoder, path, false);
+                    if entered {
+                        if let Some(previous) = self.previous.as_mut() {
+                            previous.leave_directory();
+                        }
+                    }
+                    result
+                }
+                Err(err) => Err(err),
+            }
         };
         (self.fs_magic, self.fs_features, self.current_dev) = saved;
         result?;
-        encoder.finish_directory()?;
-        self.observer.end_directory()
+        if !self.cache.enabled() {
+            encoder.finish_directory()?;
+            self.observer.end_directory()?;
+        } else {
+            self.cache.entries.push(Cached::DirEnd);
+        }
+        Ok(())
     }
 
     /// What the official `get_metadata` captures. Attributes, ACLs, fcaps and chattr flags
@@ -498,6 +1060,15 @@ fn optional<T>(result: io::Result<Option<T>>) -> io::Result<Option<T>> {
     }
 }
 
+/// True if the error comes from an entry that disappeared.
+fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::NotFound)
+    })
+}
+
 fn log_warning(message: &str) {
     eprintln!("warning: {message}");
 }
@@ -513,6 +1084,7 @@ struct ExactSize<'p, R> {
     remaining: u64,
     inner_done: bool,
     path: &'p Path,
+    warnings: u64,
 }
 
 impl<'p, R: Read> ExactSize<'p, R> {
@@ -522,6 +1094,7 @@ impl<'p, R: Read> ExactSize<'p, R> {
             remaining: size,
             inner_done: false,
             path,
+            warnings: 0,
         }
     }
 }
@@ -539,6 +1112,7 @@ impl<R: Read> Read for ExactSize<'_, R> {
                 return Ok(got);
             }
             self.inner_done = true;
+            self.warnings += 1;
             log_warning(&format!(
                 "file size shrunk while reading: {:?}, file will be padded with zeros!",
                 self.path

@@ -7,6 +7,7 @@ pub mod key;
 pub mod keys;
 pub mod mount;
 pub mod output;
+pub mod push;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;
@@ -46,6 +47,10 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a pbsfs mount (same as `fusermount3 -u`).
     Umount(mount::UmountArgs),
+    /// Back up directories (pxar archives) and files or block devices (images) into a new
+    /// snapshot, like `proxmox-backup-client backup`. The default datastore is created on
+    /// first use.
+    Push(push::PushArgs),
     /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
     /// Exits non-zero when anything is wrong.
     Verify(verify::VerifyArgs),
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Files(args) => files::run(&args, repo),
         Command::Restore(args) => restore::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
+        Command::Push(args) => push::run(&args, repo),
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),

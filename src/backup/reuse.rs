@@ -1,0 +1,224 @@
+//! The previous snapshot of a group as metadata change detection sees it: its `.mpxar`
+//! read at random through the goodbye tables (lookups by name, directory by directory, as
+//! the walker goes) and its `.ppxar.didx`, whose chunks are re-used for unchanged files
+//! (pxar.md §9.4, chunker.md §5.2).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::archive::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
+use super::session::RemoteStore;
+use super::upload::KnownChunk;
+use crate::format::index::{AnyIndex, DynamicIndex};
+use crate::format::ReadAt;
+use crate::pxar::accessor::Accessor;
+use crate::pxar::entry::{Entry, EntryKind, FileData};
+use crate::store::cache::ChunkCache;
+use crate::store::names::{BackupDir, BackupNamespace};
+use crate::store::range::IndexReader;
+
+/// Decoded chunks of the previous metadata archive kept while walking.
+const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The previous snapshot's split archive `<name>.mpxar` / `<name>.ppxar`.
+pub struct PreviousSnapshot {
+    accessor: Accessor,
+    /// The directory the walker is in; `None` where the previous snapshot had no such
+    /// directory (then nothing below it is re-usable).
+    dirs: Vec<Option<Entry>>,
+    payload_index: DynamicIndex,
+    lookup_errors: u64,
+}
+
+impl PreviousSnapshot {
+    /// Opens archive `base` (`root` for `root.mpxar.didx` + `root.ppxar.didx`) of `dir`.
+    /// `None` if the snapshot has no such split archive.
+    pub fn open(
+        store: &dyn RemoteStore,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        base: &str,
+    ) -> Result<Option<Self>> {
+        let manifest = store.read_manifest(ns, dir)?;
+        let meta_name = format!("{base}.mpxar.didx");
+        let payload_name = format!("{base}.ppxar.didx");
+        if manifest.file(&meta_name).is_none() || manifest.file(&payload_name).is_none() {
+            return Ok(None);
+        }
+        let meta_index = store.read_index(ns, dir, &manifest, &meta_name)?;
+        let AnyIndex::Dynamic(payload_index) =
+            store.read_index(ns, dir, &manifest, &payload_name)?
+        else {
+            bail!("{payload_name} of {dir} is not a dynamic index");
+        };
+        let chunks = Arc::new(ChunkCache::new(
+            store.chunk_reader(),
+            METADATA_CACHE_BYTES,
+            0,
+        ));
+        let meta: Arc<dyn ReadAt> = Arc::new(IndexReader::new(
+            &meta_name,
+            Arc::new(meta_index),
+            chunks.clone(),
+        ));
+        let payload: Arc<dyn ReadAt> = Arc::new(IndexReader::new(
+            &payload_name,
+            Arc::new(AnyIndex::Dynamic(payload_index.clone())),
+            chunks,
+        ));
+        let accessor = Accessor::open_v2(meta, payload)
+            .with_context(|| format!("cannot open {meta_name} of {dir}"))?;
+        let root = accessor.root()?;
+        Ok(Some(PreviousSnapshot {
+            accessor,
+            dirs: vec![Some(root)],
+            payload_index,
+            lookup_errors: 0,
+        }))
+    }
+
+    /// Lookups that failed (a damaged previous archive): those files were read again.
+    pub fn lookup_errors(&self) -> u64 {
+        self.lookup_errors
+    }
+
+    fn lookup(&mut self, name: &[u8]) -> Option<Entry> {
+        let dir = self.dirs.last()?.as_ref()?;
+        match self.accessor.lookup(dir, name) {
+            Ok(entry) => entry,
+            Err(err) => {
+                if self.lookup_errors == 0 {
+                    eprintln!("warning: previous snapshot unreadable, files are read again: {err}");
+                }
+                self.lookup_errors += 1;
+                None
+            }
+        }
+    }
+}
+
+impl PreviousArchive for PreviousSnapshot {
+    fn enter_directory(&mut self, name: &[u8]) -> Result<()> {
+        let entry = self.lookup(name).filter(Entry::is_dir);
+        self.dirs.push(entry);
+        Ok(())
+    }
+
+    fn leave_directory(&mut self) {
+        // The root stays.
+        if self.dirs.len() > 1 {
+            self.dirs.pop();
+        }
+    }
+
+    fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>> {
+        let Some(entry) = self.lookup(name) else {
+            return Ok(None);
+        };
+        Ok(match entry.kind {
+            EntryKind::File {
+                size,
+                data: FileData::PayloadRef { payload_offset },
+            } => Some(PreviousFile {
+                metadata: entry.metadata,
+                size,
+                payload_offset,
+            }),
+            _ => None,
+        })
+    }
+
+    fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun> {
+        chunks_covering(&self.payload_index, range)
+    }
+
+    fn payload_size(&self) -> u64 {
+        self.payload_index.ends().last().copied().unwrap_or(0)
+    }
+}
+
+/// The index entries covering `range` of the stream, with the bytes they add before and
+/// after it (the official `lookup_dynamic_entries`).
+pub fn chunks_covering(index: &DynamicIndex, range: Range<u64>) -> Result<ChunkRun> {
+    let ends = index.ends();
+    let digests = index.digests();
+    let total = ends.last().copied().unwrap_or(0);
+    if range.start >= range.end || range.end > total {
+        bail!("range {range:?} is not inside the previous payload stream ({total} bytes)");
+    }
+    let first = ends.partition_point(|&end| end <= range.start);
+    let mut start = if first == 0 { 0 } else { ends[first - 1] };
+    let start_padding = range.start - start;
+    let mut end_padding = 0;
+    let mut chunks = Vec::new();
+    for (&end, digest) in ends[first..].iter().zip(&digests[first..]) {
+        chunks.push(ReusableChunk {
+            chunk: KnownChunk {
+                size: end - start,
+                digest: *digest,
+            },
+            padding: 0,
+            end_offset: end,
+        });
+        if range.end <= end {
+            end_padding = end - range.end;
+            break;
+        }
+        start = end;
+    }
+    if let Some(first) = chunks.first_mut() {
+        first.padding += start_padding;
+    }
+    if let Some(last) = chunks.last_mut() {
+        last.padding += end_padding;
+    }
+    Ok(ChunkRun {
+        chunks,
+        start_padding,
+        end_padding,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(ends: &[u64]) -> DynamicIndex {
+        let entries = ends
+            .iter()
+            .enumerate()
+            .map(|(i, &end)| (end, [i as u8; 32]))
+            .collect();
+        DynamicIndex::from_entries(entries).unwrap()
+    }
+
+    #[test]
+    fn covering_chunks_and_their_padding() {
+        let index = index(&[100, 250, 400, 1000]);
+        let run = chunks_covering(&index, 120..260).unwrap();
+        assert_eq!(run.start_padding, 20);
+        assert_eq!(run.end_padding, 140);
+        let sizes: Vec<(u64, u64, u64)> = run
+            .chunks
+            .iter()
+            .map(|c| (c.chunk.size, c.padding, c.end_offset))
+            .collect();
+        assert_eq!(sizes, [(150, 20, 250), (150, 140, 400)]);
+
+        // A range that ends on a chunk boundary takes no further chunk.
+        let run = chunks_covering(&index, 100..250).unwrap();
+        assert_eq!(run.chunks.len(), 1);
+        assert_eq!((run.start_padding, run.end_padding), (0, 0));
+        assert_eq!(run.chunks[0].chunk.digest, [1; 32]);
+
+        // One chunk holding the whole range.
+        let run = chunks_covering(&index, 500..600).unwrap();
+        assert_eq!(run.chunks.len(), 1);
+        assert_eq!(run.chunks[0].padding, 400 + 100);
+
+        assert!(chunks_covering(&index, 900..1001).is_err());
+        assert!(chunks_covering(&index, 10..10).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Where a backup goes: a [`RemoteStore`] starts [`BackupSession`]s, one per snapshot. The
+//! shapes follow the PBS backup protocol (protocol.md): chunks are uploaded by digest,
+//! indexes are created and then appended to, blobs are uploaded whole, and `finish` makes
+//! the snapshot visible. A session dropped without `finish` is aborted and leaves nothing.
+//!
+//! Implemented by the local datastore ([`super::local_store`]); the PBS protocol client plugs
+//! in here as well.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::format::index::AnyIndex;
+use crate::format::manifest::Manifest;
+use crate::format::Digest;
+use crate::store::chunk_reader::ChunkReader;
+use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+
+/// Which snapshot a session writes and who owns its group.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    pub ns: BackupNamespace,
+    pub dir: BackupDir,
+    /// Owner recorded for a new group (e.g. `root@pam`).
+    pub owner: String,
+}
+
+/// A datastore (local or remote) that backups can be written to.
+pub trait RemoteStore: Send + Sync {
+    /// Starts a new snapshot. Fails if another backup of the group is running or the time
+    /// is not newer than the group's last snapshot.
+    fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>>;
+
+    /// The newest finished snapshot of a group, the base for change detection.
+    fn last_snapshot(&self, ns: &BackupNamespace, group: &BackupGroup)
+        -> Result<Option<BackupDir>>;
+
+    fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest>;
+
+    /// An index file of a finished snapshot, checked against its manifest entry.
+    fn read_index(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        manifest: &Manifest,
+        name: &str,
+    ) -> Result<AnyIndex>;
+
+    /// Verified reads of the store's chunks (for the previous snapshot's metadata archive).
+    fn chunk_reader(&self) -> Arc<dyn ChunkReader>;
+}
+
+/// An index file being written; entries arrive in stream order.
+pub trait IndexWriter: Send {
+    /// Appends a chunk of `size` bytes (dynamic index: the next `size` bytes of the stream;
+    /// fixed index: every chunk but the last has the fixed chunk size).
+    fn add_chunk(&mut self, size: u64, digest: &Digest) -> Result<()>;
+
+    /// Closes the index and records it in the snapshot.
+    fn finish(self: Box<Self>) -> Result<IndexSummary>;
+}
+
+/// What a closed index holds (the manifest's `size` and `csum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub size: u64,
+    pub csum: Digest,
+    pub chunk_count: u64,
+}
+
+/// One snapshot being written. Chunk uploads may come from many threads at once.
+pub trait BackupSession: Send + Sync {
+    /// The snapshot this session writes.
+    fn snapshot(&self) -> &BackupDir;
+
+    /// True if the store already has this chunk; it then counts as used by this snapshot
+    /// (so garbage collection keeps it) and need not be uploaded.
+    fn is_known_chunk(&self, digest: &Digest) -> Result<bool>;
+
+    /// Uploads an encoded chunk (`raw_blob`, `plain_size` bytes of data). Returns true if
+    /// the chunk was new to the store.
+    fn upload_chunk(&self, digest: &Digest, raw_blob: &[u8], plain_size: u64) -> Result<bool>;
+
+    /// Starts `<name>` (ending in `.didx`).
+    fn create_dynamic_index(&self, name: &str) -> Result<Box<dyn IndexWriter>>;
+
+    /// Starts `<name>` (ending in `.fidx`) for an image of `size` bytes.
+    fn create_fixed_index(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+    ) -> Result<Box<dyn IndexWriter>>;
+
+    /// Stores a small file whole (`<name>` ending in `.blob`).
+    fn add_blob(&self, name: &str, raw_blob: &[u8]) -> Result<()>;
+
+    /// Writes the manifest; the snapshot becomes visible. All index writers must be finished.
+    /// A session dropped without `finish` is aborted.
+    fn finish(&self) -> Result<BackupDir>;
+}

@@ -1,0 +1,500 @@
+//! From a byte stream to an index of stored chunks: [`ChunkedWriter`] cuts what is written
+//! to it (buzhash or fixed size), hands each chunk to the [`UploadPool`]'s worker threads for
+//! hashing, compression and upload, and appends the results to the index in stream order.
+//!
+//! Memory is bounded: one chunk being cut per stream plus a bounded number of chunks in
+//! flight (see [`UploadPool::new`]).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::session::{BackupSession, IndexSummary, IndexWriter};
+use crate::format::blob::{chunk_digest_with, encode_blob_with};
+use crate::format::chunker::Chunker;
+use crate::format::crypto::CryptConfig;
+use crate::format::Digest;
+
+/// How chunks are turned into stored blobs: with a key the digest is the keyed one and
+/// the blob is encrypted (crypto.md). (Encrypted pushes also need the manifest's crypt
+/// modes and signature, which the server does not write yet.)
+#[derive(Clone)]
+pub struct ChunkEncoding {
+    pub compress: bool,
+    pub crypt: Option<Arc<CryptConfig>>,
+}
+
+impl Default for ChunkEncoding {
+    fn default() -> Self {
+        ChunkEncoding {
+            compress: true,
+            crypt: None,
+        }
+    }
+}
+
+impl ChunkEncoding {
+    pub fn digest(&self, data: &[u8]) -> Digest {
+        chunk_digest_with(data, self.crypt.as_deref())
+    }
+
+    pub fn encode(&self, data: &[u8]) -> Result<Vec<u8>> {
+        Ok(encode_blob_with(
+            data,
+            self.compress,
+            self.crypt.as_deref(),
+        )?)
+    }
+}
+
+/// Totals over all chunks of a backup.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    pub chunks: AtomicU64,
+    pub bytes: AtomicU64,
+    pub new_chunks: AtomicU64,
+    pub new_bytes: AtomicU64,
+    /// Stored (compressed) size of the new chunks.
+    pub new_stored_bytes: AtomicU64,
+    /// Chunks of a previous snapshot referenced without their data passing through.
+    pub injected_chunks: AtomicU64,
+    pub injected_bytes: AtomicU64,
+}
+
+impl UploadStats {
+    fn get(value: &AtomicU64) -> u64 {
+        value.load(Ordering::Relaxed)
+    }
+    pub fn chunks(&self) -> u64 {
+        Self::get(&self.chunks)
+    }
+    pub fn bytes(&self) -> u64 {
+        Self::get(&self.bytes)
+    }
+    pub fn new_chunks(&self) -> u64 {
+        Self::get(&self.new_chunks)
+    }
+    pub fn new_bytes(&self) -> u64 {
+        Self::get(&self.new_bytes)
+    }
+    pub fn new_stored_bytes(&self) -> u64 {
+        Self::get(&self.new_stored_bytes)
+    }
+    pub fn injected_chunks(&self) -> u64 {
+        Self::get(&self.injected_chunks)
+    }
+    pub fn injected_bytes(&self) -> u64 {
+        Self::get(&self.injected_bytes)
+    }
+}
+
+/// What a worker made of one chunk.
+#[derive(Clone, Copy, Debug)]
+struct ChunkDone {
+    digest: Digest,
+    size: u64,
+}
+
+struct Job {
+    data: Vec<u8>,
+    reply: SyncSender<Result<ChunkDone>>,
+}
+
+/// Worker threads that hash, compress and upload chunks.
+pub struct UploadPool {
+    jobs: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Chunks one stream may have in flight before it waits for the oldest.
+    in_flight: usize,
+    stats: Arc<UploadStats>,
+    abort: Arc<AtomicBool>,
+}
+
+impl UploadPool {
+    /// `workers` threads (0: one per core). At most about `2 * workers + 2` chunks per stream
+    /// are in flight, i.e. `(2 * workers + 2) * 4 MiB` on average, and never more than 64 MiB
+    /// of queued data on top of the chunks being worked on.
+    pub fn new(
+        session: Arc<dyn BackupSession>,
+        encoding: ChunkEncoding,
+        workers: usize,
+        abort: Arc<AtomicBool>,
+    ) -> Self {
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            workers
+        };
+        // Cap the queue so peak memory does not grow with the core count.
+        let workers = workers.clamp(1, 16);
+        let (jobs, receiver) = sync_channel::<Job>(workers);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(UploadStats::default());
+        let handles = (0..workers)
+            .map(|i| {
+                let receiver = receiver.clone();
+                let session = session.clone();
+                let encoding = encoding.clone();
+                let stats = stats.clone();
+                std::thread::Builder::new()
+                    .name(format!("pbsfs-chunk-{i}"))
+                    .spawn(move || worker(&receiver, &*session, &encoding, &stats))
+                    .expect("cannot spawn a chunk worker thread")
+            })
+            .collect();
+        UploadPool {
+            jobs: Some(jobs),
+            workers: handles,
+            in_flight: (workers + 2).min(8),
+            stats,
+            abort,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<UploadStats> {
+        &self.stats
+    }
+
+    fn submit(&self, data: Vec<u8>) -> Result<Receiver<Result<ChunkDone>>> {
+        let (reply, result) = sync_channel(1);
+        self.jobs
+            .as_ref()
+            .context("upload pool is shut down")?
+            .send(Job { data, reply })
+            .map_err(|_| anyhow!("chunk workers stopped"))?;
+        Ok(result)
+    }
+}
+
+impl Drop for UploadPool {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn worker(
+    receiver: &Mutex<Receiver<Job>>,
+    session: &dyn BackupSession,
+    encoding: &ChunkEncoding,
+    stats: &UploadStats,
+) {
+    loop {
+        let job = match receiver.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let result = process_chunk(&job.data, session, encoding, stats);
+        drop(job.data);
+        let _ = job.reply.send(result);
+    }
+}
+
+fn process_chunk(
+    data: &[u8],
+    session: &dyn BackupSession,
+    encoding: &ChunkEncoding,
+    stats: &UploadStats,
+) -> Result<ChunkDone> {
+    let digest = encoding.digest(data);
+    let size = data.len() as u64;
+    stats.chunks.fetch_add(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(size, Ordering::Relaxed);
+    // Known chunks are not compressed at all: the common case of an unchanged tree.
+    if !session.is_known_chunk(&digest)? {
+        let blob = encoding.encode(data)?;
+        if session.upload_chunk(&digest, &blob, size)? {
+            stats.new_chunks.fetch_add(1, Ordering::Relaxed);
+            stats.new_bytes.fetch_add(size, Ordering::Relaxed);
+            stats
+                .new_stored_bytes
+                .fetch_add(blob.len() as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(ChunkDone { digest, size })
+}
+
+/// A chunk of a previous snapshot's index: `size` bytes with `digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownChunk {
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// Where a stream is cut.
+enum Cutter {
+    Buzhash(Chunker),
+    Fixed(usize),
+}
+
+/// Data handed to the workers by one stream and not yet back, at most (besides the count
+/// limit): long runs of zeros are cut into 16 MiB chunks.
+const MAX_IN_FLIGHT_BYTES: u64 = 48 * 1024 * 1024;
+
+enum Pending {
+    Worker(Receiver<Result<ChunkDone>>, u64),
+    Known(KnownChunk),
+}
+
+/// A `Write` sink that becomes an index of uploaded chunks. Call [`ChunkedWriter::finish`]
+/// at the end; dropping it unfinished abandons the index.
+pub struct ChunkedWriter<'p> {
+    pool: &'p UploadPool,
+    session: Arc<dyn BackupSession>,
+    index: Option<Box<dyn IndexWriter>>,
+    cutter: Cutter,
+    /// The current, not yet cut chunk; every byte of it was scanned.
+    buf: Vec<u8>,
+    pending: VecDeque<Pending>,
+    pending_bytes: u64,
+    position: u64,
+    /// Nothing was cut since the last injection.
+    after_injection: bool,
+}
+
+impl<'p> ChunkedWriter<'p> {
+    /// A dynamic index cut by the buzhash chunker with average size `avg`.
+    pub fn dynamic(
+        pool: &'p UploadPool,
+        session: Arc<dyn BackupSession>,
+        index: Box<dyn IndexWriter>,
+        avg: usize,
+    ) -> Self {
+        Self::new(pool, session, index, Cutter::Buzhash(Chunker::new(avg)))
+    }
+
+    /// A fixed index: every chunk `chunk_size` bytes but the last.
+    pub fn fixed(
+        pool: &'p UploadPool,
+        session: Arc<dyn BackupSession>,
+        index: Box<dyn IndexWriter>,
+        chunk_size: usize,
+    ) -> Self {
+        Self::new(pool, session, index, Cutter::Fixed(chunk_size.max(1)))
+    }
+
+    fn new(
+        pool: &'p UploadPool,
+        session: Arc<dyn BackupSession>,
+        index: Box<dyn IndexWriter>,
+        cutter: Cutter,
+    ) -> Self {
+        ChunkedWriter {
+            pool,
+            session,
+            index: Some(index),
+            cutter,
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            position: 0,
+            after_injection: false,
+        }
+    }
+
+    /// Bytes written (or injected) so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// A payload starts here: ends the current chunk if the chunker agrees (chunker.md §5.1).
+    pub fn suggest_boundary(&mut self) -> Result<()> {
+        if let Cutter::Buzhash(chunker) = &mut self.cutter {
+            if chunker.suggest_boundary() {
+                self.emit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the current chunk here and appends chunks of a previous snapshot without their
+    /// data (chunker.md §5.2). They must be present in the store.
+    pub fn inject(&mut self, chunks: &[KnownChunk]) -> Result<()> {
+        self.force_boundary()?;
+        let stats = self.pool.stats();
+        for chunk in chunks {
+            if !self.session.is_known_chunk(&chunk.digest)? {
+                bail!(
+                    "chunk {} of the previous snapshot is missing from the datastore",
+                    crate::format::digest_to_hex(&chunk.digest)
+                );
+            }
+            stats.injected_chunks.fetch_add(1, Ordering::Relaxed);
+            stats
+                .injected_bytes
+                .fetch_add(chunk.size, Ordering::Relaxed);
+            self.pending.push_back(Pending::Known(*chunk));
+            self.position += chunk.size;
+        }
+        self.after_injection = !chunks.is_empty();
+        self.drain(self.pool.in_flight)
+    }
+
+    /// Forgets the not yet cut bytes if they are exactly `expected` and nothing else was
+    /// written or injected (the start marker the first injected chunk already holds).
+    pub fn discard_first_bytes_if(&mut self, expected: &[u8]) -> bool {
+        if self.pending.is_empty() && self.position == expected.len() as u64 && self.buf == expected
+        {
+            self.buf.clear();
+            self.position = 0;
+            self.force_boundary().is_ok()
+        } else {
+            false
+        }
+    }
+
+    /// Forgets the not yet cut bytes if they are exactly `expected` and were written right
+    /// after an injection (a tail marker the injected chunks already end with).
+    pub fn discard_bytes_after_injection_if(&mut self, expected: &[u8]) -> bool {
+        if self.after_injection && self.buf == expected {
+            self.buf.clear();
+            self.position -= expected.len() as u64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Cuts the current chunk now, whatever its size.
+    pub fn force_boundary(&mut self) -> Result<()> {
+        if let Cutter::Buzhash(chunker) = &mut self.cutter {
+            chunker.reset();
+        }
+        self.emit()
+    }
+
+    /// Uploads the rest, waits for all chunks and closes the index.
+    pub fn finish(mut self) -> Result<IndexSummary> {
+        self.emit()?;
+        self.drain(0)?;
+        self.index
+            .take()
+            .context("index already finished")?
+            .finish()
+    }
+
+    /// Sends the current chunk (if any) to the workers.
+    fn emit(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.pool.abort.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let capacity = match &self.cutter {
+            Cutter::Buzhash(chunker) => chunker.min_size() * 2,
+            Cutter::Fixed(size) => *size,
+        };
+        self.after_injection = false;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
+        let size = data.len() as u64;
+        let result = self.pool.submit(data)?;
+        self.pending.push_back(Pending::Worker(result, size));
+        self.pending_bytes += size;
+        self.drain(self.pool.in_flight)
+    }
+
+    /// Appends finished chunks to the index until at most `keep` are outstanding.
+    fn drain(&mut self, keep: usize) -> Result<()> {
+        while self.pending.len() > keep || (keep > 0 && self.pending_bytes > MAX_IN_FLIGHT_BYTES) {
+            let chunk = match self.pending.pop_front().expect("length checked") {
+                Pending::Known(chunk) => chunk,
+                Pending::Worker(result, size) => {
+                    self.pending_bytes -= size;
+                    let done = result
+                        .recv()
+                        .map_err(|_| anyhow!("a chunk worker died"))??;
+                    KnownChunk {
+                        size: done.size,
+                        digest: done.digest,
+                    }
+                }
+            };
+            if chunk.size > 0 {
+                self.index
+                    .as_mut()
+                    .context("index already finished")?
+                    .add_chunk(chunk.size, &chunk.digest)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_data(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let cut = match &mut self.cutter {
+                Cutter::Buzhash(chunker) => chunker.scan(data),
+                Cutter::Fixed(size) => {
+                    let room = *size - self.buf.len();
+                    if data.len() >= room {
+                        room
+                    } else {
+                        0
+                    }
+                }
+            };
+            if cut == 0 {
+                self.buf.extend_from_slice(data);
+                self.position += data.len() as u64;
+                return Ok(());
+            }
+            self.buf.extend_from_slice(&data[..cut]);
+            self.position += cut as u64;
+            data = &data[cut..];
+            self.emit()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkedWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_data(data)
+            .map_err(|err| io::Error::other(format!("{err:#}")))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`ChunkedWriter`] shared between the encoder (as its payload sink) and the code that
+/// injects reused chunks into the same stream.
+#[derive(Clone)]
+pub struct SharedChunkedWriter<'p>(pub Arc<Mutex<ChunkedWriter<'p>>>);
+
+impl<'p> SharedChunkedWriter<'p> {
+    pub fn new(writer: ChunkedWriter<'p>) -> Self {
+        SharedChunkedWriter(Arc::new(Mutex::new(writer)))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ChunkedWriter<'p>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer back, once every other handle is gone.
+    pub fn into_inner(self) -> Result<ChunkedWriter<'p>> {
+        match Arc::try_unwrap(self.0) {
+            Ok(mutex) => Ok(mutex.into_inner().unwrap_or_else(|e| e.into_inner())),
+            Err(_) => bail!("the payload writer is still shared"),
+        }
+    }
+}
+
+impl Write for SharedChunkedWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.lock().write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,415 @@
+//! `pbsfs push SOURCE...`: back up directories (pxar) and files or devices (images) into a
+//! datastore, like `proxmox-backup-client backup`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use pbsfs::backup::client::LocalClient;
+use pbsfs::backup::exclude::ExcludePatterns;
+use pbsfs::backup::local_store::LocalStore;
+use pbsfs::backup::server::{
+    BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Progress, Server,
+};
+use pbsfs::format::time::{epoch_to_rfc3339, parse_rfc3339};
+use pbsfs::repository::Repository;
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
+
+use super::context::RepoArgs;
+use super::output::human_size;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One v1 .pxar archive per source plus a catalog; every file is read.
+    Legacy,
+    /// Split .mpxar/.ppxar archives; every file is read.
+    Data,
+    /// Split archives; files unchanged since the last snapshot of the group are not read.
+    #[default]
+    Metadata,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// What to back up: PATH (a directory; archive named after its last component, `root`
+    /// for /), NAME.pxar:PATH (a directory tree) or NAME.img:PATH (a file or block device
+    /// as an image of 4 MiB chunks).
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+
+    /// Backup type of the group.
+    #[arg(long, value_enum, default_value_t = TypeArg::Host)]
+    pub backup_type: TypeArg,
+
+    /// Backup ID of the group (default: the host name).
+    #[arg(long)]
+    pub backup_id: Option<String>,
+
+    /// Snapshot time: RFC 3339 (2026-01-02T03:04:05Z) or seconds since the epoch
+    /// (default: now).
+    #[arg(long)]
+    pub backup_time: Option<String>,
+
+    /// How to find unchanged files.
+    #[arg(long, value_enum, default_value_t)]
+    pub change_detection_mode: Mode,
+
+    /// Exclude paths matching PATTERN (gitignore style; `!` re-includes; repeatable).
+    /// `.pxarexclude` files in the tree are honoured as well.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+
+    /// Descend into other mounted file systems.
+    #[arg(long)]
+    pub all_file_systems: bool,
+
+    /// Walk and encode, but store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// No progress and no summary (errors and warnings only).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Threads for hashing and compression (default: one per core).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub workers: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    Host,
+    Vm,
+    Ct,
+}
+
+pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
+    let specs = args
+        .sources
+        .iter()
+        .map(|s| BackupSpec::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let backup_type = match args.backup_type {
+        TypeArg::Host => BackupType::Host,
+        TypeArg::Vm => BackupType::Vm,
+        TypeArg::Ct => BackupType::Ct,
+    };
+    let backup_id = match &args.backup_id {
+        Some(id) => id.clone(),
+        None => hostname()?,
+    };
+    let group = BackupGroup::new(backup_type, &backup_id)?;
+    let time = match &args.backup_time {
+        Some(text) => parse_time(text)?,
+        None => now(),
+    };
+    let ns = BackupNamespace::parse(repo.namespace.as_deref().unwrap_or(""))?;
+
+    let abort = install_signal_handlers();
+    let mut options = BackupOptions::new(group, time);
+    options.ns = ns;
+    options.mode = match args.change_detection_mode {
+        Mode::Legacy => ChangeDetection::Legacy,
+        Mode::Data => ChangeDetection::Data,
+        Mode::Metadata => ChangeDetection::Metadata,
+    };
+    options.patterns = ExcludePatterns::from_cli(&args.exclude)?;
+    options.all_file_systems = args.all_file_systems;
+    options.dry_run = args.dry_run;
+    options.workers = args.workers;
+    options.abort = abort;
+
+    let store: Option<Arc<LocalDatastore>> = if args.dry_run {
+        None
+    } else {
+        Some(open_or_create_store(repo, args.quiet)?)
+    };
+    let client = LocalClient::new();
+    let progress = Arc::new(Progress::default());
+    options.progress = Some(progress.clone());
+    let show_progress = !args.quiet && std::io::stderr().is_terminal();
+    let display = show_progress.then(|| ProgressDisplay::start(progress, client.shared_counters()));
+
+    let result = match &store {
+        Some(store) => Server::new(Arc::new(LocalStore::new(store.clone())))
+            .run_backup(&client, &specs, &options),
+        None => Server::new(Arc::new(NoStore)).run_backup(&client, &specs, &options),
+    };
+    if let Some(display) = display {
+        display.stop();
+    }
+    let summary = result?;
+    if !args.quiet || repo.output_format.is_json() {
+        print_summary(&summary, &options, repo);
+    }
+    Ok(())
+}
+
+/// Opens the datastore, creating it on first use.
+fn open_or_create_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<LocalDatastore>> {
+    let location = match &repo.repository {
+        Some(text) => match Repository::parse(text)? {
+            Repository::Local(path) => path,
+            Repository::Remote(remote) => bail!(
+                "repository '{text}' names a PBS server ({}); pushing to a server is not \
+                 implemented in this build yet, use a local datastore path",
+                remote.host
+            ),
+        },
+        None => Repository::default_local()?,
+    };
+    if location.join(".chunks").is_dir() {
+        return Ok(Arc::new(LocalDatastore::open(&location)?));
+    }
+    if !quiet {
+        eprintln!(
+            "creating datastore {} (65536 chunk directories, this can take a while)",
+            location.display()
+        );
+    }
+    Ok(Arc::new(LocalDatastore::create(&location).with_context(
+        || format!("cannot create datastore {}", location.display()),
+    )?))
+}
+
+/// A dry run needs no store; the server never asks it for anything.
+struct NoStore;
+
+impl pbsfs::backup::session::RemoteStore for NoStore {
+    fn start_session(
+        &self,
+        _: &pbsfs::backup::session::SessionParams,
+    ) -> Result<Box<dyn pbsfs::backup::session::BackupSession>> {
+        bail!("dry run: nothing is stored")
+    }
+    fn last_snapshot(
+        &self,
+        _: &BackupNamespace,
+        _: &BackupGroup,
+    ) -> Result<Option<pbsfs::store::names::BackupDir>> {
+        Ok(None)
+    }
+    fn read_manifest(
+        &self,
+        _: &BackupNamespace,
+        _: &pbsfs::store::names::BackupDir,
+    ) -> Result<pbsfs::format::manifest::Manifest> {
+        bail!("dry run: nothing is stored")
+    }
+    fn read_index(
+        &self,
+        _: &BackupNamespace,
+        _: &pbsfs::store::names::BackupDir,
+        _: &pbsfs::format::manifest::Manifest,
+        _: &str,
+    ) -> Result<pbsfs::format::index::AnyIndex> {
+        bail!("dry run: nothing is stored")
+    }
+    fn chunk_reader(&self) -> Arc<dyn pbsfs::store::chunk_reader::ChunkReader> {
+        unreachable!("a dry run reads no chunks")
+    }
+}
+
+fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoArgs) {
+    let walk = &summary.walk;
+    let secs = summary.duration.as_secs_f64();
+    let snapshot = summary.snapshot.as_ref().map(|dir| {
+        if options.ns.is_root() {
+            dir.to_string()
+        } else {
+            format!("{}:{dir}", options.ns)
+        }
+    });
+    if repo.output_format.is_json() {
+        let value = json!({
+            "snapshot": snapshot,
+            "dry-run": options.dry_run,
+            "archives": summary.archives.iter().map(|a| json!({
+                "filename": a.filename, "size": a.size, "chunks": a.chunks,
+            })).collect::<Vec<_>>(),
+            "files": walk.files,
+            "hardlinks": walk.hardlinks,
+            "directories": walk.directories,
+            "other-entries": walk.others,
+            "bytes-read": summary.bytes_read,
+            "chunks": summary.chunks,
+            "bytes": summary.bytes,
+            "new-chunks": summary.new_chunks,
+            "new-bytes": summary.new_bytes,
+            "new-stored-bytes": summary.new_stored_bytes,
+            "reused-chunks": summary.reused_chunks + (summary.chunks - summary.new_chunks),
+            "reused-bytes": summary.reused_chunk_bytes + (summary.bytes - summary.new_bytes),
+            "reused-files": walk.reused_files,
+            "reused-file-bytes": walk.reused_bytes,
+            "warnings": walk.warnings,
+            "duration": secs,
+        });
+        repo.output_format.print_json(&value);
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    for archive in &summary.archives {
+        let _ = writeln!(
+            out,
+            "{}: {} in {} chunks",
+            archive.filename,
+            human_size(archive.size),
+            archive.chunks
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} files, {} hardlinks, {} directories, {} other entries; {} read ({}/s)",
+        walk.files,
+        walk.hardlinks,
+        walk.directories,
+        walk.others,
+        human_size(summary.bytes_read),
+        human_size((summary.bytes_read as f64 / secs.max(1e-6)) as u64)
+    );
+    if !options.dry_run {
+        let reused_chunks = summary.reused_chunks + (summary.chunks - summary.new_chunks);
+        let reused_bytes = summary.reused_chunk_bytes + (summary.bytes - summary.new_bytes);
+        let _ = writeln!(
+            out,
+            "new: {} chunks, {} ({} stored); re-used: {} chunks, {}",
+            summary.new_chunks,
+            human_size(summary.new_bytes),
+            human_size(summary.new_stored_bytes),
+            reused_chunks,
+            human_size(reused_bytes)
+        );
+    }
+    if walk.reused_files > 0 {
+        let _ = writeln!(
+            out,
+            "unchanged files not read: {} ({})",
+            walk.reused_files,
+            human_size(walk.reused_bytes)
+        );
+    }
+    if walk.warnings > 0 {
+        let _ = writeln!(out, "warnings: {} (see above)", walk.warnings);
+    }
+    match &snapshot {
+        Some(name) => {
+            let _ = writeln!(out, "snapshot {name} finished in {secs:.1} s");
+        }
+        None => {
+            let _ = writeln!(out, "dry run finished in {secs:.1} s: nothing was stored");
+        }
+    }
+}
+
+/// Seconds since the epoch or RFC 3339.
+fn parse_time(text: &str) -> Result<i64> {
+    if let Ok(epoch) = text.parse::<i64>() {
+        if epoch_to_rfc3339(epoch).is_none() {
+            bail!("backup time {epoch} is out of range");
+        }
+        return Ok(epoch);
+    }
+    parse_rfc3339(text).with_context(|| format!("invalid backup time '{text}'"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn hostname() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length are valid.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        bail!("cannot read the host name; pass --backup-id");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]);
+    // The short name, as the official client uses.
+    Ok(name.split('.').next().unwrap_or("localhost").to_string())
+}
+
+static ABORT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    if let Some(flag) = ABORT.get() {
+        flag.store(true, Ordering::SeqCst);
+    }
+}
+
+/// SIGINT and SIGTERM set the abort flag once, so the backup unwinds and removes its
+/// unfinished snapshot; a second signal gets the default action.
+fn install_signal_handlers() -> Arc<AtomicBool> {
+    let flag = ABORT.get_or_init(Arc::default).clone();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a valid handler; the handler only stores an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+    flag
+}
+
+/// A one-line status on stderr, redrawn a few times a second.
+struct ProgressDisplay {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProgressDisplay {
+    fn start(
+        progress: Arc<Progress>,
+        counters: Arc<pbsfs::backup::client::ClientCounters>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut stderr = std::io::stderr();
+            while !stop_flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let bytes = counters.content_bytes();
+                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                let path = progress
+                    .current
+                    .lock()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let head = format!(
+                    "{} entries, {} read, {}/s ",
+                    progress.entries.load(Ordering::Relaxed),
+                    human_size(bytes),
+                    human_size(rate as u64)
+                );
+                let room = 100usize.saturating_sub(head.chars().count());
+                let tail: String = if path.chars().count() > room {
+                    let skip = path.chars().count() - room + 1;
+                    format!("…{}", path.chars().skip(skip).collect::<String>())
+                } else {
+                    path
+                };
+                let _ = write!(stderr, "\r\x1b[K{head}{tail}");
+                let _ = stderr.flush();
+            }
+            let _ = write!(stderr, "\r\x1b[K");
+        });
+        ProgressDisplay { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,297 @@
+//! Pushes of generated trees: push → restore gives the same tree in all three modes, and a
+//! metadata-mode push of an unchanged tree reads no file contents and, once the previous
+//! snapshot also re-used its payload, stores no new chunk at all.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use pbsfs::backup::client::{ClientProvider, LocalClient};
+use pbsfs::backup::exclude::ExcludePatterns;
+use pbsfs::backup::local_store::LocalStore;
+use pbsfs::backup::server::{BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Server};
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::BackupGroup;
+use rand::{RngCore, SeedableRng};
+
+/// One datastore per test binary (creating 65536 chunk directories is slow).
+fn store() -> &'static (tempfile::TempDir, Arc<LocalDatastore>) {
+    static STORE: OnceLock<(tempfile::TempDir, Arc<LocalDatastore>)> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
+        (dir, store)
+    })
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// A tree with every entry kind an unprivileged user can make, plus xattrs.
+fn small_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("dir/text"), "hello\n".repeat(1000)).unwrap();
+    std::fs::write(root.join("dir/sub/random"), random_bytes(1, 300_000)).unwrap();
+    std::fs::write(root.join("linked"), b"two names").unwrap();
+    std::fs::hard_link(root.join("linked"), root.join("dir/linked2")).unwrap();
+    std::os::unix::fs::symlink("../empty", root.join("dir/link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    std::fs::set_permissions(
+        root.join("dir/text"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let _ = xattr_set(&root.join("dir/text"), "user.comment", b"a value");
+    std::fs::write(root.join("excluded.tmp"), b"left out").unwrap();
+    std::fs::write(root.join("dir/.pxarexclude"), b"sub/random\n").unwrap();
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// (type, mode, size, mtime, content hash or link target) per relative path.
+fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                String::new()
+            } else if meta.file_type().is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                format!("{:x}", sha2::Sha256::digest_bytes(&data))
+            } else {
+                String::new()
+            };
+            let mtime = if meta.file_type().is_symlink() {
+                0
+            } else {
+                meta.mtime()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {} {} {mtime} {what}",
+                    meta.mode(),
+                    meta.len(),
+                    meta.nlink()
+                ),
+            );
+        }
+    }
+    out
+}
+
+trait DigestBytes {
+    fn digest_bytes(data: &[u8]) -> sha2::digest::Output<sha2::Sha256>;
+}
+
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(data: &[u8]) -> sha2::digest::Output<sha2::Sha256> {
+        <sha2::Sha256 as sha2::Digest>::digest(data)
+    }
+}
+
+fn push(
+    tree: &Path,
+    id: &str,
+    time: i64,
+    mode: ChangeDetection,
+    patterns: &[&str],
+) -> (BackupSummary, u64) {
+    let client = LocalClient::new();
+    let spec = BackupSpec::parse(&format!("root.pxar:{}", tree.display())).unwrap();
+    let mut options = BackupOptions::new(BackupGroup::parse(&format!("host/{id}")).unwrap(), time);
+    options.mode = mode;
+    options.patterns = ExcludePatterns::from_cli(patterns).unwrap();
+    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let summary = server.run_backup(&client, &[spec], &options).unwrap();
+    (summary, client.counters().content_bytes())
+}
+
+fn restore(snapshot: &str, target: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(store().1.root())
+        .args(["restore", snapshot, "root.pxar"])
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn push_then_restore_gives_the_same_tree_in_every_mode() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    small_tree(&tree);
+    let mut expected = describe(&tree);
+    // What the exclude pattern and the .pxarexclude leave out.
+    expected.remove(Path::new("excluded.tmp"));
+    expected.remove(Path::new("dir/sub/random"));
+    for (i, mode) in [
+        ChangeDetection::Legacy,
+        ChangeDetection::Data,
+        ChangeDetection::Metadata,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("roundtrip-{i}");
+        let (summary, _) = push(&tree, &id, 1000, mode, &["*.tmp"]);
+        assert_eq!(summary.walk.hardlinks, 1);
+        // A second metadata-mode push re-uses what it can and must restore the same.
+        let (second, read) = push(&tree, &id, 2000, ChangeDetection::Metadata, &["*.tmp"]);
+        if mode != ChangeDetection::Legacy {
+            // Only the .pxarexclude file (11 bytes) is read: its patterns are needed.
+            assert_eq!(read, 11, "{mode:?}: unchanged files were read");
+            assert!(second.walk.reused_files >= 3);
+        }
+        for (time, snapshot) in [(1000, "1970-01-01T00:16:40Z"), (2000, "latest")] {
+            let target = work.path().join(format!("restored-{i}-{time}"));
+            restore(&format!("host/{id}/{snapshot}"), &target);
+            let mut restored = describe(&target);
+            // The command line's patterns, recorded in v1 archives only.
+            let cli_file = restored.remove(Path::new(".pxarexclude-cli"));
+            assert_eq!(
+                cli_file.is_some(),
+                time == 1000 && mode == ChangeDetection::Legacy
+            );
+            assert_eq!(restored, expected, "{mode:?} {snapshot}");
+        }
+    }
+}
+
+#[test]
+fn unchanged_tree_is_not_read_again_and_adds_no_chunks() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    // About 200 MiB: many small files, large random files, a large compressible file.
+    for d in 0..20 {
+        let dir = tree.join(format!("small/{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            let data = random_bytes(d * 1000 + f, 1000 + (f as usize * 97) % 9000);
+            std::fs::write(dir.join(format!("f{f:03}")), data).unwrap();
+        }
+    }
+    for i in 0..4 {
+        std::fs::write(
+            tree.join(format!("random-{i}")),
+            random_bytes(100 + i, 40 << 20),
+        )
+        .unwrap();
+    }
+    let text: Vec<u8> = (0..(24usize << 20))
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[(i * 7 + i / 4096) % 27])
+        .collect();
+    std::fs::write(tree.join("text"), &text).unwrap();
+
+    let (first, read) = push(&tree, "unchanged", 1000, ChangeDetection::Metadata, &[]);
+    assert!(read > 180 << 20);
+    assert!(first.new_chunks > 30);
+
+    let (second, read) = push(&tree, "unchanged", 2000, ChangeDetection::Metadata, &[]);
+    assert_eq!(read, 0, "no file contents may be read");
+    assert_eq!(second.walk.reused_files, 2005);
+    let ppxar = &second.archives[1];
+    assert_eq!(ppxar.filename, "root.ppxar.didx");
+    // Only the metadata archive may change (a re-used file's goodbye entry does not count
+    // its payload, as in the official encoder); the payload chunks are all re-used.
+    let mpxar_size = second.archives[0].size;
+    assert!(second.new_bytes <= mpxar_size, "{second:?}");
+    assert_eq!(second.reused_chunk_bytes, ppxar.size);
+
+    let (third, read) = push(&tree, "unchanged", 3000, ChangeDetection::Metadata, &[]);
+    assert_eq!(read, 0);
+    assert_eq!(third.new_chunks, 0, "{third:?}");
+
+    // A changed file is read again, and only it.
+    std::fs::write(tree.join("small/03/f007"), b"changed").unwrap();
+    let (fourth, read) = push(&tree, "unchanged", 4000, ChangeDetection::Metadata, &[]);
+    assert_eq!(read, 7);
+    assert_eq!(fourth.walk.reused_files, 2004);
+    let target = work.path().join("restored");
+    restore("host/unchanged/latest", &target);
+    assert_eq!(describe(&target), describe(&tree));
+}
+
+#[test]
+fn image_push_stores_the_official_fixed_index() {
+    use pbsfs::format::index::{AnyIndex, ChunkIndex};
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"));
+    let official_dir = fixtures.join("datastore/vm/100/2026-11-25T08:29:01Z");
+    let official =
+        AnyIndex::parse(&std::fs::read(official_dir.join("drive-scsi0.img.fidx")).unwrap())
+            .unwrap();
+    // The image itself, reassembled from the official datastore.
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let image = work.path().join("disk.img");
+    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(fixtures.join("datastore"))
+        .args(["restore", "vm/100/latest", "drive-scsi0.img"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let client = LocalClient::new();
+    let spec = BackupSpec::parse(&format!("drive-scsi0.img:{}", image.display())).unwrap();
+    let options = BackupOptions::new(BackupGroup::parse("vm/100").unwrap(), 1000);
+    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let summary = server.run_backup(&client, &[spec], &options).unwrap();
+    let dir = summary.snapshot.unwrap();
+    let raw = store()
+        .1
+        .read_snapshot_file(
+            &pbsfs::store::names::BackupNamespace::root(),
+            &dir,
+            "drive-scsi0.img.fidx",
+        )
+        .unwrap();
+    let ours = AnyIndex::parse(&raw).unwrap();
+    assert_eq!(ours.total_size(), official.total_size());
+    assert_eq!(ours.digests(), official.digests());
+    assert_eq!(client.counters().content_bytes(), official.total_size());
+}

@@ -1,0 +1,188 @@
+//! An interrupted push (SIGTERM, SIGINT, SIGKILL) leaves no snapshot that looks finished and
+//! the datastore usable; a concurrent push to the same group is refused.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use pbsfs::backup::local_store::LocalStore;
+use pbsfs::backup::session::{RemoteStore, SessionParams};
+use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+
+struct Shared {
+    dir: tempfile::TempDir,
+    store: Arc<LocalDatastore>,
+}
+
+/// One datastore and one slow-to-read tree (a large sparse file: cheap to make, takes
+/// seconds to hash) per test binary.
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("small"), b"small file").unwrap();
+        let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
+        sparse.set_len(16 << 30).unwrap();
+        Shared { dir, store }
+    })
+}
+
+fn spawn_push(id: &str, time: i64) -> Child {
+    let shared = shared();
+    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(shared.store.root())
+        .args(["push", "--quiet", "--workers", "1", "--backup-id", id])
+        .args(["--backup-time", &time.to_string()])
+        .arg(format!(
+            "root.pxar:{}",
+            shared.dir.path().join("tree").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn group_path(id: &str) -> std::path::PathBuf {
+    shared().store.root().join("host").join(id)
+}
+
+/// Waits until the push has created its snapshot directory and uploaded some chunks.
+fn wait_until_running(id: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        assert!(child.try_wait().unwrap().is_none(), "push ended too early");
+        let snapshots = std::fs::read_dir(group_path(id))
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .count()
+            })
+            .unwrap_or(0);
+        if snapshots > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("push did not start");
+}
+
+fn finished_snapshots(id: &str) -> usize {
+    let group = BackupGroup::parse(&format!("host/{id}")).unwrap();
+    shared()
+        .store
+        .list_group_snapshots(&BackupNamespace::root(), &group)
+        .unwrap()
+        .iter()
+        .filter(|s| s.finished)
+        .count()
+}
+
+fn snapshot_dirs(id: &str) -> usize {
+    std::fs::read_dir(group_path(id))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .count()
+}
+
+fn push_small_succeeds(id: &str, time: i64) {
+    // The same group, now without the slow file (excluded).
+    let shared = shared();
+    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(shared.store.root())
+        .args(["push", "--quiet", "--backup-id", id, "--exclude", "sparse"])
+        .args(["--backup-time", &time.to_string()])
+        .arg(format!(
+            "root.pxar:{}",
+            shared.dir.path().join("tree").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(finished_snapshots(id), 1);
+}
+
+fn interrupt_with(signal: libc::c_int, id: &str) {
+    let mut child = spawn_push(id, 1000);
+    wait_until_running(id, &mut child);
+    // SAFETY: the pid belongs to our child process.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(finished_snapshots(id), 0);
+    if signal != libc::SIGKILL {
+        // A clean unwind removes the unfinished snapshot itself.
+        assert_eq!(
+            snapshot_dirs(id),
+            0,
+            "the unfinished snapshot was not removed"
+        );
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("interrupted"), "{stderr}");
+    }
+    // The next push cleans up whatever is left and succeeds.
+    push_small_succeeds(id, 2000);
+    assert_eq!(snapshot_dirs(id), 1);
+}
+
+#[test]
+fn sigterm_discards_the_snapshot() {
+    interrupt_with(libc::SIGTERM, "sigterm");
+}
+
+#[test]
+fn sigint_discards_the_snapshot() {
+    interrupt_with(libc::SIGINT, "sigint");
+}
+
+#[test]
+fn sigkill_leaves_no_finished_snapshot() {
+    interrupt_with(libc::SIGKILL, "sigkill");
+}
+
+#[test]
+fn a_concurrent_push_to_the_same_group_is_refused() {
+    let shared = shared();
+    let store = LocalStore::new(shared.store.clone());
+    let group = BackupGroup::parse("host/busy").unwrap();
+    let session = store
+        .start_session(&SessionParams {
+            ns: BackupNamespace::root(),
+            dir: BackupDir::new(group, 1000).unwrap(),
+            owner: "test@pam".into(),
+        })
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(shared.store.root())
+        .args([
+            "push",
+            "--quiet",
+            "--backup-id",
+            "busy",
+            "--backup-time",
+            "2000",
+        ])
+        .args(["--exclude", "sparse"])
+        .arg(Path::new(shared.dir.path()).join("tree"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another backup"), "{stderr}");
+    drop(session);
+}
