@@ -14,7 +14,7 @@ use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, ChangeDetection, Server};
 use pbsfs::format::index::{AnyIndex, ChunkIndex};
-use pbsfs::store::archive::open_index_reader;
+use pbsfs::store::access::{open_index_reader, LocalSnapshot};
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
@@ -93,12 +93,9 @@ fn official_index(name: &str) -> AnyIndex {
 
 fn stream_sha256(store: &Arc<LocalDatastore>, dir: &BackupDir, name: &str) -> String {
     let ns = BackupNamespace::root();
-    let manifest = store.read_manifest(&ns, dir).unwrap();
+    let snapshot = LocalSnapshot::open(store.clone(), &ns, dir).unwrap();
     let reader = open_index_reader(
-        store,
-        &ns,
-        dir,
-        &manifest,
+        &snapshot,
         name,
         Arc::new(VerifyingChunkReader::new(store.clone())),
     )
