@@ -1,4 +1,4 @@
-//! push → mount round trips: a generated tree with every entry kind and all metadata, pushed
+//! push → mount and push → restore round trips: a generated tree with every entry kind and all metadata, pushed
 //! in each change-detection mode, mounted, and compared with the source through the kernel
 //! (lstat, readlink, xattrs, ACLs, hardlinks by inode, file contents).
 
@@ -166,6 +166,10 @@ fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
     let original = tree_from_disk(source);
     assert!(original.len() >= 15);
     assert_same_tree(&mounted, &original, mode);
+    // And restored into a directory with all metadata.
+    let target = mnt.path().join("restored");
+    ok(pbsfs(&["restore", &format!("host/{id}/latest"), "tree.pxar", target.to_str().unwrap()]));
+    assert_same_tree(&tree_from_disk(&target), &original, mode);
 }
 
 #[test]
