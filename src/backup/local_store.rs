@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::session::{BackupSession, IndexSummary, IndexWriter, RemoteStore, SessionParams};
+use crate::format::crypto::CryptConfig;
 use crate::format::index::{AnyIndex, DynamicIndexWriter, FixedIndex};
 use crate::format::manifest::{CryptMode, FileInfo, Manifest};
 use crate::format::Digest;
@@ -78,6 +79,16 @@ impl RemoteStore for LocalStore {
 
     fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
         Arc::new(VerifyingChunkReader::new(self.store.clone()))
+    }
+
+    fn chunk_reader_with_key(
+        &self,
+        crypt: Option<Arc<CryptConfig>>,
+    ) -> Result<Arc<dyn ChunkReader>> {
+        Ok(Arc::new(VerifyingChunkReader::with_key(
+            self.store.clone(),
+            crypt,
+        )))
     }
 }
 
@@ -169,13 +180,17 @@ impl BackupSession for LocalSession {
     }
 
     fn finish(&self) -> Result<BackupDir> {
+        self.finish_with(&|_| Ok(()))
+    }
+
+    fn finish_with(&self, complete: &dyn Fn(&mut Manifest) -> Result<()>) -> Result<BackupDir> {
         let writer = self
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .context("the backup session is already finished")?;
-        writer.finish(|_| Ok(()))
+        writer.finish(complete)
     }
 }
 

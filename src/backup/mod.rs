@@ -9,6 +9,7 @@ pub mod exclude;
 pub mod fs_accessor;
 pub mod fs_flags;
 pub mod local_store;
+pub mod protection;
 pub mod reuse;
 pub mod server;
 pub mod session;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use super::archive::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
+use super::protection::Protection;
 use super::session::RemoteStore;
 use super::upload::KnownChunk;
 use crate::format::index::{AnyIndex, DynamicIndex};
@@ -33,13 +34,16 @@ pub struct PreviousSnapshot {
 }
 
 impl PreviousSnapshot {
-    /// Opens archive `base` (`root` for `root.mpxar.didx` + `root.ppxar.didx`) of `dir`.
-    /// `None` if the snapshot has no such split archive.
+    /// Opens archive `base` (`root` for `root.mpxar.didx` + `root.ppxar.didx`) of `dir`,
+    /// to be re-used by a run protected by `protection` (the key decrypts the previous
+    /// archive). `Ok(None)` if the snapshot has no such split archive; an error if it has
+    /// but cannot be read or re-used (a [`NotReusable`](super::protection::NotReusable) for another key or crypt mode).
     pub fn open(
         store: &dyn RemoteStore,
         ns: &BackupNamespace,
         dir: &BackupDir,
         base: &str,
+        protection: &Protection,
     ) -> Result<Option<Self>> {
         let manifest = store.read_manifest(ns, dir)?;
         let meta_name = format!("{base}.mpxar.didx");
@@ -47,6 +51,7 @@ impl PreviousSnapshot {
         if manifest.file(&meta_name).is_none() || manifest.file(&payload_name).is_none() {
             return Ok(None);
         }
+        protection.check_previous(&manifest, &[&meta_name, &payload_name])?;
         let meta_index = store.read_index(ns, dir, &manifest, &meta_name)?;
         let AnyIndex::Dynamic(payload_index) =
             store.read_index(ns, dir, &manifest, &payload_name)?
@@ -54,7 +59,7 @@ impl PreviousSnapshot {
             bail!("{payload_name} of {dir} is not a dynamic index");
         };
         let chunks = Arc::new(ChunkCache::new(
-            store.chunk_reader(),
+            store.chunk_reader_with_key(protection.chunk_key().cloned())?,
             METADATA_CACHE_BYTES,
             0,
         ));

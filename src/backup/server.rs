@@ -16,11 +16,13 @@ use super::archive::{
 };
 use super::client::{ClientProvider, SubTree};
 use super::exclude::ExcludePatterns;
+use super::protection::{NotReusable, Protection};
 use super::reuse::PreviousSnapshot;
 use super::session::{BackupSession, RemoteStore, SessionParams};
-use super::upload::{ChunkEncoding, ChunkedWriter, KnownChunk, SharedChunkedWriter, UploadPool};
+use super::upload::{ChunkedWriter, KnownChunk, SharedChunkedWriter, UploadPool};
 use crate::format::catalog::CatalogWriter;
 use crate::format::chunker::{CATALOG_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, FIXED_CHUNK_SIZE};
+use crate::format::manifest::CryptMode;
 use crate::pxar::encoder::Encoder;
 use crate::pxar::format::{Header, PXAR_PAYLOAD_START_MARKER, PXAR_PAYLOAD_TAIL_MARKER};
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
@@ -170,7 +172,8 @@ pub struct BackupOptions {
     pub dry_run: bool,
     /// Hash/compress threads (0: one per core).
     pub workers: usize,
-    pub encoding: ChunkEncoding,
+    /// Crypt mode and key of every archive (default: neither encrypted nor signed).
+    pub protection: Protection,
     /// Set (e.g. by a signal handler) to stop the backup; the snapshot is then discarded.
     pub abort: Arc<AtomicBool>,
     pub progress: Option<Arc<Progress>>,
@@ -188,7 +191,7 @@ impl BackupOptions {
             all_file_systems: false,
             dry_run: false,
             workers: 0,
-            encoding: ChunkEncoding::default(),
+            protection: Protection::none(),
             abort: Arc::default(),
             progress: None,
         }
@@ -301,7 +304,7 @@ impl Server {
         };
         let pool = UploadPool::new(
             session.clone(),
-            options.encoding.clone(),
+            options.protection.chunk_encoding(),
             options.workers,
             options.abort.clone(),
         );
@@ -329,19 +332,7 @@ impl Server {
                         ChangeDetection::Legacy => ctx.legacy(&tree, spec, catalog.as_mut())?,
                         _ => {
                             let previous = match &previous {
-                                Some(prev) => PreviousSnapshot::open(
-                                    &*self.store,
-                                    &options.ns,
-                                    prev,
-                                    &spec.name,
-                                )
-                                .unwrap_or_else(|err| {
-                                    eprintln!(
-                                        "warning: cannot use previous snapshot {prev} for \
-                                         change detection: {err:#}"
-                                    );
-                                    None
-                                }),
+                                Some(prev) => self.open_previous(options, prev, &spec.name),
                                 None => None,
                             };
                             ctx.split(&tree, spec, previous)?
@@ -368,7 +359,11 @@ impl Server {
         if options.abort.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
-        summary.snapshot = Some(session.finish()?);
+        summary.snapshot = Some(match options.protection.mode() {
+            CryptMode::None => session.finish()?,
+            _ => session
+                .finish_with(&|manifest| Ok(options.protection.complete_manifest(manifest)?))?,
+        });
         summary.chunks = stats.chunks();
         summary.bytes = stats.bytes();
         summary.new_chunks = stats.new_chunks();
@@ -377,6 +372,33 @@ impl Server {
         summary.reused_chunks = stats.injected_chunks();
         summary.reused_chunk_bytes = stats.injected_bytes();
         Ok(summary)
+    }
+}
+
+impl Server {
+    /// The previous snapshot's archive `name` for change detection; `None` (every file is
+    /// read) when it cannot be used, with a note why.
+    fn open_previous(
+        &self,
+        options: &BackupOptions,
+        prev: &BackupDir,
+        name: &str,
+    ) -> Option<PreviousSnapshot> {
+        PreviousSnapshot::open(&*self.store, &options.ns, prev, name, &options.protection)
+            .unwrap_or_else(|err| {
+                if let Some(reason) = err.downcast_ref::<NotReusable>() {
+                    eprintln!(
+                        "note: previous snapshot {prev} is not re-used ({reason}); \
+                         every file is read"
+                    );
+                } else {
+                    eprintln!(
+                        "warning: cannot use previous snapshot {prev} for change \
+                         detection: {err:#}"
+                    );
+                }
+                None
+            })
     }
 }
 

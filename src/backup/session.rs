@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use crate::format::crypto::CryptConfig;
 use crate::format::index::AnyIndex;
 use crate::format::manifest::Manifest;
 use crate::format::Digest;
@@ -48,6 +49,18 @@ pub trait RemoteStore: Send + Sync {
 
     /// Verified reads of the store's chunks (for the previous snapshot's metadata archive).
     fn chunk_reader(&self) -> Arc<dyn ChunkReader>;
+
+    /// Like [`Self::chunk_reader`], but decrypting with `crypt` (the previous snapshot of
+    /// an encrypted backup). Stores that cannot decrypt refuse a key.
+    fn chunk_reader_with_key(
+        &self,
+        crypt: Option<Arc<CryptConfig>>,
+    ) -> Result<Arc<dyn ChunkReader>> {
+        match crypt {
+            None => Ok(self.chunk_reader()),
+            Some(_) => bail!("this datastore cannot read encrypted chunks"),
+        }
+    }
 }
 
 /// An index file being written; entries arrive in stream order.
@@ -98,4 +111,11 @@ pub trait BackupSession: Send + Sync {
     /// Writes the manifest; the snapshot becomes visible. All index writers must be finished.
     /// A session dropped without `finish` is aborted.
     fn finish(&self) -> Result<BackupDir>;
+
+    /// Like [`Self::finish`], but `complete` edits the manifest before it is written (crypt
+    /// modes, signature). Stores that cannot write signed manifests refuse.
+    fn finish_with(&self, complete: &dyn Fn(&mut Manifest) -> Result<()>) -> Result<BackupDir> {
+        let _ = complete;
+        bail!("this datastore cannot store encrypted or signed backups")
+    }
 }

@@ -21,8 +21,8 @@ use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
 
 /// How chunks are turned into stored blobs: with a key the digest is the keyed one and
-/// the blob is encrypted (crypto.md). (Encrypted pushes also need the manifest's crypt
-/// modes and signature, which the server does not write yet.)
+/// the blob is encrypted (crypto.md). Made from the run's
+/// [`Protection`](super::protection::Protection).
 #[derive(Clone)]
 pub struct ChunkEncoding {
     pub compress: bool,

@@ -13,9 +13,11 @@ use serde_json::json;
 use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::exclude::ExcludePatterns;
 use pbsfs::backup::local_store::LocalStore;
+use pbsfs::backup::protection::{mode_name, Protection};
 use pbsfs::backup::server::{
     BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Progress, Server,
 };
+use pbsfs::format::manifest::CryptMode;
 use pbsfs::format::time::{epoch_to_rfc3339, parse_rfc3339};
 use pbsfs::repository::Repository;
 use pbsfs::store::local::LocalDatastore;
@@ -80,6 +82,21 @@ pub struct PushArgs {
     /// Threads for hashing and compression (default: one per core).
     #[arg(long, default_value_t = 0, hide = true)]
     pub workers: usize,
+
+    /// How the archives are protected. Default: encrypt when there is a key (--keyfile, or
+    /// the official client's default key if it exists), none otherwise.
+    #[arg(long, value_enum)]
+    pub crypt_mode: Option<CryptModeArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CryptModeArg {
+    /// Encrypted chunks (keyed digests) and a signed manifest.
+    Encrypt,
+    /// Plain chunks, but a manifest signed with the key.
+    SignOnly,
+    /// Neither encrypted nor signed.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,6 +141,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
     options.dry_run = args.dry_run;
     options.workers = args.workers;
     options.abort = abort;
+    options.protection = protection(args.crypt_mode, repo, args.quiet)?;
 
     let store: Option<Arc<LocalDatastore>> = if args.dry_run {
         None
@@ -149,6 +167,48 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
         print_summary(&summary, &options, repo);
     }
     Ok(())
+}
+
+/// The crypt mode and key, chosen like the official client: --keyfile means encrypt unless
+/// told otherwise; without it the default key is used if it exists (unless `none`).
+fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> Result<Protection> {
+    let requested = requested.map(|mode| match mode {
+        CryptModeArg::Encrypt => CryptMode::Encrypt,
+        CryptModeArg::SignOnly => CryptMode::SignOnly,
+        CryptModeArg::None => CryptMode::None,
+    });
+    let key_path = match (&repo.keyfile, requested) {
+        (Some(_), Some(CryptMode::None)) => {
+            bail!("--keyfile and --crypt-mode none are incompatible")
+        }
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(CryptMode::None)) => None,
+        (None, _) => match super::key::default_key_path() {
+            Ok(path) if path.exists() => {
+                if !quiet {
+                    eprintln!("using the default encryption key {}", path.display());
+                }
+                Some(path)
+            }
+            _ => match requested {
+                Some(mode) => bail!(
+                    "--crypt-mode {} needs a key: pass --keyfile or create the default key \
+                     with `pbsfs key create`",
+                    mode_name(mode)
+                ),
+                None => None,
+            },
+        },
+    };
+    let key = key_path
+        .map(|path| super::keys::load_crypt_config(&path))
+        .transpose()?;
+    let mode = requested.unwrap_or(if key.is_some() {
+        CryptMode::Encrypt
+    } else {
+        CryptMode::None
+    });
+    Ok(Protection::new(mode, key)?)
 }
 
 /// Opens the datastore, creating it on first use.
@@ -230,6 +290,7 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
         let value = json!({
             "snapshot": snapshot,
             "dry-run": options.dry_run,
+            "crypt-mode": mode_name(options.protection.mode()),
             "archives": summary.archives.iter().map(|a| json!({
                 "filename": a.filename, "size": a.size, "chunks": a.chunks,
             })).collect::<Vec<_>>(),
@@ -284,6 +345,14 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
             human_size(summary.new_stored_bytes),
             reused_chunks,
             human_size(reused_bytes)
+        );
+    }
+    if let Some(fingerprint) = options.protection.fingerprint() {
+        let _ = writeln!(
+            out,
+            "crypt mode {} with key {}",
+            mode_name(options.protection.mode()),
+            fingerprint.short()
         );
     }
     if walk.reused_files > 0 {
