@@ -9,7 +9,7 @@ use clap::Parser;
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, (1 << 20) + (64 << 10));
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }

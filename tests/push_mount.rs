@@ -168,7 +168,12 @@ fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
     assert_same_tree(&mounted, &original, mode);
     // And restored into a directory with all metadata.
     let target = mnt.path().join("restored");
-    ok(pbsfs(&["restore", &format!("host/{id}/latest"), "tree.pxar", target.to_str().unwrap()]));
+    ok(pbsfs(&[
+        "restore",
+        &format!("host/{id}/latest"),
+        "tree.pxar",
+        target.to_str().unwrap(),
+    ]));
     assert_same_tree(&tree_from_disk(&target), &original, mode);
 }
 

@@ -232,13 +232,27 @@ fn finish_plain(data: &[u8], compressed: bool, max_size: usize) -> Result<Vec<u8
 /// `max_size + 1` output bytes, so a hostile stream cannot exhaust memory.
 pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, BlobError> {
     let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(BlobError::Decompress)?;
-    let mut out = Vec::with_capacity(max_size.min(data.len().saturating_mul(4)));
+    // The frame usually states its size: allocate exactly that (plus one byte so the end is
+    // seen without growing). Chunks are cached, so slack capacity would be memory held for
+    // nothing.
+    let stated = zstd::zstd_safe::get_frame_content_size(data)
+        .ok()
+        .flatten()
+        .filter(|size| *size <= max_size as u64);
+    let capacity = match stated {
+        Some(size) => size as usize + 1,
+        None => max_size.min(data.len().saturating_mul(4)),
+    };
+    let mut out = Vec::with_capacity(capacity);
     decoder
         .take((max_size as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(BlobError::Decompress)?;
     if out.len() > max_size {
         return Err(BlobError::TooLarge { limit: max_size });
+    }
+    if out.capacity() - out.len() > out.len() / 16 {
+        out.shrink_to_fit();
     }
     Ok(out)
 }

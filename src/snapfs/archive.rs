@@ -25,6 +25,8 @@ use crate::store::range::IndexReader;
 
 /// How far ahead of a sequential reader chunks are fetched.
 const READ_AHEAD: u64 = 16 << 20;
+/// How far from the end of the previous read a read still counts as sequential.
+const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 /// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -291,11 +293,13 @@ impl ReadOnlyFs for ArchiveFs {
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let entry = self.entry(ino)?;
         let file_size = entry.file_size();
-        // Sequential reader: fetch the chunks ahead of it in the background.
+        // Sequential reader: fetch the chunks ahead of it in the background. The kernel's
+        // read-ahead sends several requests at once, which arrive slightly out of order, so
+        // "sequential" means "close to where the last read ended".
         let sequential = {
             let mut handles = self.handles.lock().unwrap();
             let expected = handles.insert(fh, offset + size as u64);
-            expected == Some(offset)
+            expected.is_some_and(|end| offset.abs_diff(end) <= SEQUENTIAL_WINDOW)
         };
         if sequential {
             if let Some(start) = Self::data_start(&entry) {

@@ -53,16 +53,18 @@ struct Shard {
 
 impl Shard {
     fn insert(&mut self, digest: Digest, chunk: Chunk) {
-        if chunk.len() > self.capacity {
+        // Count what the buffer holds in memory, not just its length.
+        let cost = |chunk: &Chunk| chunk.capacity();
+        if cost(&chunk) > self.capacity {
             return; // would evict everything and still not fit
         }
-        self.bytes += chunk.len();
+        self.bytes += cost(&chunk);
         if let Some(old) = self.lru.put(digest, chunk) {
-            self.bytes -= old.len();
+            self.bytes -= cost(&old);
         }
         while self.bytes > self.capacity {
             match self.lru.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.len(),
+                Some((_, evicted)) => self.bytes -= cost(&evicted),
                 None => break,
             }
         }
