@@ -11,7 +11,7 @@
 //! memory). An index append waits for the upload of its chunk, since the server only accepts
 //! entries whose chunk it knows.
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -219,9 +219,9 @@ struct Job {
 
 #[derive(Default)]
 struct UploadState {
-    queue: std::collections::VecDeque<Job>,
+    queue: VecDeque<Job>,
     /// Queued or on the wire.
-    pending: HashMap<Digest, ()>,
+    pending: HashSet<Digest>,
     /// The first upload error; every later call reports it.
     failed: Option<String>,
     shut_down: bool,
@@ -273,7 +273,7 @@ impl Uploads {
             if state.shut_down {
                 bail!("the backup session is closed");
             }
-            if state.pending.contains_key(digest) {
+            if state.pending.contains(digest) {
                 return Ok(false);
             }
             if state.queue.len() < MAX_QUEUED {
@@ -281,7 +281,7 @@ impl Uploads {
             }
             state = self.progress.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        state.pending.insert(*digest, ());
+        state.pending.insert(*digest);
         state.queue.push_back(Job {
             digest: *digest,
             raw_blob,
@@ -294,7 +294,7 @@ impl Uploads {
     /// Waits until `digest` is no longer being uploaded (or an upload failed).
     fn wait_for(&self, digest: &Digest) -> Result<()> {
         let mut state = self.lock();
-        while state.pending.contains_key(digest) && state.failed.is_none() {
+        while state.pending.contains(digest) && state.failed.is_none() {
             state = self.progress.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         Self::failure(&state)
