@@ -17,8 +17,10 @@ use pbsfs::backup::protection::{mode_name, Protection};
 use pbsfs::backup::server::{
     BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Progress, Server,
 };
+use pbsfs::backup::session::RemoteStore;
 use pbsfs::format::manifest::CryptMode;
 use pbsfs::format::time::{epoch_to_rfc3339, parse_rfc3339};
+use pbsfs::remote::{ConnectOptions, RemoteBackupStore, RemoteDatastore};
 use pbsfs::repository::Repository;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
@@ -143,10 +145,10 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
     options.abort = abort;
     options.protection = protection(args.crypt_mode, repo, args.quiet)?;
 
-    let store: Option<Arc<LocalDatastore>> = if args.dry_run {
+    let store: Option<Arc<dyn RemoteStore>> = if args.dry_run {
         None
     } else {
-        Some(open_or_create_store(repo, args.quiet)?)
+        Some(open_store(repo, args.quiet)?)
     };
     let client = LocalClient::new();
     let progress = Arc::new(Progress::default());
@@ -155,8 +157,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
     let display = show_progress.then(|| ProgressDisplay::start(progress, client.shared_counters()));
 
     let result = match &store {
-        Some(store) => Server::new(Arc::new(LocalStore::new(store.clone())))
-            .run_backup(&client, &specs, &options),
+        Some(store) => Server::new(store.clone()).run_backup(&client, &specs, &options),
         None => Server::new(Arc::new(NoStore)).run_backup(&client, &specs, &options),
     };
     if let Some(display) = display {
@@ -211,21 +212,29 @@ fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> 
     Ok(Protection::new(mode, key)?)
 }
 
-/// Opens the datastore, creating it on first use.
-fn open_or_create_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<LocalDatastore>> {
+/// The selected datastore: a PBS server (connected like every other command does, see
+/// `Context::open`), or a local directory, created on first use.
+fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn RemoteStore>> {
     let location = match &repo.repository {
         Some(text) => match Repository::parse(text)? {
             Repository::Local(path) => path,
-            Repository::Remote(remote) => bail!(
-                "repository '{text}' names a PBS server ({}); pushing to a server is not \
-                 implemented in this build yet, use a local datastore path",
-                remote.host
-            ),
+            Repository::Remote(remote) => {
+                let options = ConnectOptions::from_env(&remote, repo.fingerprint.as_deref())?;
+                let store = RemoteDatastore::connect(&remote, options)?;
+                return Ok(Arc::new(RemoteBackupStore::new(Arc::new(store))));
+            }
         },
         None => Repository::default_local()?,
     };
+    Ok(Arc::new(LocalStore::new(open_or_create_local(
+        &location, quiet,
+    )?)))
+}
+
+/// Opens a local datastore, creating it on first use.
+fn open_or_create_local(location: &std::path::Path, quiet: bool) -> Result<Arc<LocalDatastore>> {
     if location.join(".chunks").is_dir() {
-        return Ok(Arc::new(LocalDatastore::open(&location)?));
+        return Ok(Arc::new(LocalDatastore::open(location)?));
     }
     if !quiet {
         eprintln!(
@@ -233,7 +242,7 @@ fn open_or_create_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<LocalDatasto
             location.display()
         );
     }
-    Ok(Arc::new(LocalDatastore::create(&location).with_context(
+    Ok(Arc::new(LocalDatastore::create(location).with_context(
         || format!("cannot create datastore {}", location.display()),
     )?))
 }

@@ -14,6 +14,7 @@ use super::options::ConnectOptions;
 use super::query::{encode_component, encode_query};
 use super::reader::RemoteReader;
 use super::runtime::block_on;
+use crate::format::crypto::CryptConfig;
 use crate::format::index::AnyIndex;
 use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
 use crate::format::Digest;
@@ -306,9 +307,17 @@ impl RemoteDatastore {
     /// Verified reads of the chunks of every index read with
     /// [`read_index`](Self::read_index).
     pub fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
-        Arc::new(VerifyingChunkReader::new(Arc::new(IndexedChunks {
-            readers: self.readers.clone(),
-        })))
+        self.chunk_reader_with_key(None)
+    }
+
+    /// [`Self::chunk_reader`] that also decrypts encrypted chunks.
+    pub fn chunk_reader_with_key(&self, crypt: Option<Arc<CryptConfig>>) -> Arc<dyn ChunkReader> {
+        Arc::new(VerifyingChunkReader::with_key(
+            Arc::new(IndexedChunks {
+                readers: self.readers.clone(),
+            }),
+            crypt,
+        ))
     }
 
     /// Starts writing snapshot `dir` (backup protocol); its group is created with the

@@ -12,6 +12,7 @@ pub mod query;
 pub mod reader;
 pub mod runtime;
 pub mod session;
+pub mod store;
 mod tls;
 
 pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
@@ -20,3 +21,4 @@ pub use datastore::{RemoteDatastore, RemoteFile, RemoteGroup, RemoteSnapshot};
 pub use error::RemoteError;
 pub use options::{ConnectOptions, Fingerprint, Secret};
 pub use reader::RemoteReader;
+pub use store::RemoteBackupStore;

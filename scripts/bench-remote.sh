@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# PBS server vs local datastore, measured in one run on the same tree:
+#   push:  `pbsfs push` of a fresh tree into the test server on loopback (HTTPS, backup
+#          protocol) vs into a local datastore directory
+#   read:  cold sequential read (tar) of that snapshot through `pbsfs mount` served by the
+#          test server (reader protocol) vs mounted from the local datastore
+# Ratios are throughput remote / local (target >= 0.6). Client and server share the cores.
+# The server is examples/pbs_test_server.rs (tests/support/pbs_server.rs as a program).
+#
+# Usage: scripts/bench-remote.sh [SIZE_MIB (default 1024)] [WORKDIR (default target/bench-remote)]
+# Deleted at the end unless KEEP=1; REUSE_TREE=1 keeps a tree of an earlier KEEP=1 run.
+set -euo pipefail
+
+SIZE_MIB=${1:-1024}
+WORK=${2:-target/bench-remote}
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet --bin pbsfs --example pbs_test_server
+BIN=$PWD/target/release/pbsfs
+SERVER_BIN=$PWD/target/release/examples/pbs_test_server
+
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+TREE=$WORK/tree
+LOCAL=$WORK/local
+REMOTE=$WORK/remote
+SERVER_PID=
+cleanup() {
+    "$BIN" umount "$WORK/mnt" 2>/dev/null || true
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    if [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK"; else rm -rf "$LOCAL" "$REMOTE"; fi
+}
+trap cleanup EXIT
+rm -rf "$LOCAL" "$REMOTE"
+
+if [ "${REUSE_TREE:-0}" != 1 ] || [ ! -d "$TREE" ]; then
+rm -rf "$TREE"
+echo "generating a ${SIZE_MIB} MiB tree in $TREE ..."
+python3 - "$TREE" "$SIZE_MIB" <<'EOF'
+import os, random, sys
+root, total = sys.argv[1], int(sys.argv[2]) << 20
+rng = random.Random(7)
+os.makedirs(root)
+# 10 % small files (1-64 KiB), 45 % large random, 45 % compressible text.
+small_budget, written, i = total // 10, 0, 0
+while written < small_budget:
+    d = os.path.join(root, "small", f"{i % 50:02d}")
+    os.makedirs(d, exist_ok=True)
+    n = rng.randint(1024, 65536)
+    with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
+        f.write(rng.randbytes(n) if i % 2 else (b"log line %d\n" % i) * (n // 12))
+    written += n; i += 1
+words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+for kind in ("random", "text"):
+    budget = total * 45 // 100
+    for j in range(2):
+        with open(os.path.join(root, f"{kind}-{j}"), "wb") as f:
+            left = budget // 2
+            while left > 0:
+                if kind == "random":
+                    block = rng.randbytes(min(left, 8 << 20))
+                else:
+                    block = b" ".join(rng.choice(words) for _ in range(200000))[: min(left, 8 << 20)]
+                f.write(block); left -= len(block)
+EOF
+fi
+BYTES=$(du -sb --apparent-size "$TREE" | cut -f1)
+MIB=$(awk "BEGIN{printf \"%.1f\", $BYTES/1048576}")
+echo "tree: $MIB MiB, $(find "$TREE" -type f | wc -l) files; $(nproc) cores"
+
+# Both datastores are created outside the measurement (65536 chunk directories each).
+"$BIN" -r "$LOCAL" push --quiet --backup-id warmup --exclude '*' "$TREE" >/dev/null
+"$BIN" -r "$REMOTE" push --quiet --backup-id warmup --exclude '*' "$TREE" >/dev/null
+
+"$SERVER_BIN" "$REMOTE" >"$WORK/server.info" &
+SERVER_PID=$!
+for _ in $(seq 100); do
+    [ "$(wc -l <"$WORK/server.info")" -ge 5 ] && break
+    sleep 0.1
+done
+info() { sed -n "s/^$1=//p" "$WORK/server.info"; }
+REPO="$(info auth-id)@127.0.0.1:$(info port):$(info store)"
+export PBS_PASSWORD; PBS_PASSWORD=$(info secret)
+export PBS_FINGERPRINT; PBS_FINGERPRINT=$(info fingerprint)
+unset PBS_REPOSITORY PBS_NAMESPACE
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+# Seconds a command takes (its output discarded).
+seconds() {
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l
+}
+read_tree() { tar cf - -C "$1" . | cat >/dev/null; }
+mount_read() {
+    mkdir -p "$WORK/mnt"
+    "$BIN" -r "$1" mount host/bench/latest "$WORK/mnt"
+    drop_caches
+    seconds read_tree "$WORK/mnt"
+    "$BIN" umount "$WORK/mnt"
+}
+
+drop_caches
+T_PUSH_LOCAL=$(seconds "$BIN" -r "$LOCAL" push --quiet --backup-id bench --backup-time 1000 "$TREE")
+drop_caches
+T_PUSH_REMOTE=$(seconds "$BIN" -r "$REPO" push --quiet --backup-id bench --backup-time 1000 "$TREE")
+T_READ_LOCAL=$(mount_read "$LOCAL")
+T_READ_REMOTE=$(mount_read "$REPO")
+
+mibs() { echo "scale=1; $BYTES / 1048576 / $1" | bc -l; }
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+printf '%-34s %8.2f s %8s MiB/s\n' "push to local datastore" "$T_PUSH_LOCAL" "$(mibs "$T_PUSH_LOCAL")"
+printf '%-34s %8.2f s %8s MiB/s\n' "push to test server" "$T_PUSH_REMOTE" "$(mibs "$T_PUSH_REMOTE")"
+printf '%-34s %8.2f s %8s MiB/s\n' "cold mount read, local datastore" "$T_READ_LOCAL" "$(mibs "$T_READ_LOCAL")"
+printf '%-34s %8.2f s %8s MiB/s\n' "cold mount read, test server" "$T_READ_REMOTE" "$(mibs "$T_READ_REMOTE")"
+echo "ratio push server/local: $(ratio "$T_PUSH_LOCAL" "$T_PUSH_REMOTE")"
+echo "ratio read server/local: $(ratio "$T_READ_LOCAL" "$T_READ_REMOTE")"

@@ -1,0 +1,286 @@
+//! `pbsfs push` to the in-process PBS test server: the pushed snapshot verifies on the
+//! server's datastore and mounts (from the server) as the source tree; an unchanged tree
+//! pushed again in metadata mode uploads no payload chunk; a mount whose server goes away
+//! answers EIO and works again once it is back.
+
+mod common;
+mod support;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
+
+use common::disk_tree::{assert_same_tree, tree_from_disk};
+use pbsfs::format::index::AnyIndex;
+use pbsfs::format::Digest;
+use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use rand::{RngCore, SeedableRng};
+use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
+
+fn repository(server: &TestServer) -> String {
+    format!(
+        "{}@127.0.0.1:{}:{}",
+        server.config.token_id,
+        server.addr.port(),
+        server.config.store_name
+    )
+}
+
+/// `pbsfs` against the server (token secret from PBS_PASSWORD, pinned fingerprint).
+fn pbsfs(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--repository",
+            &repository(server),
+            "--fingerprint",
+            &server.fingerprint,
+        ])
+        .args(args)
+        .env("PBS_PASSWORD", &server.config.token_secret)
+        .env_remove("PBS_FINGERPRINT")
+        .env_remove("PBS_NAMESPACE")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> &[u8] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    &out.stdout
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Every entry kind (devices need root, which the tests have), xattrs, a hardlink, and two
+/// random files large enough for several payload chunks each.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("dir/text"), "hello\n".repeat(1000)).unwrap();
+    std::fs::write(root.join("dir/sub/big-a"), random_bytes(1, 9 << 20)).unwrap();
+    std::fs::write(root.join("big-b"), random_bytes(2, 7 << 20)).unwrap();
+    std::fs::write(root.join("linked"), b"two names").unwrap();
+    std::fs::hard_link(root.join("linked"), root.join("dir/linked2")).unwrap();
+    std::os::unix::fs::symlink("../empty", root.join("dir/link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    let path = |name: &str| std::ffi::CString::new(root.join(name).to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated paths.
+    unsafe {
+        assert_eq!(libc::mkfifo(path("fifo").as_ptr(), 0o640), 0);
+        let chr = libc::S_IFCHR | 0o600;
+        assert_eq!(
+            libc::mknod(path("chr").as_ptr(), chr, libc::makedev(1, 3)),
+            0
+        );
+        let blk = libc::S_IFBLK | 0o600;
+        assert_eq!(
+            libc::mknod(path("blk").as_ptr(), blk, libc::makedev(7, 0)),
+            0
+        );
+    }
+    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+    std::fs::set_permissions(
+        root.join("dir/text"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let name = std::ffi::CString::new("user.comment").unwrap();
+    // SAFETY: valid C strings and buffer. Best effort: tmpfs may refuse user xattrs.
+    unsafe {
+        libc::lsetxattr(
+            path("dir/text").as_ptr(),
+            name.as_ptr(),
+            b"a value".as_ptr().cast(),
+            7,
+            0,
+        );
+    }
+}
+
+/// Pushes `tree` as `host/<id>` at `time`; the JSON summary.
+fn push(server: &TestServer, tree: &Path, id: &str, time: i64) -> serde_json::Value {
+    let source = format!("root.pxar:{}", tree.display());
+    let out = pbsfs(
+        server,
+        &[
+            "push",
+            "--backup-id",
+            id,
+            "--backup-time",
+            &time.to_string(),
+            "--output-format",
+            "json",
+            &source,
+        ],
+    );
+    serde_json::from_slice(ok(&out)).unwrap()
+}
+
+fn index_digests(server: &TestServer, id: &str, time: i64, name: &str) -> Vec<Digest> {
+    let group = BackupGroup::parse(&format!("host/{id}")).unwrap();
+    let dir = BackupDir::new(group, time).unwrap();
+    let raw = server
+        .store()
+        .read_snapshot_file(&BackupNamespace::root(), &dir, name)
+        .unwrap();
+    AnyIndex::parse(&raw).unwrap().digests().to_vec()
+}
+
+/// A mount of a snapshot served by the test server; unmounted on drop.
+struct Mount {
+    point: PathBuf,
+}
+
+impl Mount {
+    fn new(server: &TestServer, snapshot: &str, point: PathBuf) -> Mount {
+        std::fs::create_dir_all(&point).unwrap();
+        ok(&pbsfs(
+            server,
+            &["mount", snapshot, point.to_str().unwrap()],
+        ));
+        Mount { point }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+            .arg("umount")
+            .arg(&self.point)
+            .output();
+    }
+}
+
+fn uploads(server: &TestServer) -> u64 {
+    server.counters.chunk_uploads.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_pushed_tree_verifies_mounts_as_the_source_and_is_pushed_again_without_payload() {
+    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = tmp.path().join("tree");
+    make_tree(&tree);
+    let datastore = empty_datastore(tmp.path());
+    let server = TestServer::start(&datastore, ServerConfig::default());
+
+    let first = push(&server, &tree, "tree", 1000);
+    let uploaded = uploads(&server);
+    assert!(uploaded >= 4, "{first}");
+    assert_eq!(first["new-chunks"], uploaded, "{first}");
+    assert_eq!(first["snapshot"], "host/tree/1970-01-01T00:16:40Z");
+
+    // The server's datastore, checked as a local one: every chunk present and correct,
+    // indexes and manifest valid.
+    let verify = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(&datastore)
+        .arg("verify")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(ok(&verify)).to_string();
+    assert!(
+        report.contains("ok      host/tree/1970-01-01T00:16:40Z"),
+        "{report}"
+    );
+
+    {
+        let mount = Mount::new(&server, "host/tree/latest", tmp.path().join("mnt"));
+        assert_same_tree(
+            &tree_from_disk(&mount.point),
+            &tree_from_disk(&tree),
+            "mounted from the server",
+        );
+    }
+
+    // Unchanged tree, metadata mode: no file is read and no payload chunk is uploaded.
+    let before = uploads(&server);
+    let second = push(&server, &tree, "tree", 2000);
+    let uploaded = uploads(&server) - before;
+    assert_eq!(second["bytes-read"], 0, "{second}");
+    let first_payload: HashSet<Digest> = index_digests(&server, "tree", 1000, "root.ppxar.didx")
+        .into_iter()
+        .collect();
+    let second_payload = index_digests(&server, "tree", 2000, "root.ppxar.didx");
+    assert!(second_payload.iter().all(|d| first_payload.contains(d)));
+    let second_meta = index_digests(&server, "tree", 2000, "root.mpxar.didx");
+    assert!(
+        uploaded <= second_meta.len() as u64,
+        "{uploaded} uploads for {} metadata chunks",
+        second_meta.len()
+    );
+
+    // Once the previous snapshot re-used its payload too, nothing at all is new.
+    let before = uploads(&server);
+    let third = push(&server, &tree, "tree", 3000);
+    assert_eq!(uploads(&server), before, "{third}");
+    assert_eq!(third["new-chunks"], 0, "{third}");
+
+    let mount = Mount::new(&server, "host/tree/latest", tmp.path().join("mnt3"));
+    assert_same_tree(
+        &tree_from_disk(&mount.point),
+        &tree_from_disk(&tree),
+        "third snapshot mounted from the server",
+    );
+}
+
+#[test]
+fn an_image_pushed_to_the_server_restores_byte_for_byte() {
+    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let image = tmp.path().join("disk.img");
+    // Not a multiple of 4 MiB: the last chunk is short.
+    let data = random_bytes(7, (9 << 20) + 12345);
+    std::fs::write(&image, &data).unwrap();
+    let server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
+    let source = format!("disk.img:{}", image.display());
+    ok(&pbsfs(
+        &server,
+        &["push", "--backup-type", "vm", "--backup-id", "7", &source],
+    ));
+    assert_eq!(uploads(&server), 3);
+    let restored = pbsfs(&server, &["restore", "vm/7/latest", "disk.img", "-"]);
+    assert!(ok(&restored) == data.as_slice(), "restored image differs");
+}
+
+#[test]
+fn mount_reads_fail_with_eio_while_the_server_is_down_and_work_again_after() {
+    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = tmp.path().join("tree");
+    make_tree(&tree);
+    let mut server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
+    std::fs::write(tree.join("huge"), random_bytes(3, 48 << 20)).unwrap();
+    push(&server, &tree, "tree", 1000);
+    let mount = Mount::new(&server, "host/tree/latest", tmp.path().join("mnt"));
+    // Metadata only: the payload chunks are not fetched yet.
+    let names: Vec<_> = std::fs::read_dir(mount.point.join("dir/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["big-a"]);
+    let reads_before = server.counters.chunk_reads.load(Ordering::SeqCst);
+
+    // Far more payload chunks than the mount reads ahead: most are fetched only when read.
+    let huge = random_bytes(3, 48 << 20);
+    server.stop();
+    let err = std::fs::read(mount.point.join("huge")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    server.restart();
+    let data = std::fs::read(mount.point.join("huge")).unwrap();
+    assert!(data == huge, "huge differs after the restart");
+    let data = std::fs::read(mount.point.join("dir/sub/big-a")).unwrap();
+    assert!(
+        data == random_bytes(1, 9 << 20),
+        "big-a differs after the restart"
+    );
+    assert!(server.counters.chunk_reads.load(Ordering::SeqCst) > reads_before);
+}
