@@ -284,3 +284,65 @@ fn mount_reads_fail_with_eio_while_the_server_is_down_and_work_again_after() {
     );
     assert!(server.counters.chunk_reads.load(Ordering::SeqCst) > reads_before);
 }
+
+#[test]
+fn an_encrypted_push_to_the_server_is_signed_and_restores_with_the_key() {
+    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = tmp.path().join("tree");
+    make_tree(&tree);
+    let datastore = empty_datastore(tmp.path());
+    let server = TestServer::start(&datastore, ServerConfig::default());
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/fixture.key"
+    );
+    let source = format!("root.pxar:{}", tree.display());
+    ok(&pbsfs(
+        &server,
+        &[
+            "push",
+            "--keyfile",
+            key,
+            "--backup-id",
+            "secret",
+            "--backup-time",
+            "2000",
+            &source,
+        ],
+    ));
+    // On the server: every index encrypted, the manifest signed with the key's fingerprint.
+    let store = pbsfs::store::local::LocalDatastore::open(&datastore).unwrap();
+    let dir = pbsfs::store::names::BackupDir::parse("host/secret/1970-01-01T00:33:20Z").unwrap();
+    let manifest = store
+        .read_manifest(&pbsfs::store::names::BackupNamespace::root(), &dir)
+        .unwrap();
+    assert!(manifest.signature.is_some());
+    assert!(manifest
+        .files
+        .iter()
+        .all(|f| f.crypt_mode == pbsfs::format::manifest::CryptMode::Encrypt));
+    // Restored from the server with the key: the same tree; without the key: a clear error.
+    let target = tmp.path().join("restored");
+    ok(&pbsfs(
+        &server,
+        &[
+            "restore",
+            "host/secret/latest",
+            "root.pxar",
+            target.to_str().unwrap(),
+            "--keyfile",
+            key,
+        ],
+    ));
+    assert_same_tree(
+        &tree_from_disk(&target),
+        &tree_from_disk(&tree),
+        "encrypted remote push",
+    );
+    let without = pbsfs(
+        &server,
+        &["restore", "host/secret/latest", "root.pxar", "-"],
+    );
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("key needed"));
+}
