@@ -145,3 +145,45 @@ fn wrong_token_and_wrong_fingerprint_are_clear_errors() {
         "the error should show the server's fingerprint: {err}"
     );
 }
+
+#[test]
+fn server_atoms_select_the_same_datastore_as_a_repository_string() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let port = server.addr.port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--datastore",
+            &server.config.store_name,
+        ])
+        .args([
+            "--auth-id",
+            &server.config.token_id,
+            "--fingerprint",
+            &server.fingerprint,
+        ])
+        .args(["snapshots", "--output-format", "json"])
+        .env("PBS_PASSWORD", &server.config.token_secret)
+        .env_remove("PBS_REPOSITORY")
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(ok(&out)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 7);
+    let both = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args([
+            "--repository",
+            "/tmp/x",
+            "--server",
+            "127.0.0.1",
+            "snapshots",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !both.status.success(),
+        "--repository and --server must not be combined"
+    );
+}

@@ -42,6 +42,44 @@ pub struct RepoArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub keyfile: Option<PathBuf>,
 
+    /// PBS server host name (instead of --repository; env PBS_SERVER).
+    #[arg(
+        long,
+        env = "PBS_SERVER",
+        global = true,
+        value_name = "HOST",
+        conflicts_with = "repository"
+    )]
+    pub server: Option<String>,
+    /// PBS server port (default 8007; env PBS_PORT).
+    #[arg(
+        long,
+        env = "PBS_PORT",
+        global = true,
+        value_name = "PORT",
+        conflicts_with = "repository"
+    )]
+    pub port: Option<u16>,
+    /// Datastore on the PBS server (env PBS_DATASTORE).
+    #[arg(
+        long,
+        env = "PBS_DATASTORE",
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "repository"
+    )]
+    pub datastore: Option<String>,
+    /// User or API token on the PBS server, e.g. backup@pbs!pbsfs (default root@pam; env
+    /// PBS_AUTH_ID).
+    #[arg(
+        long,
+        env = "PBS_AUTH_ID",
+        global = true,
+        value_name = "AUTH-ID",
+        conflicts_with = "repository"
+    )]
+    pub auth_id: Option<String>,
+
     /// Expected SHA-256 fingerprint of the PBS server's certificate (xx:xx:...); default
     /// PBS_FINGERPRINT. Without one, the certificate must be trusted by the system.
     #[arg(long, global = true, value_name = "FINGERPRINT")]
@@ -56,6 +94,34 @@ pub struct RepoArgs {
         value_name = "FORMAT"
     )]
     pub output_format: OutputFormat,
+}
+
+impl RepoArgs {
+    /// The repository the user selected: --repository, else the server atoms (--server,
+    /// --port, --datastore, --auth-id), else None for the default local datastore.
+    pub fn selected(&self) -> Result<Option<Repository>> {
+        if let Some(text) = &self.repository {
+            return Ok(Some(Repository::parse(text)?));
+        }
+        if self.server.is_none() && self.datastore.is_none() {
+            if self.port.is_some() || self.auth_id.is_some() {
+                bail!("--port and --auth-id need --server and --datastore (or --repository)");
+            }
+            return Ok(None);
+        }
+        let Some(datastore) = &self.datastore else {
+            bail!("--server needs --datastore (or use --repository)");
+        };
+        let host = self.server.as_deref().unwrap_or("localhost");
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]") // an IPv6 address
+        } else {
+            host.to_string()
+        };
+        let auth_id = self.auth_id.as_deref().unwrap_or("root@pam");
+        let text = format!("{auth_id}@{host}:{}:{datastore}", self.port.unwrap_or(8007));
+        Ok(Some(Repository::parse(&text)?))
+    }
 }
 
 /// The selected datastore, opened.
@@ -76,8 +142,10 @@ impl Context {
     /// then reads as empty.
     pub fn open(args: &RepoArgs) -> Result<Self> {
         let ns = BackupNamespace::parse(args.namespace.as_deref().unwrap_or(""))?;
-        let repository = match &args.repository {
-            Some(text) => Repository::parse(text)?,
+        let selected = args.selected()?;
+        let is_default = selected.is_none();
+        let repository = match selected {
+            Some(repository) => repository,
             None => Repository::Local(Repository::default_local()?),
         };
         let mut ctx = Context {
@@ -90,7 +158,6 @@ impl Context {
         };
         match repository {
             Repository::Local(path) => {
-                let is_default = args.repository.is_none();
                 if is_default && !path.join(".chunks").exists() {
                     return Ok(ctx);
                 }

@@ -215,15 +215,13 @@ fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> 
 /// The selected datastore: a PBS server (connected like every other command does, see
 /// `Context::open`), or a local directory, created on first use.
 fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn RemoteStore>> {
-    let location = match &repo.repository {
-        Some(text) => match Repository::parse(text)? {
-            Repository::Local(path) => path,
-            Repository::Remote(remote) => {
-                let options = ConnectOptions::from_env(&remote, repo.fingerprint.as_deref())?;
-                let store = RemoteDatastore::connect(&remote, options)?;
-                return Ok(Arc::new(RemoteBackupStore::new(Arc::new(store))));
-            }
-        },
+    let location = match repo.selected()? {
+        Some(Repository::Local(path)) => path,
+        Some(Repository::Remote(remote)) => {
+            let options = ConnectOptions::from_env(&remote, repo.fingerprint.as_deref())?;
+            let store = RemoteDatastore::connect(&remote, options)?;
+            return Ok(Arc::new(RemoteBackupStore::new(Arc::new(store))));
+        }
         None => Repository::default_local()?,
     };
     Ok(Arc::new(LocalStore::new(open_or_create_local(
