@@ -402,6 +402,28 @@ pub fn decode_chunk_with(
     Ok(data)
 }
 
+/// [`decode_chunk_with`] taking the raw blob by value: an uncompressed, unencrypted chunk
+/// (random data) becomes its own plain data in place, with no second buffer.
+pub fn decode_chunk_owned(
+    mut raw: Vec<u8>,
+    digest: &Digest,
+    expected_len: Option<u64>,
+    crypt: Option<&CryptConfig>,
+) -> Result<Vec<u8>, BlobError> {
+    if blob_kind(&raw)? != BlobKind::Uncompressed {
+        return decode_chunk_with(&raw, digest, expected_len, crypt);
+    }
+    parse_blob(&raw)?; // CRC
+    if raw.len() - PLAIN_HEADER_LEN > MAX_CHUNK_SIZE {
+        return Err(BlobError::TooLarge {
+            limit: MAX_CHUNK_SIZE,
+        });
+    }
+    raw.drain(..PLAIN_HEADER_LEN);
+    verify_chunk(&raw, &chunk_digest(&raw), digest, expected_len)?;
+    Ok(raw)
+}
+
 /// Crypt-mode consistency (blob.md §5): an encrypted index references only encrypted
 /// chunks, any other index only plain ones.
 pub fn check_chunk_crypt_mode(raw: &[u8], index_encrypted: bool) -> Result<(), BlobError> {
@@ -797,5 +819,34 @@ mod tests {
                 index_encrypted: false
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod owned_tests {
+    use super::*;
+
+    #[test]
+    fn owned_decoding_agrees_with_borrowed_and_checks_crc() {
+        let random: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let text = b"compressible ".repeat(20_000);
+        for (data, compress) in [(&random[..], false), (&text[..], true), (&text[..], false)] {
+            let raw = encode_blob(data, compress).unwrap();
+            let digest = chunk_digest(data);
+            let owned =
+                decode_chunk_owned(raw.clone(), &digest, Some(data.len() as u64), None).unwrap();
+            assert_eq!(
+                owned,
+                decode_chunk_with(&raw, &digest, Some(data.len() as u64), None).unwrap()
+            );
+            assert_eq!(owned, data);
+            let mut bad = raw.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            assert!(decode_chunk_owned(bad, &digest, None, None).is_err());
+            assert!(decode_chunk_owned(raw, &[0u8; 32], None, None).is_err());
+        }
     }
 }

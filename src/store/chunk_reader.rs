@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::ChunkSource;
-use crate::format::blob::{check_chunk_crypt_mode, decode_chunk_with, MAX_CHUNK_SIZE};
+use crate::format::blob::{check_chunk_crypt_mode, decode_chunk_owned, MAX_CHUNK_SIZE};
 use crate::format::crypto::CryptConfig;
 use crate::format::manifest::CryptMode;
 use crate::format::{digest_to_hex, Digest};
@@ -77,7 +77,7 @@ impl ChunkReader for VerifyingChunkReader {
             if let Some(encrypted) = self.expect_encrypted {
                 check_chunk_crypt_mode(&raw, encrypted)?;
             }
-            decode_chunk_with(&raw, digest, Some(expected_len), self.crypt.as_deref())
+            decode_chunk_owned(raw, digest, Some(expected_len), self.crypt.as_deref())
         })()
         .with_context(|| format!("chunk {}", digest_to_hex(digest)))?;
         Ok(Arc::new(data))
