@@ -27,33 +27,7 @@ rm -rf "$DS"
 if [ "${REUSE_TREE:-0}" != 1 ] || [ ! -d "$TREE" ]; then
 rm -rf "$TREE"
 echo "generating a ${SIZE_MIB} MiB tree in $TREE ..."
-python3 - "$TREE" "$SIZE_MIB" <<'EOF'
-import os, random, sys
-root, total = sys.argv[1], int(sys.argv[2]) << 20
-rng = random.Random(42)
-os.makedirs(root)
-# 10 % small files (1-64 KiB) in 100 directories, 45 % large random, 45 % compressible text.
-small_budget, written, i = total // 10, 0, 0
-while written < small_budget:
-    d = os.path.join(root, "small", f"{i % 100:02d}")
-    os.makedirs(d, exist_ok=True)
-    n = rng.randint(1024, 65536)
-    with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
-        f.write(rng.randbytes(n) if i % 2 else (b"log line %d\n" % i) * (n // 12))
-    written += n; i += 1
-words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
-for kind in ("random", "text"):
-    budget = total * 45 // 100
-    for j in range(4):
-        with open(os.path.join(root, f"{kind}-{j}"), "wb") as f:
-            left = budget // 4
-            while left > 0:
-                if kind == "random":
-                    block = rng.randbytes(min(left, 8 << 20))
-                else:
-                    block = b" ".join(rng.choice(words) for _ in range(200000))[: min(left, 8 << 20)]
-                f.write(block); left -= len(block)
-EOF
+python3 scripts/gen-mixed-tree.py "$TREE" "$SIZE_MIB"
 fi
 BYTES=$(du -sb "$TREE" | cut -f1)
 MIB=$(awk "BEGIN{print $BYTES/1048576}")
