@@ -14,11 +14,11 @@ pub mod verify;
 
 use clap::{Parser, Subcommand};
 
-/// Browse, verify and restore Proxmox Backup Server snapshots.
+/// Back up to, browse, mount, verify and restore Proxmox Backup Server snapshots.
 ///
 /// pbsfs works on a PBS datastore: a local directory in PBS layout (the default is
-/// ~/.local/share/pbsfs/datastore) or, later, a PBS server. Select it with --repository or
-/// PBS_REPOSITORY, and a namespace with --ns or PBS_NAMESPACE.
+/// ~/.local/share/pbsfs/datastore) or a PBS server. Select it with --repository or
+/// PBS_REPOSITORY (or --server/--datastore/...), and a namespace with --ns or PBS_NAMESPACE.
 #[derive(Parser, Debug)]
 #[command(name = "pbsfs", version, about, long_about, propagate_version = true)]
 pub struct Cli {
