@@ -4,44 +4,12 @@
 mod common;
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::{expected_tree, sha256_hex};
+use support::cli::{ok, pbsfs, repository};
 use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
-
-fn repository(server: &TestServer) -> String {
-    format!(
-        "{}@127.0.0.1:{}:{}",
-        server.config.token_id,
-        server.addr.port(),
-        server.config.store_name
-    )
-}
-
-fn pbsfs(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .args([
-            "--repository",
-            &repository(server),
-            "--fingerprint",
-            &server.fingerprint,
-        ])
-        .args(args)
-        .env("PBS_PASSWORD", &server.config.token_secret)
-        .env_remove("PBS_FINGERPRINT")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> &[u8] {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    &out.stdout
-}
 
 #[test]
 fn list_files_restore_and_verify_through_the_server() {

@@ -9,7 +9,7 @@ mod support;
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
@@ -17,42 +17,8 @@ use pbsfs::format::index::AnyIndex;
 use pbsfs::format::Digest;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use rand::{RngCore, SeedableRng};
+use support::cli::{ok, pbsfs};
 use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
-
-fn repository(server: &TestServer) -> String {
-    format!(
-        "{}@127.0.0.1:{}:{}",
-        server.config.token_id,
-        server.addr.port(),
-        server.config.store_name
-    )
-}
-
-/// `pbsfs` against the server (token secret from PBS_PASSWORD, pinned fingerprint).
-fn pbsfs(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .args([
-            "--repository",
-            &repository(server),
-            "--fingerprint",
-            &server.fingerprint,
-        ])
-        .args(args)
-        .env("PBS_PASSWORD", &server.config.token_secret)
-        .env_remove("PBS_FINGERPRINT")
-        .env_remove("PBS_NAMESPACE")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> &[u8] {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    &out.stdout
-}
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];

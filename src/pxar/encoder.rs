@@ -19,7 +19,7 @@ use super::format::{
     PXAR_SYMLINK, PXAR_XATTR,
 };
 use super::goodbye::{build_goodbye, ChildRecord};
-use super::metadata::{Device, Metadata};
+use super::metadata::{AclEntry, Device, Metadata};
 
 /// Longest symlink target or hardlink path (without the NUL), as the reference limits it.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -588,18 +588,17 @@ impl<W: Write, P: Write> Encoder<W, P> {
             out.item(PXAR_XATTR, &[name, &[0], value])?;
         }
         let acl = &metadata.acl;
-        for entry in &acl.users {
-            out.item(
-                PXAR_ACL_USER,
-                &[&entry.id.to_le_bytes(), &entry.permissions.to_le_bytes()],
-            )?;
-        }
-        for entry in &acl.groups {
-            out.item(
-                PXAR_ACL_GROUP,
-                &[&entry.id.to_le_bytes(), &entry.permissions.to_le_bytes()],
-            )?;
-        }
+        // Named entries: (id, permissions) pairs, in the order the official encoder writes them.
+        let named = |out: &mut Sink<W>, htype: u64, entries: &[AclEntry]| {
+            entries.iter().try_for_each(|entry| {
+                out.item(
+                    htype,
+                    &[&entry.id.to_le_bytes(), &entry.permissions.to_le_bytes()],
+                )
+            })
+        };
+        named(out, PXAR_ACL_USER, &acl.users)?;
+        named(out, PXAR_ACL_GROUP, &acl.groups)?;
         if let Some(permissions) = acl.group_obj {
             out.item(PXAR_ACL_GROUP_OBJ, &[&permissions.to_le_bytes()])?;
         }
@@ -614,18 +613,8 @@ impl<W: Write, P: Write> Encoder<W, P> {
                 ],
             )?;
         }
-        for entry in &acl.default_users {
-            out.item(
-                PXAR_ACL_DEFAULT_USER,
-                &[&entry.id.to_le_bytes(), &entry.permissions.to_le_bytes()],
-            )?;
-        }
-        for entry in &acl.default_groups {
-            out.item(
-                PXAR_ACL_DEFAULT_GROUP,
-                &[&entry.id.to_le_bytes(), &entry.permissions.to_le_bytes()],
-            )?;
-        }
+        named(out, PXAR_ACL_DEFAULT_USER, &acl.default_users)?;
+        named(out, PXAR_ACL_DEFAULT_GROUP, &acl.default_groups)?;
         if let Some(fcaps) = &metadata.fcaps {
             out.item(PXAR_FCAPS, &[fcaps])?;
         }
