@@ -379,18 +379,35 @@ impl<W: Write, P: Write> Encoder<W, P> {
         validate_filename(name)?;
         validate_metadata(metadata)?;
         self.check_payload_order(payload_offset)?;
-        let result = self.write_entry(
-            Some(metadata),
-            name,
-            Some((
-                PXAR_PAYLOAD_REF,
-                &[&payload_offset.to_le_bytes(), &size.to_le_bytes()],
-            )),
-        );
+        let result = self.write_payload_ref(metadata, name, size, payload_offset);
         if result.is_ok() {
             self.last_payload_ref = Some(payload_offset);
         }
         self.poison_on_error(result)
+    }
+
+    fn write_payload_ref(
+        &mut self,
+        metadata: &Metadata,
+        name: &[u8],
+        size: u64,
+        payload_offset: u64,
+    ) -> Result<LinkOffset> {
+        let filename_offset = self.meta.pos;
+        self.write_filename(name)?;
+        self.write_metadata(metadata)?;
+        self.meta.item(
+            PXAR_PAYLOAD_REF,
+            &[&payload_offset.to_le_bytes(), &size.to_le_bytes()],
+        )?;
+        // Deliberately the size a freshly written file gets (metadata plus file size), where
+        // the reference encoder writes only the metadata size for re-used files. Both forms
+        // are valid (pxar.md §7.1: PBS and the official reader accept either), and this one
+        // makes the metadata archive of an unchanged tree byte-identical to the previous
+        // one, so a second metadata-mode push stores no new chunk at all.
+        let meta_size = self.meta.pos - filename_offset;
+        self.push_child(name, filename_offset, meta_size + size);
+        Ok(LinkOffset(filename_offset))
     }
 
     /// Accounts `size` bytes the caller put into the payload stream itself (reused chunks).
@@ -969,15 +986,15 @@ mod tests {
         let (meta_bytes, payload) = encoder.finish().unwrap();
         // Only the freshly written file is in the payload sink; reused bytes are the caller's.
         assert_eq!(payload.unwrap().len(), 16 + 18 + 16);
-        // The reused file's goodbye size is its metadata only, the new file's includes data.
+        // Every file's goodbye size is its metadata plus its file size, re-used or new.
         let goodbye_at = meta_bytes.len() - (16 + 24 * 4);
         let sizes: Vec<u64> = goodbye_items(&meta_bytes, goodbye_at)
             .iter()
             .map(|i| i.size)
             .collect();
         let entry_size = 18 + 56 + 32;
+        assert_eq!(sizes.iter().filter(|&&s| s == entry_size + 1).count(), 2);
         assert!(sizes.contains(&(entry_size + 2)));
-        assert_eq!(sizes.iter().filter(|&&s| s == entry_size).count(), 2);
     }
 
     /// Yields `remaining` zero bytes without holding any data itself, and records the largest
