@@ -3,6 +3,7 @@
 //! Layers (see DESIGN in the README): `format` (pure codecs) → `pxar` (archive format) →
 //! `store` (datastores, chunk sources, range reader) → `cli`.
 
+pub mod alloc;
 pub mod backup;
 pub mod format;
 pub mod pxar;

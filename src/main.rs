@@ -2,10 +2,13 @@ mod cli;
 
 use clap::Parser;
 
-/// Chunks are allocated and freed in multi-MiB pieces from many threads. glibc's adaptive
-/// mmap threshold would move such buffers into per-thread heaps that never shrink, so RSS
-/// would grow far beyond the live data (seen: ~1 GiB for a 256 MiB cache). A fixed threshold
-/// keeps big buffers in their own mappings, returned to the system when freed.
+/// Big buffers (1 MiB and up) come from their own huge-page mappings (see `pbsfs::alloc`).
+#[global_allocator]
+static ALLOCATOR: pbsfs::alloc::BigBufferAlloc = pbsfs::alloc::BigBufferAlloc;
+
+/// Below 1 MiB glibc serves allocations. A fixed mmap threshold keeps its adaptive one from
+/// moving mid-size buffers into per-thread heaps that never shrink, and few arenas keep the
+/// heaps of many worker threads from multiplying RSS.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {

@@ -246,7 +246,10 @@ fn unchanged_tree_is_not_read_again_and_adds_no_chunks() {
     assert_eq!(ppxar.filename, "root.ppxar.didx");
     assert_eq!(second.reused_chunk_bytes, ppxar.size);
     for (a, b) in first.archives.iter().zip(&second.archives) {
-        assert_eq!((&a.filename, a.size, a.chunks), (&b.filename, b.size, b.chunks));
+        assert_eq!(
+            (&a.filename, a.size, a.chunks),
+            (&b.filename, b.size, b.chunks)
+        );
     }
 
     let (third, read) = push(&tree, "unchanged", 3000, ChangeDetection::Metadata, &[]);

@@ -256,6 +256,7 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
         reply: ReplyData,
     ) {
         match self.guarded("read", |fs| fs.read(ino.0, fh.0, offset, size)) {
+            // A shared window is written to the kernel straight from the cached chunk.
             Ok(data) => reply.data(&data[..data.len().min(size as usize)]),
             Err(err) => reply.error(err.to_fuser()),
         }

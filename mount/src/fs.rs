@@ -1,10 +1,51 @@
 //! The small read-only filesystem interface the FUSE adapter serves.
 
 use std::ffi::{OsStr, OsString};
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Deref, Range};
 use std::sync::Arc;
 
 use crate::Errno;
+
+/// The bytes a read returns: a buffer of its own, or a window into a shared buffer (a
+/// cached chunk, say) that the reply is written from directly, saving a copy and an
+/// allocation per request on the hot path.
+pub enum ReadData {
+    Owned(Vec<u8>),
+    Shared {
+        buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: Range<usize>,
+    },
+}
+
+impl ReadData {
+    /// A window into `buffer`; `range` must lie within it.
+    pub fn shared(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= (*buffer).as_ref().len());
+        ReadData::Shared { buffer, range }
+    }
+}
+
+impl Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Owned(data) => data,
+            ReadData::Shared { buffer, range } => &(**buffer).as_ref()[range.clone()],
+        }
+    }
+}
+
+impl From<Vec<u8>> for ReadData {
+    fn from(data: Vec<u8>) -> Self {
+        ReadData::Owned(data)
+    }
+}
+
+impl std::fmt::Debug for ReadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadData({} bytes)", self.len())
+    }
+}
 
 /// Inode number of the root directory (FUSE_ROOT_ID): the adapter passes inode numbers
 /// through unchanged, so a filesystem must give its root this number.
@@ -135,7 +176,7 @@ pub trait ReadOnlyFs: Send + Sync + 'static {
     fn release(&self, _ino: u64, _fh: u64) {}
 
     /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno>;
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno>;
 
     /// The target of symlink `ino`.
     fn readlink(&self, _ino: u64) -> Result<OsString, Errno> {
@@ -182,7 +223,7 @@ impl<T: ReadOnlyFs + ?Sized> ReadOnlyFs for Arc<T> {
     fn release(&self, ino: u64, fh: u64) {
         (**self).release(ino, fh)
     }
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         (**self).read(ino, fh, offset, size)
     }
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {

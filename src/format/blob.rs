@@ -231,14 +231,26 @@ fn finish_plain(data: &[u8], compressed: bool, max_size: usize) -> Result<Vec<u8
 /// Decompresses a zstd stream (any number of frames) without ever holding more than
 /// `max_size + 1` output bytes, so a hostile stream cannot exhaust memory.
 pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, BlobError> {
-    let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(BlobError::Decompress)?;
-    // The frame usually states its size: allocate exactly that (plus one byte so the end is
-    // seen without growing). Chunks are cached, so slack capacity would be memory held for
-    // nothing.
+    // The frame usually states its size (PBS writes one frame per blob): then one
+    // single-shot call decodes straight into a buffer of exactly that size, with no
+    // zeroing and no copies out of a streaming window. Chunks are cached, so the exact
+    // size also means no slack capacity held for nothing.
     let stated = zstd::zstd_safe::get_frame_content_size(data)
         .ok()
         .flatten()
         .filter(|size| *size <= max_size as u64);
+    if let Some(size) = stated {
+        let mut out = Vec::with_capacity(size as usize);
+        // Fails if the frame lies about its size or more frames follow: the streaming
+        // path below then decides.
+        if zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(data, &mut out))
+            .is_ok()
+        {
+            return Ok(out);
+        }
+    }
+    let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(BlobError::Decompress)?;
     let capacity = match stated {
         Some(size) => size as usize + 1,
         None => max_size.min(data.len().saturating_mul(4)),

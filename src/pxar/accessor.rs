@@ -456,6 +456,29 @@ impl Accessor {
         Ok(len)
     }
 
+    /// Checks what [`Self::read_file`] checks before handing out a file's bytes, for
+    /// callers that read the data stream themselves.
+    pub fn check_file_data(&self, file: &Entry) -> Result<()> {
+        match (&file.kind, &self.payload) {
+            (
+                EntryKind::File {
+                    size,
+                    data: FileData::PayloadRef { payload_offset },
+                },
+                Some(payload),
+            ) => self.check_payload_header(&**payload, *payload_offset, *size),
+            (
+                EntryKind::File {
+                    data: FileData::PayloadRef { .. },
+                    ..
+                },
+                None,
+            ) => Err(DecodeError::WrongKind("entry belongs to a split archive")),
+            (EntryKind::File { .. }, _) => Ok(()),
+            _ => Err(DecodeError::WrongKind("not a regular file")),
+        }
+    }
+
     /// Verifies once per file that a PAYLOAD header of the right size sits where the
     /// reference points (pxar.md §3.12).
     fn check_payload_header(&self, payload: &dyn ReadAt, at: u64, size: u64) -> Result<()> {

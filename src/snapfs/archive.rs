@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use crate::format::ReadAt;
 use crate::pxar::accessor::Accessor;
@@ -290,7 +290,7 @@ impl ReadOnlyFs for ArchiveFs {
         self.handles.lock().unwrap().remove(&fh);
     }
 
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let entry = self.entry(ino)?;
         let file_size = entry.file_size();
         // Sequential reader: fetch the chunks ahead of it in the background. The kernel's
@@ -311,6 +311,19 @@ impl ReadOnlyFs for ArchiveFs {
             }
         }
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
+        // The common case, a read within one chunk, is answered from the cached chunk.
+        if let (Some(start), true) = (Self::data_start(&entry), len > 0) {
+            self.accessor
+                .check_file_data(&entry)
+                .map_err(|err| self.eio("read failed", err))?;
+            let shared = self
+                .data
+                .read_shared(start + offset, len)
+                .map_err(|err| self.eio("read failed", err))?;
+            if let Some((chunk, range)) = shared {
+                return Ok(ReadData::shared(chunk, range));
+            }
+        }
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
@@ -324,7 +337,7 @@ impl ReadOnlyFs for ArchiveFs {
             done += n;
         }
         buf.truncate(done);
-        Ok(buf)
+        Ok(buf.into())
     }
 
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {

@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use crate::format::ReadAt;
 use crate::store::range::IndexReader;
@@ -108,17 +108,29 @@ impl ReadOnlyFs for ImageDirFs {
         Ok(())
     }
 
-    fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let (name, reader) = self.image(ino)?;
         let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; len];
-        // Read-ahead: images are mostly read front to back.
-        reader.prefetch(offset + len as u64, 8 << 20);
-        reader.read_exact_at(&mut buf, offset).map_err(|err| {
+        let eio = |err: &dyn std::fmt::Display| {
             eprintln!("pbsfs: {name}: {err}");
             Errno::EIO
-        })?;
-        Ok(buf)
+        };
+        // Read-ahead: images are mostly read front to back.
+        reader.prefetch(offset + len as u64, 8 << 20);
+        if len > 0 {
+            // Within one chunk: answered from the cached chunk, no copy.
+            if let Some((chunk, range)) = reader
+                .read_shared(offset, len)
+                .map_err(|e| eio(&format!("{e:#}")))?
+            {
+                return Ok(ReadData::shared(chunk, range));
+            }
+        }
+        let mut buf = vec![0u8; len];
+        reader
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| eio(&e))?;
+        Ok(buf.into())
     }
 
     fn listxattr(&self, _ino: u64) -> Result<Vec<OsString>, Errno> {

@@ -30,7 +30,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{bail, Result};
 use lru::LruCache;
-use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use super::{mountables, ArchiveFs, Mountable};
 use crate::format::ReadAt;
@@ -676,7 +676,7 @@ impl ReadOnlyFs for StoreFs {
         }
     }
 
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         if ino & CONTENT_FLAG != 0 {
             let (slot_index, slot, local) = self.to_local(ino)?;
             return self
@@ -691,13 +691,25 @@ impl ReadOnlyFs for StoreFs {
             return Err(Errno::EIO);
         };
         let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; len];
         // Images are mostly read front to back.
         reader.prefetch(offset + len as u64, 8 << 20);
+        let eio = |err: &dyn std::fmt::Display| {
+            self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name()))
+        };
+        if len > 0 {
+            // Within one chunk: answered from the cached chunk, no copy.
+            let shared = reader
+                .read_shared(offset, len)
+                .map_err(|e| eio(&format!("{e:#}")))?;
+            if let Some((chunk, range)) = shared {
+                return Ok(ReadData::shared(chunk, range));
+            }
+        }
+        let mut buf = vec![0u8; len];
         reader
             .read_exact_at(&mut buf, offset)
-            .map_err(|err| self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name())))?;
-        Ok(buf)
+            .map_err(|e| eio(&e))?;
+        Ok(buf.into())
     }
 
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {

@@ -2,10 +2,15 @@
 //!
 //! - Bounded in bytes, not entries: chunks range from a few bytes to 16 MiB.
 //! - Single-flight: concurrent readers of one missing chunk wait for one fetch.
-//! - Sharded by digest, so readers of different chunks never queue on one lock.
+//! - Sharded by digest, so readers of different chunks never queue on one lock. The byte
+//!   budget is global, though: a per-shard budget (1/16 of the cache) would hold only one
+//!   16 MiB chunk per shard and evict read-ahead chunks before they are read. Every entry
+//!   carries a global use tick; eviction takes the shard tail with the oldest tick, which
+//!   approximates one LRU over all shards without a global lock.
 //! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -44,36 +49,28 @@ impl Flight {
     }
 }
 
-struct Shard {
-    lru: LruCache<Digest, Chunk>,
-    bytes: usize,
-    capacity: usize,
-    in_flight: HashMap<Digest, Arc<Flight>>,
+struct Cached {
+    chunk: Chunk,
+    /// When it was last used, on the cache-wide clock.
+    tick: u64,
 }
 
-impl Shard {
-    fn insert(&mut self, digest: Digest, chunk: Chunk) {
-        // Count what the buffer holds in memory, not just its length.
-        let cost = |chunk: &Chunk| chunk.capacity();
-        if cost(&chunk) > self.capacity {
-            return; // would evict everything and still not fit
-        }
-        self.bytes += cost(&chunk);
-        if let Some(old) = self.lru.put(digest, chunk) {
-            self.bytes -= cost(&old);
-        }
-        while self.bytes > self.capacity {
-            match self.lru.pop_lru() {
-                Some((_, evicted)) => self.bytes -= cost(&evicted),
-                None => break,
-            }
-        }
-    }
+/// What a cached chunk costs: what its buffer holds in memory, not just its length.
+fn cost(chunk: &Chunk) -> usize {
+    chunk.capacity()
+}
+
+struct Shard {
+    lru: LruCache<Digest, Cached>,
+    in_flight: HashMap<Digest, Arc<Flight>>,
 }
 
 struct Inner {
     source: Arc<dyn ChunkReader>,
     shards: Vec<Mutex<Shard>>,
+    capacity: usize,
+    bytes: AtomicUsize,
+    clock: AtomicU64,
 }
 
 impl Inner {
@@ -81,11 +78,16 @@ impl Inner {
         &self.shards[digest[0] as usize % SHARDS]
     }
 
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn read(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
         let flight = {
             let mut shard = self.shard(digest).lock().unwrap();
-            if let Some(chunk) = shard.lru.get(digest) {
-                return Ok(chunk.clone());
+            if let Some(cached) = shard.lru.get_mut(digest) {
+                cached.tick = self.tick();
+                return Ok(cached.chunk.clone());
             }
             if let Some(flight) = shard.in_flight.get(digest) {
                 let flight = flight.clone();
@@ -101,8 +103,11 @@ impl Inner {
             let mut shard = self.shard(digest).lock().unwrap();
             shard.in_flight.remove(digest);
             if let Ok(chunk) = &result {
-                shard.insert(*digest, chunk.clone());
+                self.insert(&mut shard, digest, chunk);
             }
+        }
+        if result.is_ok() {
+            self.evict_to_capacity();
         }
         // Errors are not cached: the next read tries again (the source may recover).
         flight.finish(
@@ -112,6 +117,41 @@ impl Inner {
                 .map_err(|e| format!("{e:#}")),
         );
         result
+    }
+
+    fn insert(&self, shard: &mut Shard, digest: &Digest, chunk: &Chunk) {
+        if cost(chunk) > self.capacity {
+            return; // would evict everything and still not fit
+        }
+        self.bytes.fetch_add(cost(chunk), Ordering::Relaxed);
+        let cached = Cached {
+            chunk: chunk.clone(),
+            tick: self.tick(),
+        };
+        if let Some(old) = shard.lru.put(*digest, cached) {
+            self.bytes.fetch_sub(cost(&old.chunk), Ordering::Relaxed);
+        }
+    }
+
+    /// Drops least recently used chunks, across shards, until the budget holds. Locks one
+    /// shard at a time.
+    fn evict_to_capacity(&self) {
+        while self.bytes.load(Ordering::Relaxed) > self.capacity {
+            let oldest = self
+                .shards
+                .iter()
+                .enumerate()
+                .filter_map(|(n, shard)| {
+                    let shard = shard.lock().unwrap();
+                    shard.lru.peek_lru().map(|(_, cached)| (cached.tick, n))
+                })
+                .min();
+            let Some((_, n)) = oldest else { return };
+            let evicted = self.shards[n].lock().unwrap().lru.pop_lru();
+            if let Some((_, cached)) = evicted {
+                self.bytes.fetch_sub(cost(&cached.chunk), Ordering::Relaxed);
+            }
+        }
     }
 
     fn contains(&self, digest: &Digest) -> bool {
@@ -129,18 +169,21 @@ pub struct ChunkCache {
 impl ChunkCache {
     /// `capacity` bytes of decoded chunks; `prefetch_workers` threads for read-ahead (0: none).
     pub fn new(source: Arc<dyn ChunkReader>, capacity: usize, prefetch_workers: usize) -> Self {
-        let per_shard = (capacity / SHARDS).max(1);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
                     lru: LruCache::unbounded(),
-                    bytes: 0,
-                    capacity: per_shard,
                     in_flight: HashMap::new(),
                 })
             })
             .collect();
-        let inner = Arc::new(Inner { source, shards });
+        let inner = Arc::new(Inner {
+            source,
+            shards,
+            capacity,
+            bytes: AtomicUsize::new(0),
+            clock: AtomicU64::new(0),
+        });
         let prefetch = (prefetch_workers > 0).then(|| {
             let (sender, receiver) = sync_channel(PREFETCH_QUEUE);
             let receiver = Arc::new(Mutex::new(receiver));
@@ -159,11 +202,7 @@ impl ChunkCache {
 
     /// Bytes of chunk data held now.
     pub fn cached_bytes(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().bytes)
-            .sum()
+        self.inner.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether a chunk is cached or being fetched.
@@ -253,13 +292,40 @@ mod tests {
     #[test]
     fn bounded_in_bytes() {
         let src = source(0, None);
-        let cache = ChunkCache::new(src.clone(), SHARDS * 1000, 0);
+        let cache = ChunkCache::new(src.clone(), 10_000, 0);
         for n in 0..=255u8 {
             cache.read_chunk(&digest(n), 600).unwrap();
-            assert!(cache.cached_bytes() <= SHARDS * 1000);
+            assert!(cache.cached_bytes() <= 10_000);
         }
-        // Each shard holds at most one 600-byte chunk of its 1000 bytes.
-        assert_eq!(cache.cached_bytes(), SHARDS * 600);
+        assert_eq!(cache.cached_bytes(), 16 * 600);
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_all_shards() {
+        // Chunks 0, 16, 32 land in one shard; together they still fit the cache.
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), 1000, 0);
+        for n in [0, 16, 32] {
+            cache.read_chunk(&digest(n), 300).unwrap();
+        }
+        for n in [0, 16, 32] {
+            assert!(cache.contains(&digest(n)));
+        }
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_of_any_shard() {
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), 1000, 0);
+        cache.read_chunk(&digest(1), 400).unwrap();
+        cache.read_chunk(&digest(2), 400).unwrap();
+        cache.read_chunk(&digest(1), 400).unwrap(); // 2 is now the oldest
+        cache.read_chunk(&digest(3), 400).unwrap();
+        assert!(cache.contains(&digest(1)));
+        assert!(!cache.contains(&digest(2)));
+        assert!(cache.contains(&digest(3)));
+        assert_eq!(cache.cached_bytes(), 800);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! cover it, and only those are fetched ("RestoreFileRange").
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -56,6 +57,24 @@ impl IndexReader {
             })?;
         *self.last.lock().unwrap() = Some((position, data.clone()));
         Ok(data)
+    }
+
+    /// `len` bytes at `offset` as a window into the one cached chunk holding all of them
+    /// (no copy), or `None` when they span chunks or reach past the end.
+    pub fn read_shared(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<(Arc<Vec<u8>>, Range<usize>)>> {
+        let Some((position, within)) = self.index.chunk_from_offset(offset) else {
+            return Ok(None);
+        };
+        let data = self.chunk(position)?;
+        let start = within as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= data.len() => Ok(Some((data, start..end))),
+            _ => Ok(None),
+        }
     }
 
     /// Asks the chunk reader to fetch the chunks covering `[offset, offset + len)` in the

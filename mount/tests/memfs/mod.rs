@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbsfs_mount::{Attr, DirItem, Errno, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 enum Data {
     Dir {
@@ -249,7 +249,7 @@ impl ReadOnlyFs for MemFs {
         self.stats.releases.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let _in_flight = InFlight::enter(&self.stats);
         self.stats.reads.fetch_add(1, Ordering::SeqCst);
         self.stats
@@ -266,7 +266,12 @@ impl ReadOnlyFs for MemFs {
         };
         let start = (offset as usize).min(content.len());
         let end = start.saturating_add(size as usize).min(content.len());
-        Ok(content[start..end].to_vec())
+        // Odd offsets get a copy, even ones a window: both reply paths are exercised.
+        if offset % 2 == 1 {
+            Ok(content[start..end].to_vec().into())
+        } else {
+            Ok(ReadData::shared(content.clone(), start..end))
+        }
     }
 
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
