@@ -23,8 +23,10 @@ use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
-/// How far ahead of a sequential reader chunks are fetched.
-const READ_AHEAD: u64 = 16 << 20;
+/// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
+/// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
+/// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
+const READ_AHEAD: u64 = 96 << 20;
 /// How far from the end of the previous read a read still counts as sequential.
 const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 /// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
@@ -47,6 +49,8 @@ pub struct ArchiveFs {
     /// The stream holding file contents (the archive itself for v1, the payload for v2),
     /// used to start read-ahead.
     data: Arc<IndexReader>,
+    /// Bytes fetched ahead of a sequential reader.
+    read_ahead: u64,
     root_id: u64,
     counts: TreeCounts,
     handles: Mutex<HashMap<u64, u64>>, // fh -> offset where a sequential read would continue
@@ -58,6 +62,9 @@ impl ArchiveFs {
     /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
+        let read_ahead = data
+            .chunk_capacity()
+            .map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4));
         let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
             .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;
@@ -66,6 +73,7 @@ impl ArchiveFs {
         Ok(ArchiveFs {
             accessor,
             data,
+            read_ahead,
             root_id,
             counts,
             handles: Mutex::new(HashMap::new()),
@@ -305,7 +313,7 @@ impl ReadOnlyFs for ArchiveFs {
             if let Some(start) = Self::data_start(&entry) {
                 let ahead_from = offset + size as u64;
                 if ahead_from < file_size {
-                    let len = READ_AHEAD.min(file_size - ahead_from);
+                    let len = self.read_ahead.min(file_size - ahead_from);
                     self.data.prefetch(start + ahead_from, len);
                 }
             }

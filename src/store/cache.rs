@@ -226,6 +226,10 @@ impl ChunkReader for ChunkCache {
         self.inner.read(digest, expected_len)
     }
 
+    fn capacity(&self) -> Option<usize> {
+        Some(self.inner.capacity)
+    }
+
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         let Some(sender) = &self.prefetch else { return };
         if self.inner.contains(digest) {

@@ -20,6 +20,11 @@ pub trait ChunkReader: Send + Sync {
     /// A hint that the chunk will be read soon (read-ahead); readers with a cache fetch it in
     /// the background, others ignore it.
     fn prefetch(&self, _digest: &Digest, _expected_len: u64) {}
+
+    /// Bytes of decoded chunks this reader keeps (`None`: it keeps none).
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<T: ChunkReader + ?Sized> ChunkReader for Arc<T> {
@@ -28,6 +33,9 @@ impl<T: ChunkReader + ?Sized> ChunkReader for Arc<T> {
     }
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         (**self).prefetch(digest, expected_len)
+    }
+    fn capacity(&self) -> Option<usize> {
+        (**self).capacity()
     }
 }
 

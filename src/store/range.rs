@@ -35,6 +35,11 @@ impl IndexReader {
         &self.index
     }
 
+    /// Bytes the chunk reader caches, if it caches.
+    pub fn chunk_capacity(&self) -> Option<usize> {
+        self.chunks.capacity()
+    }
+
     fn chunk(&self, position: usize) -> Result<Arc<Vec<u8>>> {
         if let Some((cached, data)) = &*self.last.lock().unwrap() {
             if *cached == position {
