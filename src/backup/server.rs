@@ -79,15 +79,14 @@ impl BackupSpec {
             return Ok(BackupSpec {
                 name: name.to_string(),
                 kind,
-                path: PathBuf::from(path),
+                path: absolute_path(Path::new(path)),
             });
         }
         if text.is_empty() {
             bail!("empty backup source");
         }
-        let path = PathBuf::from(text);
-        let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-        let name = match normalized_last_component(&absolute) {
+        let path = absolute_path(Path::new(text));
+        let name = match normalized_last_component(&path) {
             Some(last) => sanitize_name(&last),
             None => "root".to_string(),
         };
@@ -110,6 +109,12 @@ impl BackupSpec {
             ],
         }
     }
+}
+
+/// Relative sources are relative to the working directory, as in any command; the walk
+/// itself only ever sees absolute paths.
+fn absolute_path(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn check_archive_name(name: &str, spec: &str) -> Result<()> {
@@ -770,5 +775,11 @@ mod tests {
         assert!(BackupSpec::parse("x.tar:/").is_err());
         assert!(BackupSpec::parse("bad name.pxar:/").is_err());
         assert!(BackupSpec::parse("root.pxar:").is_err());
+        // Relative sources are taken relative to the working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let relative = BackupSpec::parse("some/dir").unwrap();
+        assert_eq!(relative.name, "dir");
+        assert_eq!(relative.path, cwd.join("some/dir"));
+        assert_eq!(BackupSpec::parse("x.pxar:sub").unwrap().path, cwd.join("sub"));
     }
 }
