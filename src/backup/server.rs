@@ -780,6 +780,9 @@ mod tests {
         let relative = BackupSpec::parse("some/dir").unwrap();
         assert_eq!(relative.name, "dir");
         assert_eq!(relative.path, cwd.join("some/dir"));
-        assert_eq!(BackupSpec::parse("x.pxar:sub").unwrap().path, cwd.join("sub"));
+        assert_eq!(
+            BackupSpec::parse("x.pxar:sub").unwrap().path,
+            cwd.join("sub")
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::session::{BackupSession, IndexSummary, IndexWriter};
-use crate::format::blob::{chunk_digest_with, encode_blob_with};
+use crate::format::blob::{chunk_digest_with, encode_blob_into, encode_blob_with};
 use crate::format::chunker::Chunker;
 use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
@@ -49,6 +49,17 @@ impl ChunkEncoding {
             self.compress,
             self.crypt.as_deref(),
         )?)
+    }
+
+    /// Encodes into `out` (kept by the caller across chunks); returns the blob's length.
+    pub fn encode_into(&self, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
+        if self.crypt.is_some() {
+            let blob = self.encode(data)?;
+            out.clear();
+            out.extend_from_slice(&blob);
+            return Ok(blob.len());
+        }
+        Ok(encode_blob_into(data, self.compress, out)?)
     }
 }
 
@@ -113,6 +124,7 @@ pub struct UploadPool {
     in_flight: usize,
     stats: Arc<UploadStats>,
     abort: Arc<AtomicBool>,
+    spare: Arc<SpareBuffers>,
 }
 
 impl UploadPool {
@@ -135,24 +147,32 @@ impl UploadPool {
         let (jobs, receiver) = sync_channel::<Job>(workers);
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(UploadStats::default());
+        let in_flight = (workers + 2).min(8);
+        // Enough for every chunk in flight in two streams (a split archive) and the queue.
+        let spare = Arc::new(SpareBuffers {
+            buffers: Mutex::new(Vec::new()),
+            limit: 2 * in_flight + workers,
+        });
         let handles = (0..workers)
             .map(|i| {
                 let receiver = receiver.clone();
                 let session = session.clone();
                 let encoding = encoding.clone();
                 let stats = stats.clone();
+                let spare = spare.clone();
                 std::thread::Builder::new()
                     .name(format!("pbsfs-chunk-{i}"))
-                    .spawn(move || worker(&receiver, &*session, &encoding, &stats))
+                    .spawn(move || worker(&receiver, &*session, &encoding, &stats, &spare))
                     .expect("cannot spawn a chunk worker thread")
             })
             .collect();
         UploadPool {
             jobs: Some(jobs),
             workers: handles,
-            in_flight: (workers + 2).min(8),
+            in_flight,
             stats,
             abort,
+            spare,
         }
     }
 
@@ -185,15 +205,46 @@ fn worker(
     session: &dyn BackupSession,
     encoding: &ChunkEncoding,
     stats: &UploadStats,
+    spare: &SpareBuffers,
 ) {
+    // The encoded blob goes here, chunk after chunk.
+    let mut blob = Vec::new();
     loop {
         let job = match receiver.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let result = process_chunk(&job.data, session, encoding, stats);
-        drop(job.data);
+        let result = process_chunk(&job.data, session, encoding, stats, &mut blob);
+        spare.give(job.data);
         let _ = job.reply.send(result);
+    }
+}
+
+/// Chunk buffers handed back by the workers for the streams to fill again: fresh multi-MiB
+/// buffers cost a page fault and a zeroed page per 4 KiB, more than hashing them.
+#[derive(Default)]
+struct SpareBuffers {
+    buffers: Mutex<Vec<Vec<u8>>>,
+    /// At most this many are kept.
+    limit: usize,
+}
+
+impl SpareBuffers {
+    fn give(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if buffers.len() < self.limit {
+            buffers.push(buffer);
+        }
+    }
+
+    /// A spare buffer, or a new one of `capacity`.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 }
 
@@ -202,6 +253,7 @@ fn process_chunk(
     session: &dyn BackupSession,
     encoding: &ChunkEncoding,
     stats: &UploadStats,
+    blob: &mut Vec<u8>,
 ) -> Result<ChunkDone> {
     let digest = encoding.digest(data);
     let size = data.len() as u64;
@@ -209,13 +261,13 @@ fn process_chunk(
     stats.bytes.fetch_add(size, Ordering::Relaxed);
     // Known chunks are not compressed at all: the common case of an unchanged tree.
     if !session.is_known_chunk(&digest)? {
-        let blob = encoding.encode(data)?;
-        if session.upload_chunk(&digest, &blob, size)? {
+        let len = encoding.encode_into(data, blob)?;
+        if session.upload_chunk(&digest, &blob[..len], size)? {
             stats.new_chunks.fetch_add(1, Ordering::Relaxed);
             stats.new_bytes.fetch_add(size, Ordering::Relaxed);
             stats
                 .new_stored_bytes
-                .fetch_add(blob.len() as u64, Ordering::Relaxed);
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
     }
     Ok(ChunkDone { digest, size })
@@ -393,7 +445,7 @@ impl<'p> ChunkedWriter<'p> {
             Cutter::Fixed(size) => *size,
         };
         self.after_injection = false;
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
+        let data = std::mem::replace(&mut self.buf, self.pool.spare.take(capacity));
         let size = data.len() as u64;
         let result = self.pool.submit(data)?;
         self.pending.push_back(Pending::Worker(result, size));
