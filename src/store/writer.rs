@@ -165,6 +165,11 @@ impl SnapshotWriter {
         );
         manifest.files = self.files.clone();
         complete(&mut manifest)?;
+        // Chunks are written without fsync each; before the manifest makes the snapshot
+        // complete they must be on disk, or a crash could leave a complete-looking snapshot
+        // with missing chunks. One syncfs, as PBS does at its default sync level.
+        sync_filesystem(&self.store.root().join(".chunks"))
+            .with_context(|| format!("cannot sync the datastore {}", self.store.root().display()))?;
         let raw = manifest.to_blob()?;
         let tmp = self.path.join("index.json.tmp_manifest");
         fs::write(&tmp, &raw)?;
@@ -236,6 +241,16 @@ fn lock_store_shared(root: &Path) -> Result<File> {
         );
     }
     Ok(file)
+}
+
+/// Flushes everything written to the file system holding `path` (syncfs(2)).
+fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = File::open(path)?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
