@@ -168,8 +168,9 @@ impl SnapshotWriter {
         // Chunks are written without fsync each; before the manifest makes the snapshot
         // complete they must be on disk, or a crash could leave a complete-looking snapshot
         // with missing chunks. One syncfs, as PBS does at its default sync level.
-        sync_filesystem(&self.store.root().join(".chunks"))
-            .with_context(|| format!("cannot sync the datastore {}", self.store.root().display()))?;
+        sync_filesystem(&self.store.root().join(".chunks")).with_context(|| {
+            format!("cannot sync the datastore {}", self.store.root().display())
+        })?;
         let raw = manifest.to_blob()?;
         let tmp = self.path.join("index.json.tmp_manifest");
         fs::write(&tmp, &raw)?;
