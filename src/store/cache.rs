@@ -98,7 +98,13 @@ impl Inner {
             shard.in_flight.insert(*digest, flight.clone());
             flight
         };
+        // The chunk being fetched counts against the budget already: with read-ahead,
+        // several are decoded at once, and memory must stay within the cache size.
+        let reserved = (expected_len as usize).min(self.capacity);
+        self.bytes.fetch_add(reserved, Ordering::Relaxed);
+        self.evict_to_capacity();
         let result = self.source.read_chunk(digest, expected_len);
+        self.bytes.fetch_sub(reserved, Ordering::Relaxed);
         {
             let mut shard = self.shard(digest).lock().unwrap();
             shard.in_flight.remove(digest);
