@@ -280,6 +280,32 @@ fn ticket_login_is_done_once_and_reused() {
 }
 
 #[test]
+fn an_old_ticket_is_renewed_with_itself() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let mut options = token_options(&server);
+    options.auth_id = server.config.user.clone();
+    options.secret = Secret::new(server.config.password.clone());
+    // Every ticket counts as old: each request after the first login renews it.
+    options.ticket_renew_after = std::time::Duration::ZERO;
+    let remote = RemoteDatastore::connect(&repo(&server, &server.config.user), options).unwrap();
+    let root = BackupNamespace::root();
+    for _ in 0..3 {
+        assert!(!remote.list_snapshots(&root, None).unwrap().is_empty());
+    }
+    let renewals = server
+        .counters
+        .renewals
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let logins = server
+        .counters
+        .logins
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(renewals >= 2, "renewals {renewals}");
+    // One login with the password, every other one a renewal with the ticket.
+    assert_eq!(logins, renewals + 1);
+}
+
+#[test]
 fn a_wrong_secret_is_a_clear_authentication_error() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
     for (auth_id, secret) in [

@@ -21,8 +21,6 @@ use super::session::H2Session;
 use super::tls;
 
 pub const USER_AGENT: &str = concat!("pbsfs/", env!("CARGO_PKG_VERSION"));
-/// The official client renews its ticket every 15 minutes (tickets live 2 hours).
-const TICKET_RENEW_AFTER: Duration = Duration::from_secs(15 * 60);
 const API_BODY_LIMIT: usize = 64 << 20;
 /// Large enough for the index of a multi-terabyte archive.
 pub const DOWNLOAD_LIMIT: usize = 256 << 20;
@@ -141,7 +139,7 @@ impl HttpClient {
         }
         let mut slot = self.ticket.lock().await;
         let fresh = match slot.as_ref() {
-            Some(t) if t.obtained.elapsed() < TICKET_RENEW_AFTER => t.clone(),
+            Some(t) if t.obtained.elapsed() < self.options.ticket_renew_after => t.clone(),
             Some(t) => match self.login(&t.ticket).await {
                 Ok(renewed) => renewed,
                 // A renewal can fail if the ticket expired meanwhile; the password still works.

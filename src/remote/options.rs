@@ -72,6 +72,9 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// The official client renews its ticket every 15 minutes (tickets live 2 hours).
+pub const TICKET_RENEW_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// Everything needed to open connections to one server as one user.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -87,6 +90,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// For plain API calls and each request on a session (a chunk, an upload).
     pub request_timeout: Duration,
+    /// A login ticket older than this is renewed (with itself) before the next request.
+    pub ticket_renew_after: Duration,
 }
 
 impl ConnectOptions {
@@ -99,6 +104,7 @@ impl ConnectOptions {
             fingerprint: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
+            ticket_renew_after: TICKET_RENEW_AFTER,
         }
     }
 

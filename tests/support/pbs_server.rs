@@ -74,6 +74,8 @@ pub struct Counters {
     pub chunk_uploads: AtomicU64,
     pub upgrades: AtomicU64,
     pub logins: AtomicU64,
+    /// Logins that renewed a ticket (the password was a valid ticket).
+    pub renewals: AtomicU64,
 }
 
 struct State {
@@ -367,10 +369,13 @@ async fn login(state: &State, req: Request<Incoming>) -> HttpResponse {
     };
     let user = fields.get("username").cloned().unwrap_or_default();
     let password = fields.get("password").cloned().unwrap_or_default();
-    let valid = user == state.config.user
-        && (password == state.config.password || state.tickets.lock().unwrap().contains(&password));
+    let renewal = state.tickets.lock().unwrap().contains(&password);
+    let valid = user == state.config.user && (password == state.config.password || renewal);
     if !valid {
         return unauthorized(state, "permission check failed.", Some(JSON_TYPE)).await;
+    }
+    if renewal {
+        state.counters.renewals.fetch_add(1, Ordering::SeqCst);
     }
     let ticket = format!("PBS:{user}:6B06A28C::{}", uuid::Uuid::new_v4().simple());
     state.tickets.lock().unwrap().insert(ticket.clone());
