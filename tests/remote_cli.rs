@@ -1,5 +1,6 @@
-//! The command line against the in-process PBS test server: listing, files, restore, verify
-//! and a snapshot mount, with token auth and a pinned certificate fingerprint.
+//! The command line against the in-process PBS test server: listing, files, restore, verify,
+//! a snapshot mount and a whole-store mount, with token auth and a pinned certificate
+//! fingerprint.
 
 mod common;
 mod support;
@@ -67,6 +68,55 @@ fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
         .arg(&point)
         .output();
     assert_same_tree(&tree, &expected_tree("tree1.json"), "remote fixture-data");
+}
+
+#[test]
+fn the_whole_server_datastore_mounts_like_a_local_one() {
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    ok(&pbsfs(&server, &["mount", point.to_str().unwrap()]));
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(names(&point), ["host", "ns", "vm"]);
+        assert_eq!(
+            names(&point.join("host/fixture-meta")),
+            ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z"]
+        );
+        assert_eq!(
+            names(&point.join("ns/team/host/fixture-ns/2026-11-25T08:29:01Z")),
+            ["root.pxar"]
+        );
+        // A split archive read through its snapshot's reader session.
+        // (The archive's root directory shows the snapshot's attributes, not the tree's.)
+        let mut tree =
+            tree_from_disk(&point.join("host/fixture-data/2026-11-25T08:28:43Z/root.pxar"));
+        let mut expected = expected_tree("tree1.json");
+        assert!(tree.remove(&Vec::new()).is_some());
+        assert!(expected.remove(&Vec::new()).is_some());
+        assert_same_tree(&tree, &expected, "remote whole-store mount");
+        let image =
+            std::fs::read(point.join("vm/100/2026-11-25T08:29:01Z/drive-scsi0.img")).unwrap();
+        assert_eq!(
+            sha256_hex(&image),
+            "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"
+        );
+    });
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use common::{datastore_dir, expected_tree, sha256_hex};
 use pbsfs::format::Digest;
-use pbsfs::snapfs::StoreFs;
+use pbsfs::snapfs::{StoreFs, StoreSource};
+use pbsfs::store::cache::ChunkCache;
 use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::BackupNamespace;
@@ -42,7 +43,15 @@ fn store_fs() -> (StoreFs, Arc<Counting>) {
         inner: VerifyingChunkReader::new(store.clone()),
         reads: AtomicUsize::new(0),
     });
-    let fs = StoreFs::new(store, BackupNamespace::root(), chunks.clone()).unwrap();
+    // The cache in front counts each chunk fetched once, however often it is read.
+    let cache = Arc::new(ChunkCache::new(chunks.clone(), 64 << 20, 0));
+    let fs = StoreFs::new(
+        StoreSource::Local(store),
+        BackupNamespace::root(),
+        cache,
+        None,
+    )
+    .unwrap();
     (fs, chunks)
 }
 
@@ -272,13 +281,18 @@ fn an_unreadable_archive_fails_only_its_own_directory() {
 #[test]
 fn a_namespace_can_be_the_root() {
     let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
-    let chunks = Arc::new(VerifyingChunkReader::new(store.clone()));
+    let chunks = Arc::new(ChunkCache::new(
+        Arc::new(VerifyingChunkReader::new(store.clone())),
+        1 << 20,
+        0,
+    ));
     let team = BackupNamespace::parse("team").unwrap();
-    let fs = StoreFs::new(store.clone(), team, chunks.clone()).unwrap();
+    let local = || StoreSource::Local(store.clone());
+    let fs = StoreFs::new(local(), team, chunks.clone(), None).unwrap();
     assert_eq!(names(&fs, ""), ["host"]);
     assert!(resolve(&fs, "host/fixture-ns/2026-11-25T08:29:01Z/root.pxar/hard-a").is_ok());
     let missing = BackupNamespace::parse("nope").unwrap();
-    assert!(StoreFs::new(store, missing, chunks).is_err());
+    assert!(StoreFs::new(local(), missing, chunks, None).is_err());
 }
 
 #[test]

@@ -192,17 +192,6 @@ impl Context {
         })
     }
 
-    /// The local datastore, for what only works locally.
-    pub fn local(&self, what: &str) -> Result<&Arc<LocalDatastore>> {
-        self.access()?;
-        self.local.as_ref().with_context(|| {
-            format!(
-                "{what} needs a local datastore; {} is a PBS server",
-                self.location
-            )
-        })
-    }
-
     /// The unlocked key named by --keyfile.
     pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
         self.keyfile

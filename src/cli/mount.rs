@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use pbsfs::snapfs;
+use pbsfs::snapfs::{self, StoreSource};
 use pbsfs::store::cache::ChunkCache;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs_mount::MountOptions;
@@ -141,11 +141,27 @@ fn prepare_mount(
         }
         None => {
             // The whole store; --keyfile, if given, serves the encrypted archives in it.
-            let store = ctx.local("mounting a whole datastore")?.clone();
-            options.fsname = Some(format!("pbsfs:{}", store.root().display()));
-            let verifying = Arc::new(VerifyingChunkReader::with_key(store.clone(), ctx.crypt()?));
-            let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
-            Arc::new(snapfs::StoreFs::new(store, ctx.ns.clone(), cache)?)
+            let crypt = ctx.crypt()?;
+            let (source, cache) = match &ctx.local {
+                Some(store) => {
+                    options.fsname = Some(format!("pbsfs:{}", store.root().display()));
+                    let verifying =
+                        Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
+                    let cache = ChunkCache::new(verifying, args.cache_size as usize, 4);
+                    (StoreSource::Local(store.clone()), cache)
+                }
+                None => {
+                    options.fsname = Some(format!("pbsfs:{}", ctx.location));
+                    let cache = ChunkCache::shared(args.cache_size as usize, 4);
+                    (StoreSource::Remote(ctx.access()?.clone()), cache)
+                }
+            };
+            Arc::new(snapfs::StoreFs::new(
+                source,
+                ctx.ns.clone(),
+                Arc::new(cache),
+                crypt,
+            )?)
         }
     };
     pbsfs_mount::mount(fs, mountpoint, &options)

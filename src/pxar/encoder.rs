@@ -24,8 +24,9 @@ use super::metadata::{AclEntry, Device, Metadata};
 /// Longest symlink target or hardlink path (without the NUL), as the reference limits it.
 pub const MAX_PATH_LEN: usize = 4096;
 
-/// Size of the buffer file contents are copied through.
-const COPY_BUFFER_SIZE: usize = 64 * 1024;
+/// Size of the buffer file contents are copied through: big reads mean few system calls
+/// and let the kernel read ahead in big pieces.
+const COPY_BUFFER_SIZE: usize = 512 * 1024;
 
 /// Offset of an entry's FILENAME item in the (metadata) stream; what a later hardlink to it
 /// needs.

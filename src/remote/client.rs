@@ -3,7 +3,7 @@
 //! upgrade of a fresh connection to a session protocol (§6).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};

@@ -16,7 +16,7 @@ use crate::store::chunk_reader::ChunkReader;
 
 pub use archive::ArchiveFs;
 pub use images::ImageDirFs;
-pub use store_tree::StoreFs;
+pub use store_tree::{StoreFs, StoreSource};
 
 /// What a snapshot can show: its pxar archives (by the name the official client uses,
 /// `root.pxar` also for a split `root.mpxar` + `root.ppxar` pair) and its images.

@@ -1,5 +1,6 @@
 //! A whole datastore (or one namespace of it) as one read-only filesystem:
 //! `[ns/<ns>/...]<type>/<id>/<time>/<archive>/...`, laid out like the datastore itself.
+//! The datastore is a local directory or a PBS server ([`StoreSource`]).
 //!
 //! Nothing is opened before it is needed: listing a snapshot reads only its manifest; a
 //! pxar archive is opened (an [`ArchiveFs`]) on the first access inside it and kept in a
@@ -33,15 +34,28 @@ use lru::LruCache;
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use super::{mountables, ArchiveFs, Mountable};
+use crate::format::crypto::CryptConfig;
 use crate::format::ReadAt;
-use crate::store::access::{open_index_reader, LocalSnapshot};
-use crate::store::chunk_reader::ChunkReader;
+use crate::store::access::{open_index_reader, DatastoreAccess, LocalSnapshot, SnapshotAccess};
+use crate::store::cache::{CacheVia, ChunkCache};
+use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use crate::store::local::LocalDatastore;
 use crate::store::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
 use crate::store::range::IndexReader;
 
 /// Archives (and image readers) kept open at once.
 const OPEN_ARCHIVES: usize = 16;
+/// Snapshots (manifest, and on a server a reader session) kept open at once.
+const OPEN_SNAPSHOTS: usize = 16;
+
+/// Where a whole-store mount gets its listings and snapshots.
+pub enum StoreSource {
+    /// A datastore directory: listings are directory reads; directories show their mtimes.
+    Local(Arc<LocalDatastore>),
+    /// A PBS server: listings come from its API, each snapshot is read through its own
+    /// reader session; directories above snapshots show the mount time.
+    Remote(Arc<dyn DatastoreAccess>),
+}
 
 const CONTENT_FLAG: u64 = 1 << 63;
 const LOCAL_BITS: u32 = 40;
@@ -121,8 +135,13 @@ struct NewChild {
 }
 
 pub struct StoreFs {
-    store: Arc<LocalDatastore>,
-    chunks: Arc<dyn ChunkReader>,
+    source: StoreSource,
+    /// One cache for every archive of the mount.
+    chunks: Arc<ChunkCache>,
+    /// Decrypts encrypted archives (remote sources; a local cache has its key itself).
+    crypt: Option<Arc<CryptConfig>>,
+    snapshots: Mutex<LruCache<(BackupNamespace, BackupDir), Arc<dyn SnapshotAccess>>>,
+    mount_time: Timespec,
     tables: RwLock<Tables>,
     open: Mutex<LruCache<usize, Opened>>,
     /// Serialises opening per slot, so parallel lookups open an archive once.
@@ -134,15 +153,38 @@ pub struct StoreFs {
 
 impl StoreFs {
     /// Shows namespace `ns` (the root namespace: the whole datastore) and everything below.
+    /// `chunks` serves every archive: for a local source it reads (and decrypts with its
+    /// key) from the datastore; for a remote one it is only the shared cache, and chunks
+    /// are fetched through each snapshot's session and decrypted with `crypt`.
     pub fn new(
-        store: Arc<LocalDatastore>,
+        source: StoreSource,
         ns: BackupNamespace,
-        chunks: Arc<dyn ChunkReader>,
+        chunks: Arc<ChunkCache>,
+        crypt: Option<Arc<CryptConfig>>,
     ) -> Result<Self> {
-        if !store.namespace_exists(&ns) {
-            bail!("namespace '{ns}' not found in {}", store.root().display());
-        }
-        let mtime = disk_mtime(&store.namespace_path(&ns));
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(Timespec::default(), |d| {
+                Timespec::new(d.as_secs() as i64, 0)
+            });
+        let mtime = match &source {
+            StoreSource::Local(store) => {
+                if !store.namespace_exists(&ns) {
+                    bail!("namespace '{ns}' not found in {}", store.root().display());
+                }
+                disk_mtime(&store.namespace_path(&ns))
+            }
+            StoreSource::Remote(access) => {
+                if !ns.is_root()
+                    && !access
+                        .list_namespaces(&BackupNamespace::root())?
+                        .contains(&ns)
+                {
+                    bail!("namespace '{ns}' not found on the server");
+                }
+                now
+            }
+        };
         let mut tables = Tables::default();
         tables.nodes.push(NodeEntry {
             node: Node::Namespace(ns.clone()),
@@ -153,8 +195,11 @@ impl StoreFs {
         });
         tables.node_ids.insert(Node::Namespace(ns), ROOT_INO);
         Ok(StoreFs {
-            store,
+            source,
             chunks,
+            crypt,
+            snapshots: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_SNAPSHOTS).unwrap())),
+            mount_time: now,
             tables: RwLock::new(tables),
             open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_ARCHIVES).unwrap())),
             opening: Mutex::new(HashMap::new()),
@@ -304,13 +349,37 @@ impl StoreFs {
         Ok(opened)
     }
 
+    /// A snapshot opened for reading (its manifest read; on a server, a reader session).
+    fn snapshot(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Arc<dyn SnapshotAccess>> {
+        let key = (ns.clone(), dir.clone());
+        if let Some(found) = self.snapshots.lock().unwrap().get(&key) {
+            return Ok(found.clone());
+        }
+        let opened: Arc<dyn SnapshotAccess> = match &self.source {
+            StoreSource::Local(store) => Arc::new(LocalSnapshot::open(store.clone(), ns, dir)?),
+            StoreSource::Remote(access) => access.open_snapshot(ns, dir)?,
+        };
+        self.snapshots.lock().unwrap().put(key, opened.clone());
+        Ok(opened)
+    }
+
     fn open_slot(&self, slot: &Slot) -> Result<Opened> {
-        let snapshot = LocalSnapshot::open(self.store.clone(), &slot.ns, &slot.dir)?;
+        let snapshot = self.snapshot(&slot.ns, &slot.dir)?;
+        let chunks: Arc<dyn ChunkReader> = match &self.source {
+            StoreSource::Local(_) => self.chunks.clone(),
+            StoreSource::Remote(_) => Arc::new(CacheVia::new(
+                self.chunks.clone(),
+                Arc::new(VerifyingChunkReader::with_key(
+                    snapshot.chunk_source(),
+                    self.crypt.clone(),
+                )),
+            )),
+        };
         let open = |file: &str| -> Result<Arc<IndexReader>> {
             Ok(Arc::new(open_index_reader(
-                &snapshot,
+                &*snapshot,
                 file,
-                self.chunks.clone(),
+                chunks.clone(),
             )?))
         };
         Ok(match &slot.what {
@@ -379,46 +448,33 @@ impl StoreFs {
             size: 0,
             mtime,
         };
-        let store = &self.store;
         let mut out = Vec::new();
         match node {
             Node::Namespace(ns) => {
-                let groups = store
-                    .list_groups(ns)
-                    .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))?;
+                let groups = self.groups(ns)?;
                 for ty in BackupType::ALL {
                     if groups.iter().any(|g| g.backup_type == ty) {
-                        let path = store.namespace_path(ns).join(ty.as_str());
-                        out.push(dir(
-                            ty.as_str().into(),
-                            Node::Type(ns.clone(), ty),
-                            disk_mtime(&path),
-                        ));
+                        let mtime = self.dir_mtime(|s| s.namespace_path(ns).join(ty.as_str()));
+                        out.push(dir(ty.as_str().into(), Node::Type(ns.clone(), ty), mtime));
                     }
                 }
                 if !self.child_namespaces(ns)?.is_empty() {
-                    let path = store.namespace_path(ns).join("ns");
-                    out.push(dir(
-                        "ns".into(),
-                        Node::NsList(ns.clone()),
-                        disk_mtime(&path),
-                    ));
+                    let mtime = self.dir_mtime(|s| s.namespace_path(ns).join("ns"));
+                    out.push(dir("ns".into(), Node::NsList(ns.clone()), mtime));
                 }
                 out.sort_by(|a, b| a.name.cmp(&b.name));
             }
             Node::NsList(ns) => {
                 for child in self.child_namespaces(ns)? {
                     let name = child.components().last().cloned().unwrap_or_default();
-                    let mtime = disk_mtime(&store.namespace_path(&child));
+                    let mtime = self.dir_mtime(|s| s.namespace_path(&child));
                     out.push(dir(name, Node::Namespace(child), mtime));
                 }
             }
             Node::Type(ns, ty) => {
-                let groups = store
-                    .list_groups(ns)
-                    .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))?;
+                let groups = self.groups(ns)?;
                 for group in groups.into_iter().filter(|g| g.backup_type == *ty) {
-                    let mtime = disk_mtime(&store.group_path(ns, &group));
+                    let mtime = self.dir_mtime(|s| s.group_path(ns, &group));
                     out.push(dir(
                         group.backup_id.clone(),
                         Node::Group(ns.clone(), group),
@@ -427,14 +483,11 @@ impl StoreFs {
                 }
             }
             Node::Group(ns, group) => {
-                let snapshots = store.list_group_snapshots(ns, group).map_err(|err| {
-                    self.eio(format!("cannot list {}{group}: {err:#}", ns_prefix(ns)))
-                })?;
-                for snapshot in snapshots.into_iter().filter(|s| s.finished) {
-                    let mtime = Timespec::new(snapshot.dir.time, 0);
+                for snapshot in self.finished_snapshots(ns, group)? {
+                    let mtime = Timespec::new(snapshot.time, 0);
                     out.push(dir(
-                        snapshot.dir.time_string(),
-                        Node::Snapshot(ns.clone(), snapshot.dir),
+                        snapshot.time_string(),
+                        Node::Snapshot(ns.clone(), snapshot),
                         mtime,
                     ));
                 }
@@ -447,16 +500,17 @@ impl StoreFs {
 
     /// A snapshot's archives, from its manifest alone; slots are assigned here.
     fn list_snapshot(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Vec<NewChild>, Errno> {
-        let manifest = self.store.read_manifest(ns, dir).map_err(|err| {
+        let snapshot = self.snapshot(ns, dir).map_err(|err| {
             self.eio(format!(
                 "cannot read the manifest of {}{dir}: {err:#}",
                 ns_prefix(ns)
             ))
         })?;
+        let manifest = snapshot.manifest();
         let mtime = Timespec::new(dir.time, 0);
         let mut tables = self.tables.write().unwrap();
         let mut out: Vec<NewChild> = Vec::new();
-        for what in mountables(&manifest) {
+        for what in mountables(manifest) {
             let name = what.name().to_string();
             if out.iter().any(|c| c.name == name) {
                 continue; // e.g. both root.pxar and root.mpxar+root.ppxar: keep the first
@@ -503,8 +557,74 @@ impl StoreFs {
         Ok(out)
     }
 
+    /// The mtime of a directory of a local datastore (`path` finds it); the mount time for
+    /// a server, which has no such times.
+    fn dir_mtime(&self, path: impl FnOnce(&LocalDatastore) -> std::path::PathBuf) -> Timespec {
+        match &self.source {
+            StoreSource::Local(store) => disk_mtime(&path(store)),
+            StoreSource::Remote(_) => self.mount_time,
+        }
+    }
+
+    fn groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>, Errno> {
+        let failed =
+            |err: anyhow::Error| self.eio(format!("cannot list namespace '{ns}': {err:#}"));
+        match &self.source {
+            StoreSource::Local(store) => store.list_groups(ns).map_err(failed),
+            StoreSource::Remote(access) => {
+                let mut groups: Vec<BackupGroup> = access
+                    .list_snapshots(ns, None)
+                    .map_err(failed)?
+                    .into_iter()
+                    .map(|s| s.entry.dir.group)
+                    .collect();
+                groups.sort();
+                groups.dedup();
+                Ok(groups)
+            }
+        }
+    }
+
+    fn finished_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Vec<BackupDir>, Errno> {
+        let failed =
+            |err: anyhow::Error| self.eio(format!("cannot list {}{group}: {err:#}", ns_prefix(ns)));
+        Ok(match &self.source {
+            StoreSource::Local(store) => store
+                .list_group_snapshots(ns, group)
+                .map_err(failed)?
+                .into_iter()
+                .filter(|s| s.finished)
+                .map(|s| s.dir)
+                .collect(),
+            StoreSource::Remote(access) => access
+                .list_snapshots(ns, Some(group))
+                .map_err(failed)?
+                .into_iter()
+                .filter(|s| s.entry.finished)
+                .map(|s| s.entry.dir)
+                .collect(),
+        })
+    }
+
     fn child_namespaces(&self, ns: &BackupNamespace) -> Result<Vec<BackupNamespace>, Errno> {
-        let path = self.store.namespace_path(ns).join("ns");
+        let store = match &self.source {
+            StoreSource::Local(store) => store,
+            StoreSource::Remote(access) => {
+                let mut children: Vec<BackupNamespace> = access
+                    .list_namespaces(ns)
+                    .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))?
+                    .into_iter()
+                    .filter(|child| child.depth() == ns.depth() + 1)
+                    .collect();
+                children.sort();
+                return Ok(children);
+            }
+        };
+        let path = store.namespace_path(ns).join("ns");
         let entries = match std::fs::read_dir(&path) {
             Ok(entries) => entries,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -762,10 +882,18 @@ mod tests {
         };
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
         let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
-        let chunks = Arc::new(crate::store::chunk_reader::VerifyingChunkReader::new(
-            store.clone(),
+        let chunks = Arc::new(ChunkCache::new(
+            Arc::new(VerifyingChunkReader::new(store.clone())),
+            1 << 20,
+            0,
         ));
-        let fs = StoreFs::new(store, BackupNamespace::root(), chunks).unwrap();
+        let fs = StoreFs::new(
+            StoreSource::Local(store),
+            BackupNamespace::root(),
+            chunks,
+            None,
+        )
+        .unwrap();
         let (a, b) = (slot(7), slot(9));
         let mut seen = HashSet::new();
         for local in [

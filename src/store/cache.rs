@@ -26,6 +26,8 @@ const SHARDS: usize = 16;
 const PREFETCH_QUEUE: usize = 64;
 
 type Chunk = Arc<Vec<u8>>;
+/// A read-ahead request: digest, length, and the source to fetch from (None: the cache's).
+type Prefetch = (Digest, u64, Option<Arc<dyn ChunkReader>>);
 
 /// One fetch in progress; late arrivals wait on it.
 #[derive(Default)]
@@ -82,7 +84,13 @@ impl Inner {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn read(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+    /// The chunk from the cache, or fetched from `source` (None: the cache's own source).
+    fn read(
+        &self,
+        digest: &Digest,
+        expected_len: u64,
+        source: Option<&dyn ChunkReader>,
+    ) -> Result<Chunk> {
         let flight = {
             let mut shard = self.shard(digest).lock().unwrap();
             if let Some(cached) = shard.lru.get_mut(digest) {
@@ -103,7 +111,9 @@ impl Inner {
         let reserved = (expected_len as usize).min(self.capacity);
         self.bytes.fetch_add(reserved, Ordering::Relaxed);
         self.evict_to_capacity();
-        let result = self.source.read_chunk(digest, expected_len);
+        let result = source
+            .unwrap_or(&*self.source)
+            .read_chunk(digest, expected_len);
         self.bytes.fetch_sub(reserved, Ordering::Relaxed);
         {
             let mut shard = self.shard(digest).lock().unwrap();
@@ -169,7 +179,7 @@ impl Inner {
 /// The cache; cheap to share through `Arc`.
 pub struct ChunkCache {
     inner: Arc<Inner>,
-    prefetch: Option<Mutex<SyncSender<(Digest, u64)>>>,
+    prefetch: Option<Mutex<SyncSender<Prefetch>>>,
 }
 
 impl ChunkCache {
@@ -206,6 +216,11 @@ impl ChunkCache {
         ChunkCache { inner, prefetch }
     }
 
+    /// A cache with no source of its own, read only through [`CacheVia`] views.
+    pub fn shared(capacity: usize, prefetch_workers: usize) -> Self {
+        Self::new(Arc::new(NoSource), capacity, prefetch_workers)
+    }
+
     /// Bytes of chunk data held now.
     pub fn cached_bytes(&self) -> usize {
         self.inner.bytes.load(Ordering::Relaxed)
@@ -217,19 +232,33 @@ impl ChunkCache {
     }
 }
 
-fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<(Digest, u64)>>>) {
+fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<Prefetch>>>) {
     loop {
         let next = receiver.lock().unwrap().recv();
-        let Ok((digest, len)) = next else { return }; // the cache is gone
+        let Ok((digest, len, source)) = next else {
+            return;
+        }; // the cache is gone
         let Some(inner) = inner.upgrade() else { return };
         // A failed read-ahead is not reported: the real read will fetch again and report it.
-        let _ = inner.read(&digest, len);
+        let _ = inner.read(&digest, len, source.as_deref());
+    }
+}
+
+impl ChunkCache {
+    fn queue_prefetch(&self, digest: &Digest, len: u64, source: Option<Arc<dyn ChunkReader>>) {
+        let Some(sender) = &self.prefetch else { return };
+        if self.inner.contains(digest) {
+            return;
+        }
+        match sender.lock().unwrap().try_send((*digest, len, source)) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 }
 
 impl ChunkReader for ChunkCache {
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
-        self.inner.read(digest, expected_len)
+        self.inner.read(digest, expected_len, None)
     }
 
     fn capacity(&self) -> Option<usize> {
@@ -237,13 +266,51 @@ impl ChunkReader for ChunkCache {
     }
 
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
-        let Some(sender) = &self.prefetch else { return };
-        if self.inner.contains(digest) {
-            return;
-        }
-        match sender.lock().unwrap().try_send((*digest, expected_len)) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        self.queue_prefetch(digest, expected_len, None);
+    }
+}
+
+/// The source of a cache that is only read through [`CacheVia`] views.
+struct NoSource;
+
+impl ChunkReader for NoSource {
+    fn read_chunk(&self, digest: &Digest, _expected_len: u64) -> Result<Chunk> {
+        Err(anyhow!(
+            "chunk {} asked of a cache without a source",
+            crate::format::digest_to_hex(digest)
+        ))
+    }
+}
+
+/// A shared cache seen through another source: hits come from the cache, misses are
+/// fetched from `source`. A whole-store mount of a PBS server has one reader session per
+/// snapshot (the server serves a session only the chunks of its own snapshot) but one
+/// cache, and so one memory budget, for all of them.
+pub struct CacheVia {
+    cache: Arc<ChunkCache>,
+    source: Arc<dyn ChunkReader>,
+}
+
+impl CacheVia {
+    pub fn new(cache: Arc<ChunkCache>, source: Arc<dyn ChunkReader>) -> Self {
+        CacheVia { cache, source }
+    }
+}
+
+impl ChunkReader for CacheVia {
+    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+        self.cache
+            .inner
+            .read(digest, expected_len, Some(&*self.source))
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        self.cache.capacity()
+    }
+
+    fn prefetch(&self, digest: &Digest, expected_len: u64) {
+        self.cache
+            .queue_prefetch(digest, expected_len, Some(self.source.clone()));
     }
 }
 
@@ -370,6 +437,29 @@ mod tests {
         let before = src.fetches.load(Ordering::SeqCst);
         assert!(cache.read_chunk(&digest(9), 10).is_err());
         assert_eq!(src.fetches.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[test]
+    fn a_view_through_another_source_shares_the_cache() {
+        let own = source(0, None);
+        let other = source(0, None);
+        let cache = Arc::new(ChunkCache::new(own.clone(), 1 << 20, 1));
+        let via = CacheVia::new(cache.clone(), other.clone());
+        assert_eq!(*via.read_chunk(&digest(4), 10).unwrap(), vec![4u8; 10]);
+        // Hits are shared both ways; misses go to the view's own source.
+        cache.read_chunk(&digest(4), 10).unwrap();
+        assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
+        assert_eq!(other.fetches.load(Ordering::SeqCst), 1);
+        via.prefetch(&digest(5), 10);
+        for _ in 0..200 {
+            if cache.contains(&digest(5)) && other.fetches.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        via.read_chunk(&digest(5), 10).unwrap();
+        assert_eq!(other.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
     }
 
     #[test]
