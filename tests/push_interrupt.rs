@@ -164,6 +164,7 @@ fn a_concurrent_push_to_the_same_group_is_refused() {
             ns: BackupNamespace::root(),
             dir: BackupDir::new(group, 1000).unwrap(),
             owner: "test@pam".into(),
+            chunk_key: None,
         })
         .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))

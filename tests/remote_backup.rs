@@ -144,7 +144,7 @@ fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
     let zeros = chunk(vec![0; 4 * MIB]);
     let tail = chunk(data(4, 1000, false));
 
-    let session = remote.start_backup(&root, &target).unwrap();
+    let session = remote.start_backup(&root, &target, None).unwrap();
     assert!(session.previous().is_none());
     let (size, uploaded) = push_dynamic(&session, "root.pxar.didx", &[&a, &b, &c, &a]);
     assert_eq!(
@@ -223,7 +223,7 @@ fn an_incremental_push_uploads_only_new_chunks() {
         .collect();
     let new = chunk(data(99, MIB / 3, false));
 
-    let session = remote.start_backup(&root, &first).unwrap();
+    let session = remote.start_backup(&root, &first, None).unwrap();
     let all_old: Vec<&Chunk> = old.iter().collect();
     assert_eq!(push_dynamic(&session, "root.pxar.didx", &all_old).1, 4);
     session.finish().unwrap();
@@ -234,7 +234,7 @@ fn an_incremental_push_uploads_only_new_chunks() {
         Some(first.clone())
     );
 
-    let session = remote.start_backup(&root, &second).unwrap();
+    let session = remote.start_backup(&root, &second, None).unwrap();
     let (previous, previous_manifest) = session.previous().unwrap();
     assert_eq!(previous, &first);
     assert_eq!(previous_manifest.files.len(), 1);
@@ -293,7 +293,7 @@ fn an_abandoned_session_leaves_nothing_and_rules_are_enforced() {
     let target = dir("abandoned", 1_700_000_000);
     let a = chunk(data(5, 1000, false));
 
-    let session = remote.start_backup(&root, &target).unwrap();
+    let session = remote.start_backup(&root, &target, None).unwrap();
     // Appending a chunk the server does not know is refused before it is sent.
     let mut writer = session.create_dynamic_index("root.pxar.didx").unwrap();
     let err = writer.add_chunk(1000, &a.digest).unwrap_err();
@@ -302,7 +302,7 @@ fn an_abandoned_session_leaves_nothing_and_rules_are_enforced() {
     writer.add_chunk(1000, &a.digest).unwrap();
     // A second backup of the same group is refused while this one runs.
     let err = remote
-        .start_backup(&root, &dir("abandoned", 1_700_000_001))
+        .start_backup(&root, &dir("abandoned", 1_700_000_001), None)
         .err()
         .expect("group is locked");
     assert!(format!("{err:#}").contains("locked"), "{err:#}");
@@ -317,14 +317,14 @@ fn an_abandoned_session_leaves_nothing_and_rules_are_enforced() {
     assert!(!path.exists(), "the unfinished snapshot was removed");
 
     // The group is free again; a snapshot older than the last one is refused.
-    let session = remote.start_backup(&root, &target).unwrap();
+    let session = remote.start_backup(&root, &target, None).unwrap();
     let mut writer = session.create_dynamic_index("root.pxar.didx").unwrap();
     session.upload_chunk(&a.digest, &a.blob, 1000).unwrap();
     writer.add_chunk(1000, &a.digest).unwrap();
     writer.finish().unwrap();
     session.finish().unwrap();
     let err = remote
-        .start_backup(&root, &dir("abandoned", 1_600_000_000))
+        .start_backup(&root, &dir("abandoned", 1_600_000_000), None)
         .err()
         .expect("older than the last backup");
     assert!(format!("{err:#}").contains("older"), "{err:#}");

@@ -311,4 +311,26 @@ fn an_encrypted_push_to_the_server_is_signed_and_restores_with_the_key() {
     );
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("key needed"));
+
+    // Pushed again with the same key: the previous snapshot's encrypted chunks are known on
+    // the server, so nothing of the unchanged tree is uploaded again.
+    let before = uploads(&server);
+    ok(&pbsfs(
+        &server,
+        &[
+            "push",
+            "--keyfile",
+            key,
+            "--backup-id",
+            "secret",
+            "--backup-time",
+            "3000",
+            &source,
+        ],
+    ));
+    assert_eq!(
+        uploads(&server),
+        before,
+        "unchanged chunks were uploaded again"
+    );
 }

@@ -300,6 +300,7 @@ impl Server {
             ns: options.ns.clone(),
             dir: dir.clone(),
             owner: options.owner.clone(),
+            chunk_key: options.protection.chunk_key().map(|key| key.fingerprint()),
         };
         let session: Arc<dyn BackupSession> = Arc::from(self.store.start_session(&params)?);
         // Looked for after the session started: the group is locked now.

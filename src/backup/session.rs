@@ -24,6 +24,9 @@ pub struct SessionParams {
     pub dir: BackupDir,
     /// Owner recorded for a new group (e.g. `root@pam`).
     pub owner: String,
+    /// The key chunks are encrypted with, if any: a previous snapshot encrypted with the
+    /// same key has chunks this one can reference without uploading them again.
+    pub chunk_key: Option<crate::format::crypto::Fingerprint>,
 }
 
 /// A datastore (local or remote) that backups can be written to.

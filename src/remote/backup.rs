@@ -27,6 +27,7 @@ use super::query::encode_query;
 use super::runtime::block_on;
 use super::session::{H2Session, FORM, JSON, OCTETS};
 use crate::format::blob::MAX_CHUNK_SIZE;
+use crate::format::crypto::Fingerprint;
 use crate::format::index::AnyIndex;
 use crate::format::manifest::{CryptMode, FileInfo, Manifest, MANIFEST_BLOB_NAME};
 use crate::format::{digest_to_hex, Digest};
@@ -102,8 +103,9 @@ impl RemoteBackupSession {
         store: &str,
         ns: &BackupNamespace,
         dir: &BackupDir,
+        chunk_key: Option<&Fingerprint>,
     ) -> Result<Self> {
-        block_on(Self::start_async(client, store, ns, dir))
+        block_on(Self::start_async(client, store, ns, dir, chunk_key))
             .with_context(|| format!("cannot start backup {dir} on {}", client.options().server()))
     }
 
@@ -112,6 +114,7 @@ impl RemoteBackupSession {
         store: &str,
         ns: &BackupNamespace,
         dir: &BackupDir,
+        chunk_key: Option<&Fingerprint>,
     ) -> Result<Self> {
         let mut params = snapshot_params(ns, dir);
         params.push(("store", store.to_string()));
@@ -132,7 +135,7 @@ impl RemoteBackupSession {
             .call(Method::GET, "/previous_backup_time", &[], FORM, None)
             .await?;
         let previous = match previous_time.as_i64() {
-            Some(time) => Some(register_previous(&shared, dir, time).await?),
+            Some(time) => Some(register_previous(&shared, dir, time, chunk_key).await?),
             None => None,
         };
         Ok(RemoteBackupSession { shared, previous })
@@ -357,11 +360,14 @@ impl RemoteBackupSession {
 }
 
 /// Fetches the previous manifest and indexes through `/previous` (registering their
-/// chunks on the server) and adds their digests to the known set.
+/// chunks on the server) and adds their digests to the known set. Encrypted indexes count
+/// only if they were encrypted with `chunk_key` (the previous manifest names its key), as
+/// in the official client: other chunks would not be this backup's chunks anyway.
 async fn register_previous(
     shared: &Shared,
     dir: &BackupDir,
     time: i64,
+    chunk_key: Option<&Fingerprint>,
 ) -> Result<(BackupDir, Manifest)> {
     let previous_dir = BackupDir::new(dir.group.clone(), time)?;
     let download = |name: String| async move {
@@ -374,11 +380,15 @@ async fn register_previous(
     let raw = download(MANIFEST_BLOB_NAME.to_string()).await?;
     let manifest = Manifest::from_blob(&raw)
         .with_context(|| format!("{previous_dir}/{MANIFEST_BLOB_NAME}"))?;
+    let same_key = match (chunk_key, manifest.key_fingerprint()) {
+        (Some(ours), Some(theirs)) => theirs.eq_ignore_ascii_case(&ours.to_string()),
+        _ => false,
+    };
     for info in &manifest.files {
         if !matches!(
             ArchiveKind::of(&info.filename),
             Some(ArchiveKind::DynamicIndex | ArchiveKind::FixedIndex)
-        ) || info.crypt_mode == CryptMode::Encrypt
+        ) || (info.crypt_mode == CryptMode::Encrypt && !same_key)
         {
             continue; // encrypted chunks are only reusable with the same key
         }

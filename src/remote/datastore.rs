@@ -14,7 +14,7 @@ use super::options::ConnectOptions;
 use super::query::{encode_component, encode_query};
 use super::reader::RemoteReader;
 use super::runtime::block_on;
-use crate::format::crypto::CryptConfig;
+use crate::format::crypto::{CryptConfig, Fingerprint};
 use crate::format::index::AnyIndex;
 use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
 use crate::format::Digest;
@@ -322,12 +322,15 @@ impl RemoteDatastore {
 
     /// Starts writing snapshot `dir` (backup protocol); its group is created with the
     /// connecting auth-id as owner. The previous snapshot's chunks are known from the start.
+    /// `chunk_key`: the key this backup encrypts chunks with (encrypted chunks of the
+    /// previous snapshot are known only if it used the same key).
     pub fn start_backup(
         &self,
         ns: &BackupNamespace,
         dir: &BackupDir,
+        chunk_key: Option<&Fingerprint>,
     ) -> Result<RemoteBackupSession> {
-        RemoteBackupSession::start(&self.client, &self.store, ns, dir)
+        RemoteBackupSession::start(&self.client, &self.store, ns, dir, chunk_key)
     }
 }
 

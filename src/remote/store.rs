@@ -52,9 +52,11 @@ impl RemoteStore for RemoteBackupStore {
     /// The server records the connecting auth-id as the group's owner; `params.owner` is
     /// not sent (the protocol has no field for it).
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {
-        let session = Arc::new(RwLock::new(Some(
-            self.store.start_backup(&params.ns, &params.dir)?,
-        )));
+        let session = Arc::new(RwLock::new(Some(self.store.start_backup(
+            &params.ns,
+            &params.dir,
+            params.chunk_key.as_ref(),
+        )?)));
         let uploads = Uploads::start(session.clone());
         Ok(Box::new(RemoteSession {
             dir: params.dir.clone(),
