@@ -106,6 +106,9 @@ impl FileSystemAccessor for LocalClient {
         self.counters.add_bytes(n);
         Ok(n)
     }
+    fn will_read(&self, path: &Path, len: u64) {
+        self.fs.will_read(path, len)
+    }
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
         let inner = self.fs.open_file(path)?;
         self.counters.files_opened.fetch_add(1, Ordering::Relaxed);
@@ -200,6 +203,9 @@ impl<C: ClientProvider + ?Sized> FileSystemAccessor for SubTree<'_, C> {
     }
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.client.read_at(&self.full(path), offset, buf)
+    }
+    fn will_read(&self, path: &Path, len: u64) {
+        self.client.will_read(&self.full(path), len)
     }
     fn open_file<'b>(&'b self, path: &Path) -> io::Result<Box<dyn Read + 'b>> {
         self.client.open_file(&self.full(path))

@@ -50,6 +50,10 @@ pub trait FileSystemAccessor {
     /// Reads file bytes at `offset`; returns 0 at the end of the file.
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// A hint that the first `len` bytes of a file will be read soon; a local accessor has
+    /// the kernel start reading them, so the disk works while the walker encodes.
+    fn will_read(&self, _path: &Path, _len: u64) {}
+
     /// A sequential reader over a file's contents.
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
         Ok(Box::new(ReadAtReader {
@@ -232,6 +236,20 @@ impl FileSystemAccessor for LocalFileSystem {
 
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.open(path)?.read_at(buf, offset)
+    }
+
+    fn will_read(&self, path: &Path, len: u64) {
+        if let Ok(file) = self.open(path) {
+            // SAFETY: a valid open descriptor; advice only (the kernel reads asynchronously).
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    0,
+                    len.min(i64::MAX as u64) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
     }
 
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {

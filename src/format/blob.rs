@@ -269,11 +269,26 @@ pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, BlobE
     Ok(out)
 }
 
+/// zstd of `data` at [`ZSTD_LEVEL`] into `out`, `None` if it does not fit. One compression
+/// context per thread, kept: creating one per chunk costs more than it should on the push
+/// path. The output is the same as a fresh context's.
+fn compress_level1(out: &mut [u8], data: &[u8]) -> Option<usize> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::CCtx<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|context| {
+        let mut context = context.borrow_mut();
+        let cctx = context.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+        cctx.compress(out, data, ZSTD_LEVEL).ok()
+    })
+}
+
 /// zstd level 1 of `data`, if the result is no longer than `data` (the PBS 4.2.3 rule;
 /// an equal length still counts as compressed). `None` means "store uncompressed".
 pub fn compress_if_not_larger(data: &[u8]) -> Option<Vec<u8>> {
     let mut out = vec![0u8; data.len()];
-    let len = zstd::zstd_safe::compress(&mut out[..], data, ZSTD_LEVEL).ok()?;
+    let len = compress_level1(&mut out[..], data)?;
     out.truncate(len);
     Some(out)
 }
@@ -307,7 +322,7 @@ pub fn encode_blob_into(
     // Compressed straight behind the header; fails when the result would not fit in the
     // plain size (the PBS rule: then the chunk is stored uncompressed).
     let compressed_len = compress
-        .then(|| zstd::zstd_safe::compress(&mut raw[PLAIN_HEADER_LEN..], data, ZSTD_LEVEL).ok())
+        .then(|| compress_level1(&mut raw[PLAIN_HEADER_LEN..], data))
         .flatten();
     let used = match compressed_len {
         Some(n) => PLAIN_HEADER_LEN + n,
