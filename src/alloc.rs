@@ -43,7 +43,7 @@ unsafe fn take_pooled(len: usize) -> Option<*mut u8> {
         let best = (0..POOL_SLOTS)
             .filter(|&i| pool.slots[i].1 >= len)
             .min_by_key(|&i| pool.slots[i].1)?;
-        let region = std::mem::replace(&mut pool.slots[best], (0, 0));
+        let region = std::mem::take(&mut pool.slots[best]);
         pool.bytes -= region.1;
         region
     };

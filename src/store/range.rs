@@ -11,6 +11,9 @@ use super::chunk_reader::ChunkReader;
 use crate::format::index::{AnyIndex, ChunkIndex};
 use crate::format::{digest_to_hex, ReadAt};
 
+/// A cached chunk and the part of it a read wants.
+pub type SharedSlice = (Arc<Vec<u8>>, Range<usize>);
+
 /// An index plus a chunk reader, readable at any offset.
 pub struct IndexReader {
     name: String,
@@ -70,7 +73,7 @@ impl IndexReader {
         &self,
         offset: u64,
         len: usize,
-    ) -> Result<Option<(Arc<Vec<u8>>, Range<usize>)>> {
+    ) -> Result<Option<SharedSlice>> {
         let Some((position, within)) = self.index.chunk_from_offset(offset) else {
             return Ok(None);
         };
