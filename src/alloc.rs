@@ -228,6 +228,48 @@ mod tests {
     }
 
     #[test]
+    fn many_threads_allocating_freeing_and_resizing_never_share_memory() {
+        // Each thread fills its buffers with its own byte and checks them before freeing:
+        // a region handed out twice (a pool bug) would show up as foreign bytes.
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let a = BigBufferAlloc;
+                    let mut seed = 0x9e37_79b9_u32.wrapping_mul(u32::from(t) + 1);
+                    let mut next = move || {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        seed as usize
+                    };
+                    for _ in 0..200 {
+                        let size = BIG + next() % (6 * BIG);
+                        unsafe {
+                            let layout = Layout::from_size_align(size, 8).unwrap();
+                            let p = a.alloc(layout);
+                            assert!(!p.is_null());
+                            std::ptr::write_bytes(p, t, size);
+                            let new_size = BIG / 2 + next() % (6 * BIG);
+                            let q = a.realloc(p, layout, new_size);
+                            assert!(!q.is_null());
+                            let kept = std::slice::from_raw_parts(q, size.min(new_size));
+                            assert!(kept.iter().all(|&b| b == t));
+                            std::ptr::write_bytes(q, t, new_size);
+                            std::thread::yield_now();
+                            let all = std::slice::from_raw_parts(q, new_size);
+                            assert!(all.iter().all(|&b| b == t));
+                            a.dealloc(q, Layout::from_size_align(new_size, 8).unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    }
+
+    #[test]
     fn small_buffers_grow_into_big_ones() {
         let a = BigBufferAlloc;
         unsafe {
