@@ -69,11 +69,7 @@ impl IndexReader {
 
     /// `len` bytes at `offset` as a window into the one cached chunk holding all of them
     /// (no copy), or `None` when they span chunks or reach past the end.
-    pub fn read_shared(
-        &self,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<SharedSlice>> {
+    pub fn read_shared(&self, offset: u64, len: usize) -> Result<Option<SharedSlice>> {
         let Some((position, within)) = self.index.chunk_from_offset(offset) else {
             return Ok(None);
         };
