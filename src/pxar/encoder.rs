@@ -394,19 +394,19 @@ impl<W: Write, P: Write> Encoder<W, P> {
         size: u64,
         payload_offset: u64,
     ) -> Result<LinkOffset> {
-        let filename_offset = self.meta.pos;
-        self.write_filename(name)?;
-        self.write_metadata(metadata)?;
-        self.meta.item(
-            PXAR_PAYLOAD_REF,
-            &[&payload_offset.to_le_bytes(), &size.to_le_bytes()],
+        let (filename_offset, meta_size) = self.write_entry_items(
+            Some(metadata),
+            name,
+            Some((
+                PXAR_PAYLOAD_REF,
+                &[&payload_offset.to_le_bytes(), &size.to_le_bytes()],
+            )),
         )?;
         // Deliberately the size a freshly written file gets (metadata plus file size), where
         // the reference encoder writes only the metadata size for re-used files. Both forms
         // are valid (pxar.md §7.1: PBS and the official reader accept either), and this one
         // makes the metadata archive of an unchanged tree byte-identical to the previous
         // one, so a second metadata-mode push stores no new chunk at all.
-        let meta_size = self.meta.pos - filename_offset;
         self.push_child(name, filename_offset, meta_size + size);
         Ok(LinkOffset(filename_offset))
     }
@@ -569,6 +569,19 @@ impl<W: Write, P: Write> Encoder<W, P> {
         name: &[u8],
         terminator: Option<(u64, &[&[u8]])>,
     ) -> Result<LinkOffset> {
+        let (filename_offset, size) = self.write_entry_items(metadata, name, terminator)?;
+        self.push_child(name, filename_offset, size);
+        Ok(LinkOffset(filename_offset))
+    }
+
+    /// FILENAME, metadata and the terminating item of an entry; returns where it starts and
+    /// how many bytes it took.
+    fn write_entry_items(
+        &mut self,
+        metadata: Option<&Metadata>,
+        name: &[u8],
+        terminator: Option<(u64, &[&[u8]])>,
+    ) -> Result<(u64, u64)> {
         let filename_offset = self.meta.pos;
         self.write_filename(name)?;
         if let Some(metadata) = metadata {
@@ -577,9 +590,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
         if let Some((htype, parts)) = terminator {
             self.meta.item(htype, parts)?;
         }
-        let size = self.meta.pos - filename_offset;
-        self.push_child(name, filename_offset, size);
-        Ok(LinkOffset(filename_offset))
+        Ok((filename_offset, self.meta.pos - filename_offset))
     }
 
     fn push_child(&mut self, name: &[u8], filename_offset: u64, size: u64) {

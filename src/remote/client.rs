@@ -252,18 +252,7 @@ impl HttpClient {
         } else {
             format!("{path}?{query}")
         };
-        let mut builder = base_request(Method::GET, &uri, &self.options)
-            .header(http::header::CONTENT_TYPE, super::session::FORM);
-        for (name, value) in self.auth_headers().await?.iter() {
-            builder = builder.header(name, value);
-        }
-        let request =
-            builder
-                .body(Full::new(Bytes::new()))
-                .map_err(|err| RemoteError::Protocol {
-                    server: self.server(),
-                    message: format!("bad request {uri}: {err}"),
-                })?;
+        let request = self.authed_get(&uri, &[]).await?;
         let (status, body) = self.send(request).await?;
         if !status.is_success() {
             return Err(status_error(
@@ -274,6 +263,28 @@ impl HttpClient {
             ));
         }
         Ok(body)
+    }
+
+    /// A bodiless, authenticated GET of `uri` with `extra` headers.
+    async fn authed_get(
+        &self,
+        uri: &str,
+        extra: &[(http::header::HeaderName, &str)],
+    ) -> Result<Request<Full<Bytes>>, RemoteError> {
+        let mut builder = base_request(Method::GET, uri, &self.options)
+            .header(http::header::CONTENT_TYPE, super::session::FORM);
+        for (name, value) in extra {
+            builder = builder.header(name, *value);
+        }
+        for (name, value) in self.auth_headers().await?.iter() {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|err| RemoteError::Protocol {
+                server: self.server(),
+                message: format!("bad request {uri}: {err}"),
+            })
     }
 
     /// A GET of a JSON API path; returns `data`.
@@ -290,22 +301,16 @@ impl HttpClient {
         query: &str,
         protocol: &'static str,
     ) -> Result<H2Session, RemoteError> {
-        let auth = self.auth_headers().await?;
         let uri = format!("{path}?{query}");
-        let mut builder = base_request(Method::GET, &uri, &self.options)
-            .header(http::header::CONTENT_TYPE, super::session::FORM)
-            .header(http::header::CONNECTION, "upgrade")
-            .header(http::header::UPGRADE, protocol);
-        for (name, value) in auth.iter() {
-            builder = builder.header(name, value);
-        }
-        let request =
-            builder
-                .body(Full::new(Bytes::new()))
-                .map_err(|err| RemoteError::Protocol {
-                    server: self.server(),
-                    message: format!("bad request {uri}: {err}"),
-                })?;
+        let request = self
+            .authed_get(
+                &uri,
+                &[
+                    (http::header::CONNECTION, "upgrade"),
+                    (http::header::UPGRADE, protocol),
+                ],
+            )
+            .await?;
         let timeout = self.options.request_timeout;
         let open = async {
             let mut sender = self.new_http1().await?;
