@@ -141,6 +141,7 @@ pub struct StoreFs {
     /// Decrypts encrypted archives (remote sources; a local cache has its key itself).
     crypt: Option<Arc<CryptConfig>>,
     snapshots: Mutex<LruCache<(BackupNamespace, BackupDir), Arc<dyn SnapshotAccess>>>,
+    groups: Mutex<HashMap<BackupNamespace, Vec<BackupGroup>>>,
     mount_time: Timespec,
     tables: RwLock<Tables>,
     open: Mutex<LruCache<usize, Opened>>,
@@ -199,6 +200,7 @@ impl StoreFs {
             chunks,
             crypt,
             snapshots: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_SNAPSHOTS).unwrap())),
+            groups: Mutex::new(HashMap::new()),
             mount_time: now,
             tables: RwLock::new(tables),
             open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_ARCHIVES).unwrap())),
@@ -566,7 +568,21 @@ impl StoreFs {
         }
     }
 
+    /// The groups of a namespace, listed once: both the namespace and its type directories
+    /// need them, and listings are kept for the mount's life anyway.
     fn groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>, Errno> {
+        if let Some(found) = self.groups.lock().unwrap().get(ns) {
+            return Ok(found.clone());
+        }
+        let groups = self.list_groups(ns)?;
+        self.groups
+            .lock()
+            .unwrap()
+            .insert(ns.clone(), groups.clone());
+        Ok(groups)
+    }
+
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>, Errno> {
         let failed =
             |err: anyhow::Error| self.eio(format!("cannot list namespace '{ns}': {err:#}"));
         match &self.source {
