@@ -7,8 +7,13 @@
 //! together that was a quarter of a cold mount read's CPU time. Huge pages take one fault
 //! per 2 MiB, and a reused mapping takes none and needs no zeroing. Heap reuse would avoid
 //! faults too, but multi-MiB buffers freed by many threads fragment glibc's arenas until
-//! RSS is a multiple of the live data; mappings are trimmed to the exact size on reuse and
-//! the pool is small, so RSS follows the live data.
+//! RSS is a multiple of the live data; the pool is small, so RSS follows the live data.
+//!
+//! A mapping is exactly as long as its allocation (rounded to pages: a partial huge page at
+//! the end would be backed by a whole one and add up to 2 MiB of RSS per cached chunk). A
+//! pooled mapping serves any size: the spare tail is unmapped, a missing one is added by
+//! moving the old pages into a bigger window (only the added part faults). Trimming alone
+//! would wear the pool down to small mappings that fit nothing: chunk sizes vary.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -36,24 +41,63 @@ static POOL: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
     bytes: 0,
 });
 
-/// A pooled mapping of at least `len` (page-rounded) bytes, its excess unmapped.
+/// A pooled mapping resized to `len` (page-rounded): the smallest one
+/// that is big enough, else the biggest one there is.
 unsafe fn take_pooled(len: usize) -> Option<*mut u8> {
     let (addr, have) = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let best = (0..POOL_SLOTS)
+        let used = (0..POOL_SLOTS).filter(|&i| pool.slots[i].1 > 0);
+        let best = used
+            .clone()
             .filter(|&i| pool.slots[i].1 >= len)
-            .min_by_key(|&i| pool.slots[i].1)?;
+            .min_by_key(|&i| pool.slots[i].1)
+            .or_else(|| used.max_by_key(|&i| pool.slots[i].1))?;
         let region = std::mem::take(&mut pool.slots[best]);
         pool.bytes -= region.1;
         region
     };
-    if have > len {
-        libc::munmap((addr + len) as *mut libc::c_void, have - len);
+    let ptr = resize_mapping(addr as *mut u8, have, len);
+    if ptr.is_null() {
+        libc::munmap(addr as *mut libc::c_void, have);
+        return None;
     }
-    Some(addr as *mut u8)
+    Some(ptr)
 }
 
-/// Keeps a freed mapping of page-rounded `len` bytes if the pool has room.
+/// Resizes a mapping from `old` to `new` bytes (page-rounded), keeping
+/// its contents and its huge-page alignment; null when out of address space.
+unsafe fn resize_mapping(ptr: *mut u8, old: usize, new: usize) -> *mut u8 {
+    if new <= old {
+        if new < old {
+            libc::munmap(ptr.add(new) as *mut libc::c_void, old - new);
+        }
+        return ptr;
+    }
+    // Grow in place when the address space after it is free, else move the old pages to
+    // the start of a fresh aligned window (page tables move; nothing is copied).
+    let grown = libc::mremap(ptr as *mut libc::c_void, old, new, 0);
+    if grown != libc::MAP_FAILED {
+        return ptr;
+    }
+    let window = map_big(new);
+    if window.is_null() {
+        return std::ptr::null_mut();
+    }
+    let moved = libc::mremap(
+        ptr as *mut libc::c_void,
+        old,
+        old,
+        libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+        window as *mut libc::c_void,
+    );
+    if moved == libc::MAP_FAILED {
+        libc::munmap(window as *mut libc::c_void, new);
+        return std::ptr::null_mut();
+    }
+    window
+}
+
+/// Keeps a freed mapping of `len` bytes if the pool has room.
 fn keep_pooled(ptr: *mut u8, len: usize) -> bool {
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if pool.bytes + len > POOL_BYTES {
@@ -71,14 +115,15 @@ fn is_big(size: usize, align: usize) -> bool {
     size >= BIG && align <= PAGE
 }
 
-fn page_round(size: usize) -> usize {
+/// Length of the mapping behind a big allocation of `size` bytes.
+fn map_len(size: usize) -> usize {
     (size + PAGE - 1) & !(PAGE - 1)
 }
 
 /// A fresh zeroed mapping of `size` bytes starting on a huge-page boundary (so the kernel
 /// can back it with huge pages), or null.
 unsafe fn map_big(size: usize) -> *mut u8 {
-    let len = page_round(size);
+    let len = map_len(size);
     // Over-map by one huge page, then trim head and tail to the aligned window.
     let Some(total) = len.checked_add(HUGE_PAGE) else {
         return std::ptr::null_mut();
@@ -110,7 +155,7 @@ unsafe fn map_big(size: usize) -> *mut u8 {
 }
 
 unsafe fn unmap_big(ptr: *mut u8, size: usize) {
-    let len = page_round(size);
+    let len = map_len(size);
     if !keep_pooled(ptr, len) {
         libc::munmap(ptr as *mut libc::c_void, len);
     }
@@ -119,7 +164,7 @@ unsafe fn unmap_big(ptr: *mut u8, size: usize) {
 unsafe impl GlobalAlloc for BigBufferAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_big(layout.size(), layout.align()) {
-            take_pooled(page_round(layout.size())).unwrap_or_else(|| map_big(layout.size()))
+            take_pooled(map_len(layout.size())).unwrap_or_else(|| map_big(layout.size()))
         } else {
             System.alloc(layout)
         }
@@ -146,20 +191,7 @@ unsafe impl GlobalAlloc for BigBufferAlloc {
         let new_big = is_big(new_size, layout.align());
         match (old_big, new_big) {
             (false, false) => System.realloc(ptr, layout, new_size),
-            (true, true) => {
-                // The kernel moves the pages; nothing is copied.
-                let moved = libc::mremap(
-                    ptr as *mut libc::c_void,
-                    page_round(layout.size()),
-                    page_round(new_size),
-                    libc::MREMAP_MAYMOVE,
-                );
-                if moved == libc::MAP_FAILED {
-                    std::ptr::null_mut()
-                } else {
-                    moved as *mut u8
-                }
-            }
+            (true, true) => resize_mapping(ptr, map_len(layout.size()), map_len(new_size)),
             _ => {
                 let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
                 let new = self.alloc(new_layout);

@@ -257,7 +257,10 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     ) {
         match self.guarded("read", |fs| fs.read(ino.0, fh.0, offset, size)) {
             // A shared window is written to the kernel straight from the cached chunk.
-            Ok(data) => reply.data(&data[..data.len().min(size as usize)]),
+            Ok(data) => {
+                reply.data(&data[..data.len().min(size as usize)]);
+                data.recycle();
+            }
             Err(err) => reply.error(err.to_fuser()),
         }
     }

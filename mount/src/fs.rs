@@ -17,11 +17,38 @@ pub enum ReadData {
     },
 }
 
+thread_local! {
+    /// The last owned reply buffer of this serving thread, kept for the next one.
+    static SPARE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl ReadData {
     /// A window into `buffer`; `range` must lie within it.
     pub fn shared(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Self {
         assert!(range.start <= range.end && range.end <= (*buffer).as_ref().len());
         ReadData::Shared { buffer, range }
+    }
+
+    /// A zero-filled buffer of `len` bytes for an owned reply. Serving threads re-use the
+    /// buffer of their previous owned reply: a fresh MiB-sized buffer costs page faults and
+    /// zeroing by the kernel on every read that spans two chunks.
+    pub fn buffer(len: usize) -> Vec<u8> {
+        let mut buf = SPARE_BUFFER.with(|spare| std::mem::take(&mut *spare.borrow_mut()));
+        buf.clear();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Keeps an owned reply's buffer for the next [`ReadData::buffer`] on this thread.
+    pub(crate) fn recycle(self) {
+        if let ReadData::Owned(buf) = self {
+            SPARE_BUFFER.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if buf.capacity() > spare.capacity() {
+                    *spare = buf;
+                }
+            });
+        }
     }
 }
 

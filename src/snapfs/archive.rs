@@ -332,7 +332,7 @@ impl ReadOnlyFs for ArchiveFs {
                 return Ok(ReadData::shared(chunk, range));
             }
         }
-        let mut buf = vec![0u8; len];
+        let mut buf = ReadData::buffer(len);
         let mut done = 0;
         while done < len {
             let n = self

@@ -126,7 +126,7 @@ impl ReadOnlyFs for ImageDirFs {
                 return Ok(ReadData::shared(chunk, range));
             }
         }
-        let mut buf = vec![0u8; len];
+        let mut buf = ReadData::buffer(len);
         reader
             .read_exact_at(&mut buf, offset)
             .map_err(|e| eio(&e))?;
