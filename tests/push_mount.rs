@@ -188,3 +188,47 @@ fn pushed_trees_mount_identical_to_their_source_in_every_mode() {
     // A second metadata push re-uses the previous payload; the mount must be identical too.
     check_mode(&source, "metadata", "mount-metadata", 1_700_000_100);
 }
+
+/// Directories too big for one readdir batch, nested, listed ahead in the background by the
+/// mount: every entry must come through once, in full, with its own metadata.
+#[test]
+fn big_nested_directories_list_completely() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let source = work.path().join("wide");
+    for d in 0..30 {
+        let dir = source.join(format!("directory-{d:03}"));
+        let inner = dir.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        for f in 0..400 {
+            let name = format!("a-fairly-long-file-name-so-batches-fill-up-{f:05}");
+            std::fs::write(dir.join(&name), format!("{d}/{f}").repeat(f % 7)).unwrap();
+            set_mtime(&dir.join(&name), 1_600_000_000 + f as i64, 0);
+        }
+        std::fs::write(inner.join("deep"), b"deep").unwrap();
+    }
+    ok(pbsfs(&[
+        "push",
+        &format!("wide.pxar:{}", source.display()),
+        "--backup-id",
+        "wide",
+        "--change-detection-mode",
+        "data",
+        "--quiet",
+    ]));
+    let mnt = tempfile::tempdir().unwrap();
+    let point = mnt.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    ok(pbsfs(&[
+        "mount",
+        "host/wide/latest",
+        point.to_str().unwrap(),
+    ]));
+    let mounted = tree_from_disk(&point);
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    let original = tree_from_disk(&source);
+    assert!(original.len() > 30 * 400);
+    assert_same_tree(&mounted, &original, "data");
+}

@@ -23,6 +23,8 @@ use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
+use super::listing::{ListedDir, ListedEntry, ListingCache};
+
 /// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
 /// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
 /// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
@@ -44,17 +46,27 @@ struct TreeCounts {
     entries: u64,
 }
 
+/// Directory entries held in decoded listings at most (about 150 bytes each).
+const LISTING_BUDGET: usize = 64 * 1024;
+
 pub struct ArchiveFs {
-    accessor: Accessor,
+    tree: Arc<Tree>,
     /// The stream holding file contents (the archive itself for v1, the payload for v2),
     /// used to start read-ahead.
     data: Arc<IndexReader>,
     /// Bytes fetched ahead of a sequential reader.
     read_ahead: u64,
-    root_id: u64,
-    counts: TreeCounts,
     handles: Mutex<HashMap<u64, u64>>, // fh -> offset where a sequential read would continue
     next_fh: AtomicU64,
+    listings: ListingCache,
+}
+
+/// The archive's entries and what one walk of them counted: everything needed to answer
+/// for an inode, shared with the thread that lists directories ahead.
+struct Tree {
+    accessor: Accessor,
+    root_id: u64,
+    counts: TreeCounts,
     logged: Mutex<HashSet<String>>,
 }
 
@@ -70,18 +82,41 @@ impl ArchiveFs {
         let root_id = accessor.root()?.id().context("archive root has no id")?;
         let counts =
             walk(&accessor, root_id).context("cannot read the archive's directory tree")?;
-        Ok(ArchiveFs {
+        let tree = Arc::new(Tree {
             accessor,
-            data,
-            read_ahead,
             root_id,
             counts,
+            logged: Mutex::new(HashSet::new()),
+        });
+        let weak = Arc::downgrade(&tree);
+        let list = Arc::new(move |ino| weak.upgrade().map(|tree| tree.list(ino)));
+        Ok(ArchiveFs {
+            tree,
+            data,
+            read_ahead,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            logged: Mutex::new(HashSet::new()),
+            listings: ListingCache::new(LISTING_BUDGET, list),
         })
     }
 
+    /// Where a file's bytes start in the data stream.
+    fn data_start(entry: &Entry) -> Option<u64> {
+        match entry.kind {
+            EntryKind::File {
+                data: FileData::Inline { data_offset },
+                ..
+            } => Some(data_offset),
+            EntryKind::File {
+                data: FileData::PayloadRef { payload_offset },
+                ..
+            } => Some(payload_offset + HEADER_SIZE),
+            _ => None,
+        }
+    }
+}
+
+impl Tree {
     fn to_id(&self, ino: u64) -> u64 {
         if ino == ROOT_INO {
             self.root_id
@@ -161,19 +196,41 @@ impl ArchiveFs {
         })
     }
 
-    /// Where a file's bytes start in the data stream.
-    fn data_start(entry: &Entry) -> Option<u64> {
-        match entry.kind {
-            EntryKind::File {
-                data: FileData::Inline { data_offset },
-                ..
-            } => Some(data_offset),
-            EntryKind::File {
-                data: FileData::PayloadRef { payload_offset },
-                ..
-            } => Some(payload_offset + HEADER_SIZE),
-            _ => None,
+    /// A directory's entries with their attributes; an entry that cannot be read ends the
+    /// listing with EIO.
+    fn list(&self, ino: u64) -> ListedDir {
+        let dir = match self.entry(ino) {
+            Ok(dir) if dir.is_dir() => dir,
+            Ok(_) => return ListedDir::failed(Errno::ENOTDIR),
+            Err(err) => return ListedDir::failed(err),
+        };
+        let children = match self.accessor.read_dir(&dir) {
+            Ok(children) => children,
+            Err(err) => return ListedDir::failed(self.eio("cannot list directory", err)),
+        };
+        let mut listed = ListedDir {
+            entries: Vec::with_capacity(children.len()),
+            error: None,
+        };
+        for child in children.iter() {
+            let attr = self
+                .accessor
+                .open_dir_entry(child)
+                .map_err(|err| self.eio("cannot read directory entry", err))
+                .and_then(|entry| self.attr(&self.resolve(entry)?));
+            match attr {
+                Ok(attr) => listed.entries.push(ListedEntry {
+                    name: child.name.clone(),
+                    attr,
+                    next_offset: child.index as u64 + 1,
+                }),
+                Err(err) => {
+                    listed.error = Some(err);
+                    break;
+                }
+            }
         }
+        listed
     }
 
     fn xattr_names(entry: &Entry) -> Vec<OsString> {
@@ -226,22 +283,23 @@ fn walk(accessor: &Accessor, root_id: u64) -> Result<TreeCounts> {
 
 impl ReadOnlyFs for ArchiveFs {
     fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
-        let dir = self.entry(parent)?;
+        let dir = self.tree.entry(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
         }
         let child = self
+            .tree
             .accessor
             .lookup(&dir, name.as_bytes())
-            .map_err(|err| self.eio("lookup failed", err))?
+            .map_err(|err| self.tree.eio("lookup failed", err))?
             .ok_or(Errno::ENOENT)?;
-        let child = self.resolve(child)?;
-        self.attr(&child)
+        let child = self.tree.resolve(child)?;
+        self.tree.attr(&child)
     }
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        let entry = self.entry(ino)?;
-        self.attr(&entry)
+        let entry = self.tree.entry(ino)?;
+        self.tree.attr(&entry)
     }
 
     fn readdir(
@@ -250,42 +308,48 @@ impl ReadOnlyFs for ArchiveFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
     ) -> Result<(), Errno> {
-        let dir = self.entry(ino)?;
-        if !dir.is_dir() {
-            return Err(Errno::ENOTDIR);
+        let (listing, held) = match self.listings.get(ino) {
+            Some(listing) => (listing, true),
+            None => (Arc::new(self.tree.list(ino)), false),
+        };
+        if offset == 0 {
+            self.listings.prepare_subdirectories(&listing);
         }
-        let listing = self
-            .accessor
-            .read_dir(&dir)
-            .map_err(|err| self.eio("cannot list directory", err))?;
-        for child in listing.iter().skip(offset as usize) {
-            let entry = self
-                .accessor
-                .open_dir_entry(child)
-                .map_err(|err| self.eio("cannot read directory entry", err))?;
-            let attr = self.attr(&self.resolve(entry)?)?;
+        // Offsets count the entries before the one to resume at.
+        let start = (offset as usize).min(listing.entries.len());
+        for listed in &listing.entries[start..] {
             let item = DirItem {
-                name: OsStr::from_bytes(&child.name),
-                attr,
-                next_offset: child.index as u64 + 1,
+                name: OsStr::from_bytes(&listed.name),
+                attr: listed.attr,
+                next_offset: listed.next_offset,
             };
             if add(item).is_break() {
-                break;
+                if !held {
+                    self.listings.keep(ino, listing.clone());
+                }
+                return Ok(());
             }
         }
-        Ok(())
+        if held {
+            self.listings.finished(ino);
+        }
+        match listing.error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     fn parent(&self, ino: u64) -> Option<u64> {
-        let id = self.to_id(ino);
-        self.counts
+        let id = self.tree.to_id(ino);
+        self.tree
+            .counts
             .parents
             .get(&id)
-            .map(|parent| self.to_ino(*parent))
+            .map(|parent| self.tree.to_ino(*parent))
     }
 
     fn open(&self, ino: u64) -> Result<u64, Errno> {
-        let entry = self.entry(ino)?;
+        let entry = self.tree.entry(ino)?;
         if !matches!(entry.kind, EntryKind::File { .. }) {
             return Err(Errno::EINVAL);
         }
@@ -299,7 +363,7 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
-        let entry = self.entry(ino)?;
+        let entry = self.tree.entry(ino)?;
         let file_size = entry.file_size();
         // Sequential reader: fetch the chunks ahead of it in the background. The kernel's
         // read-ahead sends several requests at once, which arrive slightly out of order, so
@@ -321,13 +385,14 @@ impl ReadOnlyFs for ArchiveFs {
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         // The common case, a read within one chunk, is answered from the cached chunk.
         if let (Some(start), true) = (Self::data_start(&entry), len > 0) {
-            self.accessor
+            self.tree
+                .accessor
                 .check_file_data(&entry)
-                .map_err(|err| self.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio("read failed", err))?;
             let shared = self
                 .data
                 .read_shared(start + offset, len)
-                .map_err(|err| self.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio("read failed", err))?;
             if let Some((chunk, range)) = shared {
                 return Ok(ReadData::shared(chunk, range));
             }
@@ -336,9 +401,10 @@ impl ReadOnlyFs for ArchiveFs {
         let mut done = 0;
         while done < len {
             let n = self
+                .tree
                 .accessor
                 .read_file(&entry, offset + done as u64, &mut buf[done..])
-                .map_err(|err| self.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio("read failed", err))?;
             if n == 0 {
                 break;
             }
@@ -349,18 +415,18 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
-        match self.entry(ino)?.kind {
+        match self.tree.entry(ino)?.kind {
             EntryKind::Symlink { target } => Ok(OsString::from_vec(target)),
             _ => Err(Errno::EINVAL),
         }
     }
 
     fn listxattr(&self, ino: u64) -> Result<Vec<OsString>, Errno> {
-        Ok(Self::xattr_names(&self.entry(ino)?))
+        Ok(Tree::xattr_names(&self.tree.entry(ino)?))
     }
 
     fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
-        let entry = self.entry(ino)?;
+        let entry = self.tree.entry(ino)?;
         let meta = &entry.metadata;
         let name = name.as_bytes();
         if let Some((_, value)) = meta.xattrs.iter().find(|(n, _)| n == name) {
@@ -381,14 +447,14 @@ impl ReadOnlyFs for ArchiveFs {
 
     fn statfs(&self) -> Result<StatFs, Errno> {
         // v1: the data stream is the archive; v2: metadata plus payload.
-        let size = if self.accessor.is_split() {
-            self.data.size() + self.accessor.size()
+        let size = if self.tree.accessor.is_split() {
+            self.data.size() + self.tree.accessor.size()
         } else {
-            self.accessor.size()
+            self.tree.accessor.size()
         };
         Ok(StatFs {
             blocks: size.div_ceil(4096),
-            files: self.counts.entries + 1,
+            files: self.tree.counts.entries + 1,
             ..StatFs::default()
         })
     }

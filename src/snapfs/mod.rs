@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod images;
+mod listing;
 pub mod store_tree;
 
 use std::sync::Arc;

@@ -26,6 +26,10 @@ pub struct SnapshotEntry {
     pub protected: bool,
 }
 
+/// Name prefix of a chunk store being built (followed by the builder's process id and
+/// build number).
+const STAGING_PREFIX: &str = ".chunks.tmp-";
+
 pub struct LocalDatastore {
     root: PathBuf,
 }
@@ -59,16 +63,24 @@ impl LocalDatastore {
         if path.join(".chunks").is_dir() {
             return Self::open(path);
         }
-        if path.exists() && fs::read_dir(path)?.next().is_some() {
-            bail!(
-                "{} exists, is not empty and is not a datastore",
-                path.display()
-            );
+        // Only the leftovers of another creator (running now, or killed) may be there.
+        if path.exists() {
+            for name in dir_names(path)? {
+                if name != ".lock" && !name.starts_with(STAGING_PREFIX) {
+                    bail!(
+                        "{} exists, is not empty and is not a datastore",
+                        path.display()
+                    );
+                }
+            }
         }
         fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
         // Build the chunk store under a temporary name so a half-created store is never
-        // mistaken for a datastore.
-        let staging = path.join(".chunks.tmp");
+        // mistaken for a datastore; a name of our own, so that two first pushes to a new
+        // datastore can both build one: the first rename wins and the other is dropped.
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = path.join(format!("{STAGING_PREFIX}{}-{build}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         let mut builder = fs::DirBuilder::new();
         builder.mode(0o750);
@@ -82,7 +94,12 @@ impl LocalDatastore {
             .truncate(false)
             .mode(0o644)
             .open(path.join(".lock"))?;
-        fs::rename(&staging, path.join(".chunks"))?;
+        if let Err(err) = fs::rename(&staging, path.join(".chunks")) {
+            let _ = fs::remove_dir_all(&staging);
+            if !path.join(".chunks").is_dir() {
+                return Err(err).with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
         Ok(LocalDatastore {
             root: path.to_path_buf(),
         })
@@ -350,4 +367,38 @@ fn touch_atime(path: &Path) {
 fn random_suffix() -> String {
     use rand::distributions::{Alphanumeric, DistString};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_creators_of_one_new_datastore_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds");
+        let creators: Vec<_> = (0..3)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || LocalDatastore::create(&path).map(|_| ()))
+            })
+            .collect();
+        for creator in creators {
+            creator.join().unwrap().unwrap();
+        }
+        assert!(path.join(".chunks/ffff").is_dir());
+        let names = dir_names(&path).unwrap();
+        assert!(
+            names.iter().all(|n| !n.starts_with(STAGING_PREFIX)),
+            "staging left behind: {names:?}"
+        );
+    }
+
+    #[test]
+    fn a_directory_with_other_files_is_not_made_a_datastore() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = LocalDatastore::create(dir.path()).err().unwrap();
+        assert!(format!("{err:#}").contains("is not a datastore"), "{err:#}");
+    }
 }

@@ -1,0 +1,289 @@
+//! Directory listings decoded ahead of the reader.
+//!
+//! `find`, `ls -R` and `rsync` list one directory after another and wait for every answer,
+//! so decoding a listing (each entry's metadata) sits on their critical path while the
+//! other core idles. When a directory is listed from its start, its subdirectories are
+//! listed on a background thread and kept here, and the kernel's requests for them are
+//! answered from memory. A listing is also decoded once rather than once per readdir batch
+//! (the kernel asks for a big directory in several batches).
+//!
+//! Memory stays bounded: listings are dropped as soon as they have been read to the end
+//! (the kernel caches directory contents itself), background listings are only made while
+//! fewer than `budget` entries are held, and beyond it the oldest listings go first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pbsfs_mount::{Attr, Errno};
+
+/// One entry of a listing, with the attributes `readdirplus` hands to the kernel.
+pub struct ListedEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+    /// Offset at which a listing resumes after this entry.
+    pub next_offset: u64,
+}
+
+/// A directory's entries in order; `error` ends a listing that could not be read to the
+/// end (the entries before it are still served, as a plain walk would have).
+pub struct ListedDir {
+    pub entries: Vec<ListedEntry>,
+    pub error: Option<Errno>,
+}
+
+impl ListedDir {
+    /// A listing that fails before its first entry.
+    pub fn failed(error: Errno) -> Self {
+        ListedDir {
+            entries: Vec::new(),
+            error: Some(error),
+        }
+    }
+
+    fn subdirectories(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries
+            .iter()
+            .filter(|e| e.attr.mode & libc::S_IFMT == libc::S_IFDIR)
+            .map(|e| e.attr.ino)
+    }
+}
+
+/// Lists a directory by inode; `None` when the filesystem is gone.
+pub type ListFn = dyn Fn(u64) -> Option<ListedDir> + Send + Sync;
+
+/// Directories waiting for the background thread; more are not queued.
+const QUEUE_LEN: usize = 1024;
+/// The background thread ends after this long without work (a whole-store mount opens
+/// many archives; an idle one should not keep a thread).
+const WORKER_IDLE: Duration = Duration::from_secs(5);
+
+pub struct ListingCache {
+    held: Arc<Mutex<Held>>,
+    budget: usize,
+    list: Arc<ListFn>,
+    worker: Mutex<Option<SyncSender<u64>>>,
+}
+
+#[derive(Default)]
+struct Held {
+    listings: HashMap<u64, Arc<ListedDir>>,
+    /// Insertion order, for evicting the oldest; may name listings dropped since.
+    order: VecDeque<u64>,
+    entries: usize,
+}
+
+impl Held {
+    fn insert(&mut self, ino: u64, listing: Arc<ListedDir>) {
+        self.entries += listing.entries.len();
+        if let Some(old) = self.listings.insert(ino, listing) {
+            self.entries -= old.entries.len();
+        }
+        self.order.push_back(ino);
+    }
+
+    fn remove(&mut self, ino: u64) {
+        if let Some(old) = self.listings.remove(&ino) {
+            self.entries -= old.entries.len();
+        }
+        // Keep the order queue from filling up with names of dropped listings.
+        if self.order.len() > 2 * self.listings.len() + 64 {
+            let listings = &self.listings;
+            self.order.retain(|ino| listings.contains_key(ino));
+        }
+    }
+
+    fn evict_to(&mut self, budget: usize) {
+        while self.entries > budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.listings.remove(&oldest) {
+                self.entries -= old.entries.len();
+            }
+        }
+    }
+}
+
+impl ListingCache {
+    /// A cache holding about `budget` entries at most, filled by `list`.
+    pub fn new(budget: usize, list: Arc<ListFn>) -> Self {
+        ListingCache {
+            held: Arc::new(Mutex::new(Held::default())),
+            budget,
+            list,
+            worker: Mutex::new(None),
+        }
+    }
+
+    /// The listing held for `ino`, if any.
+    pub fn get(&self, ino: u64) -> Option<Arc<ListedDir>> {
+        self.held.lock().unwrap().listings.get(&ino).cloned()
+    }
+
+    /// Keeps a listing that the kernel has not read to the end yet.
+    pub fn keep(&self, ino: u64, listing: Arc<ListedDir>) {
+        let mut held = self.held.lock().unwrap();
+        held.insert(ino, listing);
+        held.evict_to(self.budget);
+    }
+
+    /// Drops a listing read to its end.
+    pub fn finished(&self, ino: u64) {
+        self.held.lock().unwrap().remove(ino);
+    }
+
+    /// Lists the subdirectories of `listing` in the background.
+    pub fn prepare_subdirectories(&self, listing: &ListedDir) {
+        let mut worker = self.worker.lock().unwrap();
+        for ino in listing.subdirectories() {
+            let sender = worker.get_or_insert_with(|| self.spawn_worker());
+            match sender.try_send(ino) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return,
+                // The idle worker has ended: start another.
+                Err(TrySendError::Disconnected(ino)) => {
+                    let sender = self.spawn_worker();
+                    let _ = sender.try_send(ino);
+                    *worker = Some(sender);
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&self) -> SyncSender<u64> {
+        let (sender, receiver) = sync_channel(QUEUE_LEN);
+        let held = Arc::downgrade(&self.held);
+        let list = self.list.clone();
+        let budget = self.budget;
+        // Without the thread (out of resources) listings are decoded when asked for.
+        let _ = std::thread::Builder::new()
+            .name("pbsfs-listing".into())
+            .spawn(move || prepare_listings(receiver, held, list, budget));
+        sender
+    }
+}
+
+fn prepare_listings(
+    receiver: Receiver<u64>,
+    held: std::sync::Weak<Mutex<Held>>,
+    list: Arc<ListFn>,
+    budget: usize,
+) {
+    while let Ok(ino) = receiver.recv_timeout(WORKER_IDLE) {
+        let Some(held) = held.upgrade() else { return };
+        {
+            let held = held.lock().unwrap();
+            if held.listings.contains_key(&ino) || held.entries >= budget {
+                continue;
+            }
+        }
+        let Some(listing) = list(ino) else { return };
+        let mut held = held.lock().unwrap();
+        if held.entries + listing.entries.len() <= budget {
+            held.insert(ino, Arc::new(listing));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbsfs_mount::Timespec;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn entry(ino: u64, dir: bool) -> ListedEntry {
+        ListedEntry {
+            name: format!("e{ino}").into_bytes(),
+            attr: Attr {
+                ino,
+                size: 0,
+                blocks: 0,
+                mode: if dir {
+                    libc::S_IFDIR | 0o755
+                } else {
+                    libc::S_IFREG | 0o644
+                },
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                mtime: Timespec::new(0, 0),
+                rdev: 0,
+                blksize: 4096,
+            },
+            next_offset: 1,
+        }
+    }
+
+    /// Directory n holds 10 entries: subdirectories 10n+1 and 10n+2, then files.
+    fn tree(calls: Arc<AtomicUsize>) -> Arc<ListFn> {
+        Arc::new(move |ino| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let entries = (1..=10).map(|i| entry(ino * 10 + i, i <= 2)).collect();
+            Some(ListedDir {
+                entries,
+                error: None,
+            })
+        })
+    }
+
+    fn wait_for(cache: &ListingCache, ino: u64) -> Arc<ListedDir> {
+        for _ in 0..500 {
+            if let Some(listing) = cache.get(ino) {
+                return listing;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("listing {ino} was never prepared");
+    }
+
+    #[test]
+    fn subdirectories_are_listed_in_the_background() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let list = tree(calls.clone());
+        let cache = ListingCache::new(1000, list.clone());
+        let root = list(1).unwrap();
+        cache.prepare_subdirectories(&root);
+        assert_eq!(wait_for(&cache, 11).entries.len(), 10);
+        assert_eq!(wait_for(&cache, 12).entries[0].attr.ino, 121);
+        // Files are not listed, and nothing beyond the subdirectories asked for.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(cache.get(13).is_none());
+        cache.finished(11);
+        assert!(cache.get(11).is_none());
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let list = tree(calls);
+        // Room for two listings of ten.
+        let cache = ListingCache::new(25, list.clone());
+        for ino in 1..=4 {
+            cache.keep(ino, Arc::new(list(ino).unwrap()));
+        }
+        assert!(cache.held.lock().unwrap().entries <= 25);
+        assert!(cache.get(1).is_none(), "the oldest listing goes first");
+        assert!(cache.get(4).is_some());
+        // A full cache prepares nothing more in the background.
+        cache.prepare_subdirectories(&list(5).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(cache.get(51).is_none() && cache.get(52).is_none());
+        assert!(cache.held.lock().unwrap().entries <= 25);
+    }
+
+    #[test]
+    fn an_idle_worker_ends_and_another_starts_when_needed() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let list = tree(calls);
+        let cache = ListingCache::new(1000, list.clone());
+        // A worker whose receiver is gone stands for one that ended while idle.
+        let (dead, receiver) = sync_channel(1);
+        drop(receiver);
+        *cache.worker.lock().unwrap() = Some(dead);
+        cache.prepare_subdirectories(&list(3).unwrap());
+        assert_eq!(wait_for(&cache, 31).entries.len(), 10);
+    }
+}
