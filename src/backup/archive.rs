@@ -361,8 +361,9 @@ impl ReadAhead {
     const WINDOW: u64 = 32 << 20;
     /// Bytes hinted per file: the kernel's own read-ahead takes over once it is read.
     const PER_FILE: u64 = 8 << 20;
-    /// Smaller files are left alone: a hint costs an extra open and close.
-    const MIN_SIZE: u64 = 128 << 10;
+    /// Small files are hinted too: each costs an extra open and close, but read one after
+    /// another from a cold disk every one of them would be a wait for the device.
+    const MIN_SIZE: u64 = 1;
 
     fn new(list: &[ListEntry]) -> Self {
         let files = list
