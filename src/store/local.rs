@@ -2,7 +2,7 @@
 //! groups, snapshots. Reading never writes (works on a read-only copy).
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -339,10 +339,27 @@ fn drop_when_written(file: fs::File) {
     });
 }
 
+/// Reads a whole chunk file.
+fn read_chunk_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    // A chunk blob is at most the largest chunk plus a header; a bigger file is damage,
+    // and must not make us allocate whatever size it claims.
+    const LIMIT: u64 = crate::format::blob::MAX_CHUNK_SIZE as u64 + 4096;
+    let file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > LIMIT {
+        return Err(std::io::Error::other(format!(
+            "chunk file is {len} bytes, more than any chunk can be"
+        )));
+    }
+    let mut raw = Vec::with_capacity(len as usize);
+    (&file).take(LIMIT).read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
 impl ChunkSource for LocalDatastore {
     fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.chunk_path(digest);
-        let raw = fs::read(&path).map_err(|err| {
+        let raw = read_chunk_file(&path).map_err(|err| {
             if err.kind() == ErrorKind::NotFound {
                 anyhow::anyhow!(
                     "chunk {} is missing from the datastore",
@@ -431,6 +448,24 @@ mod tests {
         assert!(
             names.iter().all(|n| !n.starts_with(STAGING_PREFIX)),
             "staging left behind: {names:?}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_chunk_file_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".chunks")).unwrap();
+        let store = LocalDatastore::open(dir.path()).unwrap();
+        let digest = [0xab; 32];
+        let path = store.chunk_path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Sparse: claims 1 TiB without taking the space.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(1 << 40).unwrap();
+        let err = store.fetch_raw_chunk(&digest).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("more than any chunk can be"),
+            "{err:#}"
         );
     }
 
