@@ -25,7 +25,7 @@ const PAGE: usize = 4096;
 
 /// Freed mappings kept for reuse: at most this many, of at most this many bytes in all.
 const POOL_SLOTS: usize = 8;
-const POOL_BYTES: usize = 32 << 20;
+const POOL_BYTES: usize = 16 << 20;
 
 pub struct BigBufferAlloc;
 

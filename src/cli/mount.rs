@@ -19,6 +19,10 @@ use pbsfs_mount::MountOptions;
 
 use super::context::{Context, RepoArgs};
 
+/// Threads fetching and decoding chunks ahead of readers: more than the cores, so that a
+/// chunk waiting for the disk (or the network) leaves a core to decode another.
+const PREFETCH_WORKERS: usize = 8;
+
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// `[SNAPSHOT] MOUNTPOINT`. SNAPSHOT is TYPE/ID/TIME (TIME may be a unique prefix such
@@ -136,7 +140,11 @@ fn prepare_mount(
                 snapshot.chunk_source(),
                 crypt,
             ));
-            let cache = Arc::new(ChunkCache::new(verifying, args.cache_size as usize, 4));
+            let cache = Arc::new(ChunkCache::new(
+                verifying,
+                args.cache_size as usize,
+                PREFETCH_WORKERS,
+            ));
             snapfs::open_snapshot(&*snapshot, args.archive.as_deref(), cache)?
         }
         None => {
@@ -147,12 +155,13 @@ fn prepare_mount(
                     options.fsname = Some(format!("pbsfs:{}", store.root().display()));
                     let verifying =
                         Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
-                    let cache = ChunkCache::new(verifying, args.cache_size as usize, 4);
+                    let cache =
+                        ChunkCache::new(verifying, args.cache_size as usize, PREFETCH_WORKERS);
                     (StoreSource::Local(store.clone()), cache)
                 }
                 None => {
                     options.fsname = Some(format!("pbsfs:{}", ctx.location));
-                    let cache = ChunkCache::shared(args.cache_size as usize, 4);
+                    let cache = ChunkCache::shared(args.cache_size as usize, PREFETCH_WORKERS);
                     (StoreSource::Remote(ctx.access()?.clone()), cache)
                 }
             };
