@@ -1158,23 +1158,29 @@ impl BackupState {
                 ),
             ));
         }
-        let kind =
-            blob_kind(&raw).map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
-        if kind.is_encrypted() {
-            parse_blob(&raw).map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
-        } else {
-            decode_chunk(&raw, &digest, Some(size)).map_err(|e| {
-                Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    format!("chunk verification failed: {e}"),
-                )
-            })?;
-        }
-        let new = self
-            .state
-            .store
-            .insert_chunk(&digest, &raw)
-            .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+        // Verifying (decompress and hash) and writing block: off the runtime's threads, so
+        // the connection keeps receiving the next chunks meanwhile.
+        let store = self.state.store.clone();
+        let new = tokio::task::spawn_blocking(move || -> Result<bool, Reply> {
+            let kind = blob_kind(&raw)
+                .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            if kind.is_encrypted() {
+                parse_blob(&raw)
+                    .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            } else {
+                decode_chunk(&raw, &digest, Some(size)).map_err(|e| {
+                    Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        format!("chunk verification failed: {e}"),
+                    )
+                })?;
+            }
+            store
+                .insert_chunk(&digest, &raw)
+                .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
         self.state
             .counters
             .chunk_uploads
