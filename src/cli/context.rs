@@ -124,6 +124,9 @@ impl RepoArgs {
     }
 }
 
+/// A snapshot opened for reading, with the key its chunks need (if any).
+pub type OpenedSnapshot = (Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>);
+
 /// The selected datastore, opened.
 pub struct Context {
     /// Reading access, local or remote; None while the default datastore does not exist.
@@ -203,10 +206,7 @@ impl Context {
     /// Opens a snapshot and the key it needs: --keyfile, else (for an encrypted or signed
     /// snapshot) the official client's default key if it exists. With a key the manifest
     /// signature is checked; an encrypted snapshot without a key is refused.
-    pub fn open_snapshot(
-        &self,
-        dir: &BackupDir,
-    ) -> Result<(Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>)> {
+    pub fn open_snapshot(&self, dir: &BackupDir) -> Result<OpenedSnapshot> {
         let snapshot = self.access()?.open_snapshot(&self.ns, dir)?;
         let manifest = snapshot.manifest();
         let needs_key = manifest
