@@ -232,7 +232,19 @@ impl ChunkCache {
     }
 }
 
+/// Nice value of read-ahead threads (see [`prefetch_worker`]).
+const PREFETCH_NICE: libc::c_int = 10;
+
 fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<Prefetch>>>) {
+    // Read-ahead yields to the threads that hand data to readers: with the cores busy
+    // decoding chunks needed later, a reader whose data is ready would otherwise wait its
+    // turn behind all of them. The workers still get every cycle nobody else wants. (On
+    // Linux the nice value is per thread; best effort.)
+    // SAFETY: plain syscalls on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_NICE);
+    }
     loop {
         let next = receiver.lock().unwrap().recv();
         let Ok((digest, len, source)) = next else {
