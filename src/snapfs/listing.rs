@@ -94,11 +94,16 @@ impl Held {
         }
     }
 
-    fn evict_to(&mut self, budget: usize) {
+    /// Drops the oldest listings until `budget` entries are held, but never `keep`.
+    fn evict_to(&mut self, budget: usize, keep: u64) {
         while self.entries > budget {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
+            if oldest == keep {
+                self.order.push_front(oldest);
+                break;
+            }
             if let Some(old) = self.listings.remove(&oldest) {
                 self.entries -= old.entries.len();
             }
@@ -122,11 +127,13 @@ impl ListingCache {
         self.held.lock().unwrap().listings.get(&ino).cloned()
     }
 
-    /// Keeps a listing that the kernel has not read to the end yet.
+    /// Keeps a listing that the kernel has not read to the end yet. It stays even if it is
+    /// bigger than the budget alone: the kernel is about to ask for the rest, and decoding a
+    /// huge directory again for every batch would take time quadratic in its size.
     pub fn keep(&self, ino: u64, listing: Arc<ListedDir>) {
         let mut held = self.held.lock().unwrap();
         held.insert(ino, listing);
-        held.evict_to(self.budget);
+        held.evict_to(self.budget, ino);
     }
 
     /// Drops a listing read to its end.
@@ -267,7 +274,20 @@ mod tests {
         assert!(cache.held.lock().unwrap().entries <= 25);
         assert!(cache.get(1).is_none(), "the oldest listing goes first");
         assert!(cache.get(4).is_some());
+        // A listing bigger than the whole budget is kept while it is being read.
+        let huge = ListedDir {
+            entries: (0..40).map(|i| entry(900 + i, false)).collect(),
+            error: None,
+        };
+        cache.keep(9, Arc::new(huge));
+        assert_eq!(cache.get(9).unwrap().entries.len(), 40);
+        assert!(cache.get(4).is_none());
+        cache.finished(9);
+        assert_eq!(cache.held.lock().unwrap().entries, 0);
         // A full cache prepares nothing more in the background.
+        for ino in 6..=7 {
+            cache.keep(ino, Arc::new(list(ino).unwrap()));
+        }
         cache.prepare_subdirectories(&list(5).unwrap());
         std::thread::sleep(Duration::from_millis(100));
         assert!(cache.get(51).is_none() && cache.get(52).is_none());
