@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::Expected;
 
 /// One datastore per test binary (creating 65536 chunk directories is slow).
 fn datastore() -> &'static Path {
@@ -138,18 +140,8 @@ fn make_tree(root: &Path) {
     set_mtime(&root.join("empty"), 1_000_000_000, 999_999_999);
 }
 
-fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
-    ok(pbsfs(&[
-        "push",
-        "--backup-time",
-        &time.to_string(),
-        &format!("tree.pxar:{}", source.display()),
-        "--backup-id",
-        id,
-        "--change-detection-mode",
-        mode,
-        "--quiet",
-    ]));
+/// The latest snapshot of group host/`id`, mounted and read through the kernel.
+fn mounted_tree(id: &str) -> BTreeMap<Vec<u8>, Expected> {
     let mnt = tempfile::tempdir().unwrap();
     let point = mnt.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
@@ -163,11 +155,28 @@ fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
         .arg("umount")
         .arg(&point)
         .output();
+    mounted
+}
+
+fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
+    ok(pbsfs(&[
+        "push",
+        "--backup-time",
+        &time.to_string(),
+        &format!("tree.pxar:{}", source.display()),
+        "--backup-id",
+        id,
+        "--change-detection-mode",
+        mode,
+        "--quiet",
+    ]));
+    let mounted = mounted_tree(id);
     let original = tree_from_disk(source);
     assert!(original.len() >= 15);
     assert_same_tree(&mounted, &original, mode);
     // And restored into a directory with all metadata.
-    let target = mnt.path().join("restored");
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("restored");
     ok(pbsfs(&[
         "restore",
         &format!("host/{id}/latest"),
@@ -215,19 +224,7 @@ fn big_nested_directories_list_completely() {
         "data",
         "--quiet",
     ]));
-    let mnt = tempfile::tempdir().unwrap();
-    let point = mnt.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
-    ok(pbsfs(&[
-        "mount",
-        "host/wide/latest",
-        point.to_str().unwrap(),
-    ]));
-    let mounted = tree_from_disk(&point);
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    let mounted = mounted_tree("wide");
     let original = tree_from_disk(&source);
     assert!(original.len() > 30 * 400);
     assert_same_tree(&mounted, &original, "data");
