@@ -263,19 +263,22 @@ fn an_encrypted_push_to_the_server_is_signed_and_restores_with_the_key() {
         "/../shared/fixtures/fixture.key"
     );
     let source = format!("root.pxar:{}", tree.display());
-    ok(&pbsfs(
-        &server,
-        &[
-            "push",
-            "--keyfile",
-            key,
-            "--backup-id",
-            "secret",
-            "--backup-time",
-            "2000",
-            &source,
-        ],
-    ));
+    let push_at = |time: &str| {
+        ok(&pbsfs(
+            &server,
+            &[
+                "push",
+                "--keyfile",
+                key,
+                "--backup-id",
+                "secret",
+                "--backup-time",
+                time,
+                &source,
+            ],
+        ));
+    };
+    push_at("2000");
     // On the server: every index encrypted, the manifest signed with the key's fingerprint.
     let store = pbsfs::store::local::LocalDatastore::open(&datastore).unwrap();
     let dir = pbsfs::store::names::BackupDir::parse("host/secret/1970-01-01T00:33:20Z").unwrap();
@@ -315,19 +318,7 @@ fn an_encrypted_push_to_the_server_is_signed_and_restores_with_the_key() {
     // Pushed again with the same key: the previous snapshot's encrypted chunks are known on
     // the server, so nothing of the unchanged tree is uploaded again.
     let before = uploads(&server);
-    ok(&pbsfs(
-        &server,
-        &[
-            "push",
-            "--keyfile",
-            key,
-            "--backup-id",
-            "secret",
-            "--backup-time",
-            "3000",
-            &source,
-        ],
-    ));
+    push_at("3000");
     assert_eq!(
         uploads(&server),
         before,

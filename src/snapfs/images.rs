@@ -10,6 +10,32 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, 
 use crate::format::ReadAt;
 use crate::store::range::IndexReader;
 
+/// Reads `size` bytes at `offset` of an image, fetching the next chunks ahead (images are
+/// mostly read front to back); `eio` reports a read error.
+pub(super) fn read_image(
+    reader: &IndexReader,
+    offset: u64,
+    size: u32,
+    eio: impl Fn(String) -> Errno,
+) -> Result<ReadData, Errno> {
+    let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
+    reader.prefetch(offset + len as u64, 8 << 20);
+    if len > 0 {
+        // Within one chunk: answered from the cached chunk, no copy.
+        let shared = reader
+            .read_shared(offset, len)
+            .map_err(|e| eio(format!("{e:#}")))?;
+        if let Some((chunk, range)) = shared {
+            return Ok(ReadData::shared(chunk, range));
+        }
+    }
+    let mut buf = ReadData::buffer(len);
+    reader
+        .read_exact_at(&mut buf, offset)
+        .map_err(|e| eio(e.to_string()))?;
+    Ok(buf.into())
+}
+
 pub struct ImageDirFs {
     /// (file name, reader); the inode of image `i` is `i + 2`.
     images: Vec<(String, Arc<IndexReader>)>,
@@ -110,27 +136,10 @@ impl ReadOnlyFs for ImageDirFs {
 
     fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let (name, reader) = self.image(ino)?;
-        let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-        let eio = |err: &dyn std::fmt::Display| {
+        read_image(reader, offset, size, |err| {
             eprintln!("pbsfs: {name}: {err}");
             Errno::EIO
-        };
-        // Read-ahead: images are mostly read front to back.
-        reader.prefetch(offset + len as u64, 8 << 20);
-        if len > 0 {
-            // Within one chunk: answered from the cached chunk, no copy.
-            if let Some((chunk, range)) = reader
-                .read_shared(offset, len)
-                .map_err(|e| eio(&format!("{e:#}")))?
-            {
-                return Ok(ReadData::shared(chunk, range));
-            }
-        }
-        let mut buf = ReadData::buffer(len);
-        reader
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| eio(&e))?;
-        Ok(buf.into())
+        })
     }
 
     fn listxattr(&self, _ino: u64) -> Result<Vec<OsString>, Errno> {

@@ -33,9 +33,9 @@ use anyhow::{bail, Result};
 use lru::LruCache;
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
+use super::images::read_image;
 use super::{mountables, ArchiveFs, Mountable};
 use crate::format::crypto::CryptConfig;
-use crate::format::ReadAt;
 use crate::store::access::{open_index_reader, DatastoreAccess, LocalSnapshot, SnapshotAccess};
 use crate::store::cache::{CacheVia, ChunkCache};
 use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
@@ -826,26 +826,9 @@ impl ReadOnlyFs for StoreFs {
         let Opened::Image(reader) = self.opened(slot_index, &slot)? else {
             return Err(Errno::EIO);
         };
-        let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-        // Images are mostly read front to back.
-        reader.prefetch(offset + len as u64, 8 << 20);
-        let eio = |err: &dyn std::fmt::Display| {
+        read_image(&reader, offset, size, |err| {
             self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name()))
-        };
-        if len > 0 {
-            // Within one chunk: answered from the cached chunk, no copy.
-            let shared = reader
-                .read_shared(offset, len)
-                .map_err(|e| eio(&format!("{e:#}")))?;
-            if let Some((chunk, range)) = shared {
-                return Ok(ReadData::shared(chunk, range));
-            }
-        }
-        let mut buf = ReadData::buffer(len);
-        reader
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| eio(&e))?;
-        Ok(buf.into())
+        })
     }
 
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
