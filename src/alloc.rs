@@ -1,19 +1,25 @@
 //! The process allocator: glibc for everything small, and for big buffers (decoded chunks,
 //! raw chunk files, pipeline blocks; 1 MiB and up) a private mapping each, backed by
-//! transparent huge pages, with a few freed mappings kept for reuse.
+//! transparent huge pages, with freed mappings kept for reuse.
 //!
 //! Why: a mount or a push moves every byte through freshly allocated multi-MiB buffers. In
 //! glibc's own mappings each 4 KiB page faults on first touch and the kernel zeroes it;
-//! together that was a quarter of a cold mount read's CPU time. Huge pages take one fault
-//! per 2 MiB, and a reused mapping takes none and needs no zeroing. Heap reuse would avoid
-//! faults too, but multi-MiB buffers freed by many threads fragment glibc's arenas until
-//! RSS is a multiple of the live data; the pool is small, so RSS follows the live data.
+//! together that was a quarter of a cold mount read's CPU time (and in a VM whose free
+//! memory goes back to the host, first touches cost several times more). Huge pages take
+//! one fault per 2 MiB, and reused pages take none and need no zeroing. Heap reuse would
+//! avoid faults too, but multi-MiB buffers freed by many threads fragment glibc's arenas
+//! until RSS is a multiple of the live data.
 //!
 //! A mapping is exactly as long as its allocation (rounded to pages: a partial huge page at
-//! the end would be backed by a whole one and add up to 2 MiB of RSS per cached chunk). A
-//! pooled mapping serves any size: the spare tail is unmapped, a missing one is added by
-//! moving the old pages into a bigger window (only the added part faults). Trimming alone
-//! would wear the pool down to small mappings that fit nothing: chunk sizes vary.
+//! the end would be backed by a whole one and add up to 2 MiB of RSS per cached chunk).
+//! Pooled pages serve any size: a mapping that is too big is trimmed; for one that is too
+//! small, several pooled mappings are moved side by side into one window. Chunk sizes
+//! vary (1-16 MiB), so without that a 16 MiB chunk would find no freed mapping to use.
+//!
+//! The pool does not raise the peak RSS of a mount: what goes into it comes out of the
+//! chunk cache, which makes room (evicts, or drops what a reader has passed) just before it
+//! allocates the chunks it fetches next, so pooled pages stand in for memory that was
+//! already counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -23,9 +29,10 @@ const BIG: usize = 1 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 const PAGE: usize = 4096;
 
-/// Freed mappings kept for reuse: at most this many, of at most this many bytes in all.
-const POOL_SLOTS: usize = 8;
-const POOL_BYTES: usize = 16 << 20;
+/// Freed mappings kept for reuse: at most this many, of at most this many bytes in all
+/// (three of the largest chunks: with read-ahead, several are freed and fetched at once).
+const POOL_SLOTS: usize = 16;
+const POOL_BYTES: usize = 48 << 20;
 
 pub struct BigBufferAlloc;
 
@@ -41,27 +48,69 @@ static POOL: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
     bytes: 0,
 });
 
-/// A pooled mapping resized to `len` (page-rounded): the smallest one
-/// that is big enough, else the biggest one there is.
+/// Pooled pages for a buffer of `len` (page-rounded) bytes: the smallest pooled mapping
+/// that is big enough, trimmed to size; else as many of the biggest as it takes, their pages
+/// moved side by side into one fresh window (page tables move, nothing is copied or
+/// zeroed; only a part no pooled page covers faults in fresh). None when the pool is empty.
 unsafe fn take_pooled(len: usize) -> Option<*mut u8> {
-    let (addr, have) = {
+    let mut pieces = [(0usize, 0usize); POOL_SLOTS];
+    {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let used = (0..POOL_SLOTS).filter(|&i| pool.slots[i].1 > 0);
-        let best = used
+        let fits = used
             .clone()
             .filter(|&i| pool.slots[i].1 >= len)
-            .min_by_key(|&i| pool.slots[i].1)
-            .or_else(|| used.max_by_key(|&i| pool.slots[i].1))?;
-        let region = std::mem::take(&mut pool.slots[best]);
-        pool.bytes -= region.1;
-        region
-    };
-    let ptr = resize_mapping(addr as *mut u8, have, len);
-    if ptr.is_null() {
-        libc::munmap(addr as *mut libc::c_void, have);
+            .min_by_key(|&i| pool.slots[i].1);
+        if let Some(best) = fits {
+            pieces[0] = std::mem::take(&mut pool.slots[best]);
+        } else {
+            let mut order: [usize; POOL_SLOTS] = std::array::from_fn(|i| i);
+            order.sort_unstable_by_key(|&i| std::cmp::Reverse(pool.slots[i].1));
+            let mut covered = 0;
+            for (n, &i) in order.iter().enumerate() {
+                if covered >= len || pool.slots[i].1 == 0 {
+                    break;
+                }
+                covered += pool.slots[i].1;
+                pieces[n] = std::mem::take(&mut pool.slots[i]);
+            }
+        }
+        pool.bytes -= pieces.iter().map(|p| p.1).sum::<usize>();
+    }
+    let (first, first_len) = pieces[0];
+    if first_len == 0 {
         return None;
     }
-    Some(ptr)
+    if first_len >= len {
+        return Some(resize_mapping(first as *mut u8, first_len, len));
+    }
+    let window = map_big(len);
+    if window.is_null() {
+        for (addr, piece_len) in pieces.into_iter().filter(|p| p.1 > 0) {
+            libc::munmap(addr as *mut libc::c_void, piece_len);
+        }
+        return None;
+    }
+    let mut at = 0;
+    for (addr, piece_len) in pieces.into_iter().filter(|p| p.1 > 0) {
+        // Pieces were taken until they cover the window: only the last one has a rest.
+        let used = piece_len.min(len - at);
+        if used < piece_len {
+            libc::munmap((addr + used) as *mut libc::c_void, piece_len - used);
+        }
+        let moved = libc::mremap(
+            addr as *mut libc::c_void,
+            used,
+            used,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            window.add(at) as *mut libc::c_void,
+        );
+        if moved == libc::MAP_FAILED {
+            libc::munmap(addr as *mut libc::c_void, used); // that part of the window stays fresh
+        }
+        at += used;
+    }
+    Some(window)
 }
 
 /// Resizes a mapping from `old` to `new` bytes (page-rounded), keeping
@@ -256,6 +305,29 @@ mod tests {
                 "zeroed allocations never come from the pool"
             );
             a.dealloc(zeroed, small);
+        }
+    }
+
+    #[test]
+    fn a_buffer_bigger_than_any_freed_one_is_whole_and_aligned() {
+        let a = BigBufferAlloc;
+        unsafe {
+            // Three freed mappings; the next buffer needs the pages of all of them (or, if
+            // a parallel test took some, fresh ones for the rest).
+            let piece = Layout::from_size_align(3 * BIG + 4096, 1).unwrap();
+            for n in 0..3u8 {
+                let p = a.alloc(piece);
+                std::ptr::write_bytes(p, n + 1, piece.size());
+                a.dealloc(p, piece);
+            }
+            let whole = Layout::from_size_align(8 * BIG + 100, 8).unwrap();
+            let p = a.alloc(whole);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % HUGE_PAGE, 0);
+            std::ptr::write_bytes(p, 0xee, whole.size());
+            let bytes = std::slice::from_raw_parts(p, whole.size());
+            assert!(bytes.iter().all(|&b| b == 0xee));
+            a.dealloc(p, whole);
         }
     }
 
