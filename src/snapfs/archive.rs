@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -24,13 +23,12 @@ use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
 use super::listing::{ListedDir, ListedEntry, ListingCache};
+use super::open_files::OpenFiles;
 
 /// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
 /// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
 /// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
 const READ_AHEAD: u64 = 96 << 20;
-/// How far from the end of the previous read a read still counts as sequential.
-const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 /// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -56,8 +54,7 @@ pub struct ArchiveFs {
     data: Arc<IndexReader>,
     /// Bytes fetched ahead of a sequential reader.
     read_ahead: u64,
-    handles: Mutex<HashMap<u64, u64>>, // fh -> offset where a sequential read would continue
-    next_fh: AtomicU64,
+    open_files: OpenFiles,
     listings: ListingCache,
 }
 
@@ -94,8 +91,7 @@ impl ArchiveFs {
             tree,
             data,
             read_ahead,
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            open_files: OpenFiles::default(),
             listings: ListingCache::new(LISTING_BUDGET, list),
         })
     }
@@ -353,13 +349,11 @@ impl ReadOnlyFs for ArchiveFs {
         if !matches!(entry.kind, EntryKind::File { .. }) {
             return Err(Errno::EINVAL);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, 0);
-        Ok(fh)
+        Ok(self.open_files.open(ino))
     }
 
     fn release(&self, _ino: u64, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        self.open_files.close(fh);
     }
 
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
@@ -368,18 +362,18 @@ impl ReadOnlyFs for ArchiveFs {
         // Sequential reader: fetch the chunks ahead of it in the background. The kernel's
         // read-ahead sends several requests at once, which arrive slightly out of order, so
         // "sequential" means "close to where the last read ended".
-        let sequential = {
-            let mut handles = self.handles.lock().unwrap();
-            let expected = handles.insert(fh, offset + size as u64);
-            expected.is_some_and(|end| offset.abs_diff(end) <= SEQUENTIAL_WINDOW)
-        };
-        if sequential {
-            if let Some(start) = Self::data_start(&entry) {
-                let ahead_from = offset + size as u64;
-                if ahead_from < file_size {
-                    let len = self.read_ahead.min(file_size - ahead_from);
-                    self.data.prefetch(start + ahead_from, len);
-                }
+        let pattern = self.open_files.read(fh, offset, size);
+        if let (true, Some(start)) = (pattern.sequential, Self::data_start(&entry)) {
+            let ahead_from = offset + size as u64;
+            if ahead_from < file_size {
+                let len = self.read_ahead.min(file_size - ahead_from);
+                self.data.prefetch(start + ahead_from, len);
+            }
+            // The chunks well behind a sequential reader are in the kernel's page cache
+            // now; holding them too would only push out what is still to come.
+            if let Some(passed) = pattern.passed {
+                self.data
+                    .release(start, start + passed.start..start + passed.end);
             }
         }
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod images;
 mod listing;
+mod open_files;
 pub mod store_tree;
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //!   approximates one LRU over all shards without a global lock.
 //! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -73,6 +73,10 @@ struct Inner {
     capacity: usize,
     bytes: AtomicUsize,
     clock: AtomicU64,
+    /// Chunks waiting in the read-ahead queue. A chunk is queued once, however many reads
+    /// ask for it, and a request whose chunk was released meanwhile is dropped: fetched
+    /// then, it would be decoded a second time for nobody.
+    queued: Mutex<HashSet<Digest>>,
 }
 
 impl Inner {
@@ -170,6 +174,15 @@ impl Inner {
         }
     }
 
+    /// Drops a cached chunk; one being fetched stays (its reader is about to use it).
+    fn forget(&self, digest: &Digest) {
+        self.queued.lock().unwrap().remove(digest);
+        let removed = self.shard(digest).lock().unwrap().lru.pop(digest);
+        if let Some(cached) = removed {
+            self.bytes.fetch_sub(cost(&cached.chunk), Ordering::Relaxed);
+        }
+    }
+
     fn contains(&self, digest: &Digest) -> bool {
         let shard = self.shard(digest).lock().unwrap();
         shard.lru.contains(digest) || shard.in_flight.contains_key(digest)
@@ -199,6 +212,7 @@ impl ChunkCache {
             capacity,
             bytes: AtomicUsize::new(0),
             clock: AtomicU64::new(0),
+            queued: Mutex::new(HashSet::new()),
         });
         let prefetch = (prefetch_workers > 0).then(|| {
             let (sender, receiver) = sync_channel(PREFETCH_QUEUE);
@@ -251,6 +265,9 @@ fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<P
             return;
         }; // the cache is gone
         let Some(inner) = inner.upgrade() else { return };
+        if !inner.queued.lock().unwrap().remove(&digest) {
+            continue; // released since it was queued
+        }
         // A failed read-ahead is not reported: the real read will fetch again and report it.
         let _ = inner.read(&digest, len, source.as_deref());
     }
@@ -259,11 +276,14 @@ fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<P
 impl ChunkCache {
     fn queue_prefetch(&self, digest: &Digest, len: u64, source: Option<Arc<dyn ChunkReader>>) {
         let Some(sender) = &self.prefetch else { return };
-        if self.inner.contains(digest) {
+        if self.inner.contains(digest) || !self.inner.queued.lock().unwrap().insert(*digest) {
             return;
         }
         match sender.lock().unwrap().try_send((*digest, len, source)) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.inner.queued.lock().unwrap().remove(digest);
+            }
         }
     }
 }
@@ -279,6 +299,10 @@ impl ChunkReader for ChunkCache {
 
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         self.queue_prefetch(digest, expected_len, None);
+    }
+
+    fn release(&self, digest: &Digest) {
+        self.inner.forget(digest);
     }
 }
 
@@ -323,6 +347,10 @@ impl ChunkReader for CacheVia {
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         self.cache
             .queue_prefetch(digest, expected_len, Some(self.source.clone()));
+    }
+
+    fn release(&self, digest: &Digest) {
+        self.cache.inner.forget(digest);
     }
 }
 
@@ -472,6 +500,63 @@ mod tests {
         via.read_chunk(&digest(5), 10).unwrap();
         assert_eq!(other.fetches.load(Ordering::SeqCst), 2);
         assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
+    }
+
+    fn wait_until(what: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if what() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn released_chunks_leave_the_cache() {
+        let src = source(0, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 0);
+        cache.read_chunk(&digest(1), 300).unwrap();
+        cache.read_chunk(&digest(2), 200).unwrap();
+        cache.release(&digest(1));
+        cache.release(&digest(3)); // never cached: nothing happens
+        assert!(!cache.contains(&digest(1)));
+        assert!(cache.contains(&digest(2)));
+        assert_eq!(cache.cached_bytes(), 200);
+    }
+
+    #[test]
+    fn read_ahead_skips_a_chunk_released_while_it_waited() {
+        // One worker, busy with chunk 1; chunk 2 waits in the queue and is released (its
+        // reader fetched it and moved on): fetching it now would be for nobody.
+        let src = source(300, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 1);
+        cache.prefetch(&digest(1), 10);
+        wait_until(|| src.fetches.load(Ordering::SeqCst) == 1);
+        cache.prefetch(&digest(2), 10);
+        cache.release(&digest(2));
+        wait_until(|| cache.contains(&digest(1)));
+        thread::sleep(Duration::from_millis(400));
+        assert!(!cache.contains(&digest(2)));
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_chunk_is_queued_for_read_ahead_once() {
+        // Every read of a sequential reader asks for the whole window ahead. Were each ask
+        // queued, the queue would fill with repeats and further chunks would be dropped.
+        let src = source(200, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 1);
+        cache.prefetch(&digest(1), 10);
+        wait_until(|| src.fetches.load(Ordering::SeqCst) == 1);
+        for _ in 0..2 * PREFETCH_QUEUE {
+            cache.prefetch(&digest(2), 10);
+        }
+        cache.prefetch(&digest(3), 10);
+        wait_until(|| cache.contains(&digest(3)) && src.fetches.load(Ordering::SeqCst) == 3);
+        thread::sleep(Duration::from_millis(50));
+        assert!(cache.contains(&digest(2)));
+        assert!(cache.contains(&digest(3)));
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub trait ChunkReader: Send + Sync {
     /// the background, others ignore it.
     fn prefetch(&self, _digest: &Digest, _expected_len: u64) {}
 
+    /// A hint that the chunk is not needed again soon (a sequential reader has passed it);
+    /// readers with a cache drop it, so its memory serves the chunks ahead instead.
+    fn release(&self, _digest: &Digest) {}
+
     /// Bytes of decoded chunks this reader keeps (`None`: it keeps none).
     fn capacity(&self) -> Option<usize> {
         None
@@ -33,6 +37,9 @@ impl<T: ChunkReader + ?Sized> ChunkReader for Arc<T> {
     }
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         (**self).prefetch(digest, expected_len)
+    }
+    fn release(&self, digest: &Digest) {
+        (**self).release(digest)
     }
     fn capacity(&self) -> Option<usize> {
         (**self).capacity()

@@ -99,6 +99,24 @@ impl IndexReader {
         }
     }
 
+    /// Tells the chunk reader that the chunks ending inside `ends` are done with (a
+    /// sequential reader of the data from `from` on has passed them). Chunks that start
+    /// before `from` are kept: they may hold the data before it, which nobody has passed.
+    pub fn release(&self, from: u64, ends: Range<u64>) {
+        let Some((mut position, _)) = self.index.chunk_from_offset(ends.start) else {
+            return;
+        };
+        while let Some(info) = self.index.chunk_info(position) {
+            if info.end > ends.end {
+                break;
+            }
+            if info.start >= from {
+                self.chunks.release(&info.digest);
+            }
+            position += 1;
+        }
+    }
+
     /// Streams the whole logical content to `out`, one chunk at a time.
     pub fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
         let mut written = 0;
@@ -142,5 +160,45 @@ impl ReadAt for IndexReader {
             done += n;
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::index::FixedIndex;
+    use crate::format::Digest;
+
+    /// Serves chunks of their digest's first byte and records which ones were released.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<u8>>);
+
+    impl ChunkReader for Recorder {
+        fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+            Ok(Arc::new(vec![digest[0]; expected_len as usize]))
+        }
+        fn release(&self, digest: &Digest) {
+            self.0.lock().unwrap().push(digest[0]);
+        }
+    }
+
+    #[test]
+    fn release_hints_only_chunks_ending_in_the_range_and_not_starting_before_from() {
+        // Four chunks of 1 KiB: [0, 1024) [1024, 2048) [2048, 3072) [3072, 4096).
+        let digests = (0..4u8).map(|n| [n; 32]).collect();
+        let index = AnyIndex::Fixed(FixedIndex::new(4096, 1024, digests).unwrap());
+        let recorder = Arc::new(Recorder::default());
+        let reader = IndexReader::new("test.img.fidx", Arc::new(index), recorder.clone());
+        let mut buf = [0u8; 8];
+        reader.read_at(&mut buf, 2044).unwrap();
+        assert_eq!(buf, [1, 1, 1, 1, 2, 2, 2, 2]);
+
+        // Chunk 0 starts before the file (at 1000) and chunk 2 ends after 3000: both kept.
+        reader.release(1000, 0..3000);
+        assert_eq!(*recorder.0.lock().unwrap(), [1]);
+        reader.release(1000, 3000..4096);
+        assert_eq!(*recorder.0.lock().unwrap(), [1, 2, 3]);
+        reader.release(1000, 5000..6000); // past the end
+        assert_eq!(*recorder.0.lock().unwrap(), [1, 2, 3]);
     }
 }

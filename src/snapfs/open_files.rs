@@ -1,0 +1,168 @@
+//! Where the reader of each open file is: whether a read continues a sequential run (then
+//! the chunks ahead are fetched in the background), and which part of the file such a run
+//! has left behind (then its chunks can leave the chunk cache: the kernel's page cache holds
+//! that data now, and the cache's memory is better spent on the chunks ahead).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// How far from the end of the previous read a read still counts as sequential: the
+/// kernel's read-ahead sends several requests at once, and they arrive slightly out of order.
+const SEQUENTIAL_WINDOW: u64 = 8 << 20;
+
+/// What a read on an open file means for the chunk cache.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadPattern {
+    pub sequential: bool,
+    /// File offsets that the sequential run has now passed for good.
+    pub passed: Option<Range<u64>>,
+}
+
+struct OpenFile {
+    ino: u64,
+    /// The offset where a sequential read would continue.
+    next: u64,
+    /// Data before this offset has been reported as passed.
+    passed: u64,
+}
+
+/// The open file handles of one filesystem.
+pub struct OpenFiles {
+    files: Mutex<HashMap<u64, OpenFile>>,
+    next_fh: AtomicU64,
+}
+
+impl Default for OpenFiles {
+    fn default() -> Self {
+        OpenFiles {
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+}
+
+impl OpenFiles {
+    /// A new handle for inode `ino`.
+    pub fn open(&self, ino: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile {
+            ino,
+            next: 0,
+            passed: 0,
+        };
+        self.files.lock().unwrap().insert(fh, file);
+        fh
+    }
+
+    pub fn close(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    /// Records a read of `size` bytes at `offset` on handle `fh`. Data counts as passed
+    /// once the reader is `SEQUENTIAL_WINDOW` beyond it (requests still in flight may want
+    /// it), and not while another handle of the same file is reading before it.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> ReadPattern {
+        let mut files = self.files.lock().unwrap();
+        let Some(file) = files.get_mut(&fh) else {
+            return ReadPattern {
+                sequential: false,
+                passed: None,
+            };
+        };
+        let sequential = offset.abs_diff(file.next) <= SEQUENTIAL_WINDOW;
+        file.next = offset + u64::from(size);
+        let behind = offset.saturating_sub(SEQUENTIAL_WINDOW);
+        if !sequential {
+            file.passed = behind; // a new run starts here
+        }
+        if !sequential || behind <= file.passed {
+            return ReadPattern {
+                sequential,
+                passed: None,
+            };
+        }
+        let passed = file.passed..behind;
+        file.passed = behind;
+        let ino = file.ino;
+        let still_read = files
+            .iter()
+            .any(|(other, f)| *other != fh && f.ino == ino && f.next < passed.end);
+        ReadPattern {
+            sequential,
+            passed: (!still_read).then_some(passed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn passed(files: &OpenFiles, fh: u64, offset: u64) -> Option<Range<u64>> {
+        let pattern = files.read(fh, offset, MIB as u32);
+        assert!(pattern.sequential, "read at {offset} should be sequential");
+        pattern.passed
+    }
+
+    #[test]
+    fn a_sequential_run_passes_what_lies_a_window_behind_it() {
+        let files = OpenFiles::default();
+        let fh = files.open(5);
+        for n in 0..=8 {
+            assert_eq!(passed(&files, fh, n * MIB), None);
+        }
+        assert_eq!(passed(&files, fh, 9 * MIB), Some(0..MIB));
+        assert_eq!(passed(&files, fh, 10 * MIB), Some(MIB..2 * MIB));
+        // Slightly out of order (kernel read-ahead): nothing is passed twice.
+        assert_eq!(passed(&files, fh, 10 * MIB), None);
+        assert_eq!(passed(&files, fh, 12 * MIB), Some(2 * MIB..4 * MIB));
+    }
+
+    #[test]
+    fn a_jump_starts_a_new_run() {
+        let files = OpenFiles::default();
+        let fh = files.open(5);
+        files.read(fh, 0, 4096);
+        let jump = files.read(fh, 100 * MIB, MIB as u32);
+        assert_eq!(
+            jump,
+            ReadPattern {
+                sequential: false,
+                passed: None
+            }
+        );
+        assert_eq!(passed(&files, fh, 101 * MIB), Some(92 * MIB..93 * MIB));
+        // Back to the start: the run there passes its data again.
+        assert!(!files.read(fh, 0, MIB as u32).sequential);
+        for n in 1..=8 {
+            assert_eq!(passed(&files, fh, n * MIB), None);
+        }
+        assert_eq!(passed(&files, fh, 9 * MIB), Some(0..MIB));
+    }
+
+    #[test]
+    fn nothing_is_passed_while_another_handle_reads_behind() {
+        let files = OpenFiles::default();
+        let ahead = files.open(5);
+        let behind = files.open(5);
+        let other_file = files.open(6);
+        for n in 0..=8 {
+            files.read(ahead, n * MIB, MIB as u32);
+        }
+        files.read(behind, 0, 4096);
+        files.read(other_file, 0, MIB as u32);
+        assert_eq!(passed(&files, ahead, 9 * MIB), None);
+        files.close(behind);
+        assert_eq!(passed(&files, ahead, 10 * MIB), Some(MIB..2 * MIB));
+    }
+
+    #[test]
+    fn unknown_handles_are_not_sequential() {
+        let files = OpenFiles::default();
+        assert!(!files.read(42, 0, 4096).sequential);
+    }
+}
