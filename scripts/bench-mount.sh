@@ -3,7 +3,7 @@
 # baseline measured in the same run (machines here are noisy: compare ratios, not seconds).
 #   cold sequential read of a 1 GiB file  vs  the same chunks read, decompressed and verified
 #                                             in-process on all cores (no FUSE)
-#   warm sequential read (page cache)     vs  reading a tmpfs copy
+#   warm sequential read (page cache)     vs  reading a tmpfs copy (best of two each)
 #   4 KiB random reads per second         (reported; baseline: the same on the tmpfs copy)
 #   find -ls over 100k entries            (reported in seconds)
 #   peak RSS of the mount process         vs  --cache-size + 64 MiB
@@ -59,9 +59,20 @@ read -r _ t_base < <("$base" "$ds" host/big/latest big.ppxar.didx)
 pid=$(pgrep -n -f "mount host/big/latest $work/big-mnt")
 drop_caches
 start=$(now); cat "$work/big-mnt/file.bin" > /dev/null; t_cold=$(echo "$(now) - $start" | bc -l)
-start=$(now); cat "$work/big-mnt/file.bin" > /dev/null; t_warm=$(echo "$(now) - $start" | bc -l)
+# Warm reads take the best of two for both: a single 0.2 s read is at the mercy of the
+# kernel's page-cache bookkeeping (the first re-read promotes every page) and of noise.
+best_read() {
+    local best=
+    for _ in 1 2; do
+        local start t
+        start=$(now); cat "$1" > /dev/null; t=$(echo "$(now) - $start" | bc -l)
+        if [ -z "$best" ] || [ "$(echo "$t < $best" | bc -l)" = 1 ]; then best=$t; fi
+    done
+    echo "$best"
+}
+t_warm=$(best_read "$work/big-mnt/file.bin")
 cp "$work/big/file.bin" /dev/shm/pbsfs-bench-copy
-start=$(now); cat /dev/shm/pbsfs-bench-copy > /dev/null; t_tmpfs=$(echo "$(now) - $start" | bc -l)
+t_tmpfs=$(best_read /dev/shm/pbsfs-bench-copy)
 
 # 4 KiB random reads for 5 seconds each, after dropping the page cache.
 random_reads() {
