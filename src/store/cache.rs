@@ -8,6 +8,8 @@
 //!   carries a global use tick; eviction takes the shard tail with the oldest tick, which
 //!   approximates one LRU over all shards without a global lock.
 //! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache.
+//! - Release: `release` drops a chunk a reader is done with (a sequential reader has passed
+//!   it), so that its memory goes to the chunks ahead before anything useful is evicted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
