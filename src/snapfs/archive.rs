@@ -23,12 +23,8 @@ use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
 use super::listing::{ListedDir, ListedEntry, ListingCache};
-use super::open_files::OpenFiles;
+use super::open_files::{read_ahead_window, OpenFiles};
 
-/// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
-/// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
-/// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
-const READ_AHEAD: u64 = 96 << 20;
 /// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -71,9 +67,7 @@ impl ArchiveFs {
     /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
-        let read_ahead = data
-            .chunk_capacity()
-            .map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4));
+        let read_ahead = read_ahead_window(data.chunk_capacity());
         let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
             .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;

@@ -10,16 +10,26 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, 
 use crate::format::ReadAt;
 use crate::store::range::IndexReader;
 
-/// Reads `size` bytes at `offset` of an image, fetching the next chunks ahead (images are
-/// mostly read front to back); `eio` reports a read error.
+use super::open_files::{read_ahead_window, OpenFiles, ReadPattern};
+
+/// Reads `size` bytes at `offset` of an image; for a sequential reader (see `pattern`) the
+/// chunks ahead are fetched in the background and those it has passed released. `eio`
+/// reports a read error.
 pub(super) fn read_image(
     reader: &IndexReader,
     offset: u64,
     size: u32,
+    pattern: ReadPattern,
     eio: impl Fn(String) -> Errno,
 ) -> Result<ReadData, Errno> {
     let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-    reader.prefetch(offset + len as u64, 8 << 20);
+    if pattern.sequential {
+        let window = read_ahead_window(reader.chunk_capacity());
+        reader.prefetch(offset + len as u64, window);
+    }
+    if let Some(passed) = pattern.passed {
+        reader.release(0, passed);
+    }
     if len > 0 {
         // Within one chunk: answered from the cached chunk, no copy.
         let shared = reader
@@ -42,6 +52,7 @@ pub struct ImageDirFs {
     mtime: Timespec,
     uid: u32,
     gid: u32,
+    open_files: OpenFiles,
 }
 
 impl ImageDirFs {
@@ -52,6 +63,7 @@ impl ImageDirFs {
             mtime: Timespec::new(backup_time, 0),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
+            open_files: OpenFiles::default(),
         }
     }
 
@@ -134,9 +146,22 @@ impl ReadOnlyFs for ImageDirFs {
         Ok(())
     }
 
-    fn read(&self, ino: u64, _fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
+    fn open(&self, ino: u64) -> Result<u64, Errno> {
+        if ino == ROOT_INO {
+            return Err(Errno::EISDIR);
+        }
+        self.image(ino)?;
+        Ok(self.open_files.open(ino))
+    }
+
+    fn release(&self, _ino: u64, fh: u64) {
+        self.open_files.close(fh);
+    }
+
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let (name, reader) = self.image(ino)?;
-        read_image(reader, offset, size, |err| {
+        let pattern = self.open_files.read(fh, offset, size);
+        read_image(reader, offset, size, pattern, |err| {
             eprintln!("pbsfs: {name}: {err}");
             Errno::EIO
         })

@@ -12,6 +12,16 @@ use std::sync::Mutex;
 /// kernel's read-ahead sends several requests at once, and they arrive slightly out of order.
 const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 
+/// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
+/// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
+/// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
+const READ_AHEAD: u64 = 96 << 20;
+
+/// The read-ahead window for a chunk reader that caches `cache_bytes` (None: no cache).
+pub fn read_ahead_window(cache_bytes: Option<usize>) -> u64 {
+    cache_bytes.map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4))
+}
+
 /// What a read on an open file means for the chunk cache.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReadPattern {

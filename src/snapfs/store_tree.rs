@@ -34,6 +34,7 @@ use lru::LruCache;
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use super::images::read_image;
+use super::open_files::OpenFiles;
 use super::{mountables, ArchiveFs, Mountable};
 use crate::format::crypto::CryptConfig;
 use crate::store::access::{open_index_reader, DatastoreAccess, LocalSnapshot, SnapshotAccess};
@@ -148,6 +149,8 @@ pub struct StoreFs {
     /// Serialises opening per slot, so parallel lookups open an archive once.
     opening: Mutex<HashMap<usize, Arc<Mutex<()>>>>,
     logged: Mutex<HashSet<String>>,
+    /// Readers of image files (archives keep their own).
+    image_files: OpenFiles,
     uid: u32,
     gid: u32,
 }
@@ -206,6 +209,7 @@ impl StoreFs {
             open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_ARCHIVES).unwrap())),
             opening: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashSet::new()),
+            image_files: OpenFiles::default(),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
         })
@@ -794,13 +798,14 @@ impl ReadOnlyFs for StoreFs {
             return self.archive(slot_index, &slot)?.open(local);
         }
         match self.node(ino)?.0 {
-            Node::Image(_) => Ok(0),
+            Node::Image(_) => Ok(self.image_files.open(ino)),
             _ => Err(Errno::EISDIR),
         }
     }
 
     fn release(&self, ino: u64, fh: u64) {
         if ino & CONTENT_FLAG == 0 {
+            self.image_files.close(fh);
             return;
         }
         // Only an archive still open has state for the handle.
@@ -826,7 +831,8 @@ impl ReadOnlyFs for StoreFs {
         let Opened::Image(reader) = self.opened(slot_index, &slot)? else {
             return Err(Errno::EIO);
         };
-        read_image(&reader, offset, size, |err| {
+        let pattern = self.image_files.read(fh, offset, size);
+        read_image(&reader, offset, size, pattern, |err| {
             self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name()))
         })
     }
