@@ -385,7 +385,7 @@ fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
     };
     let padded = len.div_ceil(BLOCK) * BLOCK;
     let mut raw: Vec<u8> = Vec::with_capacity(padded);
-    if !(raw.as_ptr() as usize).is_multiple_of(BLOCK) {
+    if raw.as_ptr() as usize % BLOCK != 0 {
         return Ok(None);
     }
     let mut done = 0;
