@@ -351,71 +351,9 @@ fn read_chunk_file(path: &Path) -> std::io::Result<Vec<u8>> {
             "chunk file is {len} bytes, more than any chunk can be"
         )));
     }
-    if len >= DIRECT_READ_MIN {
-        if let Some(raw) = read_direct(path, len as usize)? {
-            return Ok(raw);
-        }
-    }
     let mut raw = Vec::with_capacity(len as usize);
     (&file).take(LIMIT).read_to_end(&mut raw)?;
     Ok(raw)
-}
-
-/// Chunk files this big are read past the page cache (see [`read_direct`]).
-const DIRECT_READ_MIN: u64 = 1 << 20;
-
-/// Reads a file of `len` bytes with `O_DIRECT`, straight into the buffer. Chunks are read
-/// to be decoded into the chunk cache (or verified once), so a page-cache copy of the raw
-/// file is a second copy that only pushes other data out of memory; and filling it costs a
-/// copy and fresh pages. `None` where direct I/O is not possible (file system, alignment):
-/// the caller reads through the page cache then.
-fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
-    // Direct I/O wants the buffer, offsets and lengths aligned to the device's logical
-    // block size; a page is a multiple of it almost everywhere, and big buffers are
-    // page-aligned mappings (crate::alloc). Anything else is refused with EINVAL.
-    const BLOCK: usize = 4096;
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let padded = len.div_ceil(BLOCK) * BLOCK;
-    let mut raw: Vec<u8> = Vec::with_capacity(padded);
-    if raw.as_ptr() as usize % BLOCK != 0 {
-        return Ok(None);
-    }
-    let mut done = 0;
-    while done < padded {
-        // SAFETY: reads into the vector's own spare capacity.
-        let n = unsafe {
-            libc::read(
-                file.as_raw_fd(),
-                raw.as_mut_ptr().add(done) as *mut libc::c_void,
-                padded - done,
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINVAL) && done == 0 {
-                return Ok(None);
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            break;
-        }
-        done += n as usize;
-        if done % BLOCK != 0 {
-            break;
-        }
-    }
-    // SAFETY: the first `done` bytes were written by read().
-    unsafe { raw.set_len(done) };
-    Ok(Some(raw))
 }
 
 impl ChunkSource for LocalDatastore {
@@ -529,36 +467,6 @@ mod tests {
             format!("{err:#}").contains("more than any chunk can be"),
             "{err:#}"
         );
-    }
-
-    #[test]
-    fn chunk_files_read_back_exactly_around_block_boundaries() {
-        // In a directory beside the build, not in /tmp: that may be a tmpfs, where direct
-        // reads fall back to the page cache and this would test only the fallback.
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
-        let mut direct = 0;
-        for len in [
-            4095,
-            (1 << 20) - 1,
-            1 << 20,
-            (1 << 20) + 1,
-            (3 << 20) + 4095,
-            2 << 20,
-        ] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let path = dir.path().join(format!("chunk-{len}"));
-            std::fs::write(&path, &data).unwrap();
-            assert_eq!(read_chunk_file(&path).unwrap(), data, "{len} bytes");
-            if len >= DIRECT_READ_MIN as usize {
-                if let Some(raw) = read_direct(&path, len).unwrap() {
-                    assert_eq!(raw, data, "{len} bytes, direct");
-                    direct += 1;
-                }
-            }
-        }
-        eprintln!("{direct} of 4 files read with O_DIRECT");
     }
 
     #[test]
