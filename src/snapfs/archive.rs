@@ -298,35 +298,13 @@ impl ReadOnlyFs for ArchiveFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
     ) -> Result<(), Errno> {
-        let (listing, held) = match self.listings.get(ino) {
-            Some(listing) => (listing, true),
-            None => (Arc::new(self.tree.list(ino)), false),
-        };
-        if offset == 0 {
-            self.listings.prepare_subdirectories(&listing);
-        }
-        // Offsets count the entries before the one to resume at.
-        let start = (offset as usize).min(listing.entries.len());
-        for listed in &listing.entries[start..] {
-            let item = DirItem {
+        self.listings.serve(ino, offset, &mut |listed| {
+            add(DirItem {
                 name: OsStr::from_bytes(&listed.name),
                 attr: listed.attr,
                 next_offset: listed.next_offset,
-            };
-            if add(item).is_break() {
-                if !held {
-                    self.listings.keep(ino, listing.clone());
-                }
-                return Ok(());
-            }
-        }
-        if held {
-            self.listings.finished(ino);
-        }
-        match listing.error {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+            })
+        })
     }
 
     fn parent(&self, ino: u64) -> Option<u64> {

@@ -8,10 +8,12 @@
 //! (the kernel asks for a big directory in several batches).
 //!
 //! Memory stays bounded: listings are dropped as soon as they have been read to the end
-//! (the kernel caches directory contents itself), background listings are only made while
+//! (the kernel caches directory contents itself; it asks once more at the end and stops at
+//! the empty answer, which must not decode the listing again), background listings are only made while
 //! fewer than `budget` entries are held, and beyond it the oldest listings go first.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,6 +121,45 @@ impl ListingCache {
             budget,
             list,
             worker: Mutex::new(None),
+        }
+    }
+
+    /// Hands the entries of directory `ino` from `offset` (entries before it) on to `add`
+    /// until it asks to stop; the listing's error comes when asked for at its end. A listing
+    /// read from its start has its subdirectories listed in the background.
+    pub fn serve(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(&ListedEntry) -> ControlFlow<()>,
+    ) -> Result<(), Errno> {
+        let (listing, held) = match self.get(ino) {
+            Some(listing) => (listing, true),
+            None => {
+                let listing = (self.list)(ino).unwrap_or_else(|| ListedDir::failed(Errno::EIO));
+                (Arc::new(listing), false)
+            }
+        };
+        if offset == 0 {
+            self.prepare_subdirectories(&listing);
+        }
+        let start = (offset as usize).min(listing.entries.len());
+        let at_end = start == listing.entries.len();
+        for listed in &listing.entries[start..] {
+            if add(listed).is_break() {
+                break;
+            }
+        }
+        // Done with only when asked for at its end: the kernel asks once more after the
+        // last entry went out, and stops at the empty answer.
+        match (at_end, held) {
+            (true, true) => self.finished(ino),
+            (false, false) => self.keep(ino, listing.clone()),
+            _ => {}
+        }
+        match (at_end, listing.error) {
+            (true, Some(err)) => Err(err),
+            _ => Ok(()),
         }
     }
 
@@ -260,6 +301,69 @@ mod tests {
         assert!(cache.get(13).is_none());
         cache.finished(11);
         assert!(cache.get(11).is_none());
+    }
+
+    /// Lists directory `ino` from offset 0 in batches of `batch` entries, up to and
+    /// including the call at the end, as the kernel does. Returns the inodes served.
+    fn read_all(cache: &ListingCache, ino: u64, batch: usize) -> Result<Vec<u64>, Errno> {
+        let mut served = Vec::new();
+        loop {
+            let before = served.len();
+            let mut room = batch;
+            cache.serve(ino, before as u64, &mut |listed| {
+                served.push(listed.attr.ino);
+                room -= 1;
+                if room == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })?;
+            if served.len() == before {
+                return Ok(served);
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_is_decoded_once_however_it_is_read() {
+        let listed = Arc::new(Mutex::new(Vec::new()));
+        let log = listed.clone();
+        let list: Arc<ListFn> = Arc::new(move |ino| {
+            log.lock().unwrap().push(ino);
+            let entries = (1..=10).map(|i| entry(ino * 10 + i, false)).collect();
+            Some(ListedDir {
+                entries,
+                error: None,
+            })
+        });
+        let cache = ListingCache::new(1000, list);
+        for batch in [3, 10, 100] {
+            let ino = batch as u64;
+            let served = read_all(&cache, ino, batch).unwrap();
+            assert_eq!(served, (1..=10).map(|i| ino * 10 + i).collect::<Vec<_>>());
+            let times = listed.lock().unwrap().iter().filter(|&&i| i == ino).count();
+            assert_eq!(times, 1, "listing read in batches of {batch}");
+            assert!(cache.get(ino).is_none(), "dropped once read to its end");
+        }
+    }
+
+    #[test]
+    fn a_failed_listing_serves_what_it_has_then_its_error() {
+        let list: Arc<ListFn> = Arc::new(|_| {
+            Some(ListedDir {
+                entries: (1..=3).map(|i| entry(i, false)).collect(),
+                error: Some(Errno::EIO),
+            })
+        });
+        let cache = ListingCache::new(1000, list);
+        let mut served = Vec::new();
+        let first = cache.serve(1, 0, &mut |listed| {
+            served.push(listed.attr.ino);
+            ControlFlow::Continue(())
+        });
+        assert_eq!((first, served), (Ok(()), vec![1, 2, 3]));
+        assert_eq!(read_all(&cache, 1, 10), Err(Errno::EIO));
     }
 
     #[test]
