@@ -23,7 +23,7 @@ use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
 use super::listing::{ListedDir, ListedEntry, ListingCache};
-use super::open_files::{read_ahead_window, OpenFiles};
+use super::open_files::{follow_reader, OpenFiles};
 
 /// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
 const BLKSIZE: u32 = 128 * 1024;
@@ -48,8 +48,6 @@ pub struct ArchiveFs {
     /// The stream holding file contents (the archive itself for v1, the payload for v2),
     /// used to start read-ahead.
     data: Arc<IndexReader>,
-    /// Bytes fetched ahead of a sequential reader.
-    read_ahead: u64,
     open_files: OpenFiles,
     listings: ListingCache,
 }
@@ -67,7 +65,6 @@ impl ArchiveFs {
     /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
-        let read_ahead = read_ahead_window(data.chunk_capacity());
         let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
             .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;
@@ -84,7 +81,6 @@ impl ArchiveFs {
         Ok(ArchiveFs {
             tree,
             data,
-            read_ahead,
             open_files: OpenFiles::default(),
             listings: ListingCache::new(LISTING_BUDGET, list),
         })
@@ -331,26 +327,14 @@ impl ReadOnlyFs for ArchiveFs {
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let entry = self.tree.entry(ino)?;
         let file_size = entry.file_size();
-        // Sequential reader: fetch the chunks ahead of it in the background. The kernel's
-        // read-ahead sends several requests at once, which arrive slightly out of order, so
-        // "sequential" means "close to where the last read ended".
+        let data_start = Self::data_start(&entry);
         let pattern = self.open_files.read(fh, offset, size);
-        if let (true, Some(start)) = (pattern.sequential, Self::data_start(&entry)) {
-            let ahead_from = offset + size as u64;
-            if ahead_from < file_size {
-                let len = self.read_ahead.min(file_size - ahead_from);
-                self.data.prefetch(start + ahead_from, len);
-            }
-            // The chunks well behind a sequential reader are in the kernel's page cache
-            // now; holding them too would only push out what is still to come.
-            if let Some(passed) = pattern.passed {
-                self.data
-                    .release(start, start + passed.start..start + passed.end);
-            }
+        if let Some(start) = data_start {
+            follow_reader(&self.data, start, file_size, offset + size as u64, &pattern);
         }
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         // The common case, a read within one chunk, is answered from the cached chunk.
-        if let (Some(start), true) = (Self::data_start(&entry), len > 0) {
+        if let (Some(start), true) = (data_start, len > 0) {
             self.tree
                 .accessor
                 .check_file_data(&entry)

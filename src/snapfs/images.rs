@@ -10,7 +10,7 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, 
 use crate::format::ReadAt;
 use crate::store::range::IndexReader;
 
-use super::open_files::{read_ahead_window, OpenFiles, ReadPattern};
+use super::open_files::{follow_reader, OpenFiles, ReadPattern};
 
 /// Reads `size` bytes at `offset` of an image; for a sequential reader (see `pattern`) the
 /// chunks ahead are fetched in the background and those it has passed released. `eio`
@@ -23,13 +23,7 @@ pub(super) fn read_image(
     eio: impl Fn(String) -> Errno,
 ) -> Result<ReadData, Errno> {
     let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-    if pattern.sequential {
-        let window = read_ahead_window(reader.chunk_capacity());
-        reader.prefetch(offset + len as u64, window);
-    }
-    if let Some(passed) = pattern.passed {
-        reader.release(0, passed);
-    }
+    follow_reader(reader, 0, reader.size(), offset + len as u64, &pattern);
     if len > 0 {
         // Within one chunk: answered from the cached chunk, no copy.
         let shared = reader

@@ -8,6 +8,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::store::range::IndexReader;
+
 /// How far from the end of the previous read a read still counts as sequential: the
 /// kernel's read-ahead sends several requests at once, and they arrive slightly out of order.
 const SEQUENTIAL_WINDOW: u64 = 8 << 20;
@@ -17,9 +19,29 @@ const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 /// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
 const READ_AHEAD: u64 = 96 << 20;
 
-/// The read-ahead window for a chunk reader that caches `cache_bytes` (None: no cache).
-pub fn read_ahead_window(cache_bytes: Option<usize>) -> u64 {
-    cache_bytes.map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4))
+/// Acts on a read that ended at `read_end` in a file of `file_size` bytes whose data starts
+/// at `start` in `data`: a sequential reader gets the chunks ahead of it fetched in the
+/// background, and those it has passed released (they are in the kernel's page cache now;
+/// holding them too would only push out what is still to come).
+pub fn follow_reader(
+    data: &IndexReader,
+    start: u64,
+    file_size: u64,
+    read_end: u64,
+    pattern: &ReadPattern,
+) {
+    if !pattern.sequential {
+        return;
+    }
+    if read_end < file_size {
+        let window = data
+            .chunk_capacity()
+            .map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4));
+        data.prefetch(start + read_end, window.min(file_size - read_end));
+    }
+    if let Some(passed) = &pattern.passed {
+        data.release(start, start + passed.start..start + passed.end);
+    }
 }
 
 /// What a read on an open file means for the chunk cache.
