@@ -11,3 +11,9 @@ pub mod remote;
 pub mod repository;
 pub mod snapfs;
 pub mod store;
+
+/// Unit tests run on the allocator the program uses: big buffers are page-aligned
+/// mappings, which direct chunk reads rely on.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc::BigBufferAlloc = alloc::BigBufferAlloc;

@@ -7,7 +7,8 @@
 //!   16 MiB chunk per shard and evict read-ahead chunks before they are read. Every entry
 //!   carries a global use tick; eviction takes the shard tail with the oldest tick, which
 //!   approximates one LRU over all shards without a global lock.
-//! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache.
+//! - Read-ahead: `prefetch` hands digests to a few worker threads that fill the cache,
+//!   fetching with [`ChunkReader::read_chunk_streaming`].
 //! - Release: `release` drops a chunk a reader is done with (a sequential reader has passed
 //!   it), so that its memory goes to the chunks ahead before anything useful is evicted.
 
@@ -30,6 +31,16 @@ const PREFETCH_QUEUE: usize = 64;
 type Chunk = Arc<Vec<u8>>;
 /// A read-ahead request: digest, length, and the source to fetch from (None: the cache's).
 type Prefetch = (Digest, u64, Option<Arc<dyn ChunkReader>>);
+
+/// How a missing chunk is fetched: for a reader waiting on it, or ahead of a sequential
+/// reader (a one-pass read, which a local datastore serves past the page cache: the chunk is
+/// kept here, decoded, and a raw copy in the page cache would only take fresh memory and a
+/// copy; a random reader's chunk files stay there, a second level of cache behind this one).
+#[derive(Clone, Copy)]
+enum Fetch {
+    OnDemand,
+    Streaming,
+}
 
 /// One fetch in progress; late arrivals wait on it.
 #[derive(Default)]
@@ -96,6 +107,7 @@ impl Inner {
         digest: &Digest,
         expected_len: u64,
         source: Option<&dyn ChunkReader>,
+        fetch: Fetch,
     ) -> Result<Chunk> {
         let flight = {
             let mut shard = self.shard(digest).lock().unwrap();
@@ -117,9 +129,11 @@ impl Inner {
         let reserved = (expected_len as usize).min(self.capacity);
         self.bytes.fetch_add(reserved, Ordering::Relaxed);
         self.evict_to_capacity();
-        let result = source
-            .unwrap_or(&*self.source)
-            .read_chunk(digest, expected_len);
+        let source = source.unwrap_or(&*self.source);
+        let result = match fetch {
+            Fetch::OnDemand => source.read_chunk(digest, expected_len),
+            Fetch::Streaming => source.read_chunk_streaming(digest, expected_len),
+        };
         self.bytes.fetch_sub(reserved, Ordering::Relaxed);
         {
             let mut shard = self.shard(digest).lock().unwrap();
@@ -271,7 +285,7 @@ fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<P
             continue; // released since it was queued
         }
         // A failed read-ahead is not reported: the real read will fetch again and report it.
-        let _ = inner.read(&digest, len, source.as_deref());
+        let _ = inner.read(&digest, len, source.as_deref(), Fetch::Streaming);
     }
 }
 
@@ -292,7 +306,7 @@ impl ChunkCache {
 
 impl ChunkReader for ChunkCache {
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
-        self.inner.read(digest, expected_len, None)
+        self.inner.read(digest, expected_len, None, Fetch::OnDemand)
     }
 
     fn capacity(&self) -> Option<usize> {
@@ -339,7 +353,7 @@ impl ChunkReader for CacheVia {
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
         self.cache
             .inner
-            .read(digest, expected_len, Some(&*self.source))
+            .read(digest, expected_len, Some(&*self.source), Fetch::OnDemand)
     }
 
     fn capacity(&self) -> Option<usize> {
@@ -368,6 +382,8 @@ mod tests {
     /// Makes chunk data from the digest's first byte; counts and optionally slows fetches.
     struct FakeSource {
         fetches: AtomicUsize,
+        /// Of the fetches, those made for a one-pass (streaming) read.
+        streamed: AtomicUsize,
         delay: Duration,
         fail: Option<u8>,
     }
@@ -381,6 +397,11 @@ mod tests {
             }
             Ok(Arc::new(vec![digest[0]; expected_len as usize]))
         }
+
+        fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Chunk> {
+            self.streamed.fetch_add(1, Ordering::SeqCst);
+            self.read_chunk(digest, expected_len)
+        }
     }
 
     fn digest(n: u8) -> Digest {
@@ -393,6 +414,7 @@ mod tests {
     fn source(delay_ms: u64, fail: Option<u8>) -> Arc<FakeSource> {
         Arc::new(FakeSource {
             fetches: AtomicUsize::new(0),
+            streamed: AtomicUsize::new(0),
             delay: Duration::from_millis(delay_ms),
             fail,
         })
@@ -579,5 +601,10 @@ mod tests {
             cache.read_chunk(&digest(n), 50).unwrap();
         }
         assert_eq!(src.fetches.load(Ordering::SeqCst), 4);
+        // Read-ahead fetches are one-pass reads; a reader's own miss is not.
+        assert_eq!(src.streamed.load(Ordering::SeqCst), 4);
+        cache.read_chunk(&digest(9), 50).unwrap();
+        assert_eq!(src.fetches.load(Ordering::SeqCst), 5);
+        assert_eq!(src.streamed.load(Ordering::SeqCst), 4);
     }
 }

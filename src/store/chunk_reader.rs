@@ -17,6 +17,12 @@ pub trait ChunkReader: Send + Sync {
     /// `expected_len` is the chunk's length according to the index that references it.
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>>;
 
+    /// The same, for a chunk read once in a long run of chunks (see
+    /// [`ChunkSource::fetch_raw_chunk_streaming`]).
+    fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.read_chunk(digest, expected_len)
+    }
+
     /// A hint that the chunk will be read soon (read-ahead); readers with a cache fetch it in
     /// the background, others ignore it.
     fn prefetch(&self, _digest: &Digest, _expected_len: u64) {}
@@ -34,6 +40,9 @@ pub trait ChunkReader: Send + Sync {
 impl<T: ChunkReader + ?Sized> ChunkReader for Arc<T> {
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
         (**self).read_chunk(digest, expected_len)
+    }
+    fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        (**self).read_chunk_streaming(digest, expected_len)
     }
     fn prefetch(&self, digest: &Digest, expected_len: u64) {
         (**self).prefetch(digest, expected_len)
@@ -79,6 +88,25 @@ impl VerifyingChunkReader {
 
 impl ChunkReader for VerifyingChunkReader {
     fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.verify(digest, expected_len, || self.source.fetch_raw_chunk(digest))
+    }
+
+    fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.verify(digest, expected_len, || {
+            self.source.fetch_raw_chunk_streaming(digest)
+        })
+    }
+}
+
+impl VerifyingChunkReader {
+    /// Checks the index's length, fetches the raw chunk with `fetch`, and decodes and
+    /// verifies it.
+    fn verify(
+        &self,
+        digest: &Digest,
+        expected_len: u64,
+        fetch: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
         if expected_len > MAX_CHUNK_SIZE as u64 {
             anyhow::bail!(
                 "chunk {} is {} bytes according to its index, more than the {} byte limit",
@@ -87,7 +115,7 @@ impl ChunkReader for VerifyingChunkReader {
                 MAX_CHUNK_SIZE
             );
         }
-        let raw = self.source.fetch_raw_chunk(digest)?;
+        let raw = fetch()?;
         let data = (|| {
             if let Some(encrypted) = self.expect_encrypted {
                 check_chunk_crypt_mode(&raw, encrypted)?;
