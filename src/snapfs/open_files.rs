@@ -14,6 +14,11 @@ use crate::store::range::IndexReader;
 /// kernel's read-ahead sends several requests at once, and they arrive slightly out of order.
 const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 
+/// A run counts as sequential once it has read this many bytes: a random reader's jump
+/// that happens to land within the window of its last read (one in 64 in a 1 GiB file)
+/// must not set off a whole read-ahead window.
+const MIN_RUN: u64 = 1 << 20;
+
 /// How far ahead of a sequential reader chunks are fetched: far enough that decoding on
 /// the workers keeps both cores busy even with 16 MiB chunks, but never more than a
 /// quarter of the chunk cache, so that fetched chunks are not evicted before they are read.
@@ -58,6 +63,8 @@ struct OpenFile {
     next: u64,
     /// Data before this offset has been reported as passed.
     passed: u64,
+    /// Bytes read by the current run of reads, each within the window of the last.
+    run_bytes: u64,
 }
 
 /// The open file handles of one filesystem.
@@ -83,6 +90,7 @@ impl OpenFiles {
             ino,
             next: 0,
             passed: 0,
+            run_bytes: 0,
         };
         self.files.lock().unwrap().insert(fh, file);
         fh
@@ -103,8 +111,13 @@ impl OpenFiles {
                 passed: None,
             };
         };
-        let sequential = offset.abs_diff(file.next) <= SEQUENTIAL_WINDOW;
+        let continues = offset.abs_diff(file.next) <= SEQUENTIAL_WINDOW;
+        if !continues {
+            file.run_bytes = 0;
+        }
+        file.run_bytes += u64::from(size);
         file.next = offset + u64::from(size);
+        let sequential = continues && file.run_bytes >= MIN_RUN;
         let behind = offset.saturating_sub(SEQUENTIAL_WINDOW);
         if !sequential {
             file.passed = behind; // a new run starts here
@@ -190,6 +203,24 @@ mod tests {
         assert_eq!(passed(&files, ahead, 9 * MIB), None);
         files.close(behind);
         assert_eq!(passed(&files, ahead, 10 * MIB), Some(MIB..2 * MIB));
+    }
+
+    #[test]
+    fn random_reads_that_land_close_are_not_a_run() {
+        let files = OpenFiles::default();
+        let fh = files.open(5);
+        // 4 KiB reads, each a few MiB from the last: within the window, but no run.
+        for n in [300u64, 302, 297, 301, 305] {
+            assert!(!files.read(fh, n * MIB, 4096).sequential, "read at {n} MiB");
+        }
+        // Reading on from there makes a run once it has read enough.
+        let mut offset = 305 * MIB + 4096;
+        let mut sequential = false;
+        for _ in 0..(MIN_RUN / (128 << 10)) {
+            sequential = files.read(fh, offset, 128 << 10).sequential;
+            offset += 128 << 10;
+        }
+        assert!(sequential);
     }
 
     #[test]
