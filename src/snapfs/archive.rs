@@ -25,8 +25,11 @@ use crate::store::range::IndexReader;
 use super::listing::{ListedDir, ListedEntry, ListingCache};
 use super::open_files::{follow_reader, OpenFiles};
 
-/// Reported `st_blksize`: large enough that `cp` and friends read in big pieces.
-const BLKSIZE: u32 = 128 * 1024;
+/// Reported `st_blksize`, which `cat`, `cp` and stdio take as their read size: the largest
+/// read the kernel passes on (1 MiB), so that a file is copied out of the page cache in few
+/// big calls (a warm 1 GiB read takes about a fifth less time than in 128 KiB calls) and
+/// the chunks behind it are fetched in big requests.
+const BLKSIZE: u32 = 1 << 20;
 
 /// Counts gathered by walking the archive once.
 #[derive(Default)]
