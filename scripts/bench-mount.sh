@@ -8,13 +8,13 @@
 #   find -ls over 100k entries            vs  find -ls on the source tree (page cache dropped;
 #                                             and with only inodes and dentries dropped)
 #   peak RSS of the mount process         vs  --cache-size + 64 MiB
-# Each figure is the best of BENCH_ROUNDS (default 3) rounds, mount and baseline alike.
+# Each figure is the best of BENCH_ROUNDS (default 5) rounds, mount and baseline alike.
 # Usage: scripts/bench-mount.sh [SIZE_MIB=1024] [ENTRIES=100000]   (root: drops page caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 entries=${2:-100000}
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 cache=256M
 cargo build --release -q --bin pbsfs --example bench_chunk_read
 bin=$PWD/target/release/pbsfs
