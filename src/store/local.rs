@@ -354,7 +354,9 @@ fn read_chunk_file(path: &Path, streaming: bool) -> std::io::Result<Vec<u8>> {
         )));
     }
     if streaming && len >= DIRECT_READ_MIN {
-        if let Some(raw) = read_direct(path, len as usize)? {
+        // Any failure of the direct read falls back to the page cache, which reports a
+        // real I/O error again, and does not fail on a quirk of direct I/O.
+        if let Ok(Some(raw)) = read_direct(path, len as usize) {
             return Ok(raw);
         }
     }
