@@ -84,21 +84,7 @@ impl VerifyingChunkReader {
         self.expect_encrypted = Some(mode == CryptMode::Encrypt);
         self
     }
-}
 
-impl ChunkReader for VerifyingChunkReader {
-    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
-        self.verify(digest, expected_len, || self.source.fetch_raw_chunk(digest))
-    }
-
-    fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
-        self.verify(digest, expected_len, || {
-            self.source.fetch_raw_chunk_streaming(digest)
-        })
-    }
-}
-
-impl VerifyingChunkReader {
     /// Checks the index's length, fetches the raw chunk with `fetch`, and decodes and
     /// verifies it.
     fn verify(
@@ -124,6 +110,18 @@ impl VerifyingChunkReader {
         })()
         .with_context(|| format!("chunk {}", digest_to_hex(digest)))?;
         Ok(Arc::new(data))
+    }
+}
+
+impl ChunkReader for VerifyingChunkReader {
+    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.verify(digest, expected_len, || self.source.fetch_raw_chunk(digest))
+    }
+
+    fn read_chunk_streaming(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+        self.verify(digest, expected_len, || {
+            self.source.fetch_raw_chunk_streaming(digest)
+        })
     }
 }
 
@@ -176,6 +174,31 @@ mod tests {
             .read_chunk(&digest, 10)
             .unwrap_err();
         assert!(format!("{err:#}").contains("CryptMode don't match"));
+    }
+
+    /// Serves a chunk's blob as it is to plain fetches, and with one byte of its data
+    /// flipped to streaming ones.
+    struct DamagedWhenStreamed(Vec<u8>);
+
+    impl ChunkSource for DamagedWhenStreamed {
+        fn fetch_raw_chunk(&self, _digest: &Digest) -> Result<Vec<u8>> {
+            Ok(self.0.clone())
+        }
+        fn fetch_raw_chunk_streaming(&self, _digest: &Digest) -> Result<Vec<u8>> {
+            let mut raw = self.0.clone();
+            *raw.last_mut().unwrap() ^= 1;
+            Ok(raw)
+        }
+    }
+
+    #[test]
+    fn streaming_reads_fetch_their_own_way_and_are_verified_the_same() {
+        let data = b"streamed chunk".to_vec();
+        let digest = chunk_digest(&data);
+        let raw = encode_blob(&data, false).unwrap();
+        let reader = VerifyingChunkReader::new(Arc::new(DamagedWhenStreamed(raw)));
+        assert_eq!(*reader.read_chunk(&digest, 14).unwrap(), data);
+        assert!(reader.read_chunk_streaming(&digest, 14).is_err());
     }
 
     #[test]
