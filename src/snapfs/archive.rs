@@ -23,7 +23,7 @@ use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
 
 use super::listing::{ListedDir, ListedEntry, ListingCache};
-use super::open_files::{follow_reader, OpenFiles};
+use super::open_files::{follow_reader, read_ahead_in_stream, OpenFiles, StreamCursor};
 
 /// Reported `st_blksize`, which `cat`, `cp` and stdio take as their read size: the largest
 /// read the kernel passes on (1 MiB), so that a file is copied out of the page cache in few
@@ -52,6 +52,7 @@ pub struct ArchiveFs {
     /// used to start read-ahead.
     data: Arc<IndexReader>,
     open_files: OpenFiles,
+    stream: StreamCursor,
     listings: ListingCache,
 }
 
@@ -85,6 +86,7 @@ impl ArchiveFs {
             tree,
             data,
             open_files: OpenFiles::default(),
+            stream: StreamCursor::default(),
             listings: ListingCache::new(LISTING_BUDGET, list),
         })
     }
@@ -332,10 +334,16 @@ impl ReadOnlyFs for ArchiveFs {
         let file_size = entry.file_size();
         let data_start = Self::data_start(&entry);
         let pattern = self.open_files.read(fh, offset, size);
+        let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         if let Some(start) = data_start {
             follow_reader(&self.data, start, file_size, offset + size as u64, &pattern);
+            // Files read one after another in archive order (a tree being copied): the
+            // chunks beyond this file, too, are fetched ahead.
+            let at = start + offset;
+            if self.stream.read(at, len as u64) && !pattern.sequential {
+                read_ahead_in_stream(&self.data, at + len as u64);
+            }
         }
-        let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         // The common case, a read within one chunk, is answered from the cached chunk.
         if let (Some(start), true) = (data_start, len > 0) {
             self.tree

@@ -39,14 +39,49 @@ pub fn follow_reader(
         return;
     }
     if read_end < file_size {
-        let window = data
-            .chunk_capacity()
-            .map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4));
+        let window = read_ahead_window(data);
         data.prefetch(start + read_end, window.min(file_size - read_end));
     }
     if let Some(passed) = &pattern.passed {
         data.release(start, start + passed.start..start + passed.end);
     }
+}
+
+/// Where in an archive's data stream the latest reads went, whatever file they were of.
+/// `tar`, `rsync` and `cp -a` read the files of a tree one after another in archive order:
+/// no small file alone makes a sequential run, but together they read the data stream
+/// from front to back, and the chunks ahead of them can be fetched in the background as
+/// for one big file.
+#[derive(Default)]
+pub struct StreamCursor {
+    /// The stream offset where the run would continue, and the bytes the run has read.
+    state: Mutex<(u64, u64)>,
+}
+
+impl StreamCursor {
+    /// Records a read of `len` bytes at stream offset `at`: whether the reads are now in a
+    /// run through the stream.
+    pub fn read(&self, at: u64, len: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let (next, run_bytes) = &mut *state;
+        let continues = at.abs_diff(*next) <= SEQUENTIAL_WINDOW;
+        if !continues {
+            *run_bytes = 0;
+        }
+        *run_bytes += len;
+        *next = at + len;
+        continues && *run_bytes >= MIN_RUN
+    }
+}
+
+/// Fetches the chunks ahead of stream offset `from` (the end of a read) in the background.
+pub fn read_ahead_in_stream(data: &IndexReader, from: u64) {
+    data.prefetch(from, read_ahead_window(data));
+}
+
+fn read_ahead_window(data: &IndexReader) -> u64 {
+    data.chunk_capacity()
+        .map_or(READ_AHEAD, |bytes| READ_AHEAD.min(bytes as u64 / 4))
 }
 
 /// What a read on an open file means for the chunk cache.
@@ -221,6 +256,24 @@ mod tests {
             offset += 128 << 10;
         }
         assert!(sequential);
+    }
+
+    #[test]
+    fn small_files_read_in_archive_order_make_a_run_through_the_stream() {
+        let cursor = StreamCursor::default();
+        // 40 files of 30 KiB, each followed by a header, read one after another.
+        let mut at = 0;
+        let mut runs = Vec::new();
+        for _ in 0..40 {
+            runs.push(cursor.read(at, 30 << 10));
+            at += (30 << 10) + 200;
+        }
+        let first_run = runs.iter().position(|&run| run).unwrap();
+        assert_eq!(first_run as u64, MIN_RUN / (30 << 10)); // once 1 MiB has been read
+        assert!(runs[first_run..].iter().all(|&run| run));
+        // Another reader elsewhere in the stream breaks the run; so does a jump back.
+        assert!(!cursor.read(at + 500 * MIB, 4096));
+        assert!(!cursor.read(at, 30 << 10));
     }
 
     #[test]
