@@ -334,11 +334,9 @@ impl ReadOnlyFs for ArchiveFs {
         let file_size = entry.file_size();
         let data_start = Self::data_start(&entry);
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
-        // What the read gets, not what it asked for: a small file read in one big request
-        // is not a sequential run of its own.
-        let pattern = self.open_files.read(fh, offset, len as u32);
+        let pattern = self.open_files.read(fh, offset, size, file_size);
         if let Some(start) = data_start {
-            follow_reader(&self.data, start, file_size, offset + size as u64, &pattern);
+            follow_reader(&self.data, start, file_size, offset + len as u64, &pattern);
             // Files read one after another in archive order (a tree being copied): the
             // chunks beyond this file, too, are fetched ahead.
             let at = start + offset;

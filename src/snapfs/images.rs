@@ -154,7 +154,7 @@ impl ReadOnlyFs for ImageDirFs {
 
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadData, Errno> {
         let (name, reader) = self.image(ino)?;
-        let pattern = self.open_files.read(fh, offset, size);
+        let pattern = self.open_files.read(fh, offset, size, reader.size());
         read_image(reader, offset, size, pattern, |err| {
             eprintln!("pbsfs: {name}: {err}");
             Errno::EIO

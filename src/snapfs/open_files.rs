@@ -135,10 +135,12 @@ impl OpenFiles {
         self.files.lock().unwrap().remove(&fh);
     }
 
-    /// Records a read of `size` bytes at `offset` on handle `fh`. Data counts as passed
-    /// once the reader is `SEQUENTIAL_WINDOW` beyond it (requests still in flight may want
-    /// it), and not while another handle of the same file is reading before it.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> ReadPattern {
+    /// Records a read of `size` bytes at `offset` on handle `fh` of a file of `file_size`
+    /// bytes. A run counts what its reads get, not what they ask for: a small file read in
+    /// one big request is no run of its own. Data counts as passed once the reader is
+    /// `SEQUENTIAL_WINDOW` beyond it (requests still in flight may want it), and not while
+    /// another handle of the same file is reading before it.
+    pub fn read(&self, fh: u64, offset: u64, size: u32, file_size: u64) -> ReadPattern {
         let mut files = self.files.lock().unwrap();
         let Some(file) = files.get_mut(&fh) else {
             return ReadPattern {
@@ -150,8 +152,9 @@ impl OpenFiles {
         if !continues {
             file.run_bytes = 0;
         }
-        file.run_bytes += u64::from(size);
-        file.next = offset + u64::from(size);
+        let got = u64::from(size).min(file_size.saturating_sub(offset));
+        file.run_bytes += got;
+        file.next = offset + got;
         let sequential = continues && file.run_bytes >= MIN_RUN;
         let behind = offset.saturating_sub(SEQUENTIAL_WINDOW);
         if !sequential {
@@ -183,7 +186,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn passed(files: &OpenFiles, fh: u64, offset: u64) -> Option<Range<u64>> {
-        let pattern = files.read(fh, offset, MIB as u32);
+        let pattern = files.read(fh, offset, MIB as u32, u64::MAX);
         assert!(pattern.sequential, "read at {offset} should be sequential");
         pattern.passed
     }
@@ -206,8 +209,8 @@ mod tests {
     fn a_jump_starts_a_new_run() {
         let files = OpenFiles::default();
         let fh = files.open(5);
-        files.read(fh, 0, 4096);
-        let jump = files.read(fh, 100 * MIB, MIB as u32);
+        files.read(fh, 0, 4096, u64::MAX);
+        let jump = files.read(fh, 100 * MIB, MIB as u32, u64::MAX);
         assert_eq!(
             jump,
             ReadPattern {
@@ -217,7 +220,7 @@ mod tests {
         );
         assert_eq!(passed(&files, fh, 101 * MIB), Some(92 * MIB..93 * MIB));
         // Back to the start: the run there passes its data again.
-        assert!(!files.read(fh, 0, MIB as u32).sequential);
+        assert!(!files.read(fh, 0, MIB as u32, u64::MAX).sequential);
         for n in 1..=8 {
             assert_eq!(passed(&files, fh, n * MIB), None);
         }
@@ -231,10 +234,10 @@ mod tests {
         let behind = files.open(5);
         let other_file = files.open(6);
         for n in 0..=8 {
-            files.read(ahead, n * MIB, MIB as u32);
+            files.read(ahead, n * MIB, MIB as u32, u64::MAX);
         }
-        files.read(behind, 0, 4096);
-        files.read(other_file, 0, MIB as u32);
+        files.read(behind, 0, 4096, u64::MAX);
+        files.read(other_file, 0, MIB as u32, u64::MAX);
         assert_eq!(passed(&files, ahead, 9 * MIB), None);
         files.close(behind);
         assert_eq!(passed(&files, ahead, 10 * MIB), Some(MIB..2 * MIB));
@@ -246,13 +249,16 @@ mod tests {
         let fh = files.open(5);
         // 4 KiB reads, each a few MiB from the last: within the window, but no run.
         for n in [300u64, 302, 297, 301, 305] {
-            assert!(!files.read(fh, n * MIB, 4096).sequential, "read at {n} MiB");
+            assert!(
+                !files.read(fh, n * MIB, 4096, u64::MAX).sequential,
+                "read at {n} MiB"
+            );
         }
         // Reading on from there makes a run once it has read enough.
         let mut offset = 305 * MIB + 4096;
         let mut sequential = false;
         for _ in 0..(MIN_RUN / (128 << 10)) {
-            sequential = files.read(fh, offset, 128 << 10).sequential;
+            sequential = files.read(fh, offset, 128 << 10, u64::MAX).sequential;
             offset += 128 << 10;
         }
         assert!(sequential);
@@ -279,6 +285,6 @@ mod tests {
     #[test]
     fn unknown_handles_are_not_sequential() {
         let files = OpenFiles::default();
-        assert!(!files.read(42, 0, 4096).sequential);
+        assert!(!files.read(42, 0, 4096, u64::MAX).sequential);
     }
 }

@@ -37,6 +37,7 @@ use super::images::read_image;
 use super::open_files::OpenFiles;
 use super::{mountables, ArchiveFs, Mountable};
 use crate::format::crypto::CryptConfig;
+use crate::format::ReadAt;
 use crate::store::access::{open_index_reader, DatastoreAccess, LocalSnapshot, SnapshotAccess};
 use crate::store::cache::{CacheVia, ChunkCache};
 use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
@@ -831,7 +832,7 @@ impl ReadOnlyFs for StoreFs {
         let Opened::Image(reader) = self.opened(slot_index, &slot)? else {
             return Err(Errno::EIO);
         };
-        let pattern = self.image_files.read(fh, offset, size);
+        let pattern = self.image_files.read(fh, offset, size, reader.size());
         read_image(&reader, offset, size, pattern, |err| {
             self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name()))
         })

@@ -515,12 +515,7 @@ mod tests {
         assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
         assert_eq!(other.fetches.load(Ordering::SeqCst), 1);
         via.prefetch(&digest(5), 10);
-        for _ in 0..200 {
-            if cache.contains(&digest(5)) && other.fetches.load(Ordering::SeqCst) == 2 {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(|| cache.contains(&digest(5)) && other.fetches.load(Ordering::SeqCst) == 2);
         via.read_chunk(&digest(5), 10).unwrap();
         assert_eq!(other.fetches.load(Ordering::SeqCst), 2);
         assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
@@ -590,13 +585,9 @@ mod tests {
         for n in 0..4 {
             cache.prefetch(&digest(n), 50);
         }
-        for _ in 0..200 {
-            if (0..4).all(|n| cache.contains(&digest(n))) && src.fetches.load(Ordering::SeqCst) == 4
-            {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(|| {
+            (0..4).all(|n| cache.contains(&digest(n))) && src.fetches.load(Ordering::SeqCst) == 4
+        });
         for n in 0..4 {
             cache.read_chunk(&digest(n), 50).unwrap();
         }
