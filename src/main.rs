@@ -37,7 +37,7 @@ fn main() {
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
         }) {
-            std::process::exit(0);
+            cli::output::exit_for_closed_stdout();
         }
         eprintln!("pbsfs: error: {err:#}");
         std::process::exit(1);

@@ -263,6 +263,47 @@ fn restore_to_stdout_gives_the_official_archive_bytes() {
     }
 }
 
+/// Runs `pbsfs ARGS` with stdout a pipe whose reader has already gone, as in `pbsfs ... | head`
+/// once `head` is done.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .args(args)
+        .env_remove("PBS_REPOSITORY")
+        .env_remove("PBS_NAMESPACE")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run pbsfs")
+}
+
+#[test]
+fn a_closed_output_pipe_ends_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let store = datastore();
+    let store = store.to_str().unwrap();
+    for args in [
+        vec!["files", "host/fixture-legacy/latest"],
+        vec!["verify"],
+        vec!["snapshots"],
+        vec!["--output-format", "json", "snapshots"],
+        vec!["restore", "host/fixture-legacy/latest", "root.pxar", "-"],
+    ] {
+        let mut all = vec!["--repository", store];
+        all.extend_from_slice(&args);
+        let out = with_closed_stdout(&all);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+}
+
 #[test]
 fn restore_to_a_file_and_refuse_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();

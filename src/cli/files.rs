@@ -47,7 +47,7 @@ pub fn run(args: &FilesArgs, repo: &RepoArgs) -> Result<()> {
         ctx.output.print_json(&json!(list));
         return Ok(());
     }
-    println!("{dir}");
+    outln!("{dir}");
     let mut table = Table::new(&["file", "size", "bytes", "crypt-mode"])
         .align_right(1)
         .align_right(2);

@@ -88,8 +88,8 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                 repo.output_format
                     .print_json(&json!({"path": path, "fingerprint": fingerprint}));
             } else {
-                println!("created {} (fingerprint {fingerprint})", path.display());
-                println!(
+                outln!("created {} (fingerprint {fingerprint})", path.display());
+                outln!(
                     "Keep a copy somewhere safe: without it, encrypted backups cannot be read."
                 );
             }
@@ -121,11 +121,11 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                     "modified": config.modified, "fingerprint": fingerprint,
                 }));
             } else {
-                println!("path:        {}", path.display());
-                println!("kdf:         {kdf}");
-                println!("created:     {}", config.created);
-                println!("modified:    {}", config.modified);
-                println!("fingerprint: {fingerprint}");
+                outln!("path:        {}", path.display());
+                outln!("kdf:         {kdf}");
+                outln!("created:     {}", config.created);
+                outln!("modified:    {}", config.modified);
+                outln!("fingerprint: {fingerprint}");
             }
             Ok(())
         }

@@ -1,5 +1,13 @@
 //! The command line: parse, resolve, call the library, print.
 
+/// `println!` for results on stdout. A reader that has gone away (`pbsfs files X | head -1`)
+/// ends the program quietly, the way it ends `cat`, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
 pub mod context;
 pub mod files;
 pub mod helper;

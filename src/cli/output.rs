@@ -1,7 +1,34 @@
 //! Printing results: aligned text tables for people, JSON for scripts.
 
+use std::io::Write;
+
 use clap::ValueEnum;
 use serde_json::Value;
+
+/// Writes one line of results to stdout (see `outln!`). When the reader has closed the pipe
+/// the program ends as other Unix tools do: killed by SIGPIPE, with nothing on stderr.
+pub fn write_stdout_line(args: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => exit_for_closed_stdout(),
+        Err(err) => {
+            eprintln!("pbsfs: error: cannot write to stdout: {err}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Ends the program the way a closed pipe ends `cat`: by SIGPIPE (status 141 in a shell).
+/// Rust ignores SIGPIPE so that writes report EPIPE; here it is put back and raised.
+pub fn exit_for_closed_stdout() -> ! {
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -25,7 +52,7 @@ impl OutputFormat {
         } else {
             serde_json::to_string(value)
         };
-        println!("{}", text.expect("a JSON value always serialises"));
+        outln!("{}", text.expect("a JSON value always serialises"));
     }
 }
 
@@ -79,7 +106,7 @@ impl Table {
                     }
                 }
             }
-            println!("{out}");
+            outln!("{out}");
         };
         line(self.headers.clone());
         for row in &self.rows {

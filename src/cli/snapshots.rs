@@ -84,7 +84,7 @@ pub fn run_namespaces(_args: &NamespacesArgs, repo: &RepoArgs) -> Result<()> {
         ctx.output.print_json(&json!(names));
     } else {
         for ns in list {
-            println!(
+            outln!(
                 "{}",
                 if ns.is_root() {
                     "(root)".to_string()

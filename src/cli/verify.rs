@@ -45,11 +45,11 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
         if !ctx.output.is_json() {
             let name = display_name(ns, dir);
             if problems.is_empty() {
-                println!("ok      {name}");
+                outln!("ok      {name}");
             } else {
-                println!("FAILED  {name}");
+                outln!("FAILED  {name}");
                 for problem in &problems {
-                    println!("        {problem}");
+                    outln!("        {problem}");
                 }
             }
         }
@@ -71,7 +71,7 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
             "bytes-checked": verifier.bytes_checked,
         }));
     } else {
-        println!(
+        outln!(
             "{} snapshot(s) verified, {failed} failed; {} chunk(s), {} bytes checked",
             results.len(),
             verifier.chunks_checked,
