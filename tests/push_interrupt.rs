@@ -1,4 +1,4 @@
-//! An interrupted push (SIGTERM, SIGINT, SIGKILL) leaves no snapshot that looks finished and
+//! An interrupted push (SIGTERM, SIGINT, SIGHUP, SIGKILL) leaves no snapshot that looks finished and
 //! the datastore usable; a concurrent push to the same group is refused.
 
 use std::path::Path;
@@ -147,6 +147,11 @@ fn sigterm_discards_the_snapshot() {
 #[test]
 fn sigint_discards_the_snapshot() {
     interrupt_with(libc::SIGINT, "sigint");
+}
+
+#[test]
+fn sighup_discards_the_snapshot() {
+    interrupt_with(libc::SIGHUP, "sighup");
 }
 
 #[test]

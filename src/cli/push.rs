@@ -421,11 +421,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     }
 }
 
-/// SIGINT and SIGTERM set the abort flag once, so the backup unwinds and removes its
-/// unfinished snapshot; a second signal gets the default action.
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
+/// so the backup unwinds and removes its unfinished snapshot; a second signal gets the
+/// default action.
 fn install_signal_handlers() -> Arc<AtomicBool> {
     let flag = ABORT.get_or_init(Arc::default).clone();
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction with a valid handler; the handler only stores an atomic.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
