@@ -81,8 +81,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
 /// Sets the environment variables named in a credentials file (`NAME=VALUE` lines, `#`
 /// comments). Only PBS_* names are accepted.
 fn load_credentials(path: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read credentials file {path}"))?;
+    let text = read_private_file(path)?;
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -103,9 +102,86 @@ fn load_credentials(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads a file of secrets, refusing it (as ssh refuses a private key) unless it belongs to
+/// the user running pbsfs and no one else may read or change it: anyone else could read the
+/// secrets, or swap in a server and fingerprint of their own.
+fn read_private_file(path: &str) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read credentials file {path}"))?;
+    // Checked on the open file, so what is checked is what is read.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read credentials file {path}"))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "credentials file {path} belongs to uid {}, not to the user mounting (uid {me}); \
+             it holds secrets, so it must be that user's own (chown {me} {path})",
+            meta.uid()
+        );
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "credentials file {path} has mode {mode:04o}: group or others may access it; \
+             it holds secrets, so only its owner may (chmod 600 {path})"
+        );
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("cannot read credentials file {path}"))?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn credentials_file(mode: u32) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "PBS_FINGERPRINT_TEST_ONLY=aa:bb\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn a_private_credentials_file_is_read() {
+        let (_dir, path) = credentials_file(0o600);
+        assert_eq!(read_private_file(&path).unwrap(), "PBS_FINGERPRINT_TEST_ONLY=aa:bb\n");
+        let (_dir, path) = credentials_file(0o400);
+        assert!(read_private_file(&path).is_ok());
+    }
+
+    #[test]
+    fn a_credentials_file_others_may_access_is_refused() {
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            let (_dir, path) = credentials_file(mode);
+            let err = format!("{:#}", read_private_file(&path).unwrap_err());
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_credentials_file_of_another_user_is_refused() {
+        let (_dir, path) = credentials_file(0o600);
+        // SAFETY: geteuid has no preconditions.
+        let other = if unsafe { libc::geteuid() } == 65534 { 0 } else { 65534 };
+        let chowned = std::os::unix::fs::chown(&path, Some(other), None);
+        if chowned.is_err() {
+            // Not root: a file of another user cannot be made here; the check itself is the
+            // same comparison as above, so make the test's point with a file we do not own.
+            let err = format!("{:#}", read_private_file("/etc/passwd").unwrap_err());
+            assert!(err.contains("belongs to uid 0"), "{err}");
+            return;
+        }
+        let err = format!("{:#}", read_private_file(&path).unwrap_err());
+        assert!(err.contains(&format!("belongs to uid {other}")), "{err}");
+    }
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
