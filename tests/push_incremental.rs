@@ -324,3 +324,75 @@ fn image_push_stores_the_official_fixed_index() {
     assert_eq!(ours.digests(), official.digests());
     assert_eq!(client.counters().content_bytes(), official.total_size());
 }
+
+/// Modes of everything in a datastore that are not the ones PBS uses.
+fn modes_unlike_pbs(root: &Path) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut check = |path: &Path, want: u32| {
+        let mode = std::fs::symlink_metadata(path).unwrap().mode() & 0o7777;
+        if mode != want {
+            wrong.push(format!("{} is {mode:04o}, not {want:04o}", path.display()));
+        }
+    };
+    check(root, 0o755);
+    check(&root.join(".lock"), 0o644);
+    check(&root.join(".chunks"), 0o750);
+    for prefix in std::fs::read_dir(root.join(".chunks")).unwrap() {
+        let prefix = prefix.unwrap().path();
+        check(&prefix, 0o750);
+        for chunk in std::fs::read_dir(&prefix).unwrap() {
+            check(&chunk.unwrap().path(), 0o644);
+        }
+    }
+    fn walk(dir: &Path, check: &mut dyn FnMut(&Path, u32)) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                check(&path, 0o755);
+                walk(&path, check);
+            } else {
+                check(&path, 0o644);
+            }
+        }
+    }
+    for top in ["host", "ns"] {
+        if root.join(top).exists() {
+            check(&root.join(top), 0o755);
+            walk(&root.join(top), &mut check);
+        }
+    }
+    wrong
+}
+
+#[test]
+fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    small_tree(&tree);
+    for umask in ["000", "077"] {
+        let store = dir.path().join(format!("ds-{umask}"));
+        // Twice: the first push creates the datastore and the group, the second adds to them.
+        for id in ["a", "a"] {
+            let output = Command::new("sh")
+                .arg("-c")
+                .arg(format!("umask {umask} && exec \"$@\""))
+                .arg("sh")
+                .arg(env!("CARGO_BIN_EXE_pbsfs"))
+                .arg("-r")
+                .arg(&store)
+                .args(["push", "--quiet", "--backup-id", id, "--change-detection-mode"])
+                .arg("legacy")
+                .arg(format!("root.pxar:{}", tree.display()))
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        let wrong = modes_unlike_pbs(&store);
+        assert!(wrong.is_empty(), "umask {umask}: {wrong:#?}");
+    }
+}

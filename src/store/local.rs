@@ -3,12 +3,13 @@
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::{chunk_tmp, fs_modes};
 use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
 use super::time::parse_rfc3339;
 use super::ChunkSource;
@@ -74,7 +75,13 @@ impl LocalDatastore {
                 }
             }
         }
-        fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directories above the datastore are the user's: they follow the umask.
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        fs_modes::ensure_dir(path, fs_modes::DIR_MODE)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         // Build the chunk store under a temporary name so a half-created store is never
         // mistaken for a datastore; a name of our own, so that two first pushes to a new
         // datastore can both build one: the first rename wins and the other is dropped.
@@ -82,18 +89,11 @@ impl LocalDatastore {
         let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = path.join(format!("{STAGING_PREFIX}{}-{build}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
-        let mut builder = fs::DirBuilder::new();
-        builder.mode(0o750);
-        builder.create(&staging)?;
+        fs_modes::create_dir(&staging, fs_modes::CHUNK_DIR_MODE)?;
         for prefix in 0..=0xffffu32 {
-            builder.create(staging.join(format!("{prefix:04x}")))?;
+            fs_modes::create_dir(&staging.join(format!("{prefix:04x}")), fs_modes::CHUNK_DIR_MODE)?;
         }
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path.join(".lock"))?;
+        fs_modes::open_or_create_file(&path.join(".lock"), fs_modes::FILE_MODE)?;
         if let Err(err) = fs::rename(&staging, path.join(".chunks")) {
             let _ = fs::remove_dir_all(&staging);
             if !path.join(".chunks").is_dir() {
@@ -269,35 +269,47 @@ impl LocalDatastore {
         }
         let prefix_dir = path.parent().expect("chunk path has a prefix dir");
         if !prefix_dir.is_dir() {
-            fs::DirBuilder::new()
-                .mode(0o750)
-                .recursive(true)
-                .create(prefix_dir)?;
+            fs_modes::create_dir_below(&self.root, prefix_dir, fs_modes::CHUNK_DIR_MODE)
+                .with_context(|| format!("cannot create {}", prefix_dir.display()))?;
         }
-        let tmp = prefix_dir.join(format!("{}.tmp_{}", digest_to_hex(digest), random_suffix()));
+        let hex = digest_to_hex(digest);
         let write = || -> std::io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)?;
-            file.write_all(raw_blob)?;
-            // Start writing it out now, without waiting: the syncfs before a snapshot's
-            // manifest then finds little left to flush (the kernel alone would let GiBs
-            // pile up in the page cache first).
-            // SAFETY: a valid open descriptor; the call only schedules writeback.
-            unsafe {
-                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            let mut tmp = chunk_tmp::create(prefix_dir, &hex, &random_suffix())?;
+            let written = (|| {
+                tmp.file.write_all(raw_blob)?;
+                // Start writing it out now, without waiting: the syncfs before a snapshot's
+                // manifest then finds little left to flush (the kernel alone would let GiBs
+                // pile up in the page cache first).
+                // SAFETY: a valid open descriptor; the call only schedules writeback.
+                unsafe {
+                    libc::sync_file_range(tmp.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                }
+                fs::rename(&tmp.path, &path)
+            })();
+            if let Err(err) = written {
+                let _ = fs::remove_file(&tmp.path);
+                return Err(err);
             }
-            fs::rename(&tmp, &path)?;
-            drop_when_written(file);
+            drop_when_written(tmp.file);
             Ok(())
         };
-        if let Err(err) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(err).with_context(|| format!("cannot store chunk {}", path.display()));
-        }
+        // A cleaner of abandoned temporary files may have removed ours in the instant between
+        // its creation and its lock (see `chunk_tmp`): then the rename finds nothing, and one
+        // more write succeeds.
+        let result = match write() {
+            Err(err) if err.kind() == ErrorKind::NotFound => write(),
+            other => other,
+        };
+        result.with_context(|| format!("cannot store chunk {}", path.display()))?;
         Ok(true)
+    }
+
+    /// Removes the temporary chunk files that killed writers left behind (never one a live
+    /// writer still owns). Returns how many were removed.
+    pub fn remove_abandoned_chunk_files(&self) -> Result<u64> {
+        let chunks = self.root.join(".chunks");
+        chunk_tmp::remove_abandoned(&chunks)
+            .with_context(|| format!("cannot clean up temporary files in {}", chunks.display()))
     }
 }
 
@@ -500,7 +512,7 @@ fn touch_atime(path: &Path) {
 
 fn random_suffix() -> String {
     use rand::distributions::{Alphanumeric, DistString};
-    Alphanumeric.sample_string(&mut rand::thread_rng(), 6)
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 8)
 }
 
 #[cfg(test)]

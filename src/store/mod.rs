@@ -6,6 +6,8 @@ pub mod archive;
 pub mod cache;
 pub mod chunk_reader;
 pub mod chunk_source;
+mod chunk_tmp;
+pub mod fs_modes;
 pub mod local;
 pub mod names;
 pub mod range;

@@ -5,13 +5,13 @@
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use super::fs_modes;
 use super::local::{LocalDatastore, MANIFEST_BLOB_NAME};
 use super::names::{is_safe_id, BackupDir, BackupNamespace};
 use crate::format::manifest::{FileInfo, Manifest};
@@ -54,8 +54,12 @@ impl SnapshotWriter {
         }
         let store_lock = lock_store_shared(store.root())?;
         let group_path = store.group_path(ns, &dir.group);
-        fs::create_dir_all(&group_path)
-            .with_context(|| format!("cannot create {}", group_path.display()))?;
+        fs_modes::create_dir_below(
+            &store.namespace_path(ns),
+            &group_path,
+            fs_modes::DIR_MODE,
+        )
+        .with_context(|| format!("cannot create {}", group_path.display()))?;
         let group_lock = File::open(&group_path)?;
         if unsafe { libc::flock(group_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(
@@ -63,13 +67,16 @@ impl SnapshotWriter {
                 dir.group
             );
         }
-        write_owner_if_missing(&group_path.join("owner"), owner)?;
+        ensure_owner(&group_path, owner)?;
 
-        // Unfinished snapshots of an unlocked group are left-overs of an interrupted run.
+        // Unfinished snapshots of an unlocked group are left-overs of an interrupted run,
+        // and so, likely, are temporary chunk files of the killed writer.
+        let mut interrupted_run = false;
         for entry in store.list_group_snapshots(ns, &dir.group)? {
             if !entry.finished {
                 let stale = store.snapshot_path(ns, &entry.dir);
                 let _ = fs::remove_dir_all(&stale);
+                interrupted_run = true;
             } else if entry.dir.time >= dir.time {
                 bail!(
                     "backup time {} is not newer than the last snapshot {} of the group",
@@ -78,8 +85,13 @@ impl SnapshotWriter {
                 );
             }
         }
+        if interrupted_run {
+            // Best effort: leftovers only cost space, and gc removes them too.
+            let _ = store.remove_abandoned_chunk_files();
+        }
         let path = store.snapshot_path(ns, dir);
-        fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        fs_modes::create_dir(&path, fs_modes::DIR_MODE)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(SnapshotWriter {
             store,
             ns: ns.clone(),
@@ -118,13 +130,10 @@ impl SnapshotWriter {
             bail!("archive '{name}' was already written to this snapshot");
         }
         let tmp_path = self.path.join(format!("{name}.tmp_{}", std::process::id()));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp_path)
+        // The snapshot directory is ours alone (the group is locked): a leftover of the same
+        // name can only be our own failed attempt.
+        let _ = fs::remove_file(&tmp_path);
+        let file = fs_modes::create_new_file(&tmp_path, fs_modes::FILE_MODE)
             .with_context(|| format!("cannot create {}", tmp_path.display()))?;
         Ok(PendingFile {
             file,
@@ -173,8 +182,10 @@ impl SnapshotWriter {
         })?;
         let raw = manifest.to_blob()?;
         let tmp = self.path.join("index.json.tmp_manifest");
-        fs::write(&tmp, &raw)?;
-        File::open(&tmp)?.sync_all()?;
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
+        std::io::Write::write_all(&mut file, &raw)?;
+        file.sync_all()?;
         fs::rename(&tmp, self.path.join(MANIFEST_BLOB_NAME))?;
         if let Ok(dir) = File::open(&self.path) {
             let _ = dir.sync_all();
@@ -199,20 +210,47 @@ impl Drop for PendingFile {
     }
 }
 
-fn write_owner_if_missing(path: &Path, owner: &str) -> Result<()> {
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)
-    {
-        Ok(mut file) => {
-            use std::io::Write;
-            writeln!(file, "{owner}")?;
-            Ok(())
-        }
-        Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("cannot create {}", path.display())),
+/// Makes sure the group has a valid `owner` file, writing `owner` when it is missing, empty
+/// or not an auth id (a write cut short by a full disk, say: PBS would reject the group). The
+/// file is written under a temporary name and renamed, so it is whole or absent. The caller
+/// holds the group lock.
+fn ensure_owner(group_path: &Path, owner: &str) -> Result<()> {
+    let path = group_path.join("owner");
+    match fs::read_to_string(&path) {
+        Ok(text) if is_auth_id(text.trim_end_matches('\n')) => return Ok(()),
+        Ok(_) => {}
+        Err(err) if err.kind() == ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let tmp = group_path.join(format!("owner.tmp_{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
+        std::io::Write::write_all(&mut file, format!("{owner}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    if let Err(err) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Whether `text` has the form of a PBS auth id: `user@realm` or `user@realm!token`.
+fn is_auth_id(text: &str) -> bool {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| !c.is_control() && !c.is_whitespace() && c != '@' && c != '!' && c != ':' && c != '/')
+    };
+    let Some((user, rest)) = text.split_once('@') else {
+        return false;
+    };
+    match rest.split_once('!') {
+        Some((realm, token)) => valid(user) && valid(realm) && valid(token),
+        None => valid(user) && valid(rest),
     }
 }
 
@@ -220,13 +258,7 @@ fn write_owner_if_missing(path: &Path, owner: &str) -> Result<()> {
 /// it exclusively). Kept open for the writer's lifetime.
 fn lock_store_shared(root: &Path) -> Result<File> {
     let path = root.join(".lock");
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
+    let file = fs_modes::open_or_create_file(&path, fs_modes::FILE_MODE)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let lock = libc::flock {
         l_type: libc::F_RDLCK as libc::c_short,
@@ -353,5 +385,63 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn an_empty_or_invalid_owner_is_repaired_and_a_valid_one_kept() {
+        let store = store();
+        let ns = BackupNamespace::root();
+        let owner_file = store
+            .group_path(&ns, &dir_in("host/owners", 0).group)
+            .join("owner");
+        let mut time = 1000;
+        let mut push_as = |owner: &str| {
+            time += 1;
+            SnapshotWriter::begin(store.clone(), &ns, &dir_in("host/owners", time), owner)
+                .unwrap()
+                .finish(|_| Ok(()))
+                .unwrap();
+            fs::read_to_string(&owner_file).unwrap()
+        };
+        assert_eq!(push_as("first@pam"), "first@pam\n");
+        // The group's owner stays who it is.
+        assert_eq!(push_as("second@pam"), "first@pam\n");
+        // A write cut short (ENOSPC) left it empty or garbled: the next writer repairs it.
+        for damaged in ["", "\n", "first@", "garbage", "a b@pam"] {
+            fs::write(&owner_file, damaged).unwrap();
+            assert_eq!(push_as("me@pam!token"), "me@pam!token\n", "{damaged:?}");
+        }
+        assert!(is_auth_id("root@pam!pbsfs"));
+        assert!(is_auth_id("backup@pbs"));
+        let group_dir = owner_file.parent().unwrap();
+        let names: Vec<_> = fs::read_dir(group_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with("owner."))
+            .collect();
+        assert!(names.is_empty(), "temporary owner files left: {names:?}");
+    }
+
+    #[test]
+    fn the_writer_after_a_killed_one_removes_its_temporary_chunk_files() {
+        let store = store();
+        let ns = BackupNamespace::root();
+        let dir = |time| dir_in("host/killed", time);
+        let prefix = store.root().join(".chunks/abcd");
+        let digest = format!("abcd{}", "0".repeat(60));
+        // The killed writer left its unfinished snapshot and an unlocked temporary chunk;
+        // another writer, alive, holds its own.
+        fs::create_dir_all(store.group_path(&ns, &dir(0).group)).unwrap();
+        fs::create_dir(store.snapshot_path(&ns, &dir(1000))).unwrap();
+        let dead = super::super::chunk_tmp::create(&prefix, &digest, "killed").unwrap();
+        let dead_path = dead.path.clone();
+        drop(dead);
+        let live = super::super::chunk_tmp::create(&prefix, &digest, "alive").unwrap();
+
+        let writer = SnapshotWriter::begin(store.clone(), &ns, &dir(2000), "me@pam").unwrap();
+        assert!(!dead_path.exists());
+        assert!(live.path.exists());
+        drop(writer);
+        drop(live);
     }
 }
