@@ -229,3 +229,95 @@ fn big_nested_directories_list_completely() {
     assert!(original.len() > 30 * 400);
     assert_same_tree(&mounted, &original, "data");
 }
+
+/// Whether uid (and gid) `id`, with no supplementary groups, may read `path`.
+fn may_read_as(id: u32, path: &Path) -> bool {
+    let status = Command::new("setpriv")
+        .arg(format!("--reuid={id}"))
+        .arg(format!("--regid={id}"))
+        .arg("--clear-groups")
+        .arg("cat")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("setpriv (util-linux) is needed");
+    status.success()
+}
+
+/// With `-o allow_other` other users read through the mount, and the kernel must judge them
+/// by the archive's POSIX ACLs, as the source file system did, not by the mode bits alone.
+#[test]
+fn allow_other_mounts_enforce_the_archives_acls() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let source = work.path().join("acls");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setfacl = |spec: &str, name: &str| {
+        let status = Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(source.join(name))
+            .status()
+            .expect("setfacl (package acl) is needed");
+        assert!(status.success());
+    };
+    // Others may read, but an ACL denies user 1234.
+    std::fs::write(source.join("denied"), b"x").unwrap();
+    std::fs::set_permissions(source.join("denied"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    setfacl("u:1234:---", "denied");
+    // Only the owner may read, but an ACL allows user 1235.
+    std::fs::write(source.join("allowed"), b"x").unwrap();
+    std::fs::set_permissions(source.join("allowed"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    setfacl("u:1235:r", "allowed");
+    // A closed directory that an ACL opens to user 1235.
+    std::fs::create_dir(source.join("closed")).unwrap();
+    std::fs::write(source.join("closed/inside"), b"x").unwrap();
+    std::fs::set_permissions(source.join("closed/inside"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    std::fs::set_permissions(source.join("closed"), std::fs::Permissions::from_mode(0o700))
+        .unwrap();
+    setfacl("u:1235:rx", "closed");
+
+    let expected = [
+        ("denied", 1234, false),
+        ("denied", 1235, true),
+        ("allowed", 1235, true),
+        ("allowed", 1236, false),
+        ("closed/inside", 1235, true),
+        ("closed/inside", 1236, false),
+    ];
+    for (name, uid, may) in expected {
+        assert_eq!(may_read_as(uid, &source.join(name)), may, "source {name} as {uid}");
+    }
+
+    ok(pbsfs(&[
+        "push",
+        &format!("acls.pxar:{}", source.display()),
+        "--backup-id",
+        "acls",
+        "--quiet",
+    ]));
+    let mnt = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(mnt.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let point = mnt.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    ok(pbsfs(&[
+        "mount",
+        "host/acls/latest",
+        point.to_str().unwrap(),
+        "-o",
+        "allow_other",
+    ]));
+    let seen: Vec<_> = expected
+        .iter()
+        .map(|&(name, uid, _)| (name, uid, may_read_as(uid, &point.join(name))))
+        .collect();
+    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("umount")
+        .arg(&point)
+        .output();
+    assert_eq!(seen, expected.to_vec());
+}

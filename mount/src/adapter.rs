@@ -188,10 +188,15 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Always readdirplus (not READDIRPLUS_AUTO, which only does the first batch): the
         // attributes come with the listing anyway and save a lookup per entry.
+        // FUSE_POSIX_ACL: with default_permissions the kernel then checks access by the
+        // POSIX ACLs the filesystem serves as `system.posix_acl_access`, as it does on the
+        // source filesystem; without it, it looks at the mode bits only, and ACLs that deny
+        // or allow other users (`-o allow_other`) are ignored.
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_ACL;
         let supported = wanted & config.capabilities();
         if let Err(missing) = config.add_capabilities(supported) {
             log::debug!("kernel refused FUSE capabilities {missing:?}");
