@@ -2,4 +2,4 @@
 # Throughput of the buzhash chunker (prints MiB/s; no pass/fail on speed).
 set -e
 cd "$(dirname "$0")/.."
-exec nice cargo test --release --test chunker_fixtures chunker_throughput -- --nocapture
+exec nice cargo test --release --test it chunker_fixtures::chunker_throughput -- --nocapture

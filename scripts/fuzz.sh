@@ -15,7 +15,7 @@ seconds="${1:-600}"
 [ $# -gt 0 ] && shift
 # Seeds: small valid archives from the property tests (v1, and v2 with their split prefix).
 if [ -z "$(ls -A fuzz/corpus/pxar_reader 2>/dev/null)" ]; then
-    PXAR_FUZZ_SEEDS="$PWD/fuzz/corpus/pxar_reader" nice cargo test --test pxar_roundtrip_prop
+    PXAR_FUZZ_SEEDS="$PWD/fuzz/corpus/pxar_reader" nice cargo test --test it pxar_roundtrip_prop::
 fi
 mkdir -p fuzz/corpus/pxar_reader
 exec nice cargo +nightly fuzz run pxar_reader fuzz/corpus/pxar_reader -- \

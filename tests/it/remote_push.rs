@@ -3,8 +3,8 @@
 //! pushed again in metadata mode uploads no payload chunk; a mount whose server goes away
 //! answers EIO and works again once it is back.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;

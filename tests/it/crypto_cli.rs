@@ -1,7 +1,7 @@
 //! Encrypted fixture snapshots through the command line: restore, verify and mount with
 //! the official key files; clear errors for a missing or wrong key or password.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! The PBS client (src/remote) against the in-process test server: listing, reading through
 //! the reader protocol, authentication and certificate errors, dropped connections.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! server's datastore verifies what was pushed, incremental pushes upload only new chunks,
 //! abandoned sessions leave nothing.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The fixture archives made by the official tools, read back with the accessor and the
 //! sequential decoder, must describe exactly the tree in tree1.json / tree1-meta2.json.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

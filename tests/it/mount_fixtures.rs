@@ -1,7 +1,7 @@
 //! `pbsfs mount` of the fixture snapshots, compared through the kernel with what the official
 //! tools archived (tree1.json), plus image mounts and a corrupt chunk.
 
-mod common;
+use crate::common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};

@@ -1,7 +1,6 @@
 //! The chunker reproduces the official client's chunk boundaries on real archives.
 
-#[path = "common/fixture_stream.rs"]
-mod fixture_stream;
+use crate::common::fixture_stream;
 
 use std::time::Instant;
 

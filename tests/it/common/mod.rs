@@ -20,7 +20,7 @@ pub fn fixtures_dir() -> PathBuf {
 
 pub mod disk_tree;
 #[path = "fixture_stream.rs"]
-mod fixture_stream;
+pub mod fixture_stream;
 #[allow(unused_imports)]
 pub use fixture_stream::{datastore_dir, index_reader, parse_snapshot};
 

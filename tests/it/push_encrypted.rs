@@ -6,7 +6,7 @@
 //!
 //! Every command runs with its own XDG_CONFIG_HOME so a real default key is never used.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! reading files and decoding sequentially must end in data or errors: never a panic (which
 //! fails this test), a hang or a runaway allocation.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,8 +1,7 @@
 //! The official catalog of the legacy fixture: parsed, compared with the tree it describes,
 //! and rewritten byte for byte.
 
-#[path = "common/fixture_stream.rs"]
-mod fixture_stream;
+use crate::common::fixture_stream;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! `pbsfs restore SNAPSHOT root.pxar DIR`: the extracted tree, compared through the kernel
 //! with what the official tools archived.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

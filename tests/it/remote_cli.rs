@@ -2,8 +2,8 @@
 //! a snapshot mount and a whole-store mount, with token auth and a pinned certificate
 //! fingerprint.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::process::Command;
 

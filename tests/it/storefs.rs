@@ -1,7 +1,7 @@
 //! The whole-store filesystem (`StoreFs`) over the fixture datastore, through the
 //! `ReadOnlyFs` trait directly, plus one mount through the kernel.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -2,7 +2,7 @@
 //! in each change-detection mode, mounted, and compared with the source through the kernel
 //! (lstat, readlink, xattrs, ACLs, hardlinks by inode, file contents).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
