@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use super::local::{LocalDatastore, MANIFEST_BLOB_NAME};
-use super::names::{is_safe_id, BackupDir, BackupNamespace};
+use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace};
 use crate::format::manifest::{FileInfo, Manifest};
 use crate::format::Digest;
 
@@ -199,6 +199,17 @@ impl Drop for PendingFile {
     }
 }
 
+/// Whether a backup of `group` is being written now: a writer holds the group's lock, so an
+/// unfinished snapshot in it is work in progress rather than a left-over. Probed by taking
+/// the lock shared for an instant, without waiting.
+pub fn backup_running(store: &LocalDatastore, ns: &BackupNamespace, group: &BackupGroup) -> bool {
+    let Ok(dir) = File::open(store.group_path(ns, group)) else {
+        return false;
+    };
+    // SAFETY: a valid open descriptor; the lock goes with it when `dir` is dropped.
+    unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
 fn write_owner_if_missing(path: &Path, owner: &str) -> Result<()> {
     match fs::OpenOptions::new()
         .write(true)
@@ -304,6 +315,22 @@ mod tests {
         let manifest = store.read_manifest(&ns, &dir(1000)).unwrap();
         assert_eq!(manifest.files[0].filename, "x.conf.blob");
         assert_eq!(store.group_owner(&ns, &dir(1000).group).unwrap(), "me@pam");
+    }
+
+    #[test]
+    fn a_running_backup_is_told_from_a_left_over() {
+        let store = store();
+        let dir = dir_in("host/running", 1000);
+        let ns = BackupNamespace::root();
+        assert!(!backup_running(&store, &ns, &dir.group), "no group yet");
+        let writer = SnapshotWriter::begin(store.clone(), &ns, &dir, "me@pam").unwrap();
+        assert!(backup_running(&store, &ns, &dir.group));
+        // The probe leaves the lock as it found it: still the writer's.
+        assert!(backup_running(&store, &ns, &dir.group));
+        drop(writer);
+        assert!(!backup_running(&store, &ns, &dir.group));
+        // Nor does the probe keep a lock that would stop the next backup.
+        drop(SnapshotWriter::begin(store.clone(), &ns, &dir, "me@pam").unwrap());
     }
 
     #[test]
