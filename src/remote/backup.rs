@@ -135,18 +135,7 @@ impl RemoteBackupSession {
             .call(Method::GET, "/previous_backup_time", &[], FORM, None)
             .await?;
         let previous = match previous_time.as_i64() {
-            // Its chunks only spare uploads: a previous snapshot that cannot be read (a
-            // damaged manifest or index) must not stop the backup.
-            Some(time) => match register_previous(&shared, dir, time, chunk_key).await {
-                Ok(previous) => Some(previous),
-                Err(err) => {
-                    eprintln!(
-                        "warning: the previous snapshot cannot be read ({err:#}); the chunks \
-                         this backup shares with it are uploaded again"
-                    );
-                    None
-                }
-            },
+            Some(time) => Some(register_previous(&shared, dir, time, chunk_key).await?),
             None => None,
         };
         Ok(RemoteBackupSession { shared, previous })
