@@ -672,7 +672,8 @@ mod tests {
     #[test]
     fn a_damaged_manifest_marks_its_snapshot_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalDatastore::create(&dir.path().join("ds")).unwrap();
+        std::fs::create_dir(dir.path().join(".chunks")).unwrap();
+        let store = LocalDatastore::open(dir.path()).unwrap();
         let ns = BackupNamespace::root();
         let group = BackupGroup::parse("host/a").unwrap();
         let good = crate::format::manifest::Manifest::new("host", "a", 1000)
