@@ -24,13 +24,12 @@ fn main() -> Result<()> {
     let store = Arc::new(LocalDatastore::open(datastore.as_ref())?);
     let access = LocalAccess(store.clone());
     let ns = BackupNamespace::root();
-    let dirs: Vec<_> = access
+    let entries: Vec<_> = access
         .list_snapshots(&ns, None)?
         .into_iter()
-        .filter(|s| s.entry.finished)
-        .map(|s| s.entry.dir)
+        .map(|s| s.entry)
         .collect();
-    let dir = resolve_snapshot(snapshot, &dirs)?;
+    let dir = resolve_snapshot(snapshot, &entries)?;
     let snap = access.open_snapshot(&ns, &dir)?;
     let index = Arc::new(open_index(&*snap, archive).context("open index")?);
     let reader = Arc::new(VerifyingChunkReader::new(store));

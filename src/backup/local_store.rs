@@ -55,7 +55,7 @@ impl RemoteStore for LocalStore {
             .list_group_snapshots(ns, group)?
             .into_iter()
             .rev()
-            .find(|entry| entry.finished)
+            .find(|entry| entry.is_readable())
             .map(|entry| entry.dir))
     }
 

@@ -35,7 +35,8 @@ pub trait RemoteStore: Send + Sync {
     /// is not newer than the group's last snapshot.
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>>;
 
-    /// The newest finished snapshot of a group, the base for change detection.
+    /// The newest readable snapshot of a group, the base for change detection (a damaged
+    /// manifest is passed by, not an error).
     fn last_snapshot(&self, ns: &BackupNamespace, group: &BackupGroup)
         -> Result<Option<BackupDir>>;
 

@@ -12,7 +12,7 @@ use pbsfs::remote::access::RemoteAccess;
 use pbsfs::remote::{ConnectOptions, RemoteDatastore};
 use pbsfs::repository::Repository;
 use pbsfs::store::access::{DatastoreAccess, LocalAccess, SnapshotAccess};
-use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local::{LocalDatastore, SnapshotEntry};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::snapshot::resolve_snapshot;
 
@@ -236,22 +236,11 @@ impl Context {
         Ok((snapshot, crypt))
     }
 
-    /// Finished snapshots of the namespace.
-    pub fn finished_snapshots(&self) -> Result<Vec<BackupDir>> {
-        let Some(access) = &self.access else {
-            return Ok(Vec::new());
-        };
-        Ok(access
-            .list_snapshots(&self.ns, None)?
-            .into_iter()
-            .filter(|s| s.entry.finished)
-            .map(|s| s.entry.dir)
-            .collect())
-    }
-
-    /// Resolves a SNAPSHOT argument among the finished snapshots of the namespace.
+    /// Resolves a SNAPSHOT argument among the snapshots of the namespace (`latest`: the
+    /// newest readable one; damaged snapshots are passed by).
     pub fn resolve(&self, spec: &str) -> Result<BackupDir> {
-        self.access()?;
-        resolve_snapshot(spec, &self.finished_snapshots()?)
+        let listing = self.access()?.list_snapshots(&self.ns, None)?;
+        let entries: Vec<SnapshotEntry> = listing.into_iter().map(|s| s.entry).collect();
+        resolve_snapshot(spec, &entries)
     }
 }

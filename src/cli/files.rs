@@ -13,7 +13,8 @@ use super::output::{human_size, Table};
 
 #[derive(Args, Debug)]
 pub struct FilesArgs {
-    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`.
+    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`
+    /// (the newest readable snapshot: a damaged one is passed by).
     pub snapshot: String,
 }
 

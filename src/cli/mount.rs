@@ -26,8 +26,9 @@ const PREFETCH_WORKERS: usize = 8;
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// `[SNAPSHOT] MOUNTPOINT`. SNAPSHOT is TYPE/ID/TIME (TIME may be a unique prefix such
-    /// as 2026-04-13, an epoch or `latest`). Without it the whole datastore (from the selected
-    /// namespace down) is mounted: [ns/NS/]TYPE/ID/TIME/ARCHIVE/..., opened lazily.
+    /// as 2026-04-13, an epoch or `latest`, the newest readable one). Without it the whole
+    /// datastore (from the selected namespace down) is mounted: [ns/NS/]TYPE/ID/TIME/ARCHIVE/...,
+    /// opened lazily; snapshots with a damaged manifest are left out.
     #[arg(required = true, num_args = 1..=2, value_names = ["SNAPSHOT", "MOUNTPOINT"])]
     pub targets: Vec<String>,
     /// Which archive to show when the snapshot has several (e.g. `root.pxar`, `drive-scsi0.img`).

@@ -24,7 +24,8 @@ use super::context::{Context, RepoArgs};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`.
+    /// Snapshot as TYPE/ID/TIME; TIME may be a unique prefix (2026-04-13), an epoch or `latest`
+    /// (the newest readable snapshot: a damaged one is passed by).
     pub snapshot: String,
     /// Archive name as listed by `pbsfs files`; the .didx/.fidx/.blob suffix may be left out.
     pub archive: String,

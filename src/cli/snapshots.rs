@@ -23,7 +23,7 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
         for summary in access.list_snapshots(&ctx.ns, group.as_ref())? {
             // Unfinished: still being written, or abandoned; not a snapshot yet.
             if summary.entry.finished {
-                rows.push((summary.entry, summary.files, summary.size));
+                rows.push(summary);
             }
         }
     } else if !ctx.output.is_json() {
@@ -33,15 +33,17 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
     if ctx.output.is_json() {
         let list: Vec<_> = rows
             .iter()
-            .map(|(entry, files, size)| {
+            .map(|summary| {
+                let entry = &summary.entry;
                 json!({
                     "backup-type": entry.dir.group.backup_type.as_str(),
                     "backup-id": entry.dir.group.backup_id,
                     "backup-time": entry.dir.time,
                     "snapshot": entry.dir.to_string(),
-                    "files": files,
-                    "size": size,
+                    "files": summary.files,
+                    "size": entry.damaged.is_none().then_some(summary.size),
                     "protected": entry.protected,
+                    "damaged": entry.damaged,
                 })
             })
             .collect();
@@ -49,8 +51,14 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
         return Ok(());
     }
     let mut table = Table::new(&["snapshot", "size", "files"]).align_right(1);
-    for (entry, files, size) in &rows {
-        let short: Vec<&str> = files
+    for summary in &rows {
+        let name = summary.entry.dir.to_string();
+        if let Some(reason) = &summary.entry.damaged {
+            table.push(vec![name, "-".into(), format!("DAMAGED: {reason}")]);
+            continue;
+        }
+        let short: Vec<&str> = summary
+            .files
             .iter()
             .map(|f| {
                 f.strip_suffix(".didx")
@@ -59,11 +67,7 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
                     .unwrap_or(f)
             })
             .collect();
-        table.push(vec![
-            entry.dir.to_string(),
-            human_size(*size),
-            short.join(" "),
-        ]);
+        table.push(vec![name, human_size(summary.size), short.join(" ")]);
     }
     table.print();
     Ok(())

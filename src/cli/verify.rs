@@ -4,30 +4,49 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use pbsfs::store::names::BackupDir;
+use pbsfs::store::local::{SnapshotEntry, MANIFEST_BLOB_NAME};
+use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::verify::Verifier;
+use pbsfs::store::writer::backup_running;
 
 use super::context::{Context, RepoArgs};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// One snapshot (TYPE/ID/TIME, TIME may be a prefix, an epoch or `latest`); default: every
-    /// snapshot of the namespace and the namespaces below it.
+    /// One snapshot (TYPE/ID/TIME, TIME may be a prefix, an epoch or `latest`, the newest
+    /// readable one); default: every snapshot of the namespace and the namespaces below it,
+    /// damaged ones and snapshot directories without a manifest included.
     pub snapshot: Option<String>,
+}
+
+/// What was found for one snapshot directory.
+struct Outcome {
+    ns: BackupNamespace,
+    dir: BackupDir,
+    problems: Vec<String>,
+    /// Not checked, and why (a backup is writing it).
+    skipped: Option<String>,
 }
 
 pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     let ctx = Context::open(repo)?;
     let store = ctx.access()?;
-    let mut targets = Vec::new();
+    let mut targets: Vec<(BackupNamespace, SnapshotEntry)> = Vec::new();
     match &args.snapshot {
-        Some(spec) => targets.push((ctx.ns.clone(), ctx.resolve(spec)?)),
+        Some(spec) => {
+            let dir = ctx.resolve(spec)?;
+            let entry = SnapshotEntry {
+                dir,
+                finished: true,
+                protected: false,
+                damaged: None,
+            };
+            targets.push((ctx.ns.clone(), entry));
+        }
         None => {
             for ns in store.list_namespaces(&ctx.ns)? {
                 for summary in store.list_snapshots(&ns, None)? {
-                    if summary.entry.finished {
-                        targets.push((ns.clone(), summary.entry.dir));
-                    }
+                    targets.push((ns.clone(), summary.entry));
                 }
             }
         }
@@ -36,44 +55,68 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     // With --keyfile, encrypted chunks are decrypted and their keyed digests checked too.
     let mut verifier = Verifier::with_key(ctx.crypt()?);
     let mut results = Vec::new();
-    for (ns, dir) in &targets {
-        // A snapshot whose manifest cannot be read is a problem of that snapshot.
-        let problems = match store.open_snapshot(ns, dir) {
-            Ok(snapshot) => verifier.verify_snapshot(&*snapshot),
-            Err(err) => vec![format!("{err:#}")],
+    for (ns, entry) in targets {
+        let mut outcome = Outcome {
+            ns,
+            dir: entry.dir,
+            problems: Vec::new(),
+            skipped: None,
         };
-        if !ctx.output.is_json() {
-            let name = display_name(ns, dir);
-            if problems.is_empty() {
-                outln!("ok      {name}");
-            } else {
-                outln!("FAILED  {name}");
-                for problem in &problems {
-                    outln!("        {problem}");
+        if let Some(reason) = entry.damaged {
+            outcome.problems.push(format!("damaged: {reason}"));
+        } else if !entry.finished {
+            // No manifest: a backup writing it now, or one that never finished (or lost
+            // its manifest). Only a local datastore can tell which.
+            match &ctx.local {
+                Some(local) if backup_running(local, &outcome.ns, &outcome.dir.group) => {
+                    outcome.skipped = Some("a backup of it is running".into());
+                }
+                Some(_) => outcome.problems.push(format!(
+                    "no manifest ({MANIFEST_BLOB_NAME}): an interrupted backup left it, or \
+                     the manifest was lost"
+                )),
+                None => {
+                    outcome.skipped = Some(format!(
+                        "no manifest ({MANIFEST_BLOB_NAME}) yet: a backup still running, or \
+                         one that was interrupted"
+                    ))
                 }
             }
+        } else {
+            // A snapshot whose manifest cannot be read is a problem of that snapshot.
+            outcome.problems = match store.open_snapshot(&outcome.ns, &outcome.dir) {
+                Ok(snapshot) => verifier.verify_snapshot(&*snapshot),
+                Err(err) => vec![format!("{err:#}")],
+            };
         }
-        results.push((ns, dir, problems));
+        if !ctx.output.is_json() {
+            print_outcome(&outcome);
+        }
+        results.push(outcome);
     }
-    let failed = results.iter().filter(|(_, _, p)| !p.is_empty()).count();
+    let failed = results.iter().filter(|o| !o.problems.is_empty()).count();
+    let skipped = results.iter().filter(|o| o.skipped.is_some()).count();
     if ctx.output.is_json() {
         let list: Vec<_> = results
             .iter()
-            .map(|(ns, dir, problems)| {
-                json!({"ns": ns.to_string(), "snapshot": dir.to_string(),
-                       "ok": problems.is_empty(), "problems": problems})
+            .map(|o| {
+                json!({"ns": o.ns.to_string(), "snapshot": o.dir.to_string(),
+                       "ok": o.problems.is_empty(), "problems": o.problems,
+                       "skipped": o.skipped})
             })
             .collect();
         ctx.output.print_json(&json!({
             "snapshots": list,
             "failed": failed,
+            "skipped": skipped,
             "chunks-checked": verifier.chunks_checked,
             "bytes-checked": verifier.bytes_checked,
         }));
     } else {
         outln!(
-            "{} snapshot(s) verified, {failed} failed; {} chunk(s), {} bytes checked",
-            results.len(),
+            "{} snapshot(s) verified, {failed} failed, {skipped} skipped; {} chunk(s), {} \
+             bytes checked",
+            results.len() - skipped,
             verifier.chunks_checked,
             verifier.bytes_checked
         );
@@ -84,7 +127,21 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     Ok(())
 }
 
-fn display_name(ns: &pbsfs::store::names::BackupNamespace, dir: &BackupDir) -> String {
+fn print_outcome(outcome: &Outcome) {
+    let name = display_name(&outcome.ns, &outcome.dir);
+    if let Some(why) = &outcome.skipped {
+        outln!("skipped {name}  ({why})");
+    } else if outcome.problems.is_empty() {
+        outln!("ok      {name}");
+    } else {
+        outln!("FAILED  {name}");
+        for problem in &outcome.problems {
+            outln!("        {problem}");
+        }
+    }
+}
+
+fn display_name(ns: &BackupNamespace, dir: &BackupDir) -> String {
     if ns.is_root() {
         dir.to_string()
     } else {

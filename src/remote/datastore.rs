@@ -20,7 +20,7 @@ use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
 use crate::format::Digest;
 use crate::repository::RemoteRepository;
 use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
-use crate::store::local::SnapshotEntry;
+use crate::store::local::{decode_manifest, SnapshotEntry};
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
 
 /// A file of a snapshot as the server lists it (`BackupContent`).
@@ -198,12 +198,20 @@ impl RemoteDatastore {
             .map(|item| {
                 let group =
                     BackupGroup::new(BackupType::parse(&item.backup_type)?, &item.backup_id)?;
-                let finished = item.files.iter().any(|f| f.filename == MANIFEST_BLOB_NAME);
+                let manifest = item.files.iter().find(|f| f.filename == MANIFEST_BLOB_NAME);
+                let dir = BackupDir::new(group, item.backup_time)?;
+                // PBS lists a snapshot whose manifest it cannot read with the files it
+                // finds on disk, none with a crypt mode (a readable manifest always has one).
+                let damaged = match manifest {
+                    Some(file) if file.crypt_mode.is_none() => Some(self.damage(ns, &dir)),
+                    _ => None,
+                };
                 Ok(RemoteSnapshot {
                     entry: SnapshotEntry {
-                        dir: BackupDir::new(group, item.backup_time)?,
-                        finished,
+                        dir,
+                        finished: manifest.is_some(),
                         protected: item.protected,
+                        damaged,
                     },
                     files: item.files,
                     size: item.size,
@@ -216,6 +224,18 @@ impl RemoteDatastore {
             (&a.entry.dir.group, a.entry.dir.time).cmp(&(&b.entry.dir.group, b.entry.dir.time))
         });
         Ok(list)
+    }
+
+    /// Why the server cannot read the manifest of `dir`: the same reason as for a local
+    /// datastore when it can be downloaded (the listing itself gives none).
+    fn damage(&self, ns: &BackupNamespace, dir: &BackupDir) -> String {
+        match self.download_file(ns, dir, MANIFEST_BLOB_NAME) {
+            Ok(raw) => match decode_manifest(&raw) {
+                Err(reason) => reason,
+                Ok(_) => "the server cannot read its manifest (its log says why)".to_string(),
+            },
+            Err(err) => format!("the server cannot read its manifest: {err:#}"),
+        }
     }
 
     /// The files of a snapshot: the manifest's, then `index.json.blob`, then others.
@@ -246,7 +266,8 @@ impl RemoteDatastore {
     /// The decoded manifest of a snapshot.
     pub fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
         let raw = self.download_file(ns, dir, MANIFEST_BLOB_NAME)?;
-        Manifest::from_blob(&raw).with_context(|| format!("{dir}/{MANIFEST_BLOB_NAME}"))
+        decode_manifest(&raw)
+            .map_err(|reason| anyhow::anyhow!("snapshot {dir} is damaged: {reason}"))
     }
 
     /// Opens a reader session on a snapshot (its chunks become readable after the index
@@ -257,7 +278,8 @@ impl RemoteDatastore {
         Ok(Arc::new(reader))
     }
 
-    /// The newest finished snapshot of a group (the base for change detection).
+    /// The newest readable snapshot of a group (the base for change detection; a damaged
+    /// one is passed by).
     pub fn last_snapshot(
         &self,
         ns: &BackupNamespace,
@@ -267,7 +289,7 @@ impl RemoteDatastore {
         Ok(self
             .list_snapshots(ns, None)?
             .into_iter()
-            .filter(|s| s.entry.finished && &s.entry.dir.group == group)
+            .filter(|s| s.entry.is_readable() && &s.entry.dir.group == group)
             .map(|s| s.entry.dir)
             .next_back())
     }

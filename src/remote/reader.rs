@@ -162,7 +162,8 @@ impl RemoteReader {
     /// The snapshot's decoded manifest.
     pub fn read_manifest(&self) -> Result<Manifest> {
         let raw = self.download(MANIFEST_BLOB_NAME)?;
-        Manifest::from_blob(&raw).with_context(|| format!("{}/{MANIFEST_BLOB_NAME}", self.dir))
+        crate::store::local::decode_manifest(&raw)
+            .map_err(|reason| anyhow::anyhow!("snapshot {} is damaged: {reason}", self.dir))
     }
 
     /// Downloads an index and checks it against the manifest.

@@ -5,9 +5,9 @@
 //! Nothing is opened before it is needed: listing a snapshot reads only its manifest; a
 //! pxar archive is opened (an [`ArchiveFs`]) on the first access inside it and kept in a
 //! small LRU, so memory stays bounded and an evicted archive is simply reopened. Only
-//! finished snapshots (with a manifest) are shown. Directory listings are taken once and
-//! kept for the mount's life, so readdir offsets stay stable (backups made later show up
-//! after a remount).
+//! finished snapshots with a readable manifest are shown (a damaged one is left out).
+//! Directory listings are taken once and kept for the mount's life, so readdir offsets
+//! stay stable (backups made later show up after a remount).
 //!
 //! Inode numbers (all stable for the life of the mount, none reused):
 //! - bit 63 clear: a "virtual" node (namespace, `ns`, type, group, snapshot, archive root,
@@ -490,7 +490,7 @@ impl StoreFs {
                 }
             }
             Node::Group(ns, group) => {
-                for snapshot in self.finished_snapshots(ns, group)? {
+                for snapshot in self.readable_snapshots(ns, group)? {
                     let mtime = Timespec::new(snapshot.time, 0);
                     out.push(dir(
                         snapshot.time_string(),
@@ -606,7 +606,9 @@ impl StoreFs {
         }
     }
 
-    fn finished_snapshots(
+    /// The snapshots of a group that can be read; unfinished and damaged ones are left out
+    /// (a damaged manifest must not take the rest of the group with it).
+    fn readable_snapshots(
         &self,
         ns: &BackupNamespace,
         group: &BackupGroup,
@@ -618,14 +620,14 @@ impl StoreFs {
                 .list_group_snapshots(ns, group)
                 .map_err(failed)?
                 .into_iter()
-                .filter(|s| s.finished)
+                .filter(|s| s.is_readable())
                 .map(|s| s.dir)
                 .collect(),
             StoreSource::Remote(access) => access
                 .list_snapshots(ns, Some(group))
                 .map_err(failed)?
                 .into_iter()
-                .filter(|s| s.entry.finished)
+                .filter(|s| s.entry.is_readable())
                 .map(|s| s.entry.dir)
                 .collect(),
         })

@@ -21,8 +21,9 @@ use anyhow::Context as _;
 /// A snapshot and its file names and total size, as listings show it.
 #[derive(Clone, Debug)]
 pub struct SnapshotSummary {
+    /// Whether it is finished, or damaged (see [`SnapshotEntry::is_readable`]).
     pub entry: SnapshotEntry,
-    /// File names (finished snapshots; empty otherwise).
+    /// File names (readable snapshots; empty otherwise).
     pub files: Vec<String>,
     pub size: u64,
 }
@@ -30,13 +31,15 @@ pub struct SnapshotSummary {
 pub trait DatastoreAccess: Send + Sync {
     /// `parent` and every namespace below it.
     fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>>;
-    /// Snapshots of a namespace (or one group), ordered by group then time.
+    /// Snapshots of a namespace (or one group), ordered by group then time: finished,
+    /// unfinished and damaged ones alike; a damaged manifest is no error of the listing.
     fn list_snapshots(
         &self,
         ns: &BackupNamespace,
         group: Option<&BackupGroup>,
     ) -> Result<Vec<SnapshotSummary>>;
-    /// Opens a finished snapshot for reading (reads its manifest).
+    /// Opens a finished snapshot for reading (reads its manifest; a damaged one is an
+    /// error that says so).
     fn open_snapshot(
         &self,
         ns: &BackupNamespace,
@@ -137,25 +140,19 @@ impl DatastoreAccess for LocalAccess {
         ns: &BackupNamespace,
         group: Option<&BackupGroup>,
     ) -> Result<Vec<SnapshotSummary>> {
-        let mut out = Vec::new();
-        for entry in self.0.list_snapshots(ns, group)? {
-            let (files, size) = if entry.finished {
-                let manifest = self.0.read_manifest(ns, &entry.dir)?;
-                let size = manifest.files.iter().map(|f| f.size).sum();
-                (
-                    manifest
-                        .files
-                        .into_iter()
-                        .map(|f| f.filename.clone())
-                        .collect(),
-                    size,
-                )
-            } else {
-                (Vec::new(), 0)
-            };
-            out.push(SnapshotSummary { entry, files, size });
-        }
-        Ok(out)
+        Ok(self
+            .0
+            .list_snapshots_with_manifests(ns, group)?
+            .into_iter()
+            .map(|(entry, manifest)| {
+                let files = manifest.map(|m| m.files).unwrap_or_default();
+                SnapshotSummary {
+                    entry,
+                    size: files.iter().map(|f| f.size).sum(),
+                    files: files.into_iter().map(|f| f.filename).collect(),
+                }
+            })
+            .collect())
     }
 
     fn open_snapshot(

@@ -18,14 +18,28 @@ use crate::format::{digest_to_hex, Digest};
 
 pub const MANIFEST_BLOB_NAME: &str = "index.json.blob";
 
-/// A snapshot directory as found on disk.
+/// A snapshot directory as found on disk (or as a server lists it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotEntry {
     pub dir: BackupDir,
-    /// `index.json.blob` exists: the snapshot is complete.
+    /// `index.json.blob` exists: the backup was finished.
     pub finished: bool,
     pub protected: bool,
+    /// Finished, but its manifest cannot be read or decoded: why. Such a snapshot cannot be
+    /// opened; listings show it as damaged, and choosing a snapshot passes it by, so one
+    /// damaged manifest never stands in the way of the others.
+    pub damaged: Option<String>,
 }
+
+impl SnapshotEntry {
+    /// Finished with a manifest that reads: a snapshot that can be opened.
+    pub fn is_readable(&self) -> bool {
+        self.finished && self.damaged.is_none()
+    }
+}
+
+/// A listed snapshot with its manifest (`None` when unfinished or damaged).
+pub type ListedSnapshot = (SnapshotEntry, Option<Manifest>);
 
 /// Name prefix of a chunk store being built (followed by the builder's process id and
 /// build number).
@@ -179,12 +193,22 @@ impl LocalDatastore {
         Ok(groups)
     }
 
-    /// The snapshots of a group (finished or not), oldest first.
+    /// The snapshots of a group (finished or not), oldest first. Each manifest is read, to
+    /// find damaged ones.
     pub fn list_group_snapshots(
         &self,
         ns: &BackupNamespace,
         group: &BackupGroup,
     ) -> Result<Vec<SnapshotEntry>> {
+        Ok(entries_only(self.group_snapshots(ns, group)?))
+    }
+
+    /// The snapshots of a group with their manifests, oldest first.
+    fn group_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Vec<ListedSnapshot>> {
         let group_dir = self.group_path(ns, group);
         let mut out = Vec::new();
         for name in dir_names(&group_dir)? {
@@ -195,13 +219,20 @@ impl LocalDatastore {
             if !path.is_dir() {
                 continue;
             }
-            out.push(SnapshotEntry {
+            let (finished, manifest, damaged) = match load_manifest(&path) {
+                Ok(Some(manifest)) => (true, Some(manifest), None),
+                Ok(None) => (false, None, None),
+                Err(reason) => (true, None, Some(reason)),
+            };
+            let entry = SnapshotEntry {
                 dir: BackupDir::new(group.clone(), time)?,
-                finished: path.join(MANIFEST_BLOB_NAME).is_file(),
+                finished,
                 protected: path.join(".protected").exists(),
-            });
+                damaged,
+            };
+            out.push((entry, manifest));
         }
-        out.sort_by_key(|entry| entry.dir.time);
+        out.sort_by_key(|(entry, _)| entry.dir.time);
         Ok(out)
     }
 
@@ -211,6 +242,15 @@ impl LocalDatastore {
         ns: &BackupNamespace,
         group: Option<&BackupGroup>,
     ) -> Result<Vec<SnapshotEntry>> {
+        Ok(entries_only(self.list_snapshots_with_manifests(ns, group)?))
+    }
+
+    /// [`Self::list_snapshots`] with each snapshot's manifest.
+    pub fn list_snapshots_with_manifests(
+        &self,
+        ns: &BackupNamespace,
+        group: Option<&BackupGroup>,
+    ) -> Result<Vec<ListedSnapshot>> {
         let groups = match group {
             Some(group) => {
                 self.require_namespace(ns)?;
@@ -223,7 +263,7 @@ impl LocalDatastore {
         };
         let mut out = Vec::new();
         for group in groups {
-            out.extend(self.list_group_snapshots(ns, &group)?);
+            out.extend(self.group_snapshots(ns, &group)?);
         }
         Ok(out)
     }
@@ -252,8 +292,16 @@ impl LocalDatastore {
 
     /// The decoded manifest of a snapshot.
     pub fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
-        let raw = self.read_snapshot_file(ns, dir, MANIFEST_BLOB_NAME)?;
-        Manifest::from_blob(&raw).with_context(|| format!("{dir}/{MANIFEST_BLOB_NAME}"))
+        let path = self.snapshot_path(ns, dir);
+        match load_manifest(&path) {
+            Ok(Some(manifest)) => Ok(manifest),
+            Ok(None) if !path.is_dir() => bail!("snapshot {dir} not found in namespace '{ns}'"),
+            Ok(None) => bail!(
+                "snapshot {dir} has no manifest ({MANIFEST_BLOB_NAME}): its backup is still \
+                 running or was interrupted"
+            ),
+            Err(reason) => bail!("snapshot {dir} is damaged: {reason}"),
+        }
     }
 
     /// Stores an encoded chunk unless a chunk of that digest and size is already there
@@ -465,6 +513,38 @@ impl ChunkSource for LocalDatastore {
     }
 }
 
+/// The manifest of snapshot directory `path`: `None` if there is none (an unfinished
+/// backup), `Err(why)` if it cannot be read or decoded (a damaged snapshot).
+fn load_manifest(path: &Path) -> Result<Option<Manifest>, String> {
+    let file = match fs::File::open(path.join(MANIFEST_BLOB_NAME)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("cannot open {MANIFEST_BLOB_NAME}: {err}")),
+    };
+    // Bounded: a damaged file may be of any size.
+    let limit = crate::format::blob::MAX_BLOB_SIZE as u64;
+    let mut raw = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut raw)
+        .map_err(|err| format!("cannot read {MANIFEST_BLOB_NAME}: {err}"))?;
+    if raw.len() as u64 > limit {
+        return Err(format!(
+            "{MANIFEST_BLOB_NAME} is larger than any manifest can be"
+        ));
+    }
+    decode_manifest(&raw).map(Some)
+}
+
+/// Decodes a raw `index.json.blob`; the error says why it is damaged.
+pub fn decode_manifest(raw: &[u8]) -> Result<Manifest, String> {
+    // The error alone, not its chain: its message already names the cause.
+    Manifest::from_blob(raw).map_err(|err| format!("{MANIFEST_BLOB_NAME}: {err}"))
+}
+
+fn entries_only(listed: Vec<ListedSnapshot>) -> Vec<SnapshotEntry> {
+    listed.into_iter().map(|(entry, _)| entry).collect()
+}
+
 /// Names in a directory; a missing directory has none.
 fn dir_names(path: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(path) {
@@ -599,6 +679,65 @@ mod tests {
         } else {
             eprintln!("no direct I/O on this file system: only the page-cache path was tested");
         }
+    }
+
+    #[test]
+    fn a_damaged_manifest_marks_its_snapshot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".chunks")).unwrap();
+        let store = LocalDatastore::open(dir.path()).unwrap();
+        let ns = BackupNamespace::root();
+        let group = BackupGroup::parse("host/a").unwrap();
+        let good = crate::format::manifest::Manifest::new("host", "a", 1000)
+            .to_blob()
+            .unwrap();
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let manifests: [(i64, Option<&[u8]>); 5] = [
+            (1000, Some(&good)),
+            (2000, Some(b"")),
+            (3000, Some(&flipped)),
+            (4000, None), // unfinished
+            (5000, Some(&good)),
+        ];
+        for (time, manifest) in manifests {
+            let path = store.snapshot_path(&ns, &BackupDir::new(group.clone(), time).unwrap());
+            fs::create_dir_all(&path).unwrap();
+            if let Some(raw) = manifest {
+                fs::write(path.join(MANIFEST_BLOB_NAME), raw).unwrap();
+            }
+        }
+        let listed = store.list_snapshots_with_manifests(&ns, None).unwrap();
+        let states: Vec<(i64, bool, bool, bool)> = listed
+            .iter()
+            .map(|(e, m)| (e.dir.time, e.finished, e.is_readable(), m.is_some()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (1000, true, true, true),
+                (2000, true, false, false),
+                (3000, true, false, false),
+                (4000, false, false, false),
+                (5000, true, true, true),
+            ]
+        );
+        let reason = |i: usize| listed[i].0.damaged.clone().unwrap();
+        assert!(reason(1).contains("too short"), "{}", reason(1));
+        assert!(reason(2).contains("CRC"), "{}", reason(2));
+        // Reading the damaged one says so; the others read.
+        let err = store
+            .read_manifest(&ns, &listed[2].0.dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is damaged") && err.contains("CRC"), "{err}");
+        let err = store
+            .read_manifest(&ns, &listed[3].0.dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no manifest"), "{err}");
+        store.read_manifest(&ns, &listed[4].0.dir).unwrap();
     }
 
     #[test]

@@ -2,40 +2,44 @@
 
 use anyhow::{bail, Result};
 
+use super::local::SnapshotEntry;
 use super::names::{BackupDir, BackupGroup};
 use super::time::{epoch_to_rfc3339, parse_rfc3339};
 
-/// Resolves `TYPE/ID/TIME` against the finished snapshots `candidates`.
+/// Resolves `TYPE/ID/TIME` against the snapshots `candidates` (a listing: unfinished ones
+/// are passed by).
 ///
 /// TIME is an RFC 3339 time (`2026-04-13T10:00:00Z`), a unique prefix of one
-/// (`2026-04-13`), a Unix epoch, or `latest`; `TYPE/ID` alone is accepted when the group holds
-/// exactly one snapshot. Errors list what would have matched.
-pub fn resolve_snapshot(spec: &str, candidates: &[BackupDir]) -> Result<BackupDir> {
+/// (`2026-04-13`), a Unix epoch, or `latest` (the newest readable snapshot); `TYPE/ID` alone
+/// is accepted when the group holds exactly one readable snapshot. A damaged snapshot is
+/// chosen by none of them, as if it were not there, except that naming only damaged ones
+/// is an error that says why they cannot be read. Errors list what would have matched.
+pub fn resolve_snapshot(spec: &str, candidates: &[SnapshotEntry]) -> Result<BackupDir> {
     let parts: Vec<&str> = spec.splitn(3, '/').collect();
     if parts.len() < 2 {
         bail!("invalid snapshot '{spec}': expected TYPE/ID/TIME, e.g. host/myhost/latest");
     }
     let group = BackupGroup::parse(&format!("{}/{}", parts[0], parts[1]))?;
     let time = parts.get(2).copied().unwrap_or("").trim_end_matches('/');
-    let in_group: Vec<&BackupDir> = candidates.iter().filter(|d| d.group == group).collect();
+    let finished: Vec<&SnapshotEntry> = candidates.iter().filter(|s| s.finished).collect();
+    let in_group: Vec<&SnapshotEntry> = finished
+        .iter()
+        .copied()
+        .filter(|s| s.dir.group == group)
+        .collect();
     if in_group.is_empty() {
         bail!(
             "no snapshots in backup group '{group}'{}",
-            list_groups(candidates)
+            list_groups(&finished)
         );
     }
-    let matching: Vec<&BackupDir> = if time == "latest" {
-        in_group
-            .iter()
-            .max_by_key(|d| d.time)
-            .into_iter()
-            .copied()
-            .collect()
+    let matching: Vec<&SnapshotEntry> = if time == "latest" {
+        in_group.clone()
     } else if let Some(epoch) = parse_rfc3339(time) {
         in_group
             .iter()
             .copied()
-            .filter(|d| d.time == epoch)
+            .filter(|s| s.dir.time == epoch)
             .collect()
     } else if !time.is_empty() && time.bytes().all(|c| c.is_ascii_digit()) && time.len() > 4 {
         // Longer than a year: an epoch.
@@ -43,34 +47,58 @@ pub fn resolve_snapshot(spec: &str, candidates: &[BackupDir]) -> Result<BackupDi
         in_group
             .iter()
             .copied()
-            .filter(|d| d.time == epoch)
+            .filter(|s| s.dir.time == epoch)
             .collect()
     } else {
         in_group
             .iter()
             .copied()
-            .filter(|d| epoch_to_rfc3339(d.time).is_some_and(|t| t.starts_with(time)))
+            .filter(|s| epoch_to_rfc3339(s.dir.time).is_some_and(|t| t.starts_with(time)))
             .collect()
     };
-    match matching.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => bail!(
+    let (readable, damaged): (Vec<&SnapshotEntry>, Vec<&SnapshotEntry>) =
+        matching.into_iter().partition(|s| s.is_readable());
+    if time == "latest" {
+        if let Some(newest) = readable.iter().max_by_key(|s| s.dir.time) {
+            return Ok(newest.dir.clone());
+        }
+    }
+    match (readable.as_slice(), damaged.as_slice()) {
+        ([one], _) => Ok(one.dir.clone()),
+        ([], []) => bail!(
             "no snapshot '{spec}'; the group '{group}' has:{}",
-            list_dirs(&in_group)
+            list_snapshots(&in_group)
         ),
-        many => bail!(
+        ([], [one]) if time != "latest" => bail!(
+            "snapshot {} is damaged and cannot be read ({}); choose another snapshot of \
+             the group",
+            one.dir,
+            one.damaged.as_deref().unwrap_or_default()
+        ),
+        ([], damaged) => bail!(
+            "no readable snapshot '{spec}'; damaged:{}",
+            list_snapshots(damaged)
+        ),
+        (many, _) => bail!(
             "snapshot '{spec}' is ambiguous; it matches:{}",
-            list_dirs(many)
+            list_snapshots(many)
         ),
     }
 }
 
-fn list_dirs(dirs: &[&BackupDir]) -> String {
-    dirs.iter().map(|d| format!("\n  {d}")).collect()
+/// One snapshot a line, a damaged one with the reason.
+fn list_snapshots(snapshots: &[&SnapshotEntry]) -> String {
+    snapshots
+        .iter()
+        .map(|s| match &s.damaged {
+            Some(reason) => format!("\n  {} (damaged: {reason})", s.dir),
+            None => format!("\n  {}", s.dir),
+        })
+        .collect()
 }
 
-fn list_groups(candidates: &[BackupDir]) -> String {
-    let mut groups: Vec<&BackupGroup> = candidates.iter().map(|d| &d.group).collect();
+fn list_groups(candidates: &[&SnapshotEntry]) -> String {
+    let mut groups: Vec<&BackupGroup> = candidates.iter().map(|s| &s.dir.group).collect();
     groups.sort();
     groups.dedup();
     if groups.is_empty() {
@@ -128,7 +156,16 @@ pub fn resolve_archive_name<'a>(archive: &str, files: &'a [String]) -> Result<&'
 mod tests {
     use super::*;
 
-    fn dirs() -> Vec<BackupDir> {
+    fn entry(name: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            dir: BackupDir::parse(name).unwrap(),
+            finished: true,
+            protected: false,
+            damaged: None,
+        }
+    }
+
+    fn dirs() -> Vec<SnapshotEntry> {
         [
             "host/a/2026-04-13T10:00:00Z",
             "host/a/2026-04-13T12:00:00Z",
@@ -136,8 +173,58 @@ mod tests {
             "vm/100/2026-04-13T10:00:00Z",
         ]
         .iter()
-        .map(|s| BackupDir::parse(s).unwrap())
+        .map(|s| entry(s))
         .collect()
+    }
+
+    fn damaged(name: &str) -> SnapshotEntry {
+        SnapshotEntry {
+            damaged: Some("index.json.blob: manifest blob: too short".into()),
+            ..entry(name)
+        }
+    }
+
+    #[test]
+    fn damaged_and_unfinished_snapshots_are_passed_by() {
+        let mut all = dirs();
+        // The newest of host/a is damaged, a newer one of vm/100 unfinished.
+        all.push(damaged("host/a/2026-04-14T12:00:00Z"));
+        all.push(SnapshotEntry {
+            finished: false,
+            ..entry("vm/100/2026-04-16T10:00:00Z")
+        });
+        let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
+        assert_eq!(
+            pick("host/a/latest").unwrap(),
+            "host/a/2026-04-14T10:00:00Z"
+        );
+        // A prefix matching a good and a damaged one means the good one.
+        assert_eq!(
+            pick("host/a/2026-04-14").unwrap(),
+            "host/a/2026-04-14T10:00:00Z"
+        );
+        assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
+        assert_eq!(
+            pick("vm/100/latest").unwrap(),
+            "vm/100/2026-04-13T10:00:00Z"
+        );
+        // Naming the damaged one says why it cannot be read.
+        for spec in ["host/a/2026-04-14T12:00:00Z", "host/a/2026-04-14T12"] {
+            let err = pick(spec).unwrap_err().to_string();
+            assert!(
+                err.contains("damaged") && err.contains("too short"),
+                "{err}"
+            );
+        }
+        // A group of nothing but damaged snapshots has no latest.
+        let only = vec![damaged("host/b/2026-04-15T10:00:00Z")];
+        let err = resolve_snapshot("host/b/latest", &only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no readable snapshot") && err.contains("too short"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use super::fs_modes;
 use super::local::{LocalDatastore, MANIFEST_BLOB_NAME};
-use super::names::{is_safe_id, BackupDir, BackupNamespace};
+use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace};
 use crate::format::manifest::{FileInfo, Manifest};
 use crate::format::Digest;
 
@@ -210,6 +210,17 @@ impl Drop for PendingFile {
     }
 }
 
+/// Whether a backup of `group` is being written now: a writer holds the group's lock, so an
+/// unfinished snapshot in it is work in progress rather than a left-over. Probed by taking
+/// the lock shared for an instant, without waiting.
+pub fn backup_running(store: &LocalDatastore, ns: &BackupNamespace, group: &BackupGroup) -> bool {
+    let Ok(dir) = File::open(store.group_path(ns, group)) else {
+        return false;
+    };
+    // SAFETY: a valid open descriptor; the lock goes with it when `dir` is dropped.
+    unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
 /// Makes sure the group has a valid `owner` file, writing `owner` when it is missing, empty
 /// or not an auth id (a write cut short by a full disk, say: PBS would reject the group). The
 /// file is written under a temporary name and renamed, so it is whole or absent. The caller
@@ -336,6 +347,22 @@ mod tests {
         let manifest = store.read_manifest(&ns, &dir(1000)).unwrap();
         assert_eq!(manifest.files[0].filename, "x.conf.blob");
         assert_eq!(store.group_owner(&ns, &dir(1000).group).unwrap(), "me@pam");
+    }
+
+    #[test]
+    fn a_running_backup_is_told_from_a_left_over() {
+        let store = store();
+        let dir = dir_in("host/running", 1000);
+        let ns = BackupNamespace::root();
+        assert!(!backup_running(&store, &ns, &dir.group), "no group yet");
+        let writer = SnapshotWriter::begin(store.clone(), &ns, &dir, "me@pam").unwrap();
+        assert!(backup_running(&store, &ns, &dir.group));
+        // The probe leaves the lock as it found it: still the writer's.
+        assert!(backup_running(&store, &ns, &dir.group));
+        drop(writer);
+        assert!(!backup_running(&store, &ns, &dir.group));
+        // Nor does the probe keep a lock that would stop the next backup.
+        drop(SnapshotWriter::begin(store.clone(), &ns, &dir, "me@pam").unwrap());
     }
 
     #[test]

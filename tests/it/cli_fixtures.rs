@@ -466,3 +466,148 @@ fn a_missing_chunk_is_found() {
     std::fs::remove_file(store.join(".chunks").join(&digest[..4]).join(&digest)).unwrap();
     expect_failure(&store, &digest);
 }
+
+// ---- a damaged manifest: only its own snapshot is affected ----
+
+/// Fixture copy with three bad snapshot directories: the legacy snapshot's manifest emptied,
+/// the newest fixture-meta snapshot's manifest with a flipped byte, and a newer vm/100
+/// directory without a manifest.
+fn datastore_with_damaged_manifests() -> tempfile::TempDir {
+    let tmp = copy_datastore();
+    let store = tmp.path().join("ds");
+    std::fs::write(legacy_dir(&store).join("index.json.blob"), b"").unwrap();
+    let flipped = store.join("host/fixture-meta/2026-11-25T08:28:55Z/index.json.blob");
+    let mut raw = std::fs::read(&flipped).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0x01;
+    std::fs::write(&flipped, raw).unwrap();
+    std::fs::create_dir(store.join("vm/100/2026-11-26T00:00:00Z")).unwrap();
+    tmp
+}
+
+const DAMAGED_LEGACY: &str = "host/fixture-legacy/2026-11-25T08:28:42Z";
+const DAMAGED_META: &str = "host/fixture-meta/2026-11-25T08:28:55Z";
+const NO_MANIFEST: &str = "vm/100/2026-11-26T00:00:00Z";
+
+#[test]
+fn snapshots_lists_a_damaged_snapshot_marked_with_its_reason() {
+    let tmp = datastore_with_damaged_manifests();
+    let store = tmp.path().join("ds");
+    let list = json(&on(&store, &["snapshots", "--output-format", "json"]));
+    // The same snapshots as ever: the unfinished directory is no snapshot.
+    assert_eq!(snapshot_names(&list), ROOT_SNAPSHOTS);
+    let damaged = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["snapshot"] == name)
+            .unwrap()["damaged"]
+            .clone()
+    };
+    let legacy = damaged(DAMAGED_LEGACY);
+    assert!(legacy.as_str().unwrap().contains("too short"), "{legacy}");
+    let meta = damaged(DAMAGED_META);
+    assert!(meta.as_str().unwrap().contains("CRC"), "{meta}");
+    for good in ROOT_SNAPSHOTS
+        .iter()
+        .filter(|s| ![DAMAGED_LEGACY, DAMAGED_META].contains(s))
+    {
+        assert!(damaged(good).is_null(), "{good} is not damaged");
+    }
+
+    let out = on(&store, &["snapshots"]);
+    let text = String::from_utf8(ok_stdout(&out)).unwrap();
+    let line = |name: &str| text.lines().find(|l| l.contains(name)).unwrap().to_string();
+    assert!(
+        line(DAMAGED_LEGACY).contains("DAMAGED: index.json.blob"),
+        "{text}"
+    );
+    assert!(line(DAMAGED_META).contains("CRC"), "{text}");
+    assert!(
+        line("vm/100/2026-11-25T08:29:01Z").contains("drive-scsi0.img"),
+        "{text}"
+    );
+}
+
+#[test]
+fn verify_reports_damaged_and_manifestless_snapshots_and_checks_the_rest() {
+    let tmp = datastore_with_damaged_manifests();
+    let store = tmp.path().join("ds");
+    let out = on(&store, &["verify", "--output-format", "json"]);
+    assert!(!out.status.success(), "verify passed despite damage");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let results = report["snapshots"].as_array().unwrap();
+    let problems = |name: &str| -> String {
+        let found = results
+            .iter()
+            .find(|s| s["snapshot"] == name)
+            .unwrap_or_else(|| panic!("{name} not reported: {report}"));
+        found["problems"].to_string()
+    };
+    assert!(problems(DAMAGED_LEGACY).contains("too short"));
+    assert!(problems(DAMAGED_META).contains("CRC"));
+    assert!(problems(NO_MANIFEST).contains("no manifest"));
+    assert_eq!(report["failed"], 3, "{report}");
+    // Every other snapshot was checked, chunks and all.
+    assert_eq!(results.len(), 8 - 2 + 2 + 1);
+    let ok: Vec<&str> = results
+        .iter()
+        .filter(|s| s["ok"] == true)
+        .map(|s| s["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok.len(), 6, "{report}");
+    assert!(ok.contains(&"host/fixture-meta/2026-11-25T08:28:43Z"));
+    assert!(report["chunks-checked"].as_u64().unwrap() > 20);
+
+    let text = on(&store, &["verify"]);
+    assert!(!text.status.success());
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains(&format!("FAILED  {DAMAGED_LEGACY}"))
+            && stdout.contains(&format!("FAILED  {NO_MANIFEST}"))
+            && stdout.contains("ok      vm/100/2026-11-25T08:29:01Z"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn other_snapshots_read_as_if_the_damaged_one_were_not_there() {
+    let tmp = datastore_with_damaged_manifests();
+    let store = tmp.path().join("ds");
+    // By full time, in the group of a damaged snapshot.
+    let older = "host/fixture-meta/2026-11-25T08:28:43Z";
+    let files = json(&on(&store, &["files", older, "--output-format", "json"]));
+    assert!(files.to_string().contains("root.mpxar.didx"), "{files}");
+    // `latest` is the newest readable snapshot.
+    let out = on(&store, &["files", "host/fixture-meta/latest"]);
+    let text = String::from_utf8(ok_stdout(&out)).unwrap();
+    assert!(text.starts_with(older), "{text}");
+    // A prefix matching a good and a damaged snapshot means the good one.
+    assert!(on(&store, &["files", "host/fixture-meta/2026-11-25"])
+        .status
+        .success());
+    // Every readable snapshot by `latest` of its group: each is its group's newest readable
+    // one now (vm/100's newest directory has no manifest).
+    for (ns, snapshot, archive, sha) in ARCHIVES {
+        if snapshot == DAMAGED_LEGACY || snapshot == DAMAGED_META {
+            continue;
+        }
+        let spec = format!("{}/latest", snapshot.rsplit_once('/').unwrap().0);
+        let out = on(&store, &["--ns", ns, "restore", &spec, archive, "-"]);
+        assert_eq!(
+            hex::encode(Sha256::digest(ok_stdout(&out))),
+            sha,
+            "{spec} {archive}"
+        );
+    }
+    // Naming the damaged snapshot is an error that says why.
+    for spec in [DAMAGED_LEGACY, "host/fixture-legacy/latest"] {
+        let out = on(&store, &["restore", spec, "root.pxar", "-"]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("damaged") && err.contains("too short"),
+            "{err}"
+        );
+    }
+}

@@ -199,6 +199,32 @@ fn push_then_restore_gives_the_same_tree_in_every_mode() {
 }
 
 #[test]
+fn a_damaged_previous_manifest_is_passed_by_for_change_detection() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    small_tree(&tree);
+    let id = "damaged-previous";
+    push(&tree, id, 1000, ChangeDetection::Metadata, &["*.tmp"]);
+    push(&tree, id, 2000, ChangeDetection::Metadata, &["*.tmp"]);
+    let store = &store().1;
+    let newest = store.root().join(format!("host/{id}/1970-01-01T00:33:20Z"));
+    std::fs::write(newest.join("index.json.blob"), b"").unwrap();
+    // The newest readable snapshot (the first) is the base: nothing unchanged is read.
+    let (third, read) = push(&tree, id, 3000, ChangeDetection::Metadata, &["*.tmp"]);
+    assert_eq!(
+        read, 11,
+        "unchanged files were read (only .pxarexclude must be)"
+    );
+    assert!(third.walk.reused_files >= 3);
+    let target = work.path().join("restored");
+    restore(&format!("host/{id}/latest"), &target);
+    let mut expected = describe(&tree);
+    expected.remove(Path::new("excluded.tmp"));
+    expected.remove(Path::new("dir/sub/random"));
+    assert_eq!(describe(&target), expected);
+}
+
+#[test]
 fn unchanged_tree_is_not_read_again_and_adds_no_chunks() {
     let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let tree = work.path().join("tree");

@@ -68,14 +68,14 @@ fn push_and_open(dir: &Path, tree: &Path) -> (Arc<dyn ReadOnlyFs>, Arc<Recording
     let store = Arc::new(LocalDatastore::open(&ds).unwrap());
     let access = LocalAccess(store.clone());
     let ns = BackupNamespace::root();
-    let dirs: Vec<_> = access
+    let entries: Vec<_> = access
         .list_snapshots(&ns, None)
         .unwrap()
         .into_iter()
-        .map(|s| s.entry.dir)
+        .map(|s| s.entry)
         .collect();
     let snapshot = access
-        .open_snapshot(&ns, &resolve_snapshot("host/ra/latest", &dirs).unwrap())
+        .open_snapshot(&ns, &resolve_snapshot("host/ra/latest", &entries).unwrap())
         .unwrap();
     let chunks = Arc::new(Recording {
         inner: ChunkCache::new(Arc::new(VerifyingChunkReader::new(store)), 64 << 20, 0),

@@ -53,6 +53,70 @@ fn list_files_restore_and_verify_through_the_server() {
 }
 
 #[test]
+fn a_damaged_manifest_on_the_server_affects_only_its_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ds");
+    let status = Command::new("cp")
+        .args(["-r", "--no-preserve=mode,ownership"])
+        .arg(fixture_datastore())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let legacy = "host/fixture-legacy/2026-11-25T08:28:42Z";
+    let newest_meta = "host/fixture-meta/2026-11-25T08:28:55Z";
+    std::fs::write(copy.join(legacy).join("index.json.blob"), b"").unwrap();
+    let flipped = copy.join(newest_meta).join("index.json.blob");
+    let mut raw = std::fs::read(&flipped).unwrap();
+    raw[20] ^= 0x01;
+    std::fs::write(&flipped, raw).unwrap();
+    let server = TestServer::start(&copy, ServerConfig::default());
+
+    let list: serde_json::Value = serde_json::from_slice(ok(&pbsfs(
+        &server,
+        &["snapshots", "--output-format", "json"],
+    )))
+    .unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 7);
+    let damaged = |name: &str| {
+        list.iter().find(|s| s["snapshot"] == name).unwrap()["damaged"]
+            .as_str()
+            .map(str::to_string)
+    };
+    // The same reasons as for the local datastore.
+    assert!(damaged(legacy).unwrap().contains("too short"));
+    assert!(damaged(newest_meta).unwrap().contains("CRC"));
+    assert_eq!(damaged("host/fixture-data/2026-11-25T08:28:43Z"), None);
+
+    let files = pbsfs(&server, &["files", "host/fixture-meta/latest"]);
+    let text = String::from_utf8_lossy(ok(&files)).into_owned();
+    assert!(
+        text.starts_with("host/fixture-meta/2026-11-25T08:28:43Z"),
+        "{text}"
+    );
+    let raw = pbsfs(
+        &server,
+        &["restore", "host/fixture-data/latest", "root.ppxar", "-"],
+    );
+    assert_eq!(
+        sha256_hex(ok(&raw)),
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"
+    );
+
+    let verify = pbsfs(&server, &["verify"]);
+    assert!(!verify.status.success());
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        report.contains(&format!("FAILED  {legacy}"))
+            && report.contains(&format!("FAILED  {newest_meta}"))
+            && report.contains("ok      host/fixture-meta/2026-11-25T08:28:43Z")
+            && report.contains("2 failed"),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
     let tmp = tempfile::tempdir().unwrap();

@@ -279,6 +279,50 @@ fn an_unreadable_archive_fails_only_its_own_directory() {
 }
 
 #[test]
+fn a_snapshot_with_a_damaged_manifest_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ds");
+    let status = std::process::Command::new("cp")
+        .args(["-r", "--no-preserve=mode,ownership"])
+        .arg(datastore_dir())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(copy.join(LEGACY_SNAP).join("index.json.blob"), b"").unwrap();
+    let flipped = copy.join("host/fixture-meta/2026-11-25T08:28:55Z/index.json.blob");
+    let mut raw = std::fs::read(&flipped).unwrap();
+    raw[20] ^= 0x01;
+    std::fs::write(&flipped, raw).unwrap();
+
+    let store = Arc::new(LocalDatastore::open(&copy).unwrap());
+    let chunks = Arc::new(ChunkCache::new(
+        Arc::new(VerifyingChunkReader::new(store.clone())),
+        64 << 20,
+        0,
+    ));
+    let fs = StoreFs::new(
+        StoreSource::Local(store),
+        BackupNamespace::root(),
+        chunks,
+        None,
+    )
+    .unwrap();
+    assert_eq!(names(&fs, ""), ["host", "ns", "vm"]);
+    assert_eq!(names(&fs, "host/fixture-meta"), ["2026-11-25T08:28:43Z"]);
+    assert!(names(&fs, "host/fixture-legacy").is_empty());
+    assert_eq!(resolve(&fs, LEGACY_SNAP).unwrap_err(), Errno::ENOENT);
+    // The rest reads as before.
+    let file = resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links/hard-a")).unwrap();
+    assert_eq!(
+        sha256_hex(&read_all(&fs, file.ino)),
+        expected_sha("links/hard-a")
+    );
+    let older = "host/fixture-meta/2026-11-25T08:28:43Z/root.pxar";
+    assert!(!names(&fs, older).is_empty());
+}
+
+#[test]
 fn a_namespace_can_be_the_root() {
     let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
     let chunks = Arc::new(ChunkCache::new(

@@ -516,7 +516,10 @@ fn admin(state: &State, call: &str, params: &HashMap<String, String>) -> HttpRes
                 .map_err(|e| e.to_string())?
             {
                 let files = snapshot_files(store, &ns, &entry.dir);
-                let size: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
+                // Like PBS: no size where the manifest cannot be read.
+                let size = entry
+                    .is_readable()
+                    .then(|| files.iter().filter_map(|f| f["size"].as_u64()).sum::<u64>());
                 out.push(json!({
                     "backup-type": entry.dir.group.backup_type.as_str(),
                     "backup-id": entry.dir.group.backup_id,
