@@ -39,9 +39,14 @@ pub struct RestoreArgs {
     /// name at any depth, `**` spans directories, a matching directory brings its subtree.
     #[arg(long, value_name = "GLOB")]
     pub pattern: Vec<String>,
-    /// Do not restore file owners (the default when not running as root).
+    /// Do not restore file owners (the default when not running as root). Setuid and setgid
+    /// bits are then cleared on files, as GNU tar does.
     #[arg(long)]
     pub no_owner: bool,
+    /// Extracting a pxar archive: go on past entries that cannot be read or written (a bad
+    /// chunk), restore everything else, list what was not restored and exit non-zero.
+    #[arg(long)]
+    pub ignore_errors: bool,
 }
 
 pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
@@ -169,14 +174,30 @@ fn extract_tree(
         allow_existing_dirs: true,
         patterns: args.pattern.clone(),
         restore_owner: !args.no_owner && unsafe { libc::geteuid() } == 0,
+        ignore_errors: args.ignore_errors,
     };
     let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options)?;
+    if stats.setid_cleared > 0 {
+        eprintln!(
+            "note: setuid/setgid bits cleared on {} files because their owners were not restored",
+            stats.setid_cleared
+        );
+    }
+    for failure in &stats.failed {
+        eprintln!("not restored: {failure}");
+    }
     eprintln!(
         "restored {} entries ({} bytes of file data) into {}",
         stats.entries,
         stats.bytes,
         target.display()
     );
+    if !stats.failed.is_empty() {
+        bail!(
+            "{} entries could not be restored (listed above)",
+            stats.failed.len()
+        );
+    }
     Ok(())
 }
 
