@@ -85,6 +85,10 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
             return extract_tree(args, meta, payload);
         }
     }
+    if args.ignore_errors {
+        // A stream with a hole is no use as an image or archive: better no file at all.
+        bail!("--ignore-errors applies only when extracting a pxar archive into a directory");
+    }
     let names: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
     let filename = resolve_archive_name(&args.archive, &names)?.to_string();
 
@@ -114,7 +118,9 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     if args.target == "-" {
         let stdout = io::stdout();
         let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-        return write_all(&mut out);
+        return write_all(&mut out).with_context(|| {
+            format!("writing {filename} to stdout stopped part way: the output is incomplete")
+        });
     }
     let target = PathBuf::from(&args.target);
     if target.is_dir() {
@@ -131,12 +137,12 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     }
     // Write next to the target and rename at the end: a failed restore leaves no partial file
     // under the target name.
-    let partial = partial_path(&target);
+    let (partial, file) = create_temp_beside(&target)?;
     let result = (|| -> Result<()> {
-        let file = fs::File::create(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        write_all(&mut out)?;
+        write_all(&mut out).with_context(|| {
+            format!("cannot restore {filename} to {} (nothing written)", target.display())
+        })?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&partial, &target)
             .with_context(|| format!("cannot rename to {}", target.display()))?;
@@ -201,8 +207,21 @@ fn extract_tree(
     Ok(())
 }
 
-fn partial_path(target: &Path) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(".pbsfs-partial");
-    target.with_file_name(name)
+/// Creates `.NAME.pbsfs-tmp-XXXXXXXX` next to `target`, exclusively (never an existing file
+/// or a planted symlink).
+fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    loop {
+        let temp = target.with_file_name(format!(
+            ".{name}.pbsfs-tmp-{:08x}",
+            rand::random::<u32>()
+        ));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create {}", temp.display()))
+            }
+        }
+    }
 }
