@@ -238,4 +238,34 @@ mod tests {
         reader.release(1000, 5000..6000); // past the end
         assert_eq!(*recorder.0.lock().unwrap(), [1, 2, 3]);
     }
+
+    /// Fails every chunk the way the verifying reader does (its context names the digest).
+    struct Broken;
+
+    impl ChunkReader for Broken {
+        fn read_chunk(&self, digest: &Digest, _expected_len: u64) -> Result<Arc<Vec<u8>>> {
+            Err(anyhow::anyhow!("blob CRC mismatch"))
+                .with_context(|| format!("chunk {}", digest_to_hex(digest)))
+        }
+    }
+
+    #[test]
+    fn a_failed_read_carries_which_chunk_failed_and_why() {
+        let digests = (0..4u8).map(|n| [n; 32]).collect();
+        let index = AnyIndex::Fixed(FixedIndex::new(4096, 1024, digests).unwrap());
+        let reader = IndexReader::new("test.img.fidx", Arc::new(index), Arc::new(Broken));
+        let err = reader.read_at(&mut [0u8; 8], 2050).unwrap_err();
+        let chunk = ChunkError::in_io(&err).expect("a chunk error");
+        assert_eq!(
+            (chunk.position, chunk.digest, chunk.range.clone()),
+            (2, [2; 32], 2048..3072)
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "test.img.fidx chunk #2 {} (stream bytes 2048..3072): blob CRC mismatch",
+                digest_to_hex(&[2; 32])
+            )
+        );
+    }
 }
