@@ -101,7 +101,11 @@ fn datastore_with_bad_chunk(digest: &str) -> tempfile::TempDir {
         .status()
         .unwrap();
     assert!(status.success());
-    let path = tmp.path().join("ds/.chunks").join(&digest[..4]).join(digest);
+    let path = tmp
+        .path()
+        .join("ds/.chunks")
+        .join(&digest[..4])
+        .join(digest);
     let mut raw = std::fs::read(&path).unwrap();
     let middle = raw.len() / 2;
     raw[middle] ^= 1;
@@ -154,7 +158,8 @@ fn a_bad_chunk_stops_the_restore_naming_file_and_chunk_without_a_partial_file() 
         ("host/fixture-data/latest", "root.ppxar.didx"),
     ] {
         let target = tmp.path().join(index);
-        let (out, stderr) = restore_from(&store, &[snapshot, "root.pxar", target.to_str().unwrap()]);
+        let (out, stderr) =
+            restore_from(&store, &[snapshot, "root.pxar", target.to_str().unwrap()]);
         assert!(!out.status.success(), "{snapshot}: restore passed");
         for needle in [
             "data/big-text",
@@ -163,7 +168,10 @@ fn a_bad_chunk_stops_the_restore_naming_file_and_chunk_without_a_partial_file() 
             BIG_TEXT_CHUNK,
             "CRC mismatch",
         ] {
-            assert!(stderr.contains(needle), "{snapshot}: no {needle:?} in {stderr}");
+            assert!(
+                stderr.contains(needle),
+                "{snapshot}: no {needle:?} in {stderr}"
+            );
         }
         assert!(!stderr.contains("truncated"), "{stderr}");
         assert_reads_once(&stderr);
@@ -184,7 +192,12 @@ fn ignore_errors_restores_everything_else_and_lists_what_it_could_not() {
         let target = tmp.path().join(snapshot.replace('/', "_"));
         let (out, stderr) = restore_from(
             &store,
-            &[snapshot, "root.pxar", target.to_str().unwrap(), "--ignore-errors"],
+            &[
+                snapshot,
+                "root.pxar",
+                target.to_str().unwrap(),
+                "--ignore-errors",
+            ],
         );
         assert!(!out.status.success(), "{snapshot}: exit status 0");
         let listed: Vec<&str> = stderr
@@ -236,15 +249,27 @@ fn a_bad_chunk_leaves_no_image_file_and_fails_clearly_on_stdout() {
     let store = tmp.path().join("ds");
     let target = tmp.path().join("out/drive.img");
     std::fs::create_dir(tmp.path().join("out")).unwrap();
-    let (out, stderr) = restore_from(&store, &["vm/100/latest", "drive-scsi0.img", target.to_str().unwrap()]);
+    let (out, stderr) = restore_from(
+        &store,
+        &["vm/100/latest", "drive-scsi0.img", target.to_str().unwrap()],
+    );
     assert!(!out.status.success());
-    assert!(stderr.contains("chunk #1") && stderr.contains(IMAGE_CHUNK), "{stderr}");
+    assert!(
+        stderr.contains("chunk #1") && stderr.contains(IMAGE_CHUNK),
+        "{stderr}"
+    );
     assert_reads_once(&stderr);
-    assert_eq!(std::fs::read_dir(tmp.path().join("out")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("out")).unwrap().count(),
+        0
+    );
 
     let (out, stderr) = restore_from(&store, &["vm/100/latest", "drive-scsi0.img", "-"]);
     assert!(!out.status.success());
-    assert!(stderr.contains("stdout") && stderr.contains("incomplete"), "{stderr}");
+    assert!(
+        stderr.contains("stdout") && stderr.contains("incomplete"),
+        "{stderr}"
+    );
     assert!(stderr.contains(IMAGE_CHUNK), "{stderr}");
     assert_reads_once(&stderr);
 }
@@ -257,7 +282,11 @@ fn no_owner_clears_setuid_with_one_note_and_owners_keep_it() {
     let tmp = tempfile::tempdir().unwrap();
 
     let kept = tmp.path().join("kept");
-    let out = restore(&["host/fixture-legacy/latest", "root.pxar", kept.to_str().unwrap()]);
+    let out = restore(&[
+        "host/fixture-legacy/latest",
+        "root.pxar",
+        kept.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     assert_eq!(mode(&kept.join("data/setuid-bin")).mode() & 0o7777, 0o4755);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("setuid"));
@@ -270,7 +299,10 @@ fn no_owner_clears_setuid_with_one_note_and_owners_keep_it() {
         "--no-owner",
     ]);
     assert!(out.status.success());
-    assert_eq!(mode(&cleared.join("data/setuid-bin")).mode() & 0o7777, 0o755);
+    assert_eq!(
+        mode(&cleared.join("data/setuid-bin")).mode() & 0o7777,
+        0o755
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("setuid/setgid").count(), 1, "{stderr}");
     // Other modes (the sticky bit included) are untouched.

@@ -141,7 +141,10 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         write_all(&mut out).with_context(|| {
-            format!("cannot restore {filename} to {} (nothing written)", target.display())
+            format!(
+                "cannot restore {filename} to {} (nothing written)",
+                target.display()
+            )
         })?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&partial, &target)
@@ -212,11 +215,13 @@ fn extract_tree(
 fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     loop {
-        let temp = target.with_file_name(format!(
-            ".{name}.pbsfs-tmp-{:08x}",
-            rand::random::<u32>()
-        ));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+        let temp =
+            target.with_file_name(format!(".{name}.pbsfs-tmp-{:08x}", rand::random::<u32>()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
             Ok(file) => return Ok((temp, file)),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(err) => {

@@ -153,7 +153,9 @@ pub fn extract_with_accessor<S: ItemSource>(
             Ok(None) => break,
             Err(err) => match (&input, accessor) {
                 (Input::Decoder(_), Some(accessor)) if options.ignore_errors => {
-                    input = Input::Walk(TableWalk::after(accessor, last_offset).map_err(|_| err)?);
+                    input = Input::Walk(Box::new(
+                        TableWalk::after(accessor, last_offset).map_err(|_| err)?,
+                    ));
                     continue;
                 }
                 _ => return Err(err.into()),
@@ -176,7 +178,7 @@ pub fn extract_with_accessor<S: ItemSource>(
 /// in unreadable metadata) a walk through the goodbye tables.
 enum Input<'a, S> {
     Decoder(&'a mut Decoder<S>),
-    Walk(TableWalk<'a>),
+    Walk(Box<TableWalk<'a>>),
 }
 
 impl<S: ItemSource> Input<'_, S> {
@@ -349,12 +351,12 @@ impl Extractor<'_> {
                         self.stats.bytes += self
                             .copy_link_target(accessor, entry, parent, &name)
                             .with_context(|| {
-                                format!(
-                                    "extracting {} (a copy of its hardlink target {})",
-                                    show(path),
-                                    show(target_path)
-                                )
-                            })?;
+                            format!(
+                                "extracting {} (a copy of its hardlink target {})",
+                                show(path),
+                                show(target_path)
+                            )
+                        })?;
                         self.copied_targets
                             .insert(target_path.clone(), path.to_vec());
                     }

@@ -68,9 +68,9 @@ impl<'a> TableWalk<'a> {
                 continue;
             };
             let following = level.children.front().map(|next| match next {
-                    Ok(entry) => entry.filename_offset,
-                    Err((offset, _)) => *offset,
-                });
+                Ok(entry) => entry.filename_offset,
+                Err((offset, _)) => *offset,
+            });
             let depth = self.stack.len();
             let parent = &self.stack[depth - 1].path;
             let child = match child {

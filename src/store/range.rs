@@ -32,7 +32,13 @@ pub struct ChunkError {
 }
 
 impl ChunkError {
-    fn new(archive: &str, position: usize, digest: Digest, range: Range<u64>, err: anyhow::Error) -> Self {
+    fn new(
+        archive: &str,
+        position: usize,
+        digest: Digest,
+        range: Range<u64>,
+        err: anyhow::Error,
+    ) -> Self {
         let reason = format!("{err:#}");
         // The verifying reader names the digest as its context; this error names it already.
         let reason = reason
@@ -178,10 +184,12 @@ impl ReadAt for IndexReader {
             else {
                 break; // end of stream
             };
-            let data = self.chunk(position).map_err(|err| match err.downcast::<ChunkError>() {
-                Ok(chunk_err) => io::Error::new(io::ErrorKind::InvalidData, chunk_err),
-                Err(other) => io::Error::new(io::ErrorKind::InvalidData, format!("{other:#}")),
-            })?;
+            let data = self
+                .chunk(position)
+                .map_err(|err| match err.downcast::<ChunkError>() {
+                    Ok(chunk_err) => io::Error::new(io::ErrorKind::InvalidData, chunk_err),
+                    Err(other) => io::Error::new(io::ErrorKind::InvalidData, format!("{other:#}")),
+                })?;
             let within = within as usize;
             if within >= data.len() {
                 return Err(io::Error::new(
