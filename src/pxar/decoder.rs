@@ -278,12 +278,12 @@ impl<S: ItemSource> Decoder<S> {
     fn finish_file(&mut self) -> Result<()> {
         if let Some(file) = self.file.take() {
             if let FileData::Inline { data_offset } = file.data {
-                let end = data_offset + file.size;
                 let position = self.src.position();
-                if position > end {
-                    return Err(DecodeError::invalid(position, "read past the file's data"));
-                }
-                self.src.skip(end - position)?;
+                let rest = data_offset
+                    .checked_add(file.size)
+                    .and_then(|end| end.checked_sub(position))
+                    .ok_or_else(|| DecodeError::invalid(position, "file data out of range"))?;
+                self.src.skip(rest)?;
             }
         }
         Ok(())
