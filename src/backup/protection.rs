@@ -27,7 +27,7 @@ pub enum NotReusable {
         previous: &'static str,
         current: &'static str,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] ManifestError),
 }
 

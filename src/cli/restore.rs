@@ -40,9 +40,14 @@ pub struct RestoreArgs {
     /// name at any depth, `**` spans directories, a matching directory brings its subtree.
     #[arg(long, value_name = "GLOB")]
     pub pattern: Vec<String>,
-    /// Do not restore file owners (the default when not running as root).
+    /// Do not restore file owners (the default when not running as root). Setuid and setgid
+    /// bits are then cleared on files, as GNU tar does.
     #[arg(long)]
     pub no_owner: bool,
+    /// Extracting a pxar archive: go on past entries that cannot be read or written (a bad
+    /// chunk), restore everything else, list what was not restored and exit non-zero.
+    #[arg(long)]
+    pub ignore_errors: bool,
 }
 
 pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
@@ -81,6 +86,10 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
             return extract_tree(args, meta, payload);
         }
     }
+    if args.ignore_errors {
+        // A stream with a hole is no use as an image or archive: better no file at all.
+        bail!("--ignore-errors applies only when extracting a pxar archive into a directory");
+    }
     let names: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
     let filename = resolve_archive_name(&args.archive, &names)?.to_string();
 
@@ -110,7 +119,9 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     if args.target == "-" {
         let stdout = io::stdout();
         let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-        return write_all(&mut out);
+        return write_all(&mut out).with_context(|| {
+            format!("writing {filename} to stdout stopped part way: the output is incomplete")
+        });
     }
     let target = PathBuf::from(&args.target);
     if target.is_dir() {
@@ -127,12 +138,15 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     }
     // Write next to the target and rename at the end: a failed restore leaves no partial file
     // under the target name.
-    let partial = partial_path(&target);
+    let (partial, file) = create_temp_beside(&target)?;
     let result = (|| -> Result<()> {
-        let file = fs::File::create(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        write_all(&mut out)?;
+        write_all(&mut out).with_context(|| {
+            format!(
+                "cannot restore {filename} to {} (nothing written)",
+                target.display()
+            )
+        })?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&partial, &target)
             .with_context(|| format!("cannot rename to {}", target.display()))?;
@@ -170,19 +184,50 @@ fn extract_tree(
         allow_existing_dirs: true,
         patterns: args.pattern.clone(),
         restore_owner: !args.no_owner && unsafe { libc::geteuid() } == 0,
+        ignore_errors: args.ignore_errors,
     };
     let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options)?;
+    if stats.setid_cleared > 0 {
+        eprintln!(
+            "note: setuid/setgid bits cleared on {} files because their owners were not restored",
+            stats.setid_cleared
+        );
+    }
+    for failure in &stats.failed {
+        eprintln!("not restored: {failure}");
+    }
     eprintln!(
         "restored {} entries ({} bytes of file data) into {}",
         stats.entries,
         stats.bytes,
         target.display()
     );
+    if !stats.failed.is_empty() {
+        bail!(
+            "{} entries could not be restored (listed above)",
+            stats.failed.len()
+        );
+    }
     Ok(())
 }
 
-fn partial_path(target: &Path) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(".pbsfs-partial");
-    target.with_file_name(name)
+/// Creates `.NAME.pbsfs-tmp-XXXXXXXX` next to `target`, exclusively (never an existing file
+/// or a planted symlink).
+fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    loop {
+        let temp =
+            target.with_file_name(format!(".{name}.pbsfs-tmp-{:08x}", rand::random::<u32>()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create {}", temp.display()))
+            }
+        }
+    }
 }

@@ -43,12 +43,12 @@ pub enum BlobError {
     Encrypted,
     #[error("blob decryption failed: wrong key or corrupted data")]
     Decrypt(#[source] CryptoError),
-    #[error("encryption failed: {0}")]
+    #[error("encryption failed")]
     Encrypt(#[source] CryptoError),
     #[error("Index and chunk CryptMode don't match: the index is {} but the chunk is {}",
         encrypted_word(*.index_encrypted), encrypted_word(!*.index_encrypted))]
     CryptModeMismatch { index_encrypted: bool },
-    #[error("zstd decompression failed: {0}")]
+    #[error("zstd decompression failed")]
     Decompress(#[source] std::io::Error),
     #[error("blob data larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },

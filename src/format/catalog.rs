@@ -21,7 +21,7 @@ const TRAILER_LEN: u64 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog I/O: {0}")]
+    #[error("catalog I/O")]
     Io(#[from] io::Error),
     #[error("not a catalog: bad magic")]
     BadMagic,

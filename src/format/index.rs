@@ -51,7 +51,7 @@ pub enum IndexError {
     EmptyFixedIndex,
     #[error("fixed index has {actual} entries, size and chunk size need {expected}")]
     EntryCountMismatch { expected: u64, actual: u64 },
-    #[error("index I/O error: {0}")]
+    #[error("index I/O error")]
     Io(#[from] std::io::Error),
 }
 

@@ -29,9 +29,9 @@ const SALT_LEN: usize = 32;
 
 #[derive(Debug, Error)]
 pub enum KeyFileError {
-    #[error("cannot read key file: {0}")]
+    #[error("cannot read key file")]
     Io(#[from] std::io::Error),
-    #[error("invalid key file: {0}")]
+    #[error("invalid key file")]
     Json(#[from] serde_json::Error),
     #[error("the key is protected by a password, but no password was given")]
     PasswordNeeded,

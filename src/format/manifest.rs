@@ -14,9 +14,9 @@ pub const MANIFEST_BLOB_NAME: &str = "index.json.blob";
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    #[error("manifest blob: {0}")]
+    #[error("manifest blob")]
     Blob(#[from] BlobError),
-    #[error("manifest JSON: {0}")]
+    #[error("manifest JSON")]
     Json(#[from] serde_json::Error),
     #[error("manifest has no entry for '{0}'")]
     NoSuchFile(String),

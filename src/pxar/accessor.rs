@@ -45,6 +45,9 @@ pub struct DirEntry {
     item_size: u64,
 }
 
+/// A listed child, or why the child at this FILENAME offset could not be listed.
+pub type ChildResult = std::result::Result<DirEntry, (u64, DecodeError)>;
+
 /// A random-access reader over a v1 archive or a v2 metadata + payload pair.
 pub struct Accessor {
     meta: Arc<dyn ReadAt>,
@@ -360,29 +363,51 @@ impl Accessor {
         if let Some(listing) = lock(&self.listings).get(&table.end) {
             return Ok(listing.clone());
         }
+        let listing: Arc<[DirEntry]> = self
+            .list_children(&table)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(_, err)| err)?
+            .into();
+        if listing.len() <= MAX_CACHED_LISTING {
+            lock(&self.listings).put(table.end, listing.clone());
+        }
+        Ok(listing)
+    }
+
+    /// [`Self::read_dir`] for a damaged archive: each child's name is read on its own, and a
+    /// child whose name cannot be read is an error in its place (with its FILENAME offset)
+    /// while the others are listed. Fails only if the goodbye table cannot be read.
+    pub fn read_dir_each(&self, dir: &Entry) -> Result<Vec<ChildResult>> {
+        self.list_children(&*self.dir_table_of(dir)?)
+    }
+
+    fn list_children(&self, table: &DirTable) -> Result<Vec<ChildResult>> {
         let items = table.all_items(&*self.meta)?;
         let mut located: Vec<(u64, GoodbyeItem)> = items
             .iter()
             .map(|item| Ok((table.child_filename_offset(item)?, *item)))
             .collect::<Result<_>>()?;
         located.sort_unstable_by_key(|(offset, _)| *offset);
-        let mut listing = Vec::with_capacity(located.len());
         // One cursor for all names: neighbours in archive order often share a window.
         let mut src = AtSource::new(&*self.meta, 0, table.goodbye);
-        for (index, (filename_offset, item)) in located.into_iter().enumerate() {
-            src.seek(filename_offset);
-            listing.push(DirEntry {
-                index,
-                name: items::read_filename(&mut src)?,
-                filename_offset,
-                parent_end: table.goodbye,
-                item_size: item.size,
-            });
-        }
-        let listing: Arc<[DirEntry]> = listing.into();
-        if listing.len() <= MAX_CACHED_LISTING {
-            lock(&self.listings).put(table.end, listing.clone());
-        }
+        let listing = located
+            .into_iter()
+            .enumerate()
+            .map(|(index, (filename_offset, item))| {
+                src.seek(filename_offset);
+                match items::read_filename(&mut src) {
+                    Ok(name) => Ok(DirEntry {
+                        index,
+                        name,
+                        filename_offset,
+                        parent_end: table.goodbye,
+                        item_size: item.size,
+                    }),
+                    Err(err) => Err((filename_offset, err)),
+                }
+            })
+            .collect();
         Ok(listing)
     }
 
@@ -443,11 +468,11 @@ impl Accessor {
         let buf = &mut buf[..len];
         match (data, &self.payload) {
             (FileData::Inline { data_offset }, _) => {
-                read_exact(&*self.meta, buf, data_offset + offset)?;
+                items::read_exact_at(&*self.meta, buf, data_offset + offset)?;
             }
             (FileData::PayloadRef { payload_offset }, Some(payload)) => {
                 self.check_payload_header(&**payload, payload_offset, size)?;
-                read_exact(&**payload, buf, payload_offset + HEADER_SIZE + offset)?;
+                items::read_exact_at(&**payload, buf, payload_offset + HEADER_SIZE + offset)?;
             }
             (FileData::PayloadRef { .. }, None) => {
                 return Err(DecodeError::WrongKind("entry belongs to a split archive"))
@@ -497,18 +522,9 @@ impl Accessor {
     }
 }
 
-fn read_exact(reader: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<()> {
-    reader
-        .read_exact_at(buf, offset)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => DecodeError::Truncated { offset },
-            _ => err.into(),
-        })
-}
-
 fn read_header_at(reader: &dyn ReadAt, offset: u64) -> Result<Header> {
     let mut raw = [0u8; 16];
-    read_exact(reader, &mut raw, offset)?;
+    items::read_exact_at(reader, &mut raw, offset)?;
     Ok(Header::from_bytes(&raw))
 }
 

@@ -5,8 +5,8 @@ use std::io;
 /// Why an archive could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The underlying reader failed.
-    #[error("pxar read error: {0}")]
+    /// The underlying reader failed (its message says how: a bad chunk, an I/O error).
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The archive ends inside an item.
     #[error("pxar archive truncated at offset {offset}")]

@@ -237,11 +237,7 @@ impl<S: ItemSource> Decoder<S> {
             .filter(|&end| end <= payload.size() && payload_offset >= self.payload_consumed)
             .ok_or_else(|| DecodeError::invalid(at, "payload reference out of order or range"))?;
         let mut raw = [0u8; 16];
-        payload
-            .read_exact_at(&mut raw, payload_offset)
-            .map_err(|_| DecodeError::Truncated {
-                offset: payload_offset,
-            })?;
+        items::read_exact_at(&**payload, &mut raw, payload_offset)?;
         let header = super::format::Header::from_bytes(&raw);
         if header.htype != PXAR_PAYLOAD || header.content_size() != Some(size) {
             return Err(DecodeError::invalid(
@@ -266,9 +262,7 @@ impl<S: ItemSource> Decoder<S> {
             (FileData::Inline { .. }, _) => self.src.read_exact(&mut buf[..len])?,
             (FileData::PayloadRef { payload_offset }, Some(payload)) => {
                 let at = payload_offset + HEADER_SIZE + file.read;
-                payload
-                    .read_exact_at(&mut buf[..len], at)
-                    .map_err(|_| DecodeError::Truncated { offset: at })?;
+                items::read_exact_at(&**payload, &mut buf[..len], at)?;
             }
             (FileData::PayloadRef { .. }, None) => {
                 return Err(DecodeError::WrongKind("no payload stream"))
@@ -278,11 +272,18 @@ impl<S: ItemSource> Decoder<S> {
         Ok(len)
     }
 
-    /// Skips what is left of the current file's inline data.
+    /// Skips what is left of the current file's inline data. Measured from the stream
+    /// position rather than from what was read, so that the walk goes on at the next entry
+    /// even after a failed read of the contents left the cursor anywhere inside them.
     fn finish_file(&mut self) -> Result<()> {
         if let Some(file) = self.file.take() {
-            if let FileData::Inline { .. } = file.data {
-                self.src.skip(file.size - file.read)?;
+            if let FileData::Inline { data_offset } = file.data {
+                let position = self.src.position();
+                let rest = data_offset
+                    .checked_add(file.size)
+                    .and_then(|end| end.checked_sub(position))
+                    .ok_or_else(|| DecodeError::invalid(position, "file data out of range"))?;
+                self.src.skip(rest)?;
             }
         }
         Ok(())
@@ -298,9 +299,7 @@ impl<S: ItemSource> Iterator for Decoder<S> {
 
 fn check_payload_start(payload: &dyn ReadAt) -> Result<()> {
     let mut raw = [0u8; 16];
-    payload
-        .read_exact_at(&mut raw, 0)
-        .map_err(|_| DecodeError::Truncated { offset: 0 })?;
+    items::read_exact_at(payload, &mut raw, 0)?;
     let header = super::format::Header::from_bytes(&raw);
     if header.htype != PXAR_PAYLOAD_START_MARKER || header.full_size != HEADER_SIZE {
         return Err(DecodeError::invalid(

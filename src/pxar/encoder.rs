@@ -41,7 +41,7 @@ impl LinkOffset {
 
 #[derive(Debug, Error)]
 pub enum EncodeError {
-    #[error("write failed: {0}")]
+    #[error("write failed")]
     Io(#[from] io::Error),
     #[error("invalid file name {name:?}: {reason}")]
     InvalidName { name: Vec<u8>, reason: &'static str },

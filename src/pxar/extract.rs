@@ -22,6 +22,7 @@ use anyhow::{bail, Context};
 
 use super::accessor::Accessor;
 use super::acl;
+use super::decode_error::DecodeError;
 use super::decoder::{DecodedEntry, Decoder};
 use super::entry::Entry;
 use super::entry::EntryKind;
@@ -29,6 +30,7 @@ use super::format::join_dev;
 use super::items::{is_valid_name, ItemSource};
 use super::metadata::Metadata;
 use super::pattern::PatternSet;
+use super::table_walk::TableWalk;
 
 /// How to extract.
 #[derive(Clone, Debug)]
@@ -40,8 +42,13 @@ pub struct ExtractOptions {
     /// Only entries matching one of these (or inside a matching directory) are extracted,
     /// with the directories leading to them; empty selects everything.
     pub patterns: Vec<String>,
-    /// chown to the archived owner (needs root).
+    /// chown to the archived owner (needs root). Without it, setuid and setgid are cleared
+    /// on everything but directories, as GNU tar does: the bits would otherwise apply to
+    /// whoever restores.
     pub restore_owner: bool,
+    /// Go on past entries that cannot be read or written, and list them in
+    /// [`ExtractStats::failed`], instead of stopping at the first.
+    pub ignore_errors: bool,
 }
 
 impl Default for ExtractOptions {
@@ -51,19 +58,40 @@ impl Default for ExtractOptions {
             allow_existing_dirs: false,
             patterns: Vec::new(),
             restore_owner: true,
+            ignore_errors: false,
         }
     }
 }
 
 /// What an extraction did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct ExtractStats {
     pub entries: u64,
     pub bytes: u64,
+    /// Entries whose setuid/setgid bits were dropped because their owner was not restored.
+    pub setid_cleared: u64,
+    /// With `ignore_errors`: the entries not restored (or not completely), in archive order.
+    pub failed: Vec<Failure>,
+}
+
+/// An entry that could not be restored.
+#[derive(Debug)]
+pub struct Failure {
+    /// Path in the archive (lossy UTF-8).
+    pub path: String,
+    pub error: anyhow::Error,
+}
+
+/// The error's chain, which names the entry.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
 }
 
 /// A directory on the way down: created lazily, finished (metadata) when left.
 struct OpenDir {
+    path: Vec<u8>,
     name: Vec<u8>,
     metadata: Metadata,
     /// Created (or reused) on disk.
@@ -86,112 +114,261 @@ pub fn extract<S: ItemSource>(
 
 /// [`extract`], with random access to the same archive: a hardlink whose target was not
 /// extracted gets the target's contents and metadata copied from the archive, and later
-/// links to the same target become hardlinks of that copy.
+/// links to the same target become hardlinks of that copy. With `ignore_errors`, the
+/// accessor also lets the extraction go on behind unreadable metadata (see [`TableWalk`]).
+///
+/// Regular files are written under a temporary name in their directory and renamed once
+/// complete with their metadata: a failed extraction leaves no partial file under a real name.
 pub fn extract_with_accessor<S: ItemSource>(
     decoder: &mut Decoder<S>,
     accessor: Option<&Accessor>,
     target: &Path,
     options: &ExtractOptions,
 ) -> anyhow::Result<ExtractStats> {
-    // Hardlink target path → path of the copy made in its place.
-    let mut copied_targets: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let patterns = PatternSet::new(&options.patterns);
-    let mut stats = ExtractStats::default();
     let root = decoder.next_entry()?.context("archive has no root entry")?;
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let root_fd = open_dir_path(target).with_context(|| format!("opening {}", target.display()))?;
-    let mut stack = vec![OpenDir {
-        name: Vec::new(),
-        metadata: root.entry.metadata,
-        fd: Some(root_fd),
-        matched: patterns.is_empty(),
-    }];
-    let mut buffer = vec![0u8; 1 << 20];
-    while let Some(item) = decoder.next_entry()? {
+    let patterns = PatternSet::new(&options.patterns);
+    let mut extractor = Extractor {
+        options,
+        accessor,
+        stats: ExtractStats::default(),
+        copied_targets: HashMap::new(),
+        buffer: vec![0u8; 1 << 20],
+        stack: vec![OpenDir {
+            path: Vec::new(),
+            name: Vec::new(),
+            metadata: root.entry.metadata,
+            fd: Some(root_fd),
+            matched: patterns.is_empty(),
+        }],
+        patterns,
+    };
+    let mut input = Input::Decoder(decoder);
+    // FILENAME offset of the last entry decoded: where a table walk takes over.
+    let mut last_offset = 0;
+    loop {
+        let item = match input.next_entry() {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(err) => match (&input, accessor) {
+                (Input::Decoder(_), Some(accessor)) if options.ignore_errors => {
+                    input = Input::Walk(Box::new(
+                        TableWalk::after(accessor, last_offset).map_err(|_| err)?,
+                    ));
+                    continue;
+                }
+                _ => return Err(err.into()),
+            },
+        };
+        extractor.note_unreadable(&mut input);
+        last_offset = item.entry.filename_offset.unwrap_or(last_offset);
+        if item.depth == 0 || item.depth > extractor.stack.len() {
+            bail!("entry {} out of tree order", show(&item.path));
+        }
+        extractor.leave_dirs(item.depth)?;
+        extractor.entry(item, &mut input)?;
+    }
+    extractor.note_unreadable(&mut input);
+    extractor.leave_dirs(0)?;
+    Ok(extractor.stats)
+}
+
+/// Where entries and file contents come from: the sequential decoder, or (after it stopped
+/// in unreadable metadata) a walk through the goodbye tables.
+enum Input<'a, S> {
+    Decoder(&'a mut Decoder<S>),
+    Walk(Box<TableWalk<'a>>),
+}
+
+impl<S: ItemSource> Input<'_, S> {
+    fn next_entry(&mut self) -> Result<Option<DecodedEntry>, DecodeError> {
+        match self {
+            Input::Decoder(decoder) => decoder.next_entry(),
+            Input::Walk(walk) => Ok(walk.next_entry()),
+        }
+    }
+
+    fn read_contents(&mut self, buf: &mut [u8]) -> Result<usize, DecodeError> {
+        match self {
+            Input::Decoder(decoder) => decoder.read_contents(buf),
+            Input::Walk(walk) => walk.read_contents(buf),
+        }
+    }
+}
+
+struct Extractor<'a> {
+    options: &'a ExtractOptions,
+    accessor: Option<&'a Accessor>,
+    patterns: PatternSet,
+    stats: ExtractStats,
+    /// Hardlink target path → path of the copy made in its place.
+    copied_targets: HashMap<Vec<u8>, Vec<u8>>,
+    buffer: Vec<u8>,
+    /// The directories from the root down to the current entry's parent.
+    stack: Vec<OpenDir>,
+}
+
+impl Extractor<'_> {
+    /// With `ignore_errors` records the failure; otherwise it is the extraction's error.
+    fn check(&mut self, path: &[u8], result: anyhow::Result<()>) -> anyhow::Result<()> {
+        match result {
+            Err(err) if self.options.ignore_errors => {
+                self.failed(path, err);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn failed(&mut self, path: &[u8], error: anyhow::Error) {
+        self.stats.failed.push(Failure {
+            path: show(path),
+            error,
+        });
+    }
+
+    /// Records the entries a table walk found but could not decode.
+    fn note_unreadable<S>(&mut self, input: &mut Input<'_, S>) {
+        if let Input::Walk(walk) = input {
+            for lost in walk.take_unreadable() {
+                let path = show(&lost.path);
+                let error = anyhow::Error::new(lost.error).context(format!("cannot read {path}"));
+                self.failed(&lost.path, error);
+            }
+        }
+    }
+
+    /// Finishes the directories below `depth` (restores their metadata).
+    fn leave_dirs(&mut self, depth: usize) -> anyhow::Result<()> {
+        while self.stack.len() > depth {
+            let dir = self.stack.pop().unwrap();
+            let path = dir.path.clone();
+            let result = self.finish_dir(dir).with_context(|| {
+                format!("restoring the metadata of directory {}", show_dir(&path))
+            });
+            self.check(&path, result)?;
+        }
+        Ok(())
+    }
+
+    /// Restores a directory's metadata once its contents are in place (so its mtime and a
+    /// read-only mode stick). The target itself only takes the root's metadata when the
+    /// whole archive is extracted.
+    fn finish_dir(&mut self, dir: OpenDir) -> io::Result<()> {
+        let is_root = self.stack.is_empty();
+        match &dir.fd {
+            Some(fd) if dir.matched || !is_root => {
+                self.apply_to_fd(fd.as_raw_fd(), &dir.metadata, true)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn entry<S: ItemSource>(
+        &mut self,
+        item: DecodedEntry,
+        input: &mut Input<'_, S>,
+    ) -> anyhow::Result<()> {
         let DecodedEntry { path, depth, entry } = item;
-        if depth == 0 || depth > stack.len() {
-            bail!("entry {} out of tree order", show(&path));
-        }
-        while stack.len() > depth {
-            let dir = stack.pop().unwrap();
-            finish_dir(dir, false, options)
-                .with_context(|| format!("restoring {}", show(&path)))?;
-        }
-        let selected = stack[depth - 1].matched || patterns.matches(&path);
+        let selected = self.stack[depth - 1].matched || self.patterns.matches(&path);
         if let EntryKind::Directory = entry.kind {
-            stack.push(OpenDir {
+            self.stack.push(OpenDir {
+                path: path.clone(),
                 name: entry.name,
                 metadata: entry.metadata,
                 fd: None,
                 matched: selected,
             });
             if selected {
-                materialize(&mut stack, options)
-                    .with_context(|| format!("creating {}", show(&path)))?;
-                stats.entries += 1;
+                let result = materialize(&mut self.stack, self.options)
+                    .with_context(|| format!("creating {}", show(&path)));
+                if result.is_ok() {
+                    self.stats.entries += 1;
+                }
+                self.check(&path, result)?;
             }
-            continue;
+            return Ok(());
         }
         if !selected {
-            continue;
+            return Ok(());
         }
-        materialize(&mut stack, options)
-            .with_context(|| format!("creating parents of {}", show(&path)))?;
-        let parent = stack[depth - 1].fd.as_ref().unwrap().as_raw_fd();
-        let root = stack[0].fd.as_ref().unwrap().as_raw_fd();
+        let result = self.non_dir(&path, depth, &entry, input);
+        if result.is_ok() {
+            self.stats.entries += 1;
+        }
+        self.check(&path, result)
+    }
+
+    /// Creates anything but a directory, with its metadata.
+    fn non_dir<S: ItemSource>(
+        &mut self,
+        path: &[u8],
+        depth: usize,
+        entry: &Entry,
+        input: &mut Input<'_, S>,
+    ) -> anyhow::Result<()> {
+        materialize(&mut self.stack, self.options)
+            .with_context(|| format!("creating the directories of {}", show(path)))?;
+        let parent = self.stack[depth - 1].fd.as_ref().unwrap().as_raw_fd();
+        let root = self.stack[0].fd.as_ref().unwrap().as_raw_fd();
         let name = c_name(&entry.name)?;
-        let what = || format!("extracting {}", show(&path));
+        let what = || format!("extracting {}", show(path));
         match &entry.kind {
             EntryKind::File { .. } => {
-                let fd = replacing(parent, &name, options, || {
-                    open_at(
-                        parent,
-                        &name,
-                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                        0o600,
-                    )
-                })
-                .with_context(what)?;
-                let mut file = File::from(fd);
-                stats.bytes +=
-                    write_contents(decoder, &mut file, &mut buffer).with_context(what)?;
-                apply_to_fd(file.as_raw_fd(), &entry.metadata, false, options)
+                let mut file = TempFile::create(parent, &name, self.options).with_context(what)?;
+                let mut buffer = std::mem::take(&mut self.buffer);
+                let written =
+                    write_contents(|buf| input.read_contents(buf), &mut file.file, &mut buffer);
+                self.buffer = buffer;
+                self.stats.bytes += written.with_context(what)?;
+                self.apply_to_fd(file.file.as_raw_fd(), &entry.metadata, false)
                     .with_context(what)?;
+                file.commit(self.options).with_context(what)?;
             }
             EntryKind::Symlink { target } => {
                 let target = CString::new(target.clone()).context("symlink target with NUL")?;
-                replacing(parent, &name, options, || {
+                replacing(parent, &name, self.options, || {
                     cvt(unsafe { libc::symlinkat(target.as_ptr(), parent, name.as_ptr()) })
                 })
                 .with_context(what)?;
-                apply_to_node(parent, &name, &entry.metadata, true, options).with_context(what)?;
+                self.apply_to_node(parent, &name, &entry.metadata, true)
+                    .with_context(what)?;
             }
             EntryKind::Hardlink { target_path, .. } => {
-                let link_to = copied_targets.get(target_path).unwrap_or(target_path);
-                match link_at(root, link_to, parent, &name, options) {
-                    Err(err) if err.raw_os_error() == Some(libc::ENOENT) && accessor.is_some() => {
-                        let accessor = accessor.unwrap();
-                        stats.bytes += copy_link_target(accessor, &entry, parent, &name, options)
-                            .with_context(what)?;
-                        copied_targets.insert(target_path.clone(), path.clone());
-                    }
+                let link_to = self.copied_targets.get(target_path).unwrap_or(target_path);
+                match link_at(root, link_to, parent, &name, self.options) {
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                        return Err(err).with_context(|| {
+                        let Some(accessor) = self.accessor else {
+                            return Err(err).with_context(|| {
+                                format!(
+                                    "hardlink {}: target {} was not extracted",
+                                    show(path),
+                                    show(target_path)
+                                )
+                            });
+                        };
+                        self.stats.bytes += self
+                            .copy_link_target(accessor, entry, parent, &name)
+                            .with_context(|| {
                             format!(
-                                "hardlink {}: target {} was not extracted",
-                                show(&path),
+                                "extracting {} (a copy of its hardlink target {})",
+                                show(path),
                                 show(target_path)
                             )
-                        });
+                        })?;
+                        self.copied_targets
+                            .insert(target_path.clone(), path.to_vec());
                     }
                     other => other.with_context(what)?,
                 }
             }
             EntryKind::Device { major, minor } => {
                 let kind = entry.metadata.stat.mode as libc::mode_t & libc::S_IFMT;
-                make_node(parent, &name, kind, join_dev(*major, *minor), options)
+                make_node(parent, &name, kind, join_dev(*major, *minor), self.options)
                     .with_context(what)?;
-                apply_to_node(parent, &name, &entry.metadata, false, options).with_context(what)?;
+                self.apply_to_node(parent, &name, &entry.metadata, false)
+                    .with_context(what)?;
             }
             EntryKind::Fifo | EntryKind::Socket => {
                 let kind = if entry.kind == EntryKind::Fifo {
@@ -199,18 +376,255 @@ pub fn extract_with_accessor<S: ItemSource>(
                 } else {
                     libc::S_IFSOCK
                 };
-                make_node(parent, &name, kind, 0, options).with_context(what)?;
-                apply_to_node(parent, &name, &entry.metadata, false, options).with_context(what)?;
+                make_node(parent, &name, kind, 0, self.options).with_context(what)?;
+                self.apply_to_node(parent, &name, &entry.metadata, false)
+                    .with_context(what)?;
             }
-            EntryKind::Directory => unreachable!("handled above"),
+            EntryKind::Directory => unreachable!("handled by the caller"),
         }
-        stats.entries += 1;
+        Ok(())
     }
-    while let Some(dir) = stack.pop() {
-        let is_root = stack.is_empty();
-        finish_dir(dir, is_root, options).context("restoring directory metadata")?;
+
+    /// Writes a hardlink's target file (read through the accessor) in place of the link.
+    fn copy_link_target(
+        &mut self,
+        accessor: &Accessor,
+        link: &Entry,
+        parent: RawFd,
+        name: &CString,
+    ) -> anyhow::Result<u64> {
+        let target = accessor.follow_hardlink(link)?;
+        let mut file = TempFile::create(parent, name, self.options)?;
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut offset = 0u64;
+        let written = write_contents(
+            |buf| {
+                let n = accessor.read_file(&target, offset, buf)?;
+                offset += n as u64;
+                Ok(n)
+            },
+            &mut file.file,
+            &mut buffer,
+        );
+        self.buffer = buffer;
+        let written = written?;
+        self.apply_to_fd(file.file.as_raw_fd(), &target.metadata, false)?;
+        file.commit(self.options)?;
+        Ok(written)
     }
-    Ok(stats)
+
+    /// The mode to set: the archived one, without setuid/setgid on a non-directory whose
+    /// owner is not restored.
+    fn mode_for(&mut self, meta: &Metadata, is_dir: bool) -> libc::mode_t {
+        let mode = (meta.stat.mode & 0o7777) as libc::mode_t;
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        if self.options.restore_owner || is_dir || mode & setid == 0 {
+            return mode;
+        }
+        self.stats.setid_cleared += 1;
+        mode & !setid
+    }
+
+    /// Restores metadata through an open descriptor (files, directories), in the order that
+    /// keeps everything: owner first (chown drops setuid and capabilities), mode after the
+    /// ACLs, mtime last.
+    fn apply_to_fd(&mut self, fd: RawFd, meta: &Metadata, is_dir: bool) -> io::Result<()> {
+        let stat = &meta.stat;
+        if self.options.restore_owner {
+            cvt(unsafe { libc::fchown(fd, stat.uid, stat.gid) })?;
+        }
+        for (name, value) in attribute_xattrs(meta, is_dir) {
+            let name = CString::new(name).map_err(io::Error::other)?;
+            cvt(unsafe {
+                libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            })?;
+        }
+        let mode = self.mode_for(meta, is_dir);
+        cvt(unsafe { libc::fchmod(fd, mode) })?;
+        let times = mtime_spec(meta);
+        cvt(unsafe { libc::futimens(fd, times.as_ptr()) })?;
+        Ok(())
+    }
+
+    /// Restores metadata of a node that cannot be opened for writing (symlink, device, fifo,
+    /// socket) by name relative to its parent, never following a final symlink.
+    fn apply_to_node(
+        &mut self,
+        parent: RawFd,
+        name: &CString,
+        meta: &Metadata,
+        is_symlink: bool,
+    ) -> io::Result<()> {
+        let stat = &meta.stat;
+        if self.options.restore_owner {
+            cvt(unsafe {
+                libc::fchownat(
+                    parent,
+                    name.as_ptr(),
+                    stat.uid,
+                    stat.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        let xattrs = attribute_xattrs(meta, false);
+        if !xattrs.is_empty() {
+            // The descriptor's /proc link is followed; the final name is not.
+            let mut path = format!("/proc/self/fd/{parent}/").into_bytes();
+            path.extend_from_slice(name.as_bytes());
+            let path = CString::new(path).map_err(io::Error::other)?;
+            for (xname, value) in xattrs {
+                let xname = CString::new(xname).map_err(io::Error::other)?;
+                cvt(unsafe {
+                    libc::lsetxattr(
+                        path.as_ptr(),
+                        xname.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                })?;
+            }
+        }
+        if !is_symlink {
+            let mode = self.mode_for(meta, false);
+            cvt(unsafe { libc::fchmodat(parent, name.as_ptr(), mode, 0) })?;
+        }
+        let times = mtime_spec(meta);
+        cvt(unsafe {
+            libc::utimensat(
+                parent,
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// A regular file being written under a temporary name in its directory
+/// (`.NAME.pbsfs-tmp-XXXXXXXX`, created exclusively); removed unless committed.
+struct TempFile {
+    parent: RawFd,
+    temp_name: CString,
+    name: CString,
+    file: File,
+    committed: bool,
+}
+
+const TEMP_SUFFIX: &str = ".pbsfs-tmp-";
+
+impl TempFile {
+    /// Fails early when `name` exists and may not be replaced (or is a directory).
+    fn create(parent: RawFd, name: &CString, options: &ExtractOptions) -> io::Result<TempFile> {
+        check_replaceable(parent, name, options)?;
+        // The dot, the suffix and 8 hex digits must fit in a 255-byte name.
+        const KEEP: usize = 255 - 1 - TEMP_SUFFIX.len() - 8;
+        let stem = &name.as_bytes()[..name.as_bytes().len().min(KEEP)];
+        for _ in 0..100 {
+            let mut temp = b".".to_vec();
+            temp.extend_from_slice(stem);
+            temp.extend_from_slice(TEMP_SUFFIX.as_bytes());
+            temp.extend_from_slice(format!("{:08x}", rand::random::<u32>()).as_bytes());
+            let temp_name = CString::new(temp).map_err(io::Error::other)?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
+            match open_at(parent, &temp_name, flags, 0o600) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        parent,
+                        temp_name,
+                        name: name.clone(),
+                        file: File::from(fd),
+                        committed: false,
+                    })
+                }
+                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io::Error::other("cannot find a free temporary file name"))
+    }
+
+    /// Gives the complete file its real name: replacing a non-directory only with
+    /// `overwrite`, never a directory.
+    fn commit(mut self, options: &ExtractOptions) -> io::Result<()> {
+        let (parent, from, to) = (self.parent, self.temp_name.as_ptr(), self.name.as_ptr());
+        if options.overwrite {
+            cvt(unsafe { libc::renameat(parent, from, parent, to) })?;
+        } else {
+            let flags = libc::RENAME_NOREPLACE;
+            match cvt(unsafe { libc::renameat2(parent, from, parent, to, flags) }) {
+                // File systems without RENAME_NOREPLACE: a hardlink refuses existing names too.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    cvt(unsafe { libc::linkat(parent, from, parent, to, 0) })?;
+                    cvt(unsafe { libc::unlinkat(parent, from, 0) })?;
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            unsafe { libc::unlinkat(self.parent, self.temp_name.as_ptr(), 0) };
+        }
+    }
+}
+
+/// `EEXIST` if `name` exists and `overwrite` is off; `EISDIR` if it is a directory.
+fn check_replaceable(parent: RawFd, name: &CString, options: &ExtractOptions) -> io::Result<()> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    match cvt(unsafe { libc::fstatat(parent, name.as_ptr(), &mut st, flags) }) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(err) => Err(err),
+        Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            Err(io::Error::from_raw_os_error(libc::EISDIR))
+        }
+        Ok(_) if !options.overwrite => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Copies a file's contents from `read` into `file`, leaving holes for zero blocks.
+fn write_contents(
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, DecodeError>,
+    file: &mut File,
+    buffer: &mut [u8],
+) -> anyhow::Result<u64> {
+    const BLOCK: usize = 4096;
+    let mut total = 0u64;
+    loop {
+        let n = read(buffer)?;
+        if n == 0 {
+            break;
+        }
+        for block in buffer[..n].chunks(BLOCK) {
+            if block.len() == BLOCK && block.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(BLOCK as i64))?;
+            } else {
+                file.write_all(block)?;
+            }
+        }
+        total += n as u64;
+    }
+    file.set_len(total)?;
+    Ok(total)
+}
+
+fn show_dir(path: &[u8]) -> String {
+    if path.is_empty() {
+        ".".into()
+    } else {
+        show(path)
+    }
 }
 
 fn show(path: &[u8]) -> String {
@@ -313,129 +727,6 @@ fn materialize(stack: &mut [OpenDir], options: &ExtractOptions) -> io::Result<()
     Ok(())
 }
 
-/// Restores a directory's metadata once its contents are in place (so its mtime and a
-/// read-only mode stick). The target itself only takes the root's metadata when the whole
-/// archive is extracted.
-fn finish_dir(dir: OpenDir, is_root: bool, options: &ExtractOptions) -> io::Result<()> {
-    match &dir.fd {
-        Some(fd) if dir.matched || !is_root => {
-            apply_to_fd(fd.as_raw_fd(), &dir.metadata, true, options)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Copies the decoder's current file into `file`, leaving holes for zero blocks.
-fn write_contents<S: ItemSource>(
-    decoder: &mut Decoder<S>,
-    file: &mut File,
-    buffer: &mut [u8],
-) -> anyhow::Result<u64> {
-    const BLOCK: usize = 4096;
-    let mut total = 0u64;
-    loop {
-        let n = decoder.read_contents(buffer)?;
-        if n == 0 {
-            break;
-        }
-        for block in buffer[..n].chunks(BLOCK) {
-            if block.len() == BLOCK && block.iter().all(|&b| b == 0) {
-                file.seek(SeekFrom::Current(BLOCK as i64))?;
-            } else {
-                file.write_all(block)?;
-            }
-        }
-        total += n as u64;
-    }
-    file.set_len(total)?;
-    Ok(total)
-}
-
-/// Restores metadata through an open descriptor (files, directories), in the order that
-/// keeps everything: owner first (chown drops setuid and capabilities), mode after the
-/// ACLs, mtime last.
-fn apply_to_fd(
-    fd: RawFd,
-    meta: &Metadata,
-    is_dir: bool,
-    options: &ExtractOptions,
-) -> io::Result<()> {
-    let stat = &meta.stat;
-    if options.restore_owner {
-        cvt(unsafe { libc::fchown(fd, stat.uid, stat.gid) })?;
-    }
-    for (name, value) in attribute_xattrs(meta, is_dir) {
-        let name = CString::new(name).map_err(io::Error::other)?;
-        cvt(unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })?;
-    }
-    cvt(unsafe { libc::fchmod(fd, (stat.mode & 0o7777) as libc::mode_t) })?;
-    let times = mtime_spec(meta);
-    cvt(unsafe { libc::futimens(fd, times.as_ptr()) })?;
-    Ok(())
-}
-
-/// Restores metadata of a node that cannot be opened for writing (symlink, device, fifo,
-/// socket) by name relative to its parent, never following a final symlink.
-fn apply_to_node(
-    parent: RawFd,
-    name: &CString,
-    meta: &Metadata,
-    is_symlink: bool,
-    options: &ExtractOptions,
-) -> io::Result<()> {
-    let stat = &meta.stat;
-    if options.restore_owner {
-        cvt(unsafe {
-            libc::fchownat(
-                parent,
-                name.as_ptr(),
-                stat.uid,
-                stat.gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-    }
-    let xattrs = attribute_xattrs(meta, false);
-    if !xattrs.is_empty() {
-        // The descriptor's /proc link is followed; the final name is not.
-        let mut path = format!("/proc/self/fd/{parent}/").into_bytes();
-        path.extend_from_slice(name.as_bytes());
-        let path = CString::new(path).map_err(io::Error::other)?;
-        for (xname, value) in xattrs {
-            let xname = CString::new(xname).map_err(io::Error::other)?;
-            cvt(unsafe {
-                libc::lsetxattr(
-                    path.as_ptr(),
-                    xname.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            })?;
-        }
-    }
-    if !is_symlink {
-        cvt(unsafe {
-            libc::fchmodat(
-                parent,
-                name.as_ptr(),
-                (stat.mode & 0o7777) as libc::mode_t,
-                0,
-            )
-        })?;
-    }
-    let times = mtime_spec(meta);
-    cvt(unsafe {
-        libc::utimensat(
-            parent,
-            name.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(())
-}
-
 /// The xattrs to set: plain ones, then ACLs (kernel format), then file capabilities.
 fn attribute_xattrs(meta: &Metadata, is_dir: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = meta
@@ -478,38 +769,6 @@ fn link_at(
         cvt(unsafe { libc::linkat(dir.as_raw_fd(), last.as_ptr(), parent, name.as_ptr(), 0) })
     })?;
     Ok(())
-}
-
-/// Writes a hardlink's target file (read through the accessor) in place of the link.
-fn copy_link_target(
-    accessor: &Accessor,
-    link: &Entry,
-    parent: RawFd,
-    name: &CString,
-    options: &ExtractOptions,
-) -> anyhow::Result<u64> {
-    let file = accessor.follow_hardlink(link)?;
-    let fd = replacing(parent, name, options, || {
-        open_at(
-            parent,
-            name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-            0o600,
-        )
-    })?;
-    let mut out = File::from(fd);
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    loop {
-        let n = accessor.read_file(&file, offset, &mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buffer[..n])?;
-        offset += n as u64;
-    }
-    apply_to_fd(out.as_raw_fd(), &file.metadata, false, options)?;
-    Ok(offset)
 }
 
 /// Opens the directory holding a hardlink target (path relative to the archive root)

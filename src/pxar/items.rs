@@ -167,9 +167,11 @@ impl<R: ReadAt> ItemSource for AtSource<R> {
                 }
                 let fill = (self.end - self.position).min(WINDOW as u64) as usize;
                 self.window.resize(fill, 0);
-                self.reader
-                    .read_exact_at(&mut self.window, self.position)
-                    .map_err(|err| eof_as_truncated(err, self.position))?;
+                if let Err(err) = self.reader.read_exact_at(&mut self.window, self.position) {
+                    // Nothing of a failed fill may be served later.
+                    self.window.clear();
+                    return Err(eof_as_truncated(err, self.position));
+                }
                 self.window_start = self.position;
             }
             let at = (self.position - self.window_start) as usize;
@@ -192,6 +194,14 @@ impl<R: ReadAt> ItemSource for AtSource<R> {
             }),
         }
     }
+}
+
+/// Fills `buf` from `offset` of `reader`: the end of the data is truncation, any other
+/// failure stays the reader's error (a bad chunk is not a short archive).
+pub(crate) fn read_exact_at(reader: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<()> {
+    reader
+        .read_exact_at(buf, offset)
+        .map_err(|err| eof_as_truncated(err, offset))
 }
 
 fn eof_as_truncated(err: std::io::Error, offset: u64) -> DecodeError {

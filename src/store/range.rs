@@ -9,10 +9,56 @@ use anyhow::{Context, Result};
 
 use super::chunk_reader::ChunkReader;
 use crate::format::index::{AnyIndex, ChunkIndex};
-use crate::format::{digest_to_hex, ReadAt};
+use crate::format::{digest_to_hex, Digest, ReadAt};
 
 /// A cached chunk and the part of it a read wants.
 pub type SharedSlice = (Arc<Vec<u8>>, Range<usize>);
+
+/// A chunk of an index that could not be read: which one, where its bytes lie in the
+/// stream, and why. Reads through [`ReadAt`] carry it inside their `io::Error` (see
+/// [`ChunkError::in_io`]), so that a reader far above (the extractor) can tell which chunk
+/// a failed file needed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{archive} chunk #{position} {} (stream bytes {}..{}): {reason}", digest_to_hex(.digest), .range.start, .range.end)]
+pub struct ChunkError {
+    /// The index file name.
+    pub archive: String,
+    pub position: usize,
+    pub digest: Digest,
+    /// The chunk's bytes in the logical stream.
+    pub range: Range<u64>,
+    /// The chunk reader's error, as text (chunk caches share one error among readers).
+    pub reason: String,
+}
+
+impl ChunkError {
+    fn new(
+        archive: &str,
+        position: usize,
+        digest: Digest,
+        range: Range<u64>,
+        err: anyhow::Error,
+    ) -> Self {
+        let reason = format!("{err:#}");
+        // The verifying reader names the digest as its context; this error names it already.
+        let reason = reason
+            .strip_prefix(&format!("chunk {}: ", digest_to_hex(&digest)))
+            .map(str::to_string)
+            .unwrap_or(reason);
+        ChunkError {
+            archive: archive.to_string(),
+            position,
+            digest,
+            range,
+            reason,
+        }
+    }
+
+    /// The chunk error an `io::Error` of [`IndexReader::read_at`] carries, if any.
+    pub fn in_io(err: &io::Error) -> Option<&ChunkError> {
+        err.get_ref()?.downcast_ref()
+    }
+}
 
 /// An index plus a chunk reader, readable at any offset.
 pub struct IndexReader {
@@ -56,12 +102,8 @@ impl IndexReader {
         let data = self
             .chunks
             .read_chunk(&info.digest, info.end - info.start)
-            .with_context(|| {
-                format!(
-                    "{}: chunk #{position} {}",
-                    self.name,
-                    digest_to_hex(&info.digest)
-                )
+            .map_err(|err| {
+                ChunkError::new(&self.name, position, info.digest, info.start..info.end, err)
             })?;
         *self.last.lock().unwrap() = Some((position, data.clone()));
         Ok(data)
@@ -144,7 +186,10 @@ impl ReadAt for IndexReader {
             };
             let data = self
                 .chunk(position)
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("{err:#}")))?;
+                .map_err(|err| match err.downcast::<ChunkError>() {
+                    Ok(chunk_err) => io::Error::new(io::ErrorKind::InvalidData, chunk_err),
+                    Err(other) => io::Error::new(io::ErrorKind::InvalidData, format!("{other:#}")),
+                })?;
             let within = within as usize;
             if within >= data.len() {
                 return Err(io::Error::new(
@@ -200,5 +245,35 @@ mod tests {
         assert_eq!(*recorder.0.lock().unwrap(), [1, 2, 3]);
         reader.release(1000, 5000..6000); // past the end
         assert_eq!(*recorder.0.lock().unwrap(), [1, 2, 3]);
+    }
+
+    /// Fails every chunk the way the verifying reader does (its context names the digest).
+    struct Broken;
+
+    impl ChunkReader for Broken {
+        fn read_chunk(&self, digest: &Digest, _expected_len: u64) -> Result<Arc<Vec<u8>>> {
+            Err(anyhow::anyhow!("blob CRC mismatch"))
+                .with_context(|| format!("chunk {}", digest_to_hex(digest)))
+        }
+    }
+
+    #[test]
+    fn a_failed_read_carries_which_chunk_failed_and_why() {
+        let digests = (0..4u8).map(|n| [n; 32]).collect();
+        let index = AnyIndex::Fixed(FixedIndex::new(4096, 1024, digests).unwrap());
+        let reader = IndexReader::new("test.img.fidx", Arc::new(index), Arc::new(Broken));
+        let err = reader.read_at(&mut [0u8; 8], 2050).unwrap_err();
+        let chunk = ChunkError::in_io(&err).expect("a chunk error");
+        assert_eq!(
+            (chunk.position, chunk.digest, chunk.range.clone()),
+            (2, [2; 32], 2048..3072)
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "test.img.fidx chunk #2 {} (stream bytes 2048..3072): blob CRC mismatch",
+                digest_to_hex(&[2; 32])
+            )
+        );
     }
 }
