@@ -356,9 +356,19 @@ impl Accessor {
 
     /// The children of `dir` in archive order; each [`DirEntry::index`] is its position.
     pub fn read_dir(&self, dir: &Entry) -> Result<Arc<[DirEntry]>> {
+        match self.read_dir_partial(dir)? {
+            (listing, None) => Ok(listing),
+            (_, Some(err)) => Err(err),
+        }
+    }
+
+    /// Like [`Self::read_dir`], but a child whose name cannot be read (in a chunk that
+    /// cannot be read, say) is left out, and the first such error comes with the others.
+    /// Only the directory's own table failing is an `Err`.
+    pub fn read_dir_partial(&self, dir: &Entry) -> Result<(Arc<[DirEntry]>, Option<DecodeError>)> {
         let table = self.dir_table_of(dir)?;
         if let Some(listing) = lock(&self.listings).get(&table.end) {
-            return Ok(listing.clone());
+            return Ok((listing.clone(), None));
         }
         let items = table.all_items(&*self.meta)?;
         let mut located: Vec<(u64, GoodbyeItem)> = items
@@ -367,23 +377,30 @@ impl Accessor {
             .collect::<Result<_>>()?;
         located.sort_unstable_by_key(|(offset, _)| *offset);
         let mut listing = Vec::with_capacity(located.len());
+        let mut failed = None;
         // One cursor for all names: neighbours in archive order often share a window.
         let mut src = AtSource::new(&*self.meta, 0, table.goodbye);
         for (index, (filename_offset, item)) in located.into_iter().enumerate() {
             src.seek(filename_offset);
-            listing.push(DirEntry {
-                index,
-                name: items::read_filename(&mut src)?,
-                filename_offset,
-                parent_end: table.goodbye,
-                item_size: item.size,
-            });
+            match items::read_filename(&mut src) {
+                Ok(name) => listing.push(DirEntry {
+                    index,
+                    name,
+                    filename_offset,
+                    parent_end: table.goodbye,
+                    item_size: item.size,
+                }),
+                Err(err) => {
+                    failed.get_or_insert(err);
+                }
+            }
         }
         let listing: Arc<[DirEntry]> = listing.into();
-        if listing.len() <= MAX_CACHED_LISTING {
+        // A partial listing is not kept: the next call tries the missing names again.
+        if listing.len() <= MAX_CACHED_LISTING && failed.is_none() {
             lock(&self.listings).put(table.end, listing.clone());
         }
-        Ok(listing)
+        Ok((listing, failed))
     }
 
     /// Decodes a listed child.
