@@ -131,6 +131,20 @@ impl Accessor {
         Ok(accessor)
     }
 
+    /// Another accessor over the same streams, with caches of its own (for a second user
+    /// whose reads should not evict the first one's tables and entries).
+    pub fn reopen(&self) -> Self {
+        Accessor {
+            meta: self.meta.clone(),
+            payload: self.payload.clone(),
+            size: self.size,
+            dirs: cache(DIR_CACHE),
+            listings: cache(LISTING_CACHE),
+            entries: cache(ENTRY_CACHE),
+            checked_payloads: cache(PAYLOAD_CHECK_CACHE),
+        }
+    }
+
     /// Size of the metadata (or unified) stream.
     pub fn size(&self) -> u64 {
         self.size

@@ -131,11 +131,8 @@ impl ArchiveFs {
     /// walk that counts hardlinks in the background.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
-        let open = || {
-            Accessor::open(meta.clone(), payload.clone().map(|p| p as Arc<dyn ReadAt>))
-                .context("cannot open the pxar archive")
-        };
-        let accessor = open()?;
+        let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
+            .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;
         let tree = Arc::new(Tree {
             accessor,
@@ -143,14 +140,11 @@ impl ArchiveFs {
             known: Mutex::default(),
             logged: Mutex::new(HashSet::new()),
         });
-        // The walk decodes through an accessor of its own, so that it does not push the
-        // tables and entries that the reader's requests use out of the accessor's caches.
-        let walker = open()?;
         let walked = Arc::downgrade(&tree);
         // Without the thread (out of resources) the counts stay at what use teaches.
         let _ = std::thread::Builder::new()
             .name("pbsfs-walk".into())
-            .spawn(move || walk(&walker, root_id, walked));
+            .spawn(move || walk(walked));
         let weak = Arc::downgrade(&tree);
         let list = Arc::new(move |ino| weak.upgrade().map(|tree| tree.list(ino)));
         Ok(ArchiveFs {
@@ -345,17 +339,23 @@ fn read_children(
 /// Walks every directory of the archive once, teaching `tree` what each holds, until the
 /// tree is dropped (the archive closed). What cannot be read is skipped (its entries give
 /// EIO when asked for) and the rest is still walked.
-fn walk(accessor: &Accessor, root_id: u64, tree: Weak<Tree>) {
+fn walk(tree: Weak<Tree>) {
     let _turn = WALKS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // An accessor of its own, so that the walk does not push the tables and entries that
+    // the reader's requests use out of the accessor's caches.
+    let (walker, root_id) = match tree.upgrade() {
+        Some(tree) => (tree.accessor.reopen(), tree.root_id),
+        None => return,
+    };
     let mut pending = vec![root_id];
     let mut entries = 0;
     while let Some(dir_id) = pending.pop() {
         let Some(tree) = tree.upgrade() else { return };
-        let read = accessor
+        let read = walker
             .entry_at(dir_id)
-            .and_then(|dir| read_children(accessor, &dir));
+            .and_then(|dir| read_children(&walker, &dir));
         let (children, failed) = match read {
             Ok(read) => read,
             Err(err) => (Vec::new(), Some(err)),
