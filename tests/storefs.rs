@@ -380,6 +380,17 @@ fn link_counts_are_learned_without_walking_at_open() {
         assert_eq!(fs.getattr(links.ino).unwrap().nlink, 2, "{snapshot}");
         let hard_a = listed.iter().find(|(name, _, _)| name == "hard-a").unwrap();
         assert_eq!((hard_a.1.ino, hard_a.1.nlink), (file.ino, 3));
+        // A listing made ahead of the reader (before the hardlinks were met) shows the
+        // count known when it is read.
+        let (fs, _) = store_fs();
+        let top = resolve(&fs, &root).unwrap();
+        let data = list(&fs, top.ino, 0).unwrap(); // lists data/ in the background
+        let data = data.iter().find(|(name, _, _)| name == "data").unwrap().1;
+        let links = resolve(&fs, &format!("{root}/links")).unwrap();
+        list(&fs, links.ino, 0).unwrap();
+        let listed = list(&fs, data.ino, 0).unwrap();
+        let hard_c = listed.iter().find(|(name, _, _)| name == "hard-c").unwrap();
+        assert_eq!(hard_c.1.nlink, 3, "{snapshot}");
         // meta holds acl-dir, empty-dir and sticky.
         let meta = resolve(&fs, &format!("{root}/meta")).unwrap();
         let listed = list(&fs, meta.ino, 0).unwrap();

@@ -258,6 +258,18 @@ impl Tree {
         })
     }
 
+    /// `attr` of a listing made earlier (ahead of the reader, say), with the link count
+    /// known now.
+    fn with_links_known_now(&self, mut attr: Attr) -> Attr {
+        let id = self.to_id(attr.ino);
+        match attr.mode & libc::S_IFMT {
+            libc::S_IFREG => attr.nlink = self.known().file_links(id),
+            libc::S_IFDIR => attr.nlink = self.known().dir_links(id),
+            _ => {}
+        }
+        attr
+    }
+
     /// A directory's entries with their attributes. Entries that cannot be read are left
     /// out, and the listing ends with EIO after the others.
     fn list(&self, ino: u64) -> ListedDir {
@@ -410,7 +422,7 @@ impl ReadOnlyFs for ArchiveFs {
         self.listings.serve(ino, offset, &mut |listed| {
             add(DirItem {
                 name: OsStr::from_bytes(&listed.name),
-                attr: listed.attr,
+                attr: self.tree.with_links_known_now(listed.attr),
                 next_offset: listed.next_offset,
             })
         })
