@@ -76,16 +76,10 @@ impl Known {
         }
     }
 
-    /// Learns from the children of directory `dir_id`; `all` when they are all of them.
-    fn learn_dir<'a>(&mut self, dir_id: u64, children: impl Iterator<Item = &'a Entry>, all: bool) {
-        let mut subdirs = 0;
-        for child in children {
-            self.learn_child(dir_id, child);
-            subdirs += child.is_dir() as u32;
-        }
-        if all {
-            self.subdirs.insert(dir_id, subdirs);
-        }
+    /// Learns that all children of directory `dir_id` have been read, `subdirs` of them
+    /// directories.
+    fn learn_subdirs(&mut self, dir_id: u64, subdirs: u32) {
+        self.subdirs.insert(dir_id, subdirs);
     }
 
     fn file_links(&self, id: u64) -> u32 {
@@ -273,30 +267,23 @@ impl Tree {
     /// A directory's entries with their attributes. Entries that cannot be read are left
     /// out, and the listing ends with EIO after the others.
     fn list(&self, ino: u64) -> ListedDir {
-        let dir = match self.entry(ino) {
-            Ok(dir) if dir.is_dir() => dir,
+        let (dir, dir_id) = match self.entry(ino) {
+            Ok(dir) if dir.is_dir() => match dir.id() {
+                Some(id) => (dir, id),
+                None => return ListedDir::failed(Errno::EIO),
+            },
             Ok(_) => return ListedDir::failed(Errno::ENOTDIR),
             Err(err) => return ListedDir::failed(err),
         };
-        let (children, failed) = match read_children(&self.accessor, &dir) {
-            Ok(read) => read,
-            Err(err) => return ListedDir::failed(self.eio("cannot list directory", err)),
-        };
-        let mut error = failed.map(|err| self.eio("cannot read directory entry", err));
-        // Learned before the attributes are made, so that hardlinks to a file in the same
-        // directory count in its listing already.
-        if let Some(dir_id) = dir.id() {
-            self.known().learn_dir(
-                dir_id,
-                children.iter().map(|(_, entry)| entry),
-                error.is_none(),
-            );
-        }
-        let mut entries = Vec::with_capacity(children.len());
-        for (child, entry) in children {
+        let mut entries = Vec::new();
+        let mut error = None;
+        let mut subdirs = 0;
+        let read = visit_children(&self.accessor, &dir, |child, entry| {
+            self.known().learn_child(dir_id, &entry);
+            subdirs += entry.is_dir() as u32;
             match self.resolve(entry).and_then(|entry| self.attr(&entry)) {
                 Ok(attr) => entries.push(ListedEntry {
-                    name: child.name,
+                    name: child.name.clone(),
                     attr,
                     next_offset: child.index as u64 + 1,
                 }),
@@ -304,6 +291,11 @@ impl Tree {
                     error.get_or_insert(err);
                 }
             }
+        });
+        match read {
+            Ok(None) => self.known().learn_subdirs(dir_id, subdirs),
+            Ok(Some(err)) => error = Some(self.eio("cannot read directory entry", err)),
+            Err(err) => return ListedDir::failed(self.eio("cannot list directory", err)),
         }
         ListedDir { entries, error }
     }
@@ -328,24 +320,24 @@ impl Tree {
     }
 }
 
-/// The children of `dir` decoded, in archive order, leaving out those that cannot be
-/// read; the first such error comes with them. Only the directory's own table failing is
-/// an `Err`.
-fn read_children(
+/// Decodes the children of `dir` in archive order and hands each to `visit`, leaving out
+/// those that cannot be read: the first error of those is returned. Only the directory's
+/// own table failing is an `Err`.
+fn visit_children(
     accessor: &Accessor,
     dir: &Entry,
-) -> Result<(Vec<(DirEntry, Entry)>, Option<DecodeError>), DecodeError> {
+    mut visit: impl FnMut(&DirEntry, Entry),
+) -> Result<Option<DecodeError>, DecodeError> {
     let (listing, mut failed) = accessor.read_dir_partial(dir)?;
-    let mut children = Vec::with_capacity(listing.len());
     for child in listing.iter() {
         match accessor.open_dir_entry(child) {
-            Ok(entry) => children.push((child.clone(), entry)),
+            Ok(entry) => visit(child, entry),
             Err(err) => {
                 failed.get_or_insert(err);
             }
         }
     }
-    Ok((children, failed))
+    Ok(failed)
 }
 
 /// Walks every directory of the archive once, teaching `tree` what each holds, until the
@@ -365,24 +357,23 @@ fn walk(tree: Weak<Tree>) {
     let mut entries = 0;
     while let Some(dir_id) = pending.pop() {
         let Some(tree) = tree.upgrade() else { return };
-        let read = walker
-            .entry_at(dir_id)
-            .and_then(|dir| read_children(&walker, &dir));
-        let (children, failed) = match read {
-            Ok(read) => read,
-            Err(err) => (Vec::new(), Some(err)),
-        };
-        if let Some(err) = &failed {
-            tree.eio("link counts may be incomplete", err);
+        let mut subdirs = Vec::new();
+        let read = walker.entry_at(dir_id).and_then(|dir| {
+            visit_children(&walker, &dir, |_, entry| {
+                entries += 1;
+                tree.known().learn_child(dir_id, &entry);
+                if entry.is_dir() {
+                    subdirs.extend(entry.id());
+                }
+            })
+        });
+        match read {
+            Ok(None) => tree.known().learn_subdirs(dir_id, subdirs.len() as u32),
+            Ok(Some(err)) | Err(err) => {
+                tree.eio("link counts may be incomplete", err);
+            }
         }
-        entries += children.len() as u64;
-        let subdirs = children.iter().filter(|(_, entry)| entry.is_dir());
-        pending.extend(subdirs.filter_map(|(_, entry)| entry.id()));
-        tree.known().learn_dir(
-            dir_id,
-            children.iter().map(|(_, entry)| entry),
-            failed.is_none(),
-        );
+        pending.extend(subdirs);
     }
     if let Some(tree) = tree.upgrade() {
         tree.known().counted = Some(entries);
