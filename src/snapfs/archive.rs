@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 
 use anyhow::{Context, Result};
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
@@ -109,6 +109,7 @@ pub struct ArchiveFs {
     open_files: OpenFiles,
     stream: StreamCursor,
     listings: ListingCache,
+    walk_started: Once,
 }
 
 /// The archive's entries and what is known of them: everything needed to answer for an
@@ -121,8 +122,7 @@ struct Tree {
 }
 
 impl ArchiveFs {
-    /// Opens a v1 archive (`payload` None) or a v2 pair: reads its root, and starts the
-    /// walk that counts hardlinks in the background.
+    /// Opens a v1 archive (`payload` None) or a v2 pair: reads its root, nothing more.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
         let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
@@ -134,11 +134,6 @@ impl ArchiveFs {
             known: Mutex::default(),
             logged: Mutex::new(HashSet::new()),
         });
-        let walked = Arc::downgrade(&tree);
-        // Without the thread (out of resources) the counts stay at what use teaches.
-        let _ = std::thread::Builder::new()
-            .name("pbsfs-walk".into())
-            .spawn(move || walk(walked));
         let weak = Arc::downgrade(&tree);
         let list = Arc::new(move |ino| weak.upgrade().map(|tree| tree.list(ino)));
         Ok(ArchiveFs {
@@ -147,7 +142,20 @@ impl ArchiveFs {
             open_files: OpenFiles::default(),
             stream: StreamCursor::default(),
             listings: ListingCache::new(LISTING_BUDGET, list),
+            walk_started: Once::new(),
         })
+    }
+
+    /// Starts the walk that counts hardlinks in the background, at the first request: once
+    /// the mount is ready, so that it does not slow setting the mount up.
+    fn start_walk(&self) {
+        self.walk_started.call_once(|| {
+            let walked = Arc::downgrade(&self.tree);
+            // Without the thread (out of resources) the counts stay at what use teaches.
+            let _ = std::thread::Builder::new()
+                .name("pbsfs-walk".into())
+                .spawn(move || walk(walked));
+        });
     }
 
     /// Where a file's bytes start in the data stream.
@@ -382,6 +390,7 @@ fn walk(tree: Weak<Tree>) {
 
 impl ReadOnlyFs for ArchiveFs {
     fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        self.start_walk();
         let dir = self.tree.entry(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -400,6 +409,7 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        self.start_walk();
         let entry = self.tree.entry(ino)?;
         self.tree.attr(&entry)
     }
@@ -410,6 +420,7 @@ impl ReadOnlyFs for ArchiveFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
     ) -> Result<(), Errno> {
+        self.start_walk();
         self.listings.serve(ino, offset, &mut |listed| {
             add(DirItem {
                 name: OsStr::from_bytes(&listed.name),
@@ -515,6 +526,7 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn statfs(&self) -> Result<StatFs, Errno> {
+        self.start_walk();
         // v1: the data stream is the archive; v2: metadata plus payload.
         let size = if self.tree.accessor.is_split() {
             self.data.size() + self.tree.accessor.size()
