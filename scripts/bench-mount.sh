@@ -8,7 +8,14 @@
 #   find -ls over 100k entries            vs  find -ls on the source tree (page cache dropped;
 #                                             and with only inodes and dentries dropped)
 #   peak RSS of the mount process         vs  --cache-size + 64 MiB
+#   time to a ready mount of a legacy     vs  the same for a 1k-entry legacy archive (must
+#   (v1 .pxar) archive of 1M entries          not grow with the entry count: opening reads
+#                                             only the chunks holding the root's start and
+#                                             end, two of up to 16 MiB for 1M empty files
+#                                             against one of 13 KiB: some 50 ms apart)
 # Each figure is the best of BENCH_ROUNDS (default 5) rounds, mount and baseline alike.
+# The legacy archives take minutes to make: they are kept in BENCH_CACHE
+# (default /var/tmp/pbsfs-bench-cache) between runs. BENCH_ONLY=ready measures only them.
 # Usage: scripts/bench-mount.sh [SIZE_MIB=1024] [ENTRIES=100000]   (root: drops page caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +30,7 @@ work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
     "$bin" umount "$work/big-mnt" 2>/dev/null || true
     "$bin" umount "$work/many-mnt" 2>/dev/null || true
+    "$bin" umount "$work/ready-mnt" 2>/dev/null || true
     rm -rf "$work" /dev/shm/pbsfs-bench-copy
 }
 trap cleanup EXIT
@@ -33,6 +41,64 @@ drop_caches() { sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches ||
 drop_inodes() { sync; [ "$(id -u)" = 0 ] && echo 2 > /proc/sys/vm/drop_caches || true; }
 now() { date +%s.%N; }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
+best() { printf '%s\n' "$@" | sort -g | head -1; }
+rounds_of() { printf '%.3f ' "$@"; }
+
+# Time to a ready mount (`pbsfs mount` returns once the mount answers) of a legacy archive
+# of 1M empty files in 1000 directories, against one of 1k: opening must not walk the tree.
+ready_cache=${BENCH_CACHE:-/var/tmp/pbsfs-bench-cache}/legacy-ds
+legacy_snapshot() { # ENTRIES: makes host/legacy-ENTRIES in the cached datastore once
+    local n=$1 src=$work/legacy-src
+    [ -d "$ready_cache/host/legacy-$n" ] && return
+    echo "generating: a legacy archive of $n empty files (kept in $ready_cache)"
+    rm -rf "$src"
+    python3 - "$src" "$n" <<'PY'
+import os, sys
+root, count = sys.argv[1], int(sys.argv[2])
+per_dir = 1000
+for i in range(count):
+    d = os.path.join(root, "d%04d" % (i // per_dir))
+    if i % per_dir == 0:
+        os.makedirs(d)
+    open(os.path.join(d, "f%07d" % i), "w").close()
+PY
+    mkdir -p "$ready_cache"
+    "$bin" -r "$ready_cache" push "root.pxar:$src" --backup-id "legacy-$n" \
+        --change-detection-mode legacy --quiet
+    rm -rf "$src"
+}
+legacy_snapshot 1000
+legacy_snapshot 1000000
+mkdir -p "$work/ready-mnt"
+ready_small=() ready_large=()
+timed_mount() { # ENTRIES: seconds until `pbsfs mount` of host/legacy-ENTRIES returned
+    local start t
+    drop_caches
+    start=$(now)
+    "$bin" -r "$ready_cache" mount "host/legacy-$1/latest" "$work/ready-mnt"
+    t=$(echo "$(now) - $start" | bc -l)
+    ls "$work/ready-mnt" > /dev/null # it answers
+    "$bin" umount "$work/ready-mnt"
+    echo "$t"
+}
+for _ in $(seq "$rounds"); do
+    ready_small+=("$(timed_mount 1000)")
+    ready_large+=("$(timed_mount 1000000)")
+done
+t_ready_small=$(best "${ready_small[@]}")
+t_ready_large=$(best "${ready_large[@]}")
+report_ready() {
+    echo "  ready mount, 1k     $(rounds_of "${ready_small[@]}")"
+    echo "  ready mount, 1M     $(rounds_of "${ready_large[@]}")"
+    printf '%-44s %9.3f s\n' "baseline: ready mount, legacy 1k entries" "$t_ready_small"
+    printf '%-44s %9.3f s      ratio %s (no growth: only the root chunks are read)\n' "mount: ready mount, legacy 1M entries" \
+        "$t_ready_large" "$(ratio "$t_ready_large" "$t_ready_small")"
+}
+if [ "${BENCH_ONLY:-}" = ready ]; then
+    echo "rounds (seconds):"
+    report_ready
+    exit 0
+fi
 
 echo "generating: a ${size_mib} MiB file (half random, half text) and $entries small files"
 head -c $((size_mib / 2))M /dev/urandom > "$work/big/file.bin"
@@ -58,7 +124,6 @@ mib() { echo "scale=1; $bytes / 1048576 / $1" | bc -l; }
 # measured one after the other in every round: on these VMs a single run is at the mercy of
 # the host (free memory handed back to the host costs up to 1 s/GiB to touch again), and
 # noise only ever adds time. Every round is printed too.
-best() { printf '%s\n' "$@" | sort -g | head -1; }
 mount_big() {
     "$bin" -r "$ds" mount host/big/latest "$work/big-mnt" --cache-size $cache
     pid=$(pgrep -n -f "mount host/big/latest $work/big-mnt")
@@ -153,7 +218,6 @@ t_find2=$(best "${find_second[@]}")
 t_find_disk=$(best "${find_disk[@]}")
 t_find_inodes=$(best "${find_inodes[@]}")
 
-rounds_of() { printf '%.3f ' "$@"; }
 echo "rounds (seconds):"
 echo "  cold, baseline      $(rounds_of "${cold_base[@]}")"
 echo "  cold, mount         $(rounds_of "${cold_mount[@]}")"
@@ -174,3 +238,4 @@ printf '%-44s %9.3f s\n' "baseline: find -ls on the source tree, cold" "$t_find_
 printf '%-44s %9.3f s\n' "baseline: same, blocks cached, inodes cold" "$t_find_inodes"
 printf '%-44s %9s KiB  (limit: cache %s + 64 MiB = %s KiB)\n' "peak RSS, 1 GiB file mount" "$rss_big" "$cache" $(( (256 + 64) * 1024 ))
 printf '%-44s %9s KiB\n' "peak RSS, $entries-entry mount" "$rss_many"
+report_ready

@@ -134,6 +134,20 @@ impl Accessor {
         Ok(accessor)
     }
 
+    /// Another accessor over the same streams, with caches of its own (for a second user
+    /// whose reads should not evict the first one's tables and entries).
+    pub fn reopen(&self) -> Self {
+        Accessor {
+            meta: self.meta.clone(),
+            payload: self.payload.clone(),
+            size: self.size,
+            dirs: cache(DIR_CACHE),
+            listings: cache(LISTING_CACHE),
+            entries: cache(ENTRY_CACHE),
+            checked_payloads: cache(PAYLOAD_CHECK_CACHE),
+        }
+    }
+
     /// Size of the metadata (or unified) stream.
     pub fn size(&self) -> u64 {
         self.size
@@ -359,20 +373,37 @@ impl Accessor {
 
     /// The children of `dir` in archive order; each [`DirEntry::index`] is its position.
     pub fn read_dir(&self, dir: &Entry) -> Result<Arc<[DirEntry]>> {
+        match self.read_dir_partial(dir)? {
+            (listing, None) => Ok(listing),
+            (_, Some(err)) => Err(err),
+        }
+    }
+
+    /// Like [`Self::read_dir`], but a child whose name cannot be read (in a chunk that
+    /// cannot be read, say) is left out, and the first such error comes with the others.
+    /// Only the directory's own table failing is an `Err`.
+    pub fn read_dir_partial(&self, dir: &Entry) -> Result<(Arc<[DirEntry]>, Option<DecodeError>)> {
         let table = self.dir_table_of(dir)?;
         if let Some(listing) = lock(&self.listings).get(&table.end) {
-            return Ok(listing.clone());
+            return Ok((listing.clone(), None));
         }
+        let mut failed = None;
         let listing: Arc<[DirEntry]> = self
             .list_children(&table)?
             .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|(_, err)| err)?
-            .into();
-        if listing.len() <= MAX_CACHED_LISTING {
+            .filter_map(|child| match child {
+                Ok(entry) => Some(entry),
+                Err((_, err)) => {
+                    failed.get_or_insert(err);
+                    None
+                }
+            })
+            .collect();
+        // A partial listing is not kept: the next call tries the missing names again.
+        if listing.len() <= MAX_CACHED_LISTING && failed.is_none() {
             lock(&self.listings).put(table.end, listing.clone());
         }
-        Ok(listing)
+        Ok((listing, failed))
     }
 
     /// [`Self::read_dir`] for a damaged archive: each child's name is read on its own, and a

@@ -3,21 +3,31 @@
 //! Inode numbers come from archive offsets: a directory's end offset times two, any other
 //! entry's FILENAME offset times two plus one (the two kinds of offsets can be equal), and
 //! the root, which FUSE wants as 1. Hardlinks resolve to their target's inode, so all names of a file share one
-//! inode; their count (nlink) and each directory's subdirectory count come from one walk of
-//! the metadata when the archive is opened.
+//! inode.
+//!
+//! Opening reads only the root; every entry is decoded when it is asked for, so a mount is
+//! ready at once however big the archive, and a chunk that cannot be read costs only the
+//! entries it holds (EIO), not the archive. What needs more than the entry itself is
+//! learned as the tree is used ([`Known`]): the parent of a directory ("..") when it is
+//! looked up or listed, a directory's link count (2 + subdirectories) when it is listed,
+//! and the link count of a hardlinked file, which needs every hardlink to it, from a walk
+//! of the whole archive on a background thread. Until something is known, the counts are
+//! those known so far (1 for a directory not listed yet: "unknown", as on many network
+//! filesystems); `statfs` reports the number of entries once the walk has finished.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 
 use anyhow::{Context, Result};
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
 
 use crate::format::ReadAt;
-use crate::pxar::accessor::Accessor;
+use crate::pxar::accessor::{Accessor, DirEntry};
 use crate::pxar::acl;
+use crate::pxar::decode_error::DecodeError;
 use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use crate::pxar::format::HEADER_SIZE;
 use crate::store::range::IndexReader;
@@ -31,17 +41,62 @@ use super::open_files::{follow_reader, read_ahead_in_stream, OpenFiles, StreamCu
 /// the chunks behind it are fetched in big requests.
 const BLKSIZE: u32 = 1 << 20;
 
-/// Counts gathered by walking the archive once.
+/// What lookups, listings and the background walk have learned of the tree so far
+/// (entry ids, see [`Entry::id`]).
 #[derive(Default)]
-struct TreeCounts {
-    /// Links to a regular file: 1 + the number of HARDLINK entries pointing at it.
-    file_links: HashMap<u64, u32>,
-    /// Subdirectories of each directory.
+struct Known {
+    /// The HARDLINK entries found pointing at each regular file.
+    hardlinks: HashMap<u64, HashSet<u64>>,
+    /// Subdirectory count of each directory whose entries have all been read.
     subdirs: HashMap<u64, u32>,
-    /// Parent of each directory (for "..").
+    /// Parent of each directory met (for "..").
     parents: HashMap<u64, u64>,
-    entries: u64,
+    /// Entries counted by the background walk, once it has finished.
+    counted: Option<u64>,
 }
+
+impl Known {
+    /// Learns from one child of directory `dir_id`.
+    fn learn_child(&mut self, dir_id: u64, child: &Entry) {
+        match (&child.kind, child.id()) {
+            (EntryKind::Directory, Some(id)) => {
+                self.parents.insert(id, dir_id);
+            }
+            (
+                EntryKind::Hardlink {
+                    target_filename_offset,
+                    ..
+                },
+                Some(id),
+            ) => {
+                let target = target_filename_offset | NON_DIR_ID_TAG;
+                self.hardlinks.entry(target).or_default().insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Learns that all children of directory `dir_id` have been read, `subdirs` of them
+    /// directories.
+    fn learn_subdirs(&mut self, dir_id: u64, subdirs: u32) {
+        self.subdirs.insert(dir_id, subdirs);
+    }
+
+    fn file_links(&self, id: u64) -> u32 {
+        1 + self
+            .hardlinks
+            .get(&id)
+            .map_or(0, |links| links.len() as u32)
+    }
+
+    fn dir_links(&self, id: u64) -> u32 {
+        self.subdirs.get(&id).map_or(1, |subdirs| 2 + subdirs)
+    }
+}
+
+/// Walks run one at a time in the process: a whole-store mount may open many archives,
+/// and a walk of a v1 archive reads all of it.
+static WALKS: Mutex<()> = Mutex::new(());
 
 /// Directory entries held in decoded listings at most (about 150 bytes each).
 const LISTING_BUDGET: usize = 64 * 1024;
@@ -54,30 +109,29 @@ pub struct ArchiveFs {
     open_files: OpenFiles,
     stream: StreamCursor,
     listings: ListingCache,
+    walk_started: Once,
 }
 
-/// The archive's entries and what one walk of them counted: everything needed to answer
-/// for an inode, shared with the thread that lists directories ahead.
+/// The archive's entries and what is known of them: everything needed to answer for an
+/// inode, shared with the threads that list directories ahead and walk the archive.
 struct Tree {
     accessor: Accessor,
     root_id: u64,
-    counts: TreeCounts,
+    known: Mutex<Known>,
     logged: Mutex<HashSet<String>>,
 }
 
 impl ArchiveFs {
-    /// Opens a v1 archive (`payload` None) or a v2 pair and walks its metadata once.
+    /// Opens a v1 archive (`payload` None) or a v2 pair: reads its root, nothing more.
     pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
         let data = payload.clone().unwrap_or_else(|| meta.clone());
         let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
             .context("cannot open the pxar archive")?;
         let root_id = accessor.root()?.id().context("archive root has no id")?;
-        let counts =
-            walk(&accessor, root_id).context("cannot read the archive's directory tree")?;
         let tree = Arc::new(Tree {
             accessor,
             root_id,
-            counts,
+            known: Mutex::default(),
             logged: Mutex::new(HashSet::new()),
         });
         let weak = Arc::downgrade(&tree);
@@ -88,7 +142,20 @@ impl ArchiveFs {
             open_files: OpenFiles::default(),
             stream: StreamCursor::default(),
             listings: ListingCache::new(LISTING_BUDGET, list),
+            walk_started: Once::new(),
         })
+    }
+
+    /// Starts the walk that counts hardlinks in the background, at the first request: once
+    /// the mount is ready, so that it does not slow setting the mount up.
+    fn start_walk(&self) {
+        self.walk_started.call_once(|| {
+            let walked = Arc::downgrade(&self.tree);
+            // Without the thread (out of resources) the counts stay at what use teaches.
+            let _ = std::thread::Builder::new()
+                .name("pbsfs-walk".into())
+                .spawn(move || walk(walked));
+        });
     }
 
     /// Where a file's bytes start in the data stream.
@@ -128,6 +195,12 @@ impl Tree {
         }
     }
 
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Maps a reader error to EIO, logging each distinct message once.
     fn eio(&self, what: &str, err: impl std::fmt::Display) -> Errno {
         let message = format!("{what}: {err}");
@@ -141,7 +214,11 @@ impl Tree {
         let entry = self
             .accessor
             .entry_at(self.to_id(ino))
-            .map_err(|_| Errno::ENOENT)?;
+            .map_err(|err| match err {
+                // The inode was handed out, but the chunk holding its entry cannot be read.
+                DecodeError::Io(err) => self.eio("cannot read entry", err),
+                _ => Errno::ENOENT,
+            })?;
         self.resolve(entry)
     }
 
@@ -160,12 +237,8 @@ impl Tree {
         let id = entry.id().ok_or(Errno::EIO)?;
         let stat = &entry.metadata.stat;
         let (size, nlink, rdev) = match &entry.kind {
-            EntryKind::File { size, .. } => (
-                *size,
-                self.counts.file_links.get(&id).copied().unwrap_or(1),
-                0,
-            ),
-            EntryKind::Directory => (0, 2 + self.counts.subdirs.get(&id).copied().unwrap_or(0), 0),
+            EntryKind::File { size, .. } => (*size, self.known().file_links(id), 0),
+            EntryKind::Directory => (0, self.known().dir_links(id), 0),
             EntryKind::Symlink { target } => (target.len() as u64, 1, 0),
             EntryKind::Device { major, minor } => {
                 (0, 1, libc::makedev(*major as u32, *minor as u32))
@@ -187,41 +260,52 @@ impl Tree {
         })
     }
 
-    /// A directory's entries with their attributes; an entry that cannot be read ends the
-    /// listing with EIO.
+    /// `attr` of a listing made earlier (ahead of the reader, say), with the link count
+    /// known now.
+    fn with_links_known_now(&self, mut attr: Attr) -> Attr {
+        let id = self.to_id(attr.ino);
+        match attr.mode & libc::S_IFMT {
+            libc::S_IFREG => attr.nlink = self.known().file_links(id),
+            libc::S_IFDIR => attr.nlink = self.known().dir_links(id),
+            _ => {}
+        }
+        attr
+    }
+
+    /// A directory's entries with their attributes. Entries that cannot be read are left
+    /// out, and the listing ends with EIO after the others.
     fn list(&self, ino: u64) -> ListedDir {
-        let dir = match self.entry(ino) {
-            Ok(dir) if dir.is_dir() => dir,
+        let (dir, dir_id) = match self.entry(ino) {
+            Ok(dir) if dir.is_dir() => match dir.id() {
+                Some(id) => (dir, id),
+                None => return ListedDir::failed(Errno::EIO),
+            },
             Ok(_) => return ListedDir::failed(Errno::ENOTDIR),
             Err(err) => return ListedDir::failed(err),
         };
-        let children = match self.accessor.read_dir(&dir) {
-            Ok(children) => children,
-            Err(err) => return ListedDir::failed(self.eio("cannot list directory", err)),
-        };
-        let mut listed = ListedDir {
-            entries: Vec::with_capacity(children.len()),
-            error: None,
-        };
-        for child in children.iter() {
-            let attr = self
-                .accessor
-                .open_dir_entry(child)
-                .map_err(|err| self.eio("cannot read directory entry", err))
-                .and_then(|entry| self.attr(&self.resolve(entry)?));
-            match attr {
-                Ok(attr) => listed.entries.push(ListedEntry {
+        let mut entries = Vec::new();
+        let mut error = None;
+        let mut subdirs = 0;
+        let read = visit_children(&self.accessor, &dir, |child, entry| {
+            self.known().learn_child(dir_id, &entry);
+            subdirs += entry.is_dir() as u32;
+            match self.resolve(entry).and_then(|entry| self.attr(&entry)) {
+                Ok(attr) => entries.push(ListedEntry {
                     name: child.name.clone(),
                     attr,
                     next_offset: child.index as u64 + 1,
                 }),
                 Err(err) => {
-                    listed.error = Some(err);
-                    break;
+                    error.get_or_insert(err);
                 }
             }
+        });
+        match read {
+            Ok(None) => self.known().learn_subdirs(dir_id, subdirs),
+            Ok(Some(err)) => error = Some(self.eio("cannot read directory entry", err)),
+            Err(err) => return ListedDir::failed(self.eio("cannot list directory", err)),
         }
-        listed
+        ListedDir { entries, error }
     }
 
     fn xattr_names(entry: &Entry) -> Vec<OsString> {
@@ -244,36 +328,69 @@ impl Tree {
     }
 }
 
-/// Walks every directory once, counting hardlinks and subdirectories.
-fn walk(accessor: &Accessor, root_id: u64) -> Result<TreeCounts> {
-    let mut counts = TreeCounts::default();
-    let mut pending = vec![root_id];
-    while let Some(dir_id) = pending.pop() {
-        let dir = accessor.entry_at(dir_id)?;
-        for child in accessor.read_dir(&dir)?.iter() {
-            counts.entries += 1;
-            let entry = accessor.open_dir_entry(child)?;
-            match &entry.kind {
-                EntryKind::Directory => {
-                    let id = entry.id().context("directory without id")?;
-                    *counts.subdirs.entry(dir_id).or_default() += 1;
-                    counts.parents.insert(id, dir_id);
-                    pending.push(id);
-                }
-                EntryKind::Hardlink { .. } => {
-                    let target = accessor.follow_hardlink(&entry)?;
-                    let id = target.id().context("hardlink target without id")?;
-                    *counts.file_links.entry(id).or_insert(1) += 1;
-                }
-                _ => {}
+/// Decodes the children of `dir` in archive order and hands each to `visit`, leaving out
+/// those that cannot be read: the first error of those is returned. Only the directory's
+/// own table failing is an `Err`.
+fn visit_children(
+    accessor: &Accessor,
+    dir: &Entry,
+    mut visit: impl FnMut(&DirEntry, Entry),
+) -> Result<Option<DecodeError>, DecodeError> {
+    let (listing, mut failed) = accessor.read_dir_partial(dir)?;
+    for child in listing.iter() {
+        match accessor.open_dir_entry(child) {
+            Ok(entry) => visit(child, entry),
+            Err(err) => {
+                failed.get_or_insert(err);
             }
         }
     }
-    Ok(counts)
+    Ok(failed)
+}
+
+/// Walks every directory of the archive once, teaching `tree` what each holds, until the
+/// tree is dropped (the archive closed). What cannot be read is skipped (its entries give
+/// EIO when asked for) and the rest is still walked.
+fn walk(tree: Weak<Tree>) {
+    let _turn = WALKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // An accessor of its own, so that the walk does not push the tables and entries that
+    // the reader's requests use out of the accessor's caches.
+    let (walker, root_id) = match tree.upgrade() {
+        Some(tree) => (tree.accessor.reopen(), tree.root_id),
+        None => return,
+    };
+    let mut pending = vec![root_id];
+    let mut entries = 0;
+    while let Some(dir_id) = pending.pop() {
+        let Some(tree) = tree.upgrade() else { return };
+        let mut subdirs = Vec::new();
+        let read = walker.entry_at(dir_id).and_then(|dir| {
+            visit_children(&walker, &dir, |_, entry| {
+                entries += 1;
+                tree.known().learn_child(dir_id, &entry);
+                if entry.is_dir() {
+                    subdirs.extend(entry.id());
+                }
+            })
+        });
+        match read {
+            Ok(None) => tree.known().learn_subdirs(dir_id, subdirs.len() as u32),
+            Ok(Some(err)) | Err(err) => {
+                tree.eio("link counts may be incomplete", err);
+            }
+        }
+        pending.extend(subdirs);
+    }
+    if let Some(tree) = tree.upgrade() {
+        tree.known().counted = Some(entries);
+    }
 }
 
 impl ReadOnlyFs for ArchiveFs {
     fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        self.start_walk();
         let dir = self.tree.entry(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -284,11 +401,15 @@ impl ReadOnlyFs for ArchiveFs {
             .lookup(&dir, name.as_bytes())
             .map_err(|err| self.tree.eio("lookup failed", err))?
             .ok_or(Errno::ENOENT)?;
+        if let Some(dir_id) = dir.id() {
+            self.tree.known().learn_child(dir_id, &child);
+        }
         let child = self.tree.resolve(child)?;
         self.tree.attr(&child)
     }
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        self.start_walk();
         let entry = self.tree.entry(ino)?;
         self.tree.attr(&entry)
     }
@@ -299,10 +420,11 @@ impl ReadOnlyFs for ArchiveFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
     ) -> Result<(), Errno> {
+        self.start_walk();
         self.listings.serve(ino, offset, &mut |listed| {
             add(DirItem {
                 name: OsStr::from_bytes(&listed.name),
-                attr: listed.attr,
+                attr: self.tree.with_links_known_now(listed.attr),
                 next_offset: listed.next_offset,
             })
         })
@@ -310,11 +432,8 @@ impl ReadOnlyFs for ArchiveFs {
 
     fn parent(&self, ino: u64) -> Option<u64> {
         let id = self.tree.to_id(ino);
-        self.tree
-            .counts
-            .parents
-            .get(&id)
-            .map(|parent| self.tree.to_ino(*parent))
+        let parent = self.tree.known().parents.get(&id).copied()?;
+        Some(self.tree.to_ino(parent))
     }
 
     fn open(&self, ino: u64) -> Result<u64, Errno> {
@@ -407,6 +526,7 @@ impl ReadOnlyFs for ArchiveFs {
     }
 
     fn statfs(&self) -> Result<StatFs, Errno> {
+        self.start_walk();
         // v1: the data stream is the archive; v2: metadata plus payload.
         let size = if self.tree.accessor.is_split() {
             self.data.size() + self.tree.accessor.size()
@@ -415,7 +535,8 @@ impl ReadOnlyFs for ArchiveFs {
         };
         Ok(StatFs {
             blocks: size.div_ceil(4096),
-            files: self.tree.counts.entries + 1,
+            // 0 ("not known") until the walk has counted the entries.
+            files: self.tree.known().counted.map_or(0, |entries| entries + 1),
             ..StatFs::default()
         })
     }

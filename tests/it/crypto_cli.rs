@@ -162,6 +162,7 @@ fn an_encrypted_snapshot_mounts_with_its_key() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    wait_until_counted(&point);
     let tree = tree_from_disk(&point);
     let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
         .arg("umount")
@@ -253,6 +254,7 @@ fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
         Some("fixture-password"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    wait_until_counted(&point);
     let tree = tree_from_disk(&point);
     let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
         .arg("umount")

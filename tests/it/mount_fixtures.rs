@@ -61,6 +61,7 @@ impl Drop for Mounted {
 
 fn check_snapshot(snapshot: &str, json: &str) {
     let mount = Mounted::new(&datastore_dir(), "", snapshot, &[]);
+    wait_until_counted(&mount.point);
     let expected = expected_tree(json);
     assert_same_tree(&tree_from_disk(&mount.point), &expected, snapshot);
     // Hardlinks: one inode, the true link count.

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
-use common::Expected;
+use common::{wait_until_counted, Expected};
 
 /// One datastore per test binary (creating 65536 chunk directories is slow).
 fn datastore() -> &'static Path {
@@ -150,6 +150,7 @@ fn mounted_tree(id: &str) -> BTreeMap<Vec<u8>, Expected> {
         &format!("host/{id}/latest"),
         point.to_str().unwrap(),
     ]));
+    wait_until_counted(&point);
     let mounted = tree_from_disk(&point);
     let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
         .arg("umount")

@@ -8,7 +8,7 @@ use crate::support;
 use std::process::Command;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
-use common::{expected_tree, sha256_hex};
+use common::{expected_tree, sha256_hex, wait_until_counted};
 use support::cli::{ok, pbsfs, repository};
 use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 
@@ -126,6 +126,7 @@ fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
         &server,
         &["mount", "host/fixture-data/latest", point.to_str().unwrap()],
     ));
+    wait_until_counted(&point);
     let tree = tree_from_disk(&point);
     let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
         .arg("umount")

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::wait_until_counted;
 use pbsfs::format::index::AnyIndex;
 use pbsfs::format::Digest;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
@@ -114,6 +115,7 @@ impl Mount {
             server,
             &["mount", snapshot, point.to_str().unwrap()],
         ));
+        wait_until_counted(&point);
         Mount { point }
     }
 }

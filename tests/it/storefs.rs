@@ -6,6 +6,7 @@ use crate::common;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::ops::ControlFlow;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +39,12 @@ impl ChunkReader for Counting {
 }
 
 fn store_fs() -> (StoreFs, Arc<Counting>) {
-    let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
+    store_fs_at(&datastore_dir())
+}
+
+/// The whole-store filesystem over the datastore in `dir`.
+fn store_fs_at(dir: &std::path::Path) -> (StoreFs, Arc<Counting>) {
+    let store = Arc::new(LocalDatastore::open(dir).unwrap());
     let chunks = Arc::new(Counting {
         inner: VerifyingChunkReader::new(store.clone()),
         reads: AtomicUsize::new(0),
@@ -276,6 +282,121 @@ fn an_unreadable_archive_fails_only_its_own_directory() {
     // Everything else keeps working.
     assert!(resolve(&fs, &format!("{DATA_SNAP}/root.pxar/links/hard-a")).is_ok());
     assert_eq!(list(&fs, root.ino, 0).unwrap_err(), Errno::EIO);
+}
+
+/// A legacy (v1) archive opens without reading more than its root: a corrupt chunk holding
+/// one entry's header costs that entry (EIO) and nothing else.
+#[test]
+fn a_bad_chunk_in_a_legacy_archive_costs_only_the_entries_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("ds");
+    let copied = std::process::Command::new("cp")
+        .args(["-r", "--no-preserve=mode,ownership"])
+        .arg(datastore_dir())
+        .arg(&store)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    // Chunk 2 (of 6) of the legacy root.pxar holds the header of data/big-text besides
+    // file data; the headers of all other entries lie in chunks 0 and 5.
+    let index = std::fs::read(store.join(LEGACY_SNAP).join("root.pxar.didx")).unwrap();
+    let digest = hex::encode(&index[4096 + 2 * 40 + 8..4096 + 3 * 40]);
+    let chunk = store.join(".chunks").join(&digest[..4]).join(&digest);
+    let mut raw = std::fs::read(&chunk).unwrap();
+    let middle = raw.len() / 2;
+    raw[middle] ^= 0xff;
+    std::fs::write(&chunk, raw).unwrap();
+
+    let (fs, _) = store_fs_at(&store);
+    let root = format!("{LEGACY_SNAP}/root.pxar");
+    assert_eq!(
+        resolve(&fs, &format!("{root}/data/big-text")).unwrap_err(),
+        Errno::EIO
+    );
+    // The directory lists every other entry, then ends with EIO.
+    let expected = expected_tree("tree1.json");
+    let data = resolve(&fs, &format!("{root}/data")).unwrap();
+    let listed = list(&fs, data.ino, 0).unwrap();
+    let mut names: Vec<&str> = listed.iter().map(|(name, _, _)| name.as_str()).collect();
+    names.sort();
+    let want: Vec<&str> = expected
+        .keys()
+        .filter_map(|path| std::str::from_utf8(path).ok()?.strip_prefix("data/"))
+        .filter(|name| !name.contains('/') && *name != "big-text")
+        .collect();
+    assert_eq!(names, want);
+    let end = listed.last().unwrap().2;
+    assert_eq!(list(&fs, data.ino, end).unwrap_err(), Errno::EIO);
+    // Every other entry is served, with its own metadata (the root shows the snapshot's).
+    let top = resolve(&fs, &root).unwrap();
+    for (path, want) in &expected {
+        if path.is_empty() || path == b"data/big-text" {
+            continue;
+        }
+        let mut attr = top;
+        for part in path.split(|&b| b == b'/') {
+            attr = fs
+                .lookup(attr.ino, OsStr::from_bytes(part))
+                .unwrap_or_else(|err| panic!("{}: {err:?}", path.escape_ascii()));
+        }
+        let path = path.escape_ascii();
+        assert_eq!(attr.mode as u64, want.mode, "{path}");
+        if want.kind == '-' {
+            assert_eq!(Some(attr.size), want.size, "{path}");
+        }
+    }
+    let target = resolve(&fs, &format!("{root}/links/target.txt")).unwrap();
+    assert_eq!(
+        sha256_hex(&read_all(&fs, target.ino)),
+        expected_sha("links/target.txt")
+    );
+}
+
+/// Polls `done` for up to a minute (counts made in the background).
+fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Link counts that need more than the entry itself: a directory's once it has been
+/// listed, a hardlinked file's once its hardlinks have been met or the background walk
+/// has counted them.
+#[test]
+fn link_counts_are_learned_without_walking_at_open() {
+    for snapshot in [LEGACY_SNAP, DATA_SNAP] {
+        let (fs, _) = store_fs();
+        let root = format!("{snapshot}/root.pxar");
+        // data/hard-c is the file; links/hard-a and links/hard-b come later as hardlinks.
+        let file = resolve(&fs, &format!("{root}/data/hard-c")).unwrap();
+        wait_until(|| fs.getattr(file.ino).unwrap().nlink == 3);
+        assert_eq!(fs.getattr(file.ino).unwrap().nlink, 3, "{snapshot}");
+        let links = resolve(&fs, &format!("{root}/links")).unwrap();
+        let listed = list(&fs, links.ino, 0).unwrap();
+        assert!(listed.iter().all(|(_, attr, _)| !attr.is_dir()));
+        assert_eq!(fs.getattr(links.ino).unwrap().nlink, 2, "{snapshot}");
+        let hard_a = listed.iter().find(|(name, _, _)| name == "hard-a").unwrap();
+        assert_eq!((hard_a.1.ino, hard_a.1.nlink), (file.ino, 3));
+        // A listing made ahead of the reader (before the hardlinks were met) shows the
+        // count known when it is read.
+        let (fs, _) = store_fs();
+        let top = resolve(&fs, &root).unwrap();
+        let data = list(&fs, top.ino, 0).unwrap(); // lists data/ in the background
+        let data = data.iter().find(|(name, _, _)| name == "data").unwrap().1;
+        let links = resolve(&fs, &format!("{root}/links")).unwrap();
+        list(&fs, links.ino, 0).unwrap();
+        let listed = list(&fs, data.ino, 0).unwrap();
+        let hard_c = listed.iter().find(|(name, _, _)| name == "hard-c").unwrap();
+        assert_eq!(hard_c.1.nlink, 3, "{snapshot}");
+        // meta holds acl-dir, empty-dir and sticky.
+        let meta = resolve(&fs, &format!("{root}/meta")).unwrap();
+        let listed = list(&fs, meta.ino, 0).unwrap();
+        assert_eq!(listed.iter().filter(|(_, a, _)| a.is_dir()).count(), 3);
+        assert_eq!(fs.getattr(meta.ino).unwrap().nlink, 2 + 3, "{snapshot}");
+    }
 }
 
 #[test]

@@ -168,3 +168,22 @@ pub fn extended_acl_lines(lines: Vec<String>) -> Vec<String> {
 pub fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
+
+/// Waits until the pbsfs mount of an archive at `point` has counted its entries in the
+/// background (statfs reports them, 0 before): from then on every link count is exact,
+/// also of a hardlinked file met before its hardlinks.
+pub fn wait_until_counted(point: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(point.as_os_str().as_bytes()).unwrap();
+    for _ in 0..6000 {
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a statvfs to fill.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        assert_eq!(rc, 0, "statvfs {}", point.display());
+        if stat.f_files > 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the mount at {} never finished counting", point.display());
+}
