@@ -463,6 +463,48 @@ mod tests {
     }
 
     #[test]
+    fn sparse_reader_hands_out_holes_as_zeros_without_reading_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("sparse");
+        let size: u64 = 256 << 20;
+        let islands: [(u64, &[u8]); 3] = [
+            (0, b"start"),
+            (100 << 20, b"middle island"),
+            (size - 3, b"end"),
+        ];
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(size).unwrap();
+        for (offset, bytes) in islands {
+            file.write_all_at(bytes, offset).unwrap();
+        }
+        drop(file);
+
+        let mut reader = SparseReader::new(std::fs::File::open(&path).unwrap());
+        let mut content = Vec::new();
+        reader.read_to_end(&mut content).unwrap();
+        assert_eq!(content.len() as u64, size);
+        for (offset, bytes) in islands {
+            let at = offset as usize;
+            assert_eq!(&content[at..at + bytes.len()], bytes);
+            content[at..at + bytes.len()].fill(0);
+        }
+        assert!(content.iter().all(|&b| b == 0));
+        // Only the blocks holding the islands were read (a few KiB each).
+        assert!(reader.data_read() <= 3 << 20, "read {} bytes", reader.data_read());
+        assert!(reader.data_read() >= 21);
+
+        // The accessor reads it the same way.
+        let fs = LocalFileSystem::new(dir.path());
+        let mut again = Vec::new();
+        fs.open_file(Path::new("sparse"))
+            .unwrap()
+            .read_to_end(&mut again)
+            .unwrap();
+        assert_eq!(again.len() as u64, size);
+        assert_eq!(&again[100 << 20..(100 << 20) + 13], b"middle island");
+    }
+
+    #[test]
     fn default_open_file_streams_through_read_at() {
         struct Bytes;
         impl FileSystemAccessor for Bytes {
