@@ -494,7 +494,9 @@ fn unreadable_entries_are_left_out_and_the_exit_status_says_so() {
     names.sort();
     assert_eq!(
         names,
-        ["open", "open/file", "readable"].map(PathBuf::from).to_vec()
+        ["open", "open/file", "readable"]
+            .map(PathBuf::from)
+            .to_vec()
     );
 
     // Nothing left out: exit status 0.

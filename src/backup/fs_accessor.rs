@@ -490,7 +490,11 @@ mod tests {
         }
         assert!(content.iter().all(|&b| b == 0));
         // Only the blocks holding the islands were read (a few KiB each).
-        assert!(reader.data_read() <= 3 << 20, "read {} bytes", reader.data_read());
+        assert!(
+            reader.data_read() <= 3 << 20,
+            "read {} bytes",
+            reader.data_read()
+        );
         assert!(reader.data_read() >= 21);
 
         // The accessor reads it the same way.

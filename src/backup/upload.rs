@@ -116,6 +116,9 @@ struct Job {
     reply: SyncSender<Result<ChunkDone>>,
 }
 
+/// Digest and stored blob of an all-zero chunk.
+type ZeroChunk = (Digest, Vec<u8>);
+
 /// Worker threads that hash, compress and upload chunks.
 pub struct UploadPool {
     jobs: Option<SyncSender<Job>>,
@@ -129,7 +132,7 @@ pub struct UploadPool {
     encoding: ChunkEncoding,
     /// Digest and blob of the all-zero chunk of each size met so far: holes of sparse files
     /// and zero-filled regions are cut into many equal chunks, hashed and compressed once.
-    zero_chunks: Mutex<HashMap<usize, Arc<(Digest, Vec<u8>)>>>,
+    zero_chunks: Mutex<HashMap<usize, Arc<ZeroChunk>>>,
 }
 
 impl UploadPool {
@@ -197,7 +200,8 @@ impl UploadPool {
                 Some(chunk) => chunk.clone(),
                 None => {
                     let zeros = vec![0u8; size];
-                    let chunk = Arc::new((self.encoding.digest(&zeros), self.encoding.encode(&zeros)?));
+                    let chunk =
+                        Arc::new((self.encoding.digest(&zeros), self.encoding.encode(&zeros)?));
                     cache.insert(size, chunk.clone());
                     chunk
                 }
@@ -509,7 +513,9 @@ impl<'p> ChunkedWriter<'p> {
         }
         self.after_injection = false;
         if self.buf.is_empty() {
-            let chunk = self.pool.store_zero_chunk(std::mem::take(&mut self.zeros))?;
+            let chunk = self
+                .pool
+                .store_zero_chunk(std::mem::take(&mut self.zeros))?;
             self.pending.push_back(Pending::Known(chunk));
             return self.drain(self.pool.in_flight);
         }
@@ -559,7 +565,9 @@ impl<'p> ChunkedWriter<'p> {
         while !data.is_empty() {
             let cut = match &mut self.cutter {
                 Cutter::Buzhash(chunker) => chunker.scan(data),
-                Cutter::Fixed(size) => Self::fixed_cut(*size, self.buf.len() + self.zeros, data.len()),
+                Cutter::Fixed(size) => {
+                    Self::fixed_cut(*size, self.buf.len() + self.zeros, data.len())
+                }
             };
             self.write_out_zeros();
             if cut == 0 {
