@@ -29,17 +29,24 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Exit statuses (README "Exit statuses"): 0 done, 1 error, 2 usage error (clap),
+    // 3 push snapshot made with entries left out.
     let parsed = cli::Cli::parse_from(args);
-    if let Err(err) = cli::run(parsed) {
+    match cli::run(parsed) {
+        Ok(outcome) => std::process::exit(outcome.exit_status()),
         // A closed pipe (`pbsfs restore ... - | head`) is not an error worth reporting.
-        if err.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        }) {
-            cli::output::exit_for_closed_stdout();
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            cli::output::exit_for_closed_stdout()
         }
-        eprintln!("pbsfs: error: {err:#}");
-        std::process::exit(1);
+        Err(err) => {
+            eprintln!("pbsfs: error: {err:#}");
+            std::process::exit(1);
+        }
     }
 }

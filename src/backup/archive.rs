@@ -194,6 +194,17 @@ pub struct ArchiveStats {
     /// Bytes of the previous payload stream injected (re-used files plus padding).
     pub injected_bytes: u64,
     pub warnings: u64,
+    /// Entries left out because they could not be read (each also counted as a warning).
+    pub left_out: u64,
+    /// Files whose reading failed part-way: stored with zeros in place of the rest.
+    pub incomplete: u64,
+}
+
+impl ArchiveStats {
+    /// Something of the tree is missing from the archive or stored incompletely.
+    pub fn is_partial(&self) -> bool {
+        self.left_out > 0 || self.incomplete > 0
+    }
 }
 
 /// Encodes the tree as a v1 (`legacy`) archive into `out` and returns it.
@@ -267,7 +278,10 @@ where
             walker.previous = hooks.previous;
         }
     }
-    walker.archive_dir_contents(&mut encoder, Path::new(""), true)?;
+    let root_names = fs
+        .read_dir(Path::new(""))
+        .context("cannot read the archive root")?;
+    walker.archive_dir_contents(&mut encoder, Path::new(""), root_names, true)?;
     if walker.previous.is_some() {
         walker.flush_cache(&mut encoder, false)?;
     }
@@ -436,6 +450,12 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         log_warning(message);
     }
 
+    /// An entry that could not be read is left out of the archive, with one warning.
+    fn leave_out(&mut self, path: &Path, reason: impl std::fmt::Display) {
+        self.stats.left_out += 1;
+        self.warn(&format!("{path:?} left out: {reason}"));
+    }
+
     fn root_metadata(&mut self) -> Result<Metadata> {
         let root = Path::new("");
         let stat = self.fs.lstat(root)?;
@@ -443,15 +463,17 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             .context("failed to read the root's metadata")
     }
 
+    /// Archives the entries of `dir`, whose names were listed already.
     fn archive_dir_contents<W: Write, P: Write>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         dir: &Path,
+        names: Vec<Vec<u8>>,
         is_root: bool,
     ) -> Result<()> {
         let cli_patterns = self.patterns.len();
         self.read_pxarexclude(dir);
-        let result = self.archive_list(encoder, dir, is_root);
+        let result = self.archive_list(encoder, dir, names, is_root);
         self.patterns.truncate(cli_patterns);
         result?;
         if is_root && !encoder.is_split() && self.patterns.has_cli_patterns() {
@@ -464,9 +486,10 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         &mut self,
         encoder: &mut Encoder<W, P>,
         dir: &Path,
+        names: Vec<Vec<u8>>,
         is_root: bool,
     ) -> Result<()> {
-        let list = self.directory_list(dir, is_root)?;
+        let list = self.directory_list(dir, names, is_root)?;
         // Without a previous snapshot every file is read: have the next ones on their way
         // from disk while this one is encoded. (With one, most are not read at all.)
         let mut read_ahead = self.previous.is_none().then(|| ReadAhead::new(&list));
@@ -535,11 +558,12 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
 
     /// The entries of a directory the official client archives, in its order: sorted by
     /// raw name bytes.
-    fn directory_list(&mut self, dir: &Path, is_root: bool) -> Result<Vec<ListEntry>> {
-        let names = self
-            .fs
-            .read_dir(dir)
-            .with_context(|| format!("cannot read directory {dir:?}"))?;
+    fn directory_list(
+        &mut self,
+        dir: &Path,
+        names: Vec<Vec<u8>>,
+        is_root: bool,
+    ) -> Result<Vec<ListEntry>> {
         let mut list = Vec::with_capacity(names.len());
         for name in names {
             if name == b"." || name == b".." || name.is_empty() || name.contains(&b'/') {
@@ -556,11 +580,10 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                     self.warn(&format!("file vanished while reading directory: {path:?}"));
                     continue;
                 }
-                Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
-                    self.warn(&format!("failed to stat {path:?}: access denied"));
+                Err(err) => {
+                    self.leave_out(&path, format_args!("cannot stat: {err}"));
                     continue;
                 }
-                Err(err) => return Err(err).with_context(|| format!("stat failed on {path:?}")),
             };
             let mut match_path = b"/".to_vec();
             match_path.extend_from_slice(path.as_os_str().as_bytes());
@@ -591,7 +614,10 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 self.warn(&format!("file vanished while reading: {:?}", entry.path));
                 return Ok(());
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                self.leave_out(&entry.path, format_args!("{err:#}"));
+                return Ok(());
+            }
         };
         if self.previous.is_none() {
             return self.encode_entry(encoder, entry, metadata, None);
@@ -624,9 +650,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             self.flush_cache(encoder, false)?;
         } else if self.cache.enabled() {
             if entry.stat.is_dir() {
-                self.cache
-                    .entries
-                    .push(Cached::DirStart(entry.clone(), metadata.clone()));
+                // Goes into the cache as well (see `add_directory`).
                 return self.add_directory(encoder, &entry, &metadata);
             }
             self.cache.entries.push(Cached::Other(entry, metadata));
@@ -840,7 +864,10 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                         self.warn(&format!("file vanished while reading: {path:?}"));
                         return Ok(());
                     }
-                    Err(err) => return Err(err.into()),
+                    Err(err) => {
+                        self.leave_out(path, format_args!("cannot read the link: {err}"));
+                        return Ok(());
+                    }
                 };
                 self.stats.others += 1;
                 self.observer.add_symlink(name)?;
@@ -886,27 +913,33 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 offset
             }
             None => {
-                // Opened before anything of it is written, so a file that vanished or is
-                // unreadable is skipped cleanly.
-                let content = match self.fs.open_file(path) {
+                // Opened and its first bytes read before anything of it is written, so a
+                // file that vanished or cannot be read is left out cleanly.
+                let reader = match self.fs.open_file(path) {
                     Ok(reader) => reader,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
                         self.warn(&format!("file vanished while reading: {path:?}"));
                         return Ok(());
                     }
-                    Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
-                        self.warn(&format!("failed to open file {path:?}: access denied"));
+                    Err(err) => {
+                        self.leave_out(path, format_args!("cannot open: {err}"));
                         return Ok(());
                     }
-                    Err(err) => return Err(err.into()),
+                };
+                let mut content = match FileContent::start(reader, stat.size, path) {
+                    Ok(content) => content,
+                    Err(err) => {
+                        self.leave_out(path, format_args!("cannot read: {err}"));
+                        return Ok(());
+                    }
                 };
                 self.observer.add_file(name, stat.size, stat.mtime.secs)?;
                 if let Some(payload) = self.payload.as_mut() {
                     payload.suggest_boundary()?;
                 }
-                let mut content = ExactSize::new(content, stat.size, path);
                 let offset = encoder.add_file(metadata, name, stat.size, &mut content)?;
                 self.stats.warnings += content.warnings;
+                self.stats.incomplete += u64::from(content.incomplete);
                 offset
             }
         };
@@ -926,7 +959,6 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         metadata: &Metadata,
     ) -> Result<()> {
         let ListEntry { name, path, stat } = entry;
-        self.stats.directories += 1;
         let saved = (self.fs_magic, self.fs_features, self.current_dev);
         let mut skip_contents = false;
         if stat.dev != self.current_dev {
@@ -936,8 +968,32 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             skip_contents = fs_flags::is_virtual_file_system(self.fs_magic)
                 || (!self.options.all_file_systems && stat.dev != self.root_dev);
         }
+        // Listed before anything of it is written, so one that cannot be listed is left
+        // out whole rather than archived as if it were empty.
+        let names = if skip_contents {
+            Vec::new()
+        } else {
+            match self.fs.read_dir(path) {
+                Ok(names) => names,
+                Err(err) => {
+                    (self.fs_magic, self.fs_features, self.current_dev) = saved;
+                    if err.kind() == io::ErrorKind::NotFound {
+                        self.warn(&format!("directory vanished while reading: {path:?}"));
+                    } else {
+                        self.leave_out(path, format_args!("cannot list: {err}"));
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        self.stats.directories += 1;
 
-        if !self.cache.enabled() {
+        if self.cache.enabled() {
+            // Written when the look-ahead cache is flushed.
+            self.cache
+                .entries
+                .push(Cached::DirStart(entry.clone(), metadata.clone()));
+        } else {
             self.observer.start_directory(name)?;
             encoder.create_directory(name, metadata)?;
         }
@@ -951,7 +1007,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             };
             match entered {
                 Ok(entered) => {
-                    let result = self.archive_dir_contents(encoder, path, false);
+                    let result = self.archive_dir_contents(encoder, path, names, false);
                     if entered {
                         if let Some(previous) = self.previous.as_mut() {
                             previous.leave_directory();
@@ -1133,50 +1189,146 @@ fn log_info(message: &str) {
     eprintln!("{message}");
 }
 
-/// Yields exactly `size` bytes: a file that grew is cut at its `lstat` size, one that shrank
-/// is padded with zeros (as the official client does, with a warning).
-struct ExactSize<'p, R> {
+/// A regular file's content as the archive stores it: exactly its `lstat` size. A file
+/// that grew while being read is cut at that size, one that shrank is padded with zeros,
+/// one whose reading fails part-way gets zeros in place of the rest; each with a warning.
+struct FileContent<'p, R> {
     inner: R,
-    remaining: u64,
-    inner_done: bool,
+    size: u64,
+    /// Bytes handed out so far.
+    delivered: u64,
+    /// The first bytes, read by `start`; handed out first.
+    head: Vec<u8>,
+    head_pos: usize,
+    /// The file gave out early: the rest is zeros.
+    padding: bool,
+    /// Whether reading on after `size` bytes was tried (to notice a file that grew).
+    end_checked: bool,
     path: &'p Path,
     warnings: u64,
+    /// Reading failed part-way.
+    incomplete: bool,
 }
 
-impl<'p, R: Read> ExactSize<'p, R> {
-    fn new(inner: R, size: u64, path: &'p Path) -> Self {
-        ExactSize {
+impl<'p, R: Read> FileContent<'p, R> {
+    /// Bytes `start` reads ahead. A file up to this size is read whole, with a look past
+    /// its end, before anything of it is archived.
+    const HEAD: u64 = 64 * 1024;
+
+    /// Reads the first bytes: a file that cannot be read at all fails here, before
+    /// anything of it is written, and can be left out.
+    fn start(mut inner: R, size: u64, path: &'p Path) -> io::Result<Self> {
+        let whole = size <= Self::HEAD;
+        // One byte more than a small file has, to see whether it grew.
+        let want = if whole { size + 1 } else { Self::HEAD } as usize;
+        let mut head = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match inner.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        head.truncate(got);
+        let mut content = FileContent {
             inner,
-            remaining: size,
-            inner_done: false,
+            size,
+            delivered: 0,
+            head,
+            head_pos: 0,
+            padding: false,
+            end_checked: whole,
             path,
             warnings: 0,
+            incomplete: false,
+        };
+        if got as u64 > size {
+            content.head.truncate(size as usize);
+            content.warn_grew();
+        } else if (got as u64) < size.min(Self::HEAD) {
+            content.padding = true;
+            content.warn_shrank(got as u64);
+        }
+        Ok(content)
+    }
+
+    fn warn(&mut self, message: String) {
+        self.warnings += 1;
+        log_warning(&message);
+    }
+
+    fn warn_grew(&mut self) {
+        let message = format!(
+            "{:?} grew while being read; stored its first {} bytes",
+            self.path, self.size
+        );
+        self.warn(message);
+    }
+
+    fn warn_shrank(&mut self, got: u64) {
+        let message = format!(
+            "{:?} shrank while being read; stored its first {got} bytes and {} zero bytes",
+            self.path,
+            self.size - got
+        );
+        self.warn(message);
+    }
+
+    /// All `size` bytes were handed out: a file with more to read grew.
+    fn check_end(&mut self) {
+        self.end_checked = true;
+        let mut probe = [0u8; 1];
+        if matches!(self.inner.read(&mut probe), Ok(n) if n > 0) {
+            self.warn_grew();
         }
     }
 }
 
-impl<R: Read> Read for ExactSize<'_, R> {
+impl<R: Read> Read for FileContent<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (buf.len() as u64).min(self.remaining) as usize;
+        let want = (buf.len() as u64).min(self.size - self.delivered) as usize;
         if want == 0 {
             return Ok(0);
         }
-        if !self.inner_done {
-            let got = self.inner.read(&mut buf[..want])?;
-            if got > 0 {
-                self.remaining -= got as u64;
-                return Ok(got);
+        let n = if self.head_pos < self.head.len() {
+            let n = want.min(self.head.len() - self.head_pos);
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            n
+        } else if self.padding {
+            buf[..want].fill(0);
+            want
+        } else {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.padding = true;
+                    self.warn_shrank(self.delivered);
+                    return self.read(buf);
+                }
+                Ok(n) => n.min(want),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => return Err(err),
+                Err(err) => {
+                    self.padding = true;
+                    self.incomplete = true;
+                    let message = format!(
+                        "{:?} could not be read past byte {} ({err}); stored {} zero bytes \
+                         in place of the rest",
+                        self.path,
+                        self.delivered,
+                        self.size - self.delivered
+                    );
+                    self.warn(message);
+                    return self.read(buf);
+                }
             }
-            self.inner_done = true;
-            self.warnings += 1;
-            log_warning(&format!(
-                "file size shrunk while reading: {:?}, file will be padded with zeros!",
-                self.path
-            ));
+        };
+        self.delivered += n as u64;
+        if self.delivered == self.size && !self.end_checked && !self.padding {
+            self.check_end();
         }
-        buf[..want].fill(0);
-        self.remaining -= want as u64;
-        Ok(want)
+        Ok(n)
     }
 }
 
@@ -1438,19 +1590,64 @@ mod tests {
         assert_eq!(filenames(&encode(&fs, &options)), ["d", "b"]);
     }
 
-    #[test]
-    fn exact_size_pads_and_truncates() {
-        let path = Path::new("f");
+    /// Reads a `FileContent` of `size` over `data` to the end.
+    fn content_of(data: &[u8], size: u64) -> (Vec<u8>, u64) {
+        let mut content = FileContent::start(data, size, Path::new("f")).unwrap();
         let mut out = Vec::new();
-        ExactSize::new(&b"abc"[..], 5, path)
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, b"abc\0\0");
-        out.clear();
-        ExactSize::new(&b"abcdef"[..], 2, path)
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, b"ab");
+        content.read_to_end(&mut out).unwrap();
+        (out, content.warnings)
+    }
+
+    #[test]
+    fn file_content_pads_and_cuts_with_a_warning() {
+        // Small files (read whole by `start`) and big ones (read on after the head).
+        for len in [3usize, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8 | 1).collect();
+            let size = len as u64;
+            assert_eq!(content_of(&data, size), (data.clone(), 0));
+            // Shrank: padded.
+            let mut padded = data[..len - 1].to_vec();
+            padded.push(0);
+            assert_eq!(content_of(&data[..len - 1], size), (padded, 1));
+            // Grew: cut, and said so.
+            let mut grown = data.clone();
+            grown.push(7);
+            assert_eq!(content_of(&grown, size), (data.clone(), 1));
+        }
+        assert_eq!(content_of(b"", 0), (Vec::new(), 0));
+        assert_eq!(content_of(b"x", 0), (Vec::new(), 1));
+    }
+
+    #[test]
+    fn file_content_fails_early_or_pads_after_a_read_error() {
+        /// `good` bytes, then errors.
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(1);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let path = Path::new("f");
+        // Nothing readable: `start` fails, the caller leaves the file out.
+        assert!(FileContent::start(Failing(0), 10, path).is_err());
+        assert!(FileContent::start(Failing(5), 10, path).is_err());
+        // Failing after the head: the rest is zeros and the file is marked incomplete.
+        let size = 3 * FileContent::<Failing>::HEAD;
+        let good = 2 * FileContent::<Failing>::HEAD as usize;
+        let mut content = FileContent::start(Failing(good), size, path).unwrap();
+        let mut out = Vec::new();
+        content.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, size);
+        assert!(out[..good].iter().all(|&b| b == 1));
+        assert!(out[good..].iter().all(|&b| b == 0));
+        assert!(content.incomplete);
+        assert_eq!(content.warnings, 1);
     }
 
     #[test]

@@ -417,6 +417,8 @@ fn add_walk_stats(total: &mut ArchiveStats, walk: &ArchiveStats) {
     total.reused_bytes += walk.reused_bytes;
     total.injected_bytes += walk.injected_bytes;
     total.warnings += walk.warnings;
+    total.left_out += walk.left_out;
+    total.incomplete += walk.incomplete;
 }
 
 /// Progress callback: counts entries, remembers the current path, stops on abort.

@@ -5,7 +5,7 @@
 //! Memory is bounded: one chunk being cut per stream plus a bounded number of chunks in
 //! flight (see [`UploadPool::new`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -116,6 +116,9 @@ struct Job {
     reply: SyncSender<Result<ChunkDone>>,
 }
 
+/// Digest and stored blob of an all-zero chunk.
+type ZeroChunk = (Digest, Vec<u8>);
+
 /// Worker threads that hash, compress and upload chunks.
 pub struct UploadPool {
     jobs: Option<SyncSender<Job>>,
@@ -125,6 +128,11 @@ pub struct UploadPool {
     stats: Arc<UploadStats>,
     abort: Arc<AtomicBool>,
     spare: Arc<SpareBuffers>,
+    session: Arc<dyn BackupSession>,
+    encoding: ChunkEncoding,
+    /// Digest and blob of the all-zero chunk of each size met so far: holes of sparse files
+    /// and zero-filled regions are cut into many equal chunks, hashed and compressed once.
+    zero_chunks: Mutex<HashMap<usize, Arc<ZeroChunk>>>,
 }
 
 impl UploadPool {
@@ -173,11 +181,40 @@ impl UploadPool {
             stats,
             abort,
             spare,
+            session,
+            encoding,
+            zero_chunks: Mutex::default(),
         }
     }
 
     pub fn stats(&self) -> &Arc<UploadStats> {
         &self.stats
+    }
+
+    /// Stores an all-zero chunk of `size` bytes, computing its digest and blob only the
+    /// first time that size occurs.
+    fn store_zero_chunk(&self, size: usize) -> Result<KnownChunk> {
+        let zero_chunk = {
+            let mut cache = self.zero_chunks.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&size) {
+                Some(chunk) => chunk.clone(),
+                None => {
+                    let zeros = vec![0u8; size];
+                    let chunk =
+                        Arc::new((self.encoding.digest(&zeros), self.encoding.encode(&zeros)?));
+                    cache.insert(size, chunk.clone());
+                    chunk
+                }
+            }
+        };
+        let (digest, blob) = &*zero_chunk;
+        store_chunk(&*self.session, &self.stats, digest, size as u64, || {
+            Ok(blob.as_slice())
+        })?;
+        Ok(KnownChunk {
+            size: size as u64,
+            digest: *digest,
+        })
     }
 
     fn submit(&self, data: Vec<u8>) -> Result<Receiver<Result<ChunkDone>>> {
@@ -257,20 +294,36 @@ fn process_chunk(
 ) -> Result<ChunkDone> {
     let digest = encoding.digest(data);
     let size = data.len() as u64;
+    store_chunk(session, stats, &digest, size, || {
+        let len = encoding.encode_into(data, blob)?;
+        Ok(&blob[..len])
+    })?;
+    Ok(ChunkDone { digest, size })
+}
+
+/// Counts a chunk and uploads it unless the store has it; `encode` makes its blob only
+/// when needed: known chunks are not compressed at all (the common case of an unchanged
+/// tree).
+fn store_chunk<'b>(
+    session: &dyn BackupSession,
+    stats: &UploadStats,
+    digest: &Digest,
+    size: u64,
+    encode: impl FnOnce() -> Result<&'b [u8]>,
+) -> Result<()> {
     stats.chunks.fetch_add(1, Ordering::Relaxed);
     stats.bytes.fetch_add(size, Ordering::Relaxed);
-    // Known chunks are not compressed at all: the common case of an unchanged tree.
-    if !session.is_known_chunk(&digest)? {
-        let len = encoding.encode_into(data, blob)?;
-        if session.upload_chunk(&digest, &blob[..len], size)? {
+    if !session.is_known_chunk(digest)? {
+        let blob = encode()?;
+        if session.upload_chunk(digest, blob, size)? {
             stats.new_chunks.fetch_add(1, Ordering::Relaxed);
             stats.new_bytes.fetch_add(size, Ordering::Relaxed);
             stats
                 .new_stored_bytes
-                .fetch_add(len as u64, Ordering::Relaxed);
+                .fetch_add(blob.len() as u64, Ordering::Relaxed);
         }
     }
-    Ok(ChunkDone { digest, size })
+    Ok(())
 }
 
 /// A chunk of a previous snapshot's index: `size` bytes with `digest`.
@@ -284,6 +337,17 @@ pub struct KnownChunk {
 enum Cutter {
     Buzhash(Chunker),
     Fixed(usize),
+}
+
+/// Writes at least this long that hold only zeros take the zero path (no copy, no hashing
+/// of chunks that are all zeros); shorter ones are not worth the check.
+const MIN_ZERO_WRITE: usize = 4096;
+
+/// True if every byte is zero; looks at blocks at a time so the compiler vectorises it and
+/// data that is not zero is usually rejected in the first block.
+fn is_all_zeros(data: &[u8]) -> bool {
+    data.chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Data handed to the workers by one stream and not yet back, at most (besides the count
@@ -302,8 +366,11 @@ pub struct ChunkedWriter<'p> {
     session: Arc<dyn BackupSession>,
     index: Option<Box<dyn IndexWriter>>,
     cutter: Cutter,
-    /// The current, not yet cut chunk; every byte of it was scanned.
+    /// The current, not yet cut chunk; every byte of it was scanned. It goes on with
+    /// `zeros` zero bytes that are only written into `buf` if data follows them in the same
+    /// chunk: a chunk of nothing but zeros never passes through memory.
     buf: Vec<u8>,
+    zeros: usize,
     pending: VecDeque<Pending>,
     pending_bytes: u64,
     position: u64,
@@ -344,6 +411,7 @@ impl<'p> ChunkedWriter<'p> {
             index: Some(index),
             cutter,
             buf: Vec::new(),
+            zeros: 0,
             pending: VecDeque::new(),
             pending_bytes: 0,
             position: 0,
@@ -392,7 +460,10 @@ impl<'p> ChunkedWriter<'p> {
     /// Forgets the not yet cut bytes if they are exactly `expected` and nothing else was
     /// written or injected (the start marker the first injected chunk already holds).
     pub fn discard_first_bytes_if(&mut self, expected: &[u8]) -> bool {
-        if self.pending.is_empty() && self.position == expected.len() as u64 && self.buf == expected
+        if self.pending.is_empty()
+            && self.position == expected.len() as u64
+            && self.zeros == 0
+            && self.buf == expected
         {
             self.buf.clear();
             self.position = 0;
@@ -405,7 +476,7 @@ impl<'p> ChunkedWriter<'p> {
     /// Forgets the not yet cut bytes if they are exactly `expected` and were written right
     /// after an injection (a tail marker the injected chunks already end with).
     pub fn discard_bytes_after_injection_if(&mut self, expected: &[u8]) -> bool {
-        if self.after_injection && self.buf == expected {
+        if self.after_injection && self.zeros == 0 && self.buf == expected {
             self.buf.clear();
             self.position -= expected.len() as u64;
             true
@@ -434,17 +505,25 @@ impl<'p> ChunkedWriter<'p> {
 
     /// Sends the current chunk (if any) to the workers.
     fn emit(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.zeros == 0 {
             return Ok(());
         }
         if self.pool.abort.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
+        self.after_injection = false;
+        if self.buf.is_empty() {
+            let chunk = self
+                .pool
+                .store_zero_chunk(std::mem::take(&mut self.zeros))?;
+            self.pending.push_back(Pending::Known(chunk));
+            return self.drain(self.pool.in_flight);
+        }
+        self.write_out_zeros();
         let capacity = match &self.cutter {
             Cutter::Buzhash(chunker) => chunker.min_size() * 2,
             Cutter::Fixed(size) => *size,
         };
-        self.after_injection = false;
         let data = std::mem::replace(&mut self.buf, self.pool.spare.take(capacity));
         let size = data.len() as u64;
         let result = self.pool.submit(data)?;
@@ -480,18 +559,17 @@ impl<'p> ChunkedWriter<'p> {
     }
 
     fn write_data(&mut self, mut data: &[u8]) -> Result<()> {
+        if data.len() >= MIN_ZERO_WRITE && is_all_zeros(data) {
+            return self.write_zeros(data.len());
+        }
         while !data.is_empty() {
             let cut = match &mut self.cutter {
                 Cutter::Buzhash(chunker) => chunker.scan(data),
                 Cutter::Fixed(size) => {
-                    let room = *size - self.buf.len();
-                    if data.len() >= room {
-                        room
-                    } else {
-                        0
-                    }
+                    Self::fixed_cut(*size, self.buf.len() + self.zeros, data.len())
                 }
             };
+            self.write_out_zeros();
             if cut == 0 {
                 self.buf.extend_from_slice(data);
                 self.position += data.len() as u64;
@@ -503,6 +581,44 @@ impl<'p> ChunkedWriter<'p> {
             self.emit()?;
         }
         Ok(())
+    }
+
+    /// Like `write_data` of `len` zero bytes, without touching them.
+    fn write_zeros(&mut self, mut len: usize) -> Result<()> {
+        while len > 0 {
+            let cut = match &mut self.cutter {
+                Cutter::Buzhash(chunker) => chunker.scan_zeros(len),
+                Cutter::Fixed(size) => Self::fixed_cut(*size, self.buf.len() + self.zeros, len),
+            };
+            let taken = if cut == 0 { len } else { cut };
+            self.zeros += taken;
+            self.position += taken as u64;
+            if cut == 0 {
+                return Ok(());
+            }
+            len -= cut;
+            self.emit()?;
+        }
+        Ok(())
+    }
+
+    /// Where a fixed-size chunk holding `filled` bytes ends in the next `len` bytes (0: not
+    /// in them).
+    fn fixed_cut(size: usize, filled: usize, len: usize) -> usize {
+        let room = size - filled;
+        if len >= room {
+            room
+        } else {
+            0
+        }
+    }
+
+    /// Data follows the pending zeros in the same chunk: they become real bytes.
+    fn write_out_zeros(&mut self) {
+        if self.zeros > 0 {
+            self.buf.resize(self.buf.len() + self.zeros, 0);
+            self.zeros = 0;
+        }
     }
 }
 

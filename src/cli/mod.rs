@@ -64,17 +64,37 @@ pub enum Command {
     Verify(verify::VerifyArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that did not fail ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything done: exit status 0.
+    Done,
+    /// Done, but not everything: a push whose snapshot was made with entries left out
+    /// (exit status 3, as restic's).
+    Partial,
+}
+
+impl Outcome {
+    pub fn exit_status(self) -> i32 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::Partial => 3,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let repo = &cli.repo;
-    match cli.command {
+    let done = match cli.command {
         Command::Snapshots(args) => snapshots::run(&args, repo),
         Command::Namespaces(args) => snapshots::run_namespaces(&args, repo),
         Command::Files(args) => files::run(&args, repo),
         Command::Restore(args) => restore::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
-        Command::Push(args) => push::run(&args, repo),
+        Command::Push(args) => return push::run(&args, repo),
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),
-    }
+    };
+    done.map(|()| Outcome::Done)
 }

@@ -27,6 +27,7 @@ use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
 
 use super::context::RepoArgs;
 use super::output::human_size;
+use super::Outcome;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -108,7 +109,8 @@ pub enum TypeArg {
     Ct,
 }
 
-pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
+/// Backs up; `Outcome::Partial` when the snapshot was made but entries were left out.
+pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     let specs = args
         .sources
         .iter()
@@ -167,7 +169,11 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<()> {
     if !args.quiet || repo.output_format.is_json() {
         print_summary(&summary, &options, repo);
     }
-    Ok(())
+    Ok(if summary.walk.is_partial() {
+        Outcome::Partial
+    } else {
+        Outcome::Done
+    })
 }
 
 /// The crypt mode and key, chosen like the official client: --keyfile means encrypt unless
@@ -316,6 +322,8 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
             "reused-files": walk.reused_files,
             "reused-file-bytes": walk.reused_bytes,
             "warnings": walk.warnings,
+            "left-out": walk.left_out,
+            "incomplete-files": walk.incomplete,
             "duration": secs,
         });
         repo.output_format.print_json(&value);
@@ -372,6 +380,21 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
     }
     if walk.warnings > 0 {
         let _ = writeln!(out, "warnings: {} (see above)", walk.warnings);
+    }
+    if walk.left_out > 0 {
+        let _ = writeln!(
+            out,
+            "left out: {} entries that could not be read (see the warnings)",
+            walk.left_out
+        );
+    }
+    if walk.incomplete > 0 {
+        let _ = writeln!(
+            out,
+            "incomplete: {} files that could not be read to the end, zeros stored in place \
+             of the rest (see the warnings)",
+            walk.incomplete
+        );
     }
     match &snapshot {
         Some(name) => {

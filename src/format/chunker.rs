@@ -159,6 +159,43 @@ impl Chunker {
         0
     }
 
+    /// Consumes `len` zero bytes, exactly like [`Chunker::scan`] of that many zeros, but in
+    /// constant time once the window holds only zeros: the hash over a window of zeros is 0
+    /// (each of the 32 rotations of `T[0]` appears twice and cancels), `0 & mask` never
+    /// reaches the threshold, and rolling in more zeros keeps it 0. So inside a run of zeros
+    /// only `max` can cut. Used for sparse files and zero-filled regions.
+    pub fn scan_zeros(&mut self, len: usize) -> usize {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let roll_start = self.prime_start + WINDOW;
+        let mut done = 0;
+        while done < len {
+            let left = len - done;
+            if self.size >= roll_start && self.ring == [0; WINDOW] {
+                debug_assert_eq!(self.h, 0, "the hash over a window of zeros is 0");
+                let room = self.max - self.size;
+                if left >= room {
+                    self.reset();
+                    return done + room;
+                }
+                self.size += left;
+                return 0;
+            }
+            // Until the window is full of zeros: byte by byte (at most a few windows once
+            // hashing has started; before that `scan` skips bytes without looking).
+            let step = if self.size >= self.prime_start {
+                left.min(WINDOW)
+            } else {
+                left.min(ZEROS.len())
+            };
+            let cut = self.scan(&ZEROS[..step]);
+            if cut > 0 {
+                return done + cut;
+            }
+            done += step;
+        }
+        0
+    }
+
     /// The rolling phase over `data[pos..]`; returns the boundary position if one is found.
     fn roll(&mut self, data: &[u8], mut pos: usize, start_size: usize) -> Option<usize> {
         let (mask, threshold) = (self.mask, self.threshold);
@@ -583,6 +620,71 @@ mod tests {
         assert!(stream.next().is_none());
     }
 
+    /// End offsets of all chunks when `data` is fed in pieces as in `chunk_ends`, each piece
+    /// split further into runs of zeros, which go through `scan_zeros`, and other bytes.
+    fn chunk_ends_with_zero_runs(data: &[u8], avg: usize, pieces: &[usize]) -> Vec<usize> {
+        let mut chunker = Chunker::new(avg);
+        let mut ends = Vec::new();
+        let (mut offset, mut piece) = (0, 0);
+        while offset < data.len() {
+            let len = pieces[piece % pieces.len()].clamp(1, data.len() - offset);
+            piece += 1;
+            let piece_end = offset + len;
+            while offset < piece_end {
+                let zeros = data[offset] == 0;
+                let run = data[offset..piece_end]
+                    .iter()
+                    .position(|&b| (b == 0) != zeros)
+                    .unwrap_or(piece_end - offset);
+                let (mut base, mut left) = (offset, run);
+                loop {
+                    let cut = if zeros {
+                        chunker.scan_zeros(left)
+                    } else {
+                        chunker.scan(&data[base..base + left])
+                    };
+                    if cut == 0 {
+                        break;
+                    }
+                    ends.push(base + cut);
+                    base += cut;
+                    left -= cut;
+                }
+                offset += run;
+            }
+        }
+        if ends.last() != Some(&data.len()) && !data.is_empty() {
+            ends.push(data.len());
+        }
+        ends
+    }
+
+    #[test]
+    fn zero_runs_cut_like_the_byte_by_byte_scan() {
+        // Vector D through the shortcut, in one piece and in odd pieces.
+        let data = vec![0u8; 20 << 20];
+        let want = vec![16 << 20, 20 << 20];
+        assert_eq!(
+            chunk_ends_with_zero_runs(&data, DEFAULT_CHUNK_SIZE, &[usize::MAX]),
+            want
+        );
+        assert_eq!(
+            chunk_ends_with_zero_runs(&data, DEFAULT_CHUNK_SIZE, &[1, 63, 64, 65, 3 << 20]),
+            want
+        );
+        // Islands of data in zeros, with zero runs shorter and longer than a window.
+        let mut data = vec![0u8; 9 << 20];
+        let noise = lcg_bytes(300_000);
+        data[1000..1100].copy_from_slice(&noise[..100]);
+        data[(5 << 20)..(5 << 20) + 300_000].copy_from_slice(&noise);
+        data[(8 << 20) + 30..(8 << 20) + 40].copy_from_slice(&noise[..10]);
+        let avg = 256 * 1024;
+        let want = reference_ends(&data, avg);
+        for pieces in [&[4096][..], &[10, 54, 64, 65, 100_000], &[usize::MAX]] {
+            assert_eq!(chunk_ends_with_zero_runs(&data, avg, pieces), want);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -603,6 +705,31 @@ mod tests {
             }).collect();
             let avg = 1usize << avg_log2;
             prop_assert_eq!(chunk_ends(&data, avg, &pieces), reference_ends(&data, avg));
+        }
+
+        /// Zero runs of any length between data, in any split, give the reference
+        /// boundaries when the zero pieces take the shortcut.
+        #[test]
+        fn zero_shortcut_keeps_boundaries(
+            seed in any::<u32>(),
+            runs in proptest::collection::vec((0usize..5_000, 0usize..40_000), 1..20),
+            pieces in proptest::collection::vec(1usize..70_000, 1..16),
+            avg_log2 in 8u32..=12,
+        ) {
+            let mut x = seed;
+            let mut data = Vec::new();
+            for (data_len, zero_len) in runs {
+                data.extend((0..data_len).map(|_| {
+                    x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                    (x >> 16) as u8
+                }));
+                data.resize(data.len() + zero_len, 0);
+            }
+            let avg = 1usize << avg_log2;
+            prop_assert_eq!(
+                chunk_ends_with_zero_runs(&data, avg, &pieces),
+                reference_ends(&data, avg)
+            );
         }
     }
 }

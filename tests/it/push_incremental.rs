@@ -421,4 +421,186 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
         let wrong = modes_unlike_pbs(&store);
         assert!(wrong.is_empty(), "umask {umask}: {wrong:#?}");
     }
+
+/// A sparse file (islands of data in holes) is stored exactly like a dense copy of the same
+/// bytes, as a pxar payload and as an image: holes read as zeros, and the zero path (no
+/// reading of holes, all-zero chunks hashed once) cuts and hashes like the byte path.
+#[test]
+fn sparse_files_push_the_same_chunks_as_dense_copies() {
+    use pbsfs::format::blob::decode_blob;
+    use pbsfs::format::index::{AnyIndex, ChunkIndex};
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (sparse_dir, dense_dir) = (work.path().join("s"), work.path().join("d"));
+    std::fs::create_dir(&sparse_dir).unwrap();
+    std::fs::create_dir(&dense_dir).unwrap();
+    let size: u64 = 1 << 30;
+    let islands: Vec<(u64, Vec<u8>)> = vec![
+        (0, random_bytes(10, 100_000)),
+        ((300 << 20) + 12345, random_bytes(11, 5 << 20)),
+        (700 << 20, vec![1]),
+        (size - 4096 - 17, random_bytes(12, 4096)),
+    ];
+    let sparse = std::fs::File::create(sparse_dir.join("f")).unwrap();
+    sparse.set_len(size).unwrap();
+    for (offset, bytes) in &islands {
+        sparse.write_all_at(bytes, *offset).unwrap();
+    }
+    drop(sparse);
+    // The same bytes, every block written.
+    let mut dense = std::io::BufWriter::new(std::fs::File::create(dense_dir.join("f")).unwrap());
+    let block = 16u64 << 20;
+    for start in (0..size).step_by(block as usize) {
+        let mut data = vec![0u8; block as usize];
+        for (offset, bytes) in &islands {
+            let end = offset + bytes.len() as u64;
+            if *offset < start + block && end > start {
+                let from = offset.max(&start) - start;
+                let to = end.min(start + block) - start;
+                let skip = (start + from - offset) as usize;
+                data[from as usize..to as usize]
+                    .copy_from_slice(&bytes[skip..skip + (to - from) as usize]);
+            }
+        }
+        dense.write_all(&data).unwrap();
+    }
+    dense.into_inner().unwrap().sync_all().unwrap();
+    let allocated = |path: &Path| std::fs::metadata(path).unwrap().blocks() * 512;
+    assert!(allocated(&sparse_dir.join("f")) < size / 100, "not sparse");
+    assert!(allocated(&dense_dir.join("f")) >= size, "not dense");
+
+    let client = LocalClient::new();
+    let specs: Vec<BackupSpec> = [
+        format!("sparse.pxar:{}", sparse_dir.display()),
+        format!("dense.pxar:{}", dense_dir.display()),
+        format!("sparse-image.img:{}", sparse_dir.join("f").display()),
+        format!("dense-image.img:{}", dense_dir.join("f").display()),
+    ]
+    .iter()
+    .map(|s| BackupSpec::parse(s).unwrap())
+    .collect();
+    let mut options = BackupOptions::new(BackupGroup::parse("host/sparse").unwrap(), 1000);
+    options.mode = ChangeDetection::Data;
+    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let dir = server
+        .run_backup(&client, &specs, &options)
+        .unwrap()
+        .snapshot
+        .unwrap();
+    let index = |name: &str| {
+        let raw = store()
+            .1
+            .read_snapshot_file(&pbsfs::store::names::BackupNamespace::root(), &dir, name)
+            .unwrap();
+        AnyIndex::parse(&raw).unwrap()
+    };
+    for (sparse, dense) in [
+        ("sparse.ppxar.didx", "dense.ppxar.didx"),
+        ("sparse-image.img.fidx", "dense-image.img.fidx"),
+    ] {
+        let (sparse, dense) = (index(sparse), index(dense));
+        assert_eq!(sparse.total_size(), dense.total_size());
+        assert_eq!(sparse.digests(), dense.digests());
+        assert_eq!(sparse.compute_csum(), dense.compute_csum());
+        // Every chunk stored decodes to bytes of its digest (the cached zero chunks too).
+        let mut seen = std::collections::HashSet::new();
+        for (i, digest) in sparse.digests().iter().enumerate() {
+            if !seen.insert(*digest) {
+                continue;
+            }
+            let raw = std::fs::read(store().1.chunk_path(digest)).unwrap();
+            let plain = decode_blob(&raw, 16 << 20).unwrap();
+            assert_eq!(
+                <sha2::Sha256 as sha2::Digest>::digest(&plain).as_slice(),
+                digest,
+                "chunk {i}"
+            );
+        }
+        assert!(seen.len() < 20, "{} distinct chunks", seen.len());
+    }
+}
+
+/// Pushed by a user who cannot read everything: a file and a directory it cannot open are
+/// left out with one warning each and counted, the snapshot is finished anyway, and the
+/// exit status is 3; a push with nothing left out exits 0.
+///
+/// The push runs as root without the capabilities that bypass file permissions, i.e. with
+/// the file access of an ordinary user who owns the datastore: a push as `nobody` would need
+/// a datastore of its own, and creating and removing its 65536 chunk directories takes
+/// minutes on a busy disk.
+#[test]
+fn unreadable_entries_are_left_out_and_the_exit_status_says_so() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("open")).unwrap();
+    std::fs::create_dir_all(tree.join("locked")).unwrap();
+    std::fs::write(tree.join("readable"), b"hello").unwrap();
+    std::fs::write(tree.join("secret"), b"not for ordinary users").unwrap();
+    std::fs::write(tree.join("open/file"), b"in an open directory").unwrap();
+    std::fs::write(tree.join("locked/inner"), b"behind a locked door").unwrap();
+    chmod(&tree.join("secret"), 0o000);
+    chmod(&tree.join("locked"), 0o000);
+
+    let datastore = store().1.root();
+    let push_without_privileges = |source: &Path, id: &str| {
+        let no_bypass = "-dac_override,-dac_read_search";
+        Command::new("setpriv")
+            .arg(format!("--inh-caps={no_bypass}"))
+            .arg(format!("--bounding-set={no_bypass}"))
+            .arg(env!("CARGO_BIN_EXE_pbsfs"))
+            .arg("-r")
+            .arg(datastore)
+            .args(["push", "--output-format", "json", "--crypt-mode", "none"])
+            .args(["--backup-id", id, "--backup-time", "1000"])
+            .arg(format!("root.pxar:{}", source.display()))
+            .output()
+            .unwrap()
+    };
+    let output = push_without_privileges(&tree, "partial");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.matches("left out").count(), 2, "{stderr}");
+    assert!(stderr.contains("\"secret\" left out: "), "{stderr}");
+    assert!(stderr.contains("\"locked\" left out: "), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["left-out"], 2, "{summary}");
+    assert_eq!(summary["incomplete-files"], 0, "{summary}");
+    assert_eq!(summary["files"], 2, "{summary}");
+    let snapshot = summary["snapshot"].as_str().unwrap().to_string();
+
+    // Finished and listed; the archive holds what could be read and nothing else.
+    let listing = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+        .arg("-r")
+        .arg(datastore)
+        .args(["snapshots", "host/partial"])
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains(&snapshot),
+        "{snapshot} not listed"
+    );
+    let restored = work.path().join("restored");
+    restore(&snapshot, &restored);
+    let mut names: Vec<PathBuf> = describe(&restored).into_keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["open", "open/file", "readable"]
+            .map(PathBuf::from)
+            .to_vec()
+    );
+
+    // Nothing left out: exit status 0.
+    let output = push_without_privileges(&tree.join("open"), "complete");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("left out"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["left-out"], 0, "{summary}");
 }

@@ -16,8 +16,8 @@ struct Shared {
     store: Arc<LocalDatastore>,
 }
 
-/// One datastore and one slow-to-read tree (a large sparse file: cheap to make, takes
-/// seconds to hash) per test binary.
+/// One datastore and one slow-to-push tree (a huge sparse file: cheap to make, takes
+/// minutes to push even though its holes are not read) per test binary.
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
@@ -27,7 +27,7 @@ fn shared() -> &'static Shared {
         std::fs::create_dir(&tree).unwrap();
         std::fs::write(tree.join("small"), b"small file").unwrap();
         let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
-        sparse.set_len(16 << 30).unwrap();
+        sparse.set_len(4 << 40).unwrap();
         Shared { dir, store }
     })
 }
