@@ -16,6 +16,7 @@ use pbsfs::store::local::{LocalDatastore, SnapshotEntry};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::snapshot::resolve_snapshot;
 
+use super::keys::{default_key_path, load_crypt_config};
 use super::output::OutputFormat;
 
 #[derive(Args, Debug, Clone)]
@@ -199,7 +200,7 @@ impl Context {
     pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
         self.keyfile
             .as_deref()
-            .map(super::keys::load_crypt_config)
+            .map(load_crypt_config)
             .transpose()
     }
 
@@ -214,9 +215,9 @@ impl Context {
             .iter()
             .any(|f| f.crypt_mode != CryptMode::None);
         let crypt = match &self.keyfile {
-            Some(path) => Some(super::keys::load_crypt_config(path)?),
-            None if needs_key => match super::key::default_key_path() {
-                Ok(path) if path.exists() => Some(super::keys::load_crypt_config(&path)?),
+            Some(path) => Some(load_crypt_config(path)?),
+            None if needs_key => match default_key_path() {
+                Ok(path) if path.exists() => Some(load_crypt_config(&path)?),
                 _ => None,
             },
             None => None,

@@ -13,6 +13,7 @@ pub mod reader;
 pub mod runtime;
 pub mod session;
 pub mod store;
+pub mod wire;
 mod tls;
 
 pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
