@@ -537,8 +537,10 @@ fn load_manifest(path: &Path) -> Result<Option<Manifest>, String> {
 
 /// Decodes a raw `index.json.blob`; the error says why it is damaged.
 pub fn decode_manifest(raw: &[u8]) -> Result<Manifest, String> {
-    // The error alone, not its chain: its message already names the cause.
-    Manifest::from_blob(raw).map_err(|err| format!("{MANIFEST_BLOB_NAME}: {err}"))
+    // The whole chain: the top error only says which part broke ("manifest blob"), its
+    // source says how ("too short", "CRC mismatch").
+    Manifest::from_blob(raw)
+        .map_err(|err| format!("{MANIFEST_BLOB_NAME}: {:#}", anyhow::Error::from(err)))
 }
 
 fn entries_only(listed: Vec<ListedSnapshot>) -> Vec<SnapshotEntry> {
