@@ -198,10 +198,7 @@ impl Context {
 
     /// The unlocked key named by --keyfile.
     pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
-        self.keyfile
-            .as_deref()
-            .map(load_crypt_config)
-            .transpose()
+        self.keyfile.as_deref().map(load_crypt_config).transpose()
     }
 
     /// Opens a snapshot and the key it needs: --keyfile, else (for an encrypted or signed

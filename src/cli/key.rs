@@ -9,10 +9,10 @@ use serde_json::json;
 use pbsfs::format::keyfile::{create_key_file, Kdf, KeyConfig};
 
 use super::context::RepoArgs;
-use super::keys::{load_crypt_config, new_password};
 /// The default key's location lives with the key loading (`keys`), which `context` uses too;
 /// re-exported because `push` names it here.
 pub use super::keys::default_key_path;
+use super::keys::{load_crypt_config, new_password};
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -84,9 +84,7 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                     .print_json(&json!({"path": path, "fingerprint": fingerprint}));
             } else {
                 outln!("created {} (fingerprint {fingerprint})", path.display());
-                outln!(
-                    "Keep a copy somewhere safe: without it, encrypted backups cannot be read."
-                );
+                outln!("Keep a copy somewhere safe: without it, encrypted backups cannot be read.");
             }
             Ok(())
         }
@@ -101,9 +99,7 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                 .with_context(|| format!("{} is not a PBS key file", path.display()))?;
             let fingerprint = match config.fingerprint {
                 Some(fingerprint) => fingerprint.to_string(),
-                None => load_crypt_config(&path)?
-                    .fingerprint()
-                    .to_string(),
+                None => load_crypt_config(&path)?.fingerprint().to_string(),
             };
             let kdf = match config.kdf.as_ref().map(|k| k.kdf()) {
                 None | Some(Kdf::None) => "none",

@@ -15,11 +15,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::RemoteError;
-use super::wire::{parse_data, status_error, FORM, USER_AGENT};
 use super::options::ConnectOptions;
 use super::query::encode_component;
 use super::session::H2Session;
 use super::tls;
+use super::wire::{parse_data, status_error, FORM, USER_AGENT};
 
 const API_BODY_LIMIT: usize = 64 << 20;
 
@@ -269,8 +269,8 @@ impl HttpClient {
         uri: &str,
         extra: &[(http::header::HeaderName, &str)],
     ) -> Result<Request<Full<Bytes>>, RemoteError> {
-        let mut builder = base_request(Method::GET, uri, &self.options)
-            .header(http::header::CONTENT_TYPE, FORM);
+        let mut builder =
+            base_request(Method::GET, uri, &self.options).header(http::header::CONTENT_TYPE, FORM);
         for (name, value) in extra {
             builder = builder.header(name, *value);
         }

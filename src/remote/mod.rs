@@ -13,8 +13,8 @@ pub mod reader;
 pub mod runtime;
 pub mod session;
 pub mod store;
-pub mod wire;
 mod tls;
+pub mod wire;
 
 pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
 pub use client::HttpClient;
