@@ -19,7 +19,13 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # Layers, lowest first; a layer may import only from layers listed before it (and itself).
-# `alloc` and `repository` are standalone helpers of the library (see ARCHITECTURE.md).
+# `alloc` imports nothing of ours; `repository` needs only `store::names` (ARCHITECTURE.md).
+# The mount/ crate is not scanned: Cargo already keeps it from importing pbsfs.
+
+# Upward imports listed in ARCHITECTURE.md as known deviations: reported, not failed.
+KNOWN = {
+    ("remote::store", "backup::session"): "the write seam lives in backup/ (issue 14)",
+}
 LAYERS = ["format", "alloc", "pxar", "store", "repository", "remote", "backup", "snapfs", "cli"]
 
 
@@ -261,6 +267,10 @@ def main():
             if d == ("<main>",) or not key or not d:
                 continue
             if rank.get(d[0], -1) > rank.get(key[0], len(LAYERS)):
+                known = KNOWN.get((name(key), name(d)))
+                if known:
+                    print(f"known deviation: {name(key)} -> {name(d)}: {known}")
+                    continue
                 bad += 1
                 print(f"layering: {name(key)} -> {name(d)}")
     if not bad:
