@@ -1,6 +1,6 @@
 //! pbsfs: read and write Proxmox Backup Server snapshots.
 //!
-//! Layers (see DESIGN in the README): `format` (pure codecs) → `pxar` (archive format) →
+//! Layers (see ARCHITECTURE.md): `format` (pure codecs) → `pxar` (archive format) →
 //! `store` (datastores, chunk sources, range reader) → `cli`.
 
 pub mod alloc;

@@ -16,6 +16,7 @@ use pbsfs::store::local::{LocalDatastore, SnapshotEntry};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::snapshot::resolve_snapshot;
 
+use super::keys::{default_key_path, load_crypt_config};
 use super::output::OutputFormat;
 
 #[derive(Args, Debug, Clone)]
@@ -197,10 +198,7 @@ impl Context {
 
     /// The unlocked key named by --keyfile.
     pub fn crypt(&self) -> Result<Option<Arc<CryptConfig>>> {
-        self.keyfile
-            .as_deref()
-            .map(super::keys::load_crypt_config)
-            .transpose()
+        self.keyfile.as_deref().map(load_crypt_config).transpose()
     }
 
     /// Opens a snapshot and the key it needs: --keyfile, else (for an encrypted or signed
@@ -214,9 +212,9 @@ impl Context {
             .iter()
             .any(|f| f.crypt_mode != CryptMode::None);
         let crypt = match &self.keyfile {
-            Some(path) => Some(super::keys::load_crypt_config(path)?),
-            None if needs_key => match super::key::default_key_path() {
-                Ok(path) if path.exists() => Some(super::keys::load_crypt_config(&path)?),
+            Some(path) => Some(load_crypt_config(path)?),
+            None if needs_key => match default_key_path() {
+                Ok(path) if path.exists() => Some(load_crypt_config(&path)?),
                 _ => None,
             },
             None => None,

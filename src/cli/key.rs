@@ -1,6 +1,6 @@
 //! `pbsfs key create` and `pbsfs key show`: encryption key files in the official format.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,6 +9,10 @@ use serde_json::json;
 use pbsfs::format::keyfile::{create_key_file, Kdf, KeyConfig};
 
 use super::context::RepoArgs;
+/// The default key's location lives with the key loading (`keys`), which `context` uses too;
+/// re-exported because `push` names it here.
+pub use super::keys::default_key_path;
+use super::keys::{load_crypt_config, new_password};
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -46,15 +50,6 @@ pub enum KdfArg {
     Pbkdf2,
 }
 
-/// The official client's default key location.
-pub fn default_key_path() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
-    };
-    Ok(base.join("proxmox-backup").join("encryption-key.json"))
-}
-
 pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
     match &args.command {
         KeyCommand::Create { path, kdf } => {
@@ -75,7 +70,7 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
             };
             let password = match kdf {
                 Kdf::None => None,
-                _ => Some(super::keys::new_password()?),
+                _ => Some(new_password()?),
             };
             let (_key, config) =
                 create_key_file(&path, kdf, password.as_ref().map(|p| p.as_slice()))
@@ -89,9 +84,7 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                     .print_json(&json!({"path": path, "fingerprint": fingerprint}));
             } else {
                 outln!("created {} (fingerprint {fingerprint})", path.display());
-                outln!(
-                    "Keep a copy somewhere safe: without it, encrypted backups cannot be read."
-                );
+                outln!("Keep a copy somewhere safe: without it, encrypted backups cannot be read.");
             }
             Ok(())
         }
@@ -106,9 +99,7 @@ pub fn run(args: &KeyArgs, repo: &RepoArgs) -> Result<()> {
                 .with_context(|| format!("{} is not a PBS key file", path.display()))?;
             let fingerprint = match config.fingerprint {
                 Some(fingerprint) => fingerprint.to_string(),
-                None => super::keys::load_crypt_config(&path)?
-                    .fingerprint()
-                    .to_string(),
+                None => load_crypt_config(&path)?.fingerprint().to_string(),
             };
             let kdf = match config.kdf.as_ref().map(|k| k.kdf()) {
                 None | Some(Kdf::None) => "none",

@@ -1,8 +1,9 @@
-//! Loading the encryption key named by `--keyfile`, with its password from the environment
-//! (PBS_ENCRYPTION_PASSWORD, _FILE, _FD, _CMD, like the official client) or a prompt.
+//! Loading the encryption key named by `--keyfile` (or the official client's default key),
+//! with its password from the environment (PBS_ENCRYPTION_PASSWORD, _FILE, _FD, _CMD, like
+//! the official client) or a prompt.
 
 use std::io::{BufRead, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +11,15 @@ use zeroize::Zeroizing;
 
 use pbsfs::format::crypto::CryptConfig;
 use pbsfs::format::keyfile::{decrypt_key, KeyConfig};
+
+/// The official client's default key location.
+pub fn default_key_path() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
+    };
+    Ok(base.join("proxmox-backup").join("encryption-key.json"))
+}
 
 /// Reads and unlocks a key file.
 pub fn load_crypt_config(path: &Path) -> Result<Arc<CryptConfig>> {

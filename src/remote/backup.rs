@@ -20,12 +20,12 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::client::{HttpClient, DOWNLOAD_LIMIT};
-use super::datastore::snapshot_params;
+use super::client::HttpClient;
 use super::error::RemoteError;
-use super::query::encode_query;
+use super::query::{encode_query, snapshot_params};
 use super::runtime::block_on;
-use super::session::{H2Session, FORM, JSON, OCTETS};
+use super::session::H2Session;
+use super::wire::{DOWNLOAD_LIMIT, FORM, JSON, OCTETS};
 use crate::format::blob::MAX_CHUNK_SIZE;
 use crate::format::crypto::Fingerprint;
 use crate::format::index::AnyIndex;

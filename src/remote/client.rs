@@ -19,11 +19,9 @@ use super::options::ConnectOptions;
 use super::query::encode_component;
 use super::session::H2Session;
 use super::tls;
+use super::wire::{parse_data, status_error, FORM, USER_AGENT};
 
-pub const USER_AGENT: &str = concat!("pbsfs/", env!("CARGO_PKG_VERSION"));
 const API_BODY_LIMIT: usize = 64 << 20;
-/// Large enough for the index of a multi-terabyte archive.
-pub const DOWNLOAD_LIMIT: usize = 256 << 20;
 
 #[derive(Clone)]
 struct Ticket {
@@ -271,8 +269,8 @@ impl HttpClient {
         uri: &str,
         extra: &[(http::header::HeaderName, &str)],
     ) -> Result<Request<Full<Bytes>>, RemoteError> {
-        let mut builder = base_request(Method::GET, uri, &self.options)
-            .header(http::header::CONTENT_TYPE, super::session::FORM);
+        let mut builder =
+            base_request(Method::GET, uri, &self.options).header(http::header::CONTENT_TYPE, FORM);
         for (name, value) in extra {
             builder = builder.header(name, *value);
         }
@@ -369,55 +367,6 @@ fn header_value(text: &str) -> Result<HeaderValue, RemoteError> {
         auth_id: String::new(),
         message: "credentials contain characters not allowed in an HTTP header".into(),
     })
-}
-
-/// The `data` member of a PBS JSON answer.
-pub(crate) fn parse_data(raw: &[u8], server: &str) -> Result<Value, RemoteError> {
-    let mut value: Value = serde_json::from_slice(raw).map_err(|err| RemoteError::Protocol {
-        server: server.to_string(),
-        message: format!("invalid JSON: {err}"),
-    })?;
-    match value.get_mut("data") {
-        Some(data) => Ok(data.take()),
-        None => Err(RemoteError::Protocol {
-            server: server.to_string(),
-            message: "JSON answer without 'data'".into(),
-        }),
-    }
-}
-
-/// A non-2xx answer; the body is the server's plain-text message (protocol.md §4).
-pub(crate) fn status_error(
-    status: StatusCode,
-    body: &[u8],
-    server: &str,
-    auth_id: &str,
-) -> RemoteError {
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)])
-        .trim()
-        .to_string();
-    let message = if text.is_empty() {
-        status
-            .canonical_reason()
-            .unwrap_or("no message")
-            .to_string()
-    } else {
-        text
-    };
-    match status {
-        StatusCode::UNAUTHORIZED if !message.starts_with("download chunk") => {
-            RemoteError::AuthenticationFailed {
-                server: server.to_string(),
-                auth_id: auth_id.to_string(),
-                message,
-            }
-        }
-        StatusCode::FORBIDDEN => RemoteError::Forbidden { message },
-        _ => RemoteError::Status {
-            status: status.as_u16(),
-            message,
-        },
-    }
 }
 
 /// TCP keepalive after 120 s idle, like the official client (dead peers are noticed).

@@ -9,11 +9,12 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::backup::RemoteBackupSession;
-use super::client::{HttpClient, DOWNLOAD_LIMIT};
+use super::client::HttpClient;
 use super::options::ConnectOptions;
-use super::query::{encode_component, encode_query};
+use super::query::{encode_component, encode_query, ns_param, snapshot_params};
 use super::reader::RemoteReader;
 use super::runtime::block_on;
+use super::wire::DOWNLOAD_LIMIT;
 use crate::format::crypto::{CryptConfig, Fingerprint};
 use crate::format::index::AnyIndex;
 use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
@@ -354,26 +355,6 @@ impl RemoteDatastore {
     ) -> Result<RemoteBackupSession> {
         RemoteBackupSession::start(&self.client, &self.store, ns, dir, chunk_key)
     }
-}
-
-/// `[(name, ns)]`, or nothing for the root namespace (the official client omits it).
-pub(crate) fn ns_param(name: &'static str, ns: &BackupNamespace) -> Vec<(&'static str, String)> {
-    if ns.is_root() {
-        Vec::new()
-    } else {
-        vec![(name, ns.to_string())]
-    }
-}
-
-pub(crate) fn snapshot_params(
-    ns: &BackupNamespace,
-    dir: &BackupDir,
-) -> Vec<(&'static str, String)> {
-    let mut params = ns_param("ns", ns);
-    params.push(("backup-type", dir.group.backup_type.as_str().to_string()));
-    params.push(("backup-id", dir.group.backup_id.clone()));
-    params.push(("backup-time", dir.time.to_string()));
-    params
 }
 
 /// Routes a chunk to the reader session that downloaded an index containing it.

@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod session;
 pub mod store;
 mod tls;
+pub mod wire;
 
 pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
 pub use client::HttpClient;

@@ -1,5 +1,8 @@
 //! URL query strings as the official client writes them: keys in alphabetical order, values
-//! form-encoded (protocol.md §4, transcripts README fact 4).
+//! form-encoded (protocol.md §4, transcripts README fact 4); the parameters that name a
+//! namespace and a snapshot in API calls and session upgrades.
+
+use crate::store::names::{BackupDir, BackupNamespace};
 
 /// `a=1&b=x%2Fy` from pairs, sorted by key.
 pub fn encode_query(pairs: &[(&str, String)]) -> String {
@@ -66,6 +69,27 @@ pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
             Some((decode_component(key)?, decode_component(value)?))
         })
         .collect()
+}
+
+/// `[(name, ns)]`, or nothing for the root namespace (the official client omits it).
+pub(crate) fn ns_param(name: &'static str, ns: &BackupNamespace) -> Vec<(&'static str, String)> {
+    if ns.is_root() {
+        Vec::new()
+    } else {
+        vec![(name, ns.to_string())]
+    }
+}
+
+/// The parameters naming a snapshot: its namespace (if not the root), type, id and time.
+pub(crate) fn snapshot_params(
+    ns: &BackupNamespace,
+    dir: &BackupDir,
+) -> Vec<(&'static str, String)> {
+    let mut params = ns_param("ns", ns);
+    params.push(("backup-type", dir.group.backup_type.as_str().to_string()));
+    params.push(("backup-id", dir.group.backup_id.clone()));
+    params.push(("backup-time", dir.time.to_string()));
+    params
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::Semaphore;
 
-use super::client::{HttpClient, DOWNLOAD_LIMIT};
-use super::datastore::snapshot_params;
+use super::client::HttpClient;
 use super::error::RemoteError;
-use super::query::encode_query;
+use super::query::{encode_query, snapshot_params};
 use super::runtime::block_on;
-use super::session::{H2Session, FORM};
+use super::session::H2Session;
+use super::wire::{DOWNLOAD_LIMIT, FORM};
 use crate::format::blob::{decode_blob, MAX_BLOB_SIZE, MAX_CHUNK_SIZE};
 use crate::format::index::AnyIndex;
 use crate::format::manifest::{Manifest, MANIFEST_BLOB_NAME};

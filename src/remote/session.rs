@@ -11,18 +11,14 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
-use super::client::{status_error, USER_AGENT};
 use super::error::RemoteError;
+use super::wire::{parse_data, status_error, USER_AGENT};
 
 /// Windows and frame size as sent by proxmox-backup-client (transcripts README fact 10).
 const WINDOW: u32 = 2_147_483_646;
 const MAX_FRAME: u32 = 4 * 1024 * 1024;
 /// Requests carry this fixed authority; the server ignores it (fact 11).
 const AUTHORITY: &str = "localhost:8007";
-
-pub const FORM: &str = "application/x-www-form-urlencoded";
-pub const OCTETS: &str = "application/octet-stream";
-pub const JSON: &str = "application/json";
 
 pub struct H2Session {
     sender: h2::client::SendRequest<Bytes>,
@@ -118,7 +114,7 @@ impl H2Session {
         let raw = self
             .request(method, path_and_query, content_type, body, 16 << 20)
             .await?;
-        super::client::parse_data(&raw, &self.server)
+        parse_data(&raw, &self.server)
     }
 
     async fn exchange(
