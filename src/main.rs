@@ -32,6 +32,7 @@ fn main() {
     // Exit statuses (README "Exit statuses"): 0 done, 1 error, 2 usage error (clap),
     // 3 push snapshot made with entries left out.
     let parsed = cli::Cli::parse_from(args);
+    cli::logging::init(&parsed.log);
     match cli::run(parsed) {
         Ok(outcome) => std::process::exit(outcome.exit_status()),
         // A closed pipe (`pbsfs restore ... - | head`) is not an error worth reporting.

@@ -447,7 +447,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
 
     fn warn(&mut self, message: &str) {
         self.stats.warnings += 1;
-        log_warning(message);
+        log::warn!("{message}");
     }
 
     /// An entry that could not be read is left out of the archive, with one warning.
@@ -998,7 +998,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             encoder.create_directory(name, metadata)?;
         }
         let result = if skip_contents {
-            log_info(&format!("skipping mount point: {path:?}"));
+            log::info!("skipping mount point: {path:?}");
             Ok(())
         } else {
             let entered = match self.previous.as_mut() {
@@ -1181,13 +1181,6 @@ fn is_not_found(err: &anyhow::Error) -> bool {
     })
 }
 
-fn log_warning(message: &str) {
-    eprintln!("warning: {message}");
-}
-
-fn log_info(message: &str) {
-    eprintln!("{message}");
-}
 
 /// A regular file's content as the archive stores it: exactly its `lstat` size. A file
 /// that grew while being read is cut at that size, one that shrank is padded with zeros,
@@ -1256,7 +1249,7 @@ impl<'p, R: Read> FileContent<'p, R> {
 
     fn warn(&mut self, message: String) {
         self.warnings += 1;
-        log_warning(&message);
+        log::warn!("{message}");
     }
 
     fn warn_grew(&mut self) {

@@ -95,7 +95,7 @@ impl PreviousSnapshot {
             Ok(entry) => entry,
             Err(err) => {
                 if self.lookup_errors == 0 {
-                    eprintln!("warning: previous snapshot unreadable, files are read again: {err}");
+                    log::warn!("previous snapshot unreadable, files are read again: {err:#}");
                 }
                 self.lookup_errors += 1;
                 None

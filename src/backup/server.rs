@@ -393,14 +393,13 @@ impl Server {
         PreviousSnapshot::open(&*self.store, &options.ns, prev, name, &options.protection)
             .unwrap_or_else(|err| {
                 if let Some(reason) = err.downcast_ref::<NotReusable>() {
-                    eprintln!(
+                    log::info!(
                         "note: previous snapshot {prev} is not re-used ({reason}); \
                          every file is read"
                     );
                 } else {
-                    eprintln!(
-                        "warning: cannot use previous snapshot {prev} for change \
-                         detection: {err:#}"
+                    log::warn!(
+                        "cannot use previous snapshot {prev} for change detection: {err:#}"
                     );
                 }
                 None

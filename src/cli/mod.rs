@@ -13,6 +13,7 @@ pub mod files;
 pub mod helper;
 pub mod key;
 pub mod keys;
+pub mod logging;
 pub mod mount;
 pub mod output;
 pub mod push;
@@ -32,6 +33,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub repo: context::RepoArgs,
+    #[command(flatten)]
+    pub log: logging::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -91,7 +94,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Files(args) => files::run(&args, repo),
         Command::Restore(args) => restore::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
-        Command::Push(args) => return push::run(&args, repo),
+        Command::Push(mut args) => {
+            args.quiet = cli.log.quiet;
+            return push::run(&args, repo);
+        }
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),

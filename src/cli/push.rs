@@ -78,8 +78,8 @@ pub struct PushArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// No progress and no summary (errors and warnings only).
-    #[arg(long, short)]
+    /// No progress and no summary: the global -q/--quiet, which may also follow `push`.
+    #[arg(skip)]
     pub quiet: bool,
 
     /// Threads for hashing and compression (default: one per core).

@@ -205,7 +205,7 @@ impl Tree {
     fn eio(&self, what: &str, err: impl std::fmt::Display) -> Errno {
         let message = format!("{what}: {err}");
         if self.logged.lock().unwrap().insert(message.clone()) {
-            eprintln!("pbsfs: {message}");
+            log::error!("{message}");
         }
         Errno::EIO
     }

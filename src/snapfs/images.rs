@@ -156,7 +156,7 @@ impl ReadOnlyFs for ImageDirFs {
         let (name, reader) = self.image(ino)?;
         let pattern = self.open_files.read(fh, offset, size, reader.size());
         read_image(reader, offset, size, pattern, |err| {
-            eprintln!("pbsfs: {name}: {err}");
+            log::error!("{name}: {err:#}");
             Errno::EIO
         })
     }

@@ -220,7 +220,7 @@ impl StoreFs {
     fn eio(&self, what: impl std::fmt::Display) -> Errno {
         let message = what.to_string();
         if self.logged.lock().unwrap().insert(message.clone()) {
-            eprintln!("pbsfs: {message}");
+            log::error!("{message}");
         }
         Errno::EIO
     }

@@ -421,6 +421,7 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
         let wrong = modes_unlike_pbs(&store);
         assert!(wrong.is_empty(), "umask {umask}: {wrong:#?}");
     }
+}
 
 /// A sparse file (islands of data in holes) is stored exactly like a dense copy of the same
 /// bytes, as a pxar payload and as an image: holes read as zeros, and the zero path (no
@@ -603,4 +604,52 @@ fn unreadable_entries_are_left_out_and_the_exit_status_says_so() {
     assert!(!stderr.contains("left out"), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["left-out"], 0, "{summary}");
+}
+
+/// Messages of the library reach stderr through the logging facade, at the level that
+/// `-q`, `-v` and PBSFS_LOG choose, for every command (here push's note on a mount point).
+#[test]
+fn log_levels_follow_the_flags_and_pbsfs_log() {
+    let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("mounted")).unwrap();
+    std::fs::write(tree.join("file"), b"data").unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(tree.join("mounted"))
+        .status()
+        .expect("mount(8) is needed");
+    assert!(status.success(), "mounting a tmpfs needs root");
+    let push = |global: &[&str], env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pbsfs"));
+        command
+            .args(global)
+            .arg("-r")
+            .arg(work.path().join("ds"))
+            .args(["push", "--dry-run", "--backup-id", "logs"])
+            .arg(format!("root.pxar:{}", tree.display()))
+            .env_remove("PBSFS_LOG");
+        if let Some(filter) = env {
+            command.env("PBSFS_LOG", filter);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{global:?} {env:?}: {stderr}");
+        stderr
+    };
+    let results = [
+        push(&[], None),
+        push(&["-q"], None),
+        push(&["-v"], None),
+        push(&[], Some("error")),
+    ];
+    let _ = Command::new("umount").arg(tree.join("mounted")).status();
+    let [default, quiet, verbose, only_errors] = results;
+    assert!(default.contains("skipping mount point"), "{default}");
+    assert!(!quiet.contains("skipping mount point"), "{quiet}");
+    assert!(
+        verbose.contains("[INFO pbsfs::backup::archive] skipping mount point"),
+        "{verbose}"
+    );
+    assert!(!only_errors.contains("skipping mount point"), "{only_errors}");
 }
