@@ -393,9 +393,9 @@ impl Server {
         PreviousSnapshot::open(&*self.store, &options.ns, prev, name, &options.protection)
             .unwrap_or_else(|err| {
                 if let Some(reason) = err.downcast_ref::<NotReusable>() {
-                    log::info!(
-                        "note: previous snapshot {prev} is not re-used ({reason}); \
-                         every file is read"
+                    // A warning: it makes this push read everything, even with -q.
+                    log::warn!(
+                        "previous snapshot {prev} is not re-used ({reason}); every file is read"
                     );
                 } else {
                     log::warn!(
