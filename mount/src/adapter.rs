@@ -47,6 +47,11 @@ impl KernelTuning {
             self.ttl
         }
     }
+
+    /// `attr` as the kernel gets it, with how long it may keep it.
+    fn reply_attr(&self, attr: &Attr) -> Result<(FileAttr, Duration), Errno> {
+        Ok((file_attr(attr)?, self.attr_ttl(attr)))
+    }
 }
 
 pub(crate) struct FuseAdapter<F> {
@@ -78,8 +83,7 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
                 if !dir.is_dir() {
                     return Err(Errno::ENOTDIR);
                 }
-                let dot = file_attr(&dir)?;
-                let dot_ttl = self.tuning.attr_ttl(&dir);
+                let (dot, dot_ttl) = self.tuning.reply_attr(&dir)?;
                 if offset == 0 {
                     if out.push(ino, 1, OsStr::new("."), &dot, dot_ttl) {
                         return Ok(());
@@ -102,12 +106,12 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
                     0 => None, // would make the kernel restart the listing forever
                     n => n.checked_add(2),
                 };
-                let (Some(next), Ok(attr)) = (next, file_attr(&item.attr)) else {
+                let (Some(next), Ok((attr, ttl))) = (next, self.tuning.reply_attr(&item.attr))
+                else {
                     log::error!("bad directory entry {:?} in inode {ino}", item.name);
                     bad_item = Some(Errno::EIO);
                     return ControlFlow::Break(());
                 };
-                let ttl = self.tuning.attr_ttl(&item.attr);
                 if out.push(item.attr.ino, next, item.name, &attr, ttl) {
                     return ControlFlow::Break(());
                 }
@@ -228,10 +232,9 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let ttl = self.tuning.ttl;
+        let (tuning, ttl) = (self.tuning, self.tuning.ttl);
         let found = self.guarded("lookup", |fs| {
-            let attr = fs.lookup(parent.0, name)?;
-            Ok((file_attr(&attr)?, self.tuning.attr_ttl(&attr)))
+            tuning.reply_attr(&fs.lookup(parent.0, name)?)
         });
         match found {
             // Names never change: only the attributes may be provisional.
@@ -243,11 +246,8 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let found = self.guarded("getattr", |fs| {
-            let attr = fs.getattr(ino.0)?;
-            Ok((file_attr(&attr)?, self.tuning.attr_ttl(&attr)))
-        });
-        match found {
+        let tuning = self.tuning;
+        match self.guarded("getattr", |fs| tuning.reply_attr(&fs.getattr(ino.0)?)) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(err) => reply.error(err.to_fuser()),
         }
