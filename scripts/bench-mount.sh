@@ -15,7 +15,10 @@
 #                                             against one of 13 KiB: some 50 ms apart)
 # Each figure is the best of BENCH_ROUNDS (default 5) rounds, mount and baseline alike.
 # The legacy archives take minutes to make: they are kept in BENCH_CACHE
-# (default /var/tmp/pbsfs-bench-cache) between runs. BENCH_ONLY=ready measures only them.
+# (default /var/tmp/pbsfs-bench-cache) between runs.
+# BENCH_ONLY=ready, reads or find measures only that part: the ready mounts; the 1 GiB
+# file's reads (and RSS); find -ls over the many files. BENCH_BIN=PATH measures that pbsfs
+# binary instead of this tree's build (two builds: compare them in alternating runs).
 # Usage: scripts/bench-mount.sh [SIZE_MIB=1024] [ENTRIES=100000]   (root: drops page caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +27,13 @@ entries=${2:-100000}
 rounds=${BENCH_ROUNDS:-5}
 cache=256M
 cargo build --release -q --bin pbsfs --example bench_chunk_read
-bin=$PWD/target/release/pbsfs
+bin=${BENCH_BIN:-$PWD/target/release/pbsfs}
+only=${BENCH_ONLY:-}
+case "$only" in
+    "" | ready | reads | find) ;;
+    *) echo "BENCH_ONLY must be ready, reads or find" >&2; exit 2 ;;
+esac
+part() { [ -z "$only" ] || [ "$only" = "$1" ]; } # whether part $1 is measured
 base=$PWD/target/release/examples/bench_chunk_read
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
@@ -67,26 +76,28 @@ PY
         --change-detection-mode legacy --quiet
     rm -rf "$src"
 }
-legacy_snapshot 1000
-legacy_snapshot 1000000
-mkdir -p "$work/ready-mnt"
-ready_small=() ready_large=()
-timed_mount() { # ENTRIES: seconds until `pbsfs mount` of host/legacy-ENTRIES returned
-    local start t
-    drop_caches
-    start=$(now)
-    "$bin" -r "$ready_cache" mount "host/legacy-$1/latest" "$work/ready-mnt"
-    t=$(echo "$(now) - $start" | bc -l)
-    ls "$work/ready-mnt" > /dev/null # it answers
-    "$bin" umount "$work/ready-mnt"
-    echo "$t"
-}
-for _ in $(seq "$rounds"); do
-    ready_small+=("$(timed_mount 1000)")
-    ready_large+=("$(timed_mount 1000000)")
-done
-t_ready_small=$(best "${ready_small[@]}")
-t_ready_large=$(best "${ready_large[@]}")
+if part ready; then
+    legacy_snapshot 1000
+    legacy_snapshot 1000000
+    mkdir -p "$work/ready-mnt"
+    ready_small=() ready_large=()
+    timed_mount() { # ENTRIES: seconds until `pbsfs mount` of host/legacy-ENTRIES returned
+        local start t
+        drop_caches
+        start=$(now)
+        "$bin" -r "$ready_cache" mount "host/legacy-$1/latest" "$work/ready-mnt"
+        t=$(echo "$(now) - $start" | bc -l)
+        ls "$work/ready-mnt" > /dev/null # it answers
+        "$bin" umount "$work/ready-mnt"
+        echo "$t"
+    }
+    for _ in $(seq "$rounds"); do
+        ready_small+=("$(timed_mount 1000)")
+        ready_large+=("$(timed_mount 1000000)")
+    done
+    t_ready_small=$(best "${ready_small[@]}")
+    t_ready_large=$(best "${ready_large[@]}")
+fi
 report_ready() {
     echo "  ready mount, 1k     $(rounds_of "${ready_small[@]}")"
     echo "  ready mount, 1M     $(rounds_of "${ready_large[@]}")"
@@ -94,17 +105,19 @@ report_ready() {
     printf '%-44s %9.3f s      ratio %s (no growth: only the root chunks are read)\n' "mount: ready mount, legacy 1M entries" \
         "$t_ready_large" "$(ratio "$t_ready_large" "$t_ready_small")"
 }
-if [ "${BENCH_ONLY:-}" = ready ]; then
-    echo "rounds (seconds):"
-    report_ready
-    exit 0
-fi
 
-echo "generating: a ${size_mib} MiB file (half random, half text) and $entries small files"
-head -c $((size_mib / 2))M /dev/urandom > "$work/big/file.bin"
-# (yes ends with SIGPIPE when head has enough: not an error)
-{ yes "pbsfs benchmark line of fairly compressible text" || true; } | head -c $((size_mib / 2))M >> "$work/big/file.bin"
-python3 - "$work/many" "$entries" <<'PY'
+if part reads; then
+    echo "generating: a ${size_mib} MiB file (half random, half text)"
+    head -c $((size_mib / 2))M /dev/urandom > "$work/big/file.bin"
+    # (yes ends with SIGPIPE when head has enough: not an error)
+    { yes "pbsfs benchmark line of fairly compressible text" || true; } | head -c $((size_mib / 2))M >> "$work/big/file.bin"
+    "$bin" -r "$ds" push "big.pxar:$work/big" --backup-id big --change-detection-mode data --quiet
+    bytes=$(stat -c %s "$work/big/file.bin")
+fi
+mib() { echo "scale=1; $bytes / 1048576 / $1" | bc -l; }
+if part find; then
+    echo "generating: $entries small files"
+    python3 - "$work/many" "$entries" <<'PY'
 import os, sys
 root, count = sys.argv[1], int(sys.argv[2])
 per_dir = 1000
@@ -115,61 +128,60 @@ for i in range(count):
     with open(os.path.join(d, "f%06d" % i), "w") as f:
         f.write("x" * (i % 200))
 PY
-"$bin" -r "$ds" push "big.pxar:$work/big" --backup-id big --change-detection-mode data --quiet
-"$bin" -r "$ds" push "many.pxar:$work/many" --backup-id many --change-detection-mode data --quiet
-bytes=$(stat -c %s "$work/big/file.bin")
-mib() { echo "scale=1; $bytes / 1048576 / $1" | bc -l; }
+    "$bin" -r "$ds" push "many.pxar:$work/many" --backup-id many --change-detection-mode data --quiet
+fi
 
 # Each figure is the best of $rounds rounds, for the mount and its baseline alike, the two
 # measured one after the other in every round: on these VMs a single run is at the mercy of
 # the host (free memory handed back to the host costs up to 1 s/GiB to touch again), and
 # noise only ever adds time. Every round is printed too.
-mount_big() {
-    "$bin" -r "$ds" mount host/big/latest "$work/big-mnt" --cache-size $cache
-    pid=$(pgrep -n -f "mount host/big/latest $work/big-mnt")
-}
-timed_cat() {
-    local start
-    start=$(now); cat "$1" > /dev/null; echo "$(now) - $start" | bc -l
-}
-rss_big=0
-track_rss() {
-    local rss
-    rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-    if [ "$rss" -gt "$rss_big" ]; then rss_big=$rss; fi
-}
+if part reads; then
+    mount_big() {
+        "$bin" -r "$ds" mount host/big/latest "$work/big-mnt" --cache-size $cache
+        pid=$(pgrep -n -f "mount host/big/latest $work/big-mnt")
+    }
+    timed_cat() {
+        local start
+        start=$(now); cat "$1" > /dev/null; echo "$(now) - $start" | bc -l
+    }
+    rss_big=0
+    track_rss() {
+        local rss
+        rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+        if [ "$rss" -gt "$rss_big" ]; then rss_big=$rss; fi
+    }
 
-# Cold sequential read. Baseline: every chunk of the payload index, decoded and verified
-# in-process on all cores. Mount: a fresh mount (empty chunk cache), page cache dropped.
-cold_base=() cold_mount=()
-for round in $(seq "$rounds"); do
-    drop_caches
-    read -r _ t < <("$base" "$ds" host/big/latest big.ppxar.didx)
-    cold_base+=("$t")
-    mount_big
-    drop_caches
-    cold_mount+=("$(timed_cat "$work/big-mnt/file.bin")")
-    track_rss
-    if [ "$round" -lt "$rounds" ]; then "$bin" umount "$work/big-mnt"; fi
-done
-t_base=$(best "${cold_base[@]}")
-t_cold=$(best "${cold_mount[@]}")
+    # Cold sequential read. Baseline: every chunk of the payload index, decoded and verified
+    # in-process on all cores. Mount: a fresh mount (empty chunk cache), page cache dropped.
+    cold_base=() cold_mount=()
+    for round in $(seq "$rounds"); do
+        drop_caches
+        read -r _ t < <("$base" "$ds" host/big/latest big.ppxar.didx)
+        cold_base+=("$t")
+        mount_big
+        drop_caches
+        cold_mount+=("$(timed_cat "$work/big-mnt/file.bin")")
+        track_rss
+        if [ "$round" -lt "$rounds" ]; then "$bin" umount "$work/big-mnt"; fi
+    done
+    t_base=$(best "${cold_base[@]}")
+    t_cold=$(best "${cold_mount[@]}")
 
-# Warm sequential read, from the page cache; baseline: a tmpfs copy. Alternating reads,
-# best of five each (the first re-read of a file is slower for both: the kernel promotes
-# every page it touches a second time).
-cp "$work/big/file.bin" /dev/shm/pbsfs-bench-copy
-warm_mount=() warm_tmpfs=()
-for _ in 1 2 3 4 5; do
-    warm_mount+=("$(timed_cat "$work/big-mnt/file.bin")")
-    warm_tmpfs+=("$(timed_cat /dev/shm/pbsfs-bench-copy)")
-done
-t_warm=$(best "${warm_mount[@]}")
-t_tmpfs=$(best "${warm_tmpfs[@]}")
+    # Warm sequential read, from the page cache; baseline: a tmpfs copy. Alternating reads,
+    # best of five each (the first re-read of a file is slower for both: the kernel promotes
+    # every page it touches a second time).
+    cp "$work/big/file.bin" /dev/shm/pbsfs-bench-copy
+    warm_mount=() warm_tmpfs=()
+    for _ in 1 2 3 4 5; do
+        warm_mount+=("$(timed_cat "$work/big-mnt/file.bin")")
+        warm_tmpfs+=("$(timed_cat /dev/shm/pbsfs-bench-copy)")
+    done
+    t_warm=$(best "${warm_mount[@]}")
+    t_tmpfs=$(best "${warm_tmpfs[@]}")
 
-# 4 KiB random reads for 5 seconds each, after dropping the page cache.
-random_reads() {
-    python3 - "$1" <<'PY'
+    # 4 KiB random reads for 5 seconds each, after dropping the page cache.
+    random_reads() {
+        python3 - "$1" <<'PY'
 import os, random, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 size = os.fstat(fd).st_size
@@ -180,62 +192,73 @@ while time.time() < end:
     count += 1
 print(count / 5)
 PY
-}
-drop_caches
-rr_mount=$(random_reads "$work/big-mnt/file.bin")
-rr_tmpfs=$(random_reads /dev/shm/pbsfs-bench-copy)
-track_rss
-"$bin" umount "$work/big-mnt"
+    }
+    drop_caches
+    rr_mount=$(random_reads "$work/big-mnt/file.bin")
+    rr_tmpfs=$(random_reads /dev/shm/pbsfs-bench-copy)
+    track_rss
+    "$bin" umount "$work/big-mnt"
+fi
 
 # find -ls over the many-files snapshot: first run on a fresh mount after dropping the page
 # cache (kernel inodes and chunk files cold), then a second run on the same mount (kernel
 # caches warm), against the first run on the source tree.
-find_first=() find_second=() find_disk=() find_inodes=() rss_many=0
-for _ in $(seq "$rounds"); do
-    drop_caches
-    "$bin" -r "$ds" mount host/many/latest "$work/many-mnt" --cache-size $cache
-    pid=$(pgrep -n -f "mount host/many/latest $work/many-mnt")
-    start=$(now); find "$work/many-mnt" -ls > /dev/null
-    find_first+=("$(echo "$(now) - $start" | bc -l)")
-    start=$(now); find "$work/many-mnt" -ls > /dev/null
-    find_second+=("$(echo "$(now) - $start" | bc -l)")
-    n=$(find "$work/many-mnt" | wc -l) # counted apart: a pipe would add its own cost
-    rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
-    if [ "$rss" -gt "$rss_many" ]; then rss_many=$rss; fi
-    "$bin" umount "$work/many-mnt"
-    drop_caches
-    start=$(now); find "$work/many" -ls > /dev/null
-    find_disk+=("$(echo "$(now) - $start" | bc -l)")
-    # The same tree with its blocks in the page cache but no inodes or dentries in memory:
-    # what the kernel alone takes to instantiate 100k inodes on a local file system, which
-    # a FUSE mount's first find also pays (in find's own context, from readdirplus).
-    drop_inodes
-    start=$(now); find "$work/many" -ls > /dev/null
-    find_inodes+=("$(echo "$(now) - $start" | bc -l)")
-done
-t_find=$(best "${find_first[@]}")
-t_find2=$(best "${find_second[@]}")
-t_find_disk=$(best "${find_disk[@]}")
-t_find_inodes=$(best "${find_inodes[@]}")
+if part find; then
+    find_first=() find_second=() find_disk=() find_inodes=() rss_many=0
+    for _ in $(seq "$rounds"); do
+        drop_caches
+        "$bin" -r "$ds" mount host/many/latest "$work/many-mnt" --cache-size $cache
+        pid=$(pgrep -n -f "mount host/many/latest $work/many-mnt")
+        start=$(now); find "$work/many-mnt" -ls > /dev/null
+        find_first+=("$(echo "$(now) - $start" | bc -l)")
+        start=$(now); find "$work/many-mnt" -ls > /dev/null
+        find_second+=("$(echo "$(now) - $start" | bc -l)")
+        n=$(find "$work/many-mnt" | wc -l) # counted apart: a pipe would add its own cost
+        rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+        if [ "$rss" -gt "$rss_many" ]; then rss_many=$rss; fi
+        "$bin" umount "$work/many-mnt"
+        drop_caches
+        start=$(now); find "$work/many" -ls > /dev/null
+        find_disk+=("$(echo "$(now) - $start" | bc -l)")
+        # The same tree with its blocks in the page cache but no inodes or dentries in memory:
+        # what the kernel alone takes to instantiate 100k inodes on a local file system, which
+        # a FUSE mount's first find also pays (in find's own context, from readdirplus).
+        drop_inodes
+        start=$(now); find "$work/many" -ls > /dev/null
+        find_inodes+=("$(echo "$(now) - $start" | bc -l)")
+    done
+    t_find=$(best "${find_first[@]}")
+    t_find2=$(best "${find_second[@]}")
+    t_find_disk=$(best "${find_disk[@]}")
+    t_find_inodes=$(best "${find_inodes[@]}")
+fi
 
 echo "rounds (seconds):"
-echo "  cold, baseline      $(rounds_of "${cold_base[@]}")"
-echo "  cold, mount         $(rounds_of "${cold_mount[@]}")"
-echo "  warm, tmpfs         $(rounds_of "${warm_tmpfs[@]}")"
-echo "  warm, mount         $(rounds_of "${warm_mount[@]}")"
-echo "  find -ls, mount     $(rounds_of "${find_first[@]}")"
-echo "  find -ls, source    $(rounds_of "${find_disk[@]}")  (inodes cold: $(rounds_of "${find_inodes[@]}"))"
-echo "best of each:"
-printf '%-44s %9s MiB/s\n' "baseline: in-process chunk read, all cores" "$(mib "$t_base")"
-printf '%-44s %9s MiB/s   ratio %s (target >= 0.7)\n' "mount: cold sequential read" "$(mib "$t_cold")" "$(ratio "$t_base" "$t_cold")"
-printf '%-44s %9s MiB/s\n' "baseline: tmpfs copy read" "$(mib "$t_tmpfs")"
-printf '%-44s %9s MiB/s   ratio %s (target >= 1.0)\n' "mount: warm sequential read" "$(mib "$t_warm")" "$(ratio "$t_tmpfs" "$t_warm")"
-printf '%-44s %9.0f /s\n' "baseline: 4 KiB random reads, tmpfs" "$rr_tmpfs"
-printf '%-44s %9.0f /s     ratio %s\n' "mount: 4 KiB random reads (cold page cache)" "$rr_mount" "$(echo "scale=5; $rr_mount / $rr_tmpfs" | bc -l)"
-printf '%-44s %9.3f s      (%s entries)\n' "mount: find -ls, first" "$t_find" "$n"
-printf '%-44s %9.3f s\n' "mount: find -ls, second (kernel caches)" "$t_find2"
-printf '%-44s %9.3f s\n' "baseline: find -ls on the source tree, cold" "$t_find_disk"
-printf '%-44s %9.3f s\n' "baseline: same, blocks cached, inodes cold" "$t_find_inodes"
-printf '%-44s %9s KiB  (limit: cache %s + 64 MiB = %s KiB)\n' "peak RSS, 1 GiB file mount" "$rss_big" "$cache" $(( (256 + 64) * 1024 ))
-printf '%-44s %9s KiB\n' "peak RSS, $entries-entry mount" "$rss_many"
-report_ready
+if part reads; then
+    echo "  cold, baseline      $(rounds_of "${cold_base[@]}")"
+    echo "  cold, mount         $(rounds_of "${cold_mount[@]}")"
+    echo "  warm, tmpfs         $(rounds_of "${warm_tmpfs[@]}")"
+    echo "  warm, mount         $(rounds_of "${warm_mount[@]}")"
+fi
+if part find; then
+    echo "  find -ls, mount     $(rounds_of "${find_first[@]}")"
+    echo "  find -ls, source    $(rounds_of "${find_disk[@]}")  (inodes cold: $(rounds_of "${find_inodes[@]}"))"
+fi
+if part reads || part find; then echo "best of each:"; fi
+if part reads; then
+    printf '%-44s %9s MiB/s\n' "baseline: in-process chunk read, all cores" "$(mib "$t_base")"
+    printf '%-44s %9s MiB/s   ratio %s (target >= 0.7)\n' "mount: cold sequential read" "$(mib "$t_cold")" "$(ratio "$t_base" "$t_cold")"
+    printf '%-44s %9s MiB/s\n' "baseline: tmpfs copy read" "$(mib "$t_tmpfs")"
+    printf '%-44s %9s MiB/s   ratio %s (target >= 1.0)\n' "mount: warm sequential read" "$(mib "$t_warm")" "$(ratio "$t_tmpfs" "$t_warm")"
+    printf '%-44s %9.0f /s\n' "baseline: 4 KiB random reads, tmpfs" "$rr_tmpfs"
+    printf '%-44s %9.0f /s     ratio %s\n' "mount: 4 KiB random reads (cold page cache)" "$rr_mount" "$(echo "scale=5; $rr_mount / $rr_tmpfs" | bc -l)"
+    printf '%-44s %9s KiB  (limit: cache %s + 64 MiB = %s KiB)\n' "peak RSS, 1 GiB file mount" "$rss_big" "$cache" $(( (256 + 64) * 1024 ))
+fi
+if part find; then
+    printf '%-44s %9.3f s      (%s entries)\n' "mount: find -ls, first" "$t_find" "$n"
+    printf '%-44s %9.3f s\n' "mount: find -ls, second (kernel caches)" "$t_find2"
+    printf '%-44s %9.3f s\n' "baseline: find -ls on the source tree, cold" "$t_find_disk"
+    printf '%-44s %9.3f s\n' "baseline: same, blocks cached, inodes cold" "$t_find_inodes"
+    printf '%-44s %9s KiB\n' "peak RSS, $entries-entry mount" "$rss_many"
+fi
+if part ready; then report_ready; fi

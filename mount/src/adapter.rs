@@ -1,5 +1,7 @@
 //! The fuser `Filesystem` that serves a [`ReadOnlyFs`] to the kernel, tuned for data that
 //! never changes while mounted: long cache lifetimes, kept page and directory caches.
+//! Attributes the filesystem marks provisional are cached only briefly, names and final
+//! attributes for the mount's long TTL.
 
 use std::ffi::OsStr;
 use std::io;
@@ -17,7 +19,7 @@ use fuser::{
 
 use crate::kernel_attr::file_attr;
 use crate::xattr::{encode_names, xattr_reply, XattrReply};
-use crate::{Errno, ReadOnlyFs};
+use crate::{Attr, Errno, ReadOnlyFs};
 
 /// Inode numbers never get reused while mounted, so every entry has generation 0.
 const GENERATION: Generation = Generation(0);
@@ -25,13 +27,31 @@ const GENERATION: Generation = Generation(0);
 /// Kernel-side limits negotiated at INIT.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KernelTuning {
-    /// How long the kernel may trust entries, negative entries and attributes.
+    /// How long the kernel may trust entries, negative entries and final attributes.
     pub ttl: Duration,
+    /// How long it may trust attributes marked provisional.
+    pub provisional_ttl: Duration,
     /// Largest single read request, in bytes.
     pub max_read: u32,
     pub max_readahead: u32,
     /// Asynchronous (readahead) requests the kernel may keep in flight.
     pub max_background: u16,
+}
+
+impl KernelTuning {
+    /// How long the kernel may keep `attr`.
+    fn attr_ttl(&self, attr: &Attr) -> Duration {
+        if attr.provisional {
+            self.provisional_ttl
+        } else {
+            self.ttl
+        }
+    }
+
+    /// `attr` as the kernel gets it, with how long it may keep it.
+    fn reply_attr(&self, attr: &Attr) -> Result<(FileAttr, Duration), Errno> {
+        Ok((file_attr(attr)?, self.attr_ttl(attr)))
+    }
 }
 
 pub(crate) struct FuseAdapter<F> {
@@ -63,9 +83,9 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
                 if !dir.is_dir() {
                     return Err(Errno::ENOTDIR);
                 }
-                let dot = file_attr(&dir)?;
+                let (dot, dot_ttl) = self.tuning.reply_attr(&dir)?;
                 if offset == 0 {
-                    if out.push(ino, 1, OsStr::new("."), &dot) {
+                    if out.push(ino, 1, OsStr::new("."), &dot, dot_ttl) {
                         return Ok(());
                     }
                     added += 1;
@@ -75,7 +95,7 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
                     ino: INodeNo(parent),
                     ..dot
                 };
-                if out.push(parent, 2, OsStr::new(".."), &dotdot) {
+                if out.push(parent, 2, OsStr::new(".."), &dotdot, dot_ttl) {
                     return Ok(());
                 }
                 added += 1;
@@ -86,12 +106,13 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
                     0 => None, // would make the kernel restart the listing forever
                     n => n.checked_add(2),
                 };
-                let (Some(next), Ok(attr)) = (next, file_attr(&item.attr)) else {
+                let (Some(next), Ok((attr, ttl))) = (next, self.tuning.reply_attr(&item.attr))
+                else {
                     log::error!("bad directory entry {:?} in inode {ino}", item.name);
                     bad_item = Some(Errno::EIO);
                     return ControlFlow::Break(());
                 };
-                if out.push(item.attr.ino, next, item.name, &attr) {
+                if out.push(item.attr.ino, next, item.name, &attr, ttl) {
                     return ControlFlow::Break(());
                 }
                 added += 1;
@@ -137,15 +158,16 @@ impl<F: ReadOnlyFs> FuseAdapter<F> {
 
 /// The two directory reply kinds, fed from the same listing.
 trait DirReply {
-    /// Adds one entry; true when the reply is full and the entry was not taken.
-    fn push(&mut self, ino: u64, next_offset: u64, name: &OsStr, attr: &FileAttr) -> bool;
+    /// Adds one entry, with how long the kernel may keep its attributes; true when the
+    /// reply is full and the entry was not taken.
+    fn push(&mut self, ino: u64, next: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool;
     fn ok(self);
     fn error(self, err: fuser::Errno);
 }
 
 impl DirReply for ReplyDirectory {
-    fn push(&mut self, ino: u64, next_offset: u64, name: &OsStr, attr: &FileAttr) -> bool {
-        self.add(INodeNo(ino), next_offset, attr.kind, name)
+    fn push(&mut self, ino: u64, next: u64, name: &OsStr, attr: &FileAttr, _: Duration) -> bool {
+        self.add(INodeNo(ino), next, attr.kind, name)
     }
     fn ok(self) {
         ReplyDirectory::ok(self)
@@ -155,22 +177,17 @@ impl DirReply for ReplyDirectory {
     }
 }
 
-/// Readdirplus needs a TTL per entry, so it travels with the reply.
-struct PlusReply {
-    reply: ReplyDirectoryPlus,
-    ttl: Duration,
-}
-
-impl DirReply for PlusReply {
-    fn push(&mut self, ino: u64, next_offset: u64, name: &OsStr, attr: &FileAttr) -> bool {
-        self.reply
-            .add(INodeNo(ino), next_offset, name, &self.ttl, attr, GENERATION)
+/// Readdirplus entries carry their attributes with a TTL each. fuser gives the name the
+/// same TTL, so a provisional entry's name is looked up again too once it has expired.
+impl DirReply for ReplyDirectoryPlus {
+    fn push(&mut self, ino: u64, next: u64, name: &OsStr, attr: &FileAttr, ttl: Duration) -> bool {
+        self.add(INodeNo(ino), next, name, &ttl, attr, GENERATION)
     }
     fn ok(self) {
-        self.reply.ok()
+        ReplyDirectoryPlus::ok(self)
     }
     fn error(self, err: fuser::Errno) {
-        self.reply.error(err)
+        ReplyDirectoryPlus::error(self, err)
     }
 }
 
@@ -215,9 +232,13 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let ttl = self.tuning.ttl;
-        match self.guarded("lookup", |fs| file_attr(&fs.lookup(parent.0, name)?)) {
-            Ok(attr) => reply.entry(&ttl, &attr, GENERATION),
+        let (tuning, ttl) = (self.tuning, self.tuning.ttl);
+        let found = self.guarded("lookup", |fs| {
+            tuning.reply_attr(&fs.lookup(parent.0, name)?)
+        });
+        match found {
+            // Names never change: only the attributes may be provisional.
+            Ok((attr, attr_ttl)) => reply.entry_with_ttls(&attr_ttl, &ttl, &attr, GENERATION),
             // A zero inode with a TTL lets the kernel cache the absence too.
             Err(Errno::ENOENT) => reply.entry(&ttl, &self.negative_entry(), GENERATION),
             Err(err) => reply.error(err.to_fuser()),
@@ -225,8 +246,9 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.guarded("getattr", |fs| file_attr(&fs.getattr(ino.0)?)) {
-            Ok(attr) => reply.attr(&self.tuning.ttl, &attr),
+        let tuning = self.tuning;
+        match self.guarded("getattr", |fs| tuning.reply_attr(&fs.getattr(ino.0)?)) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(err) => reply.error(err.to_fuser()),
         }
     }
@@ -315,8 +337,7 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let ttl = self.tuning.ttl;
-        self.finish_dir(ino.0, offset, PlusReply { reply, ttl });
+        self.finish_dir(ino.0, offset, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

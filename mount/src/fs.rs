@@ -93,6 +93,10 @@ impl Timespec {
 }
 
 /// What `stat` reports for one inode. Atime and ctime are reported equal to mtime.
+///
+/// The kernel caches these for [`MountOptions::ttl`](crate::MountOptions::ttl), or only for
+/// [`MountOptions::provisional_ttl`](crate::MountOptions::provisional_ttl) when
+/// `provisional` is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attr {
     pub ino: u64,
@@ -109,6 +113,10 @@ pub struct Attr {
     pub rdev: u64,
     /// Preferred I/O size reported as `st_blksize`.
     pub blksize: u32,
+    /// Some value here may still change while mounted (a link count not fully counted yet,
+    /// say): the kernel asks again after the short provisional TTL instead of keeping it
+    /// for the mount's long one. Leave it false for final values, which are cached long.
+    pub provisional: bool,
 }
 
 impl Attr {

@@ -4,9 +4,11 @@
 //! Implement [`ReadOnlyFs`] (stable inode numbers, root = [`ROOT_INO`]) and mount it with
 //! [`mount_foreground`], [`mount_background`] or [`mount`]. The adapter is tuned for data
 //! that never changes while mounted: entries, absences and attributes are cached for
-//! [`MountOptions::ttl`], file pages and directory listings stay cached across opens,
-//! listings use readdirplus, reads go up to 1 MiB and several requests are served at
-//! once. Kernel `forget` counts are ignored because inode numbers are never reused.
+//! [`MountOptions::ttl`] (attributes the filesystem marks [`Attr::provisional`], such as a
+//! count still being made, only for [`MountOptions::provisional_ttl`]), file pages and
+//! directory listings stay cached across opens, listings use readdirplus, reads go up to
+//! 1 MiB and several requests are served at once. Kernel `forget` counts are ignored
+//! because inode numbers are never reused.
 
 mod adapter;
 mod errno;

@@ -25,6 +25,9 @@ pub struct MountOptions {
     pub n_threads: usize,
     /// How long the kernel caches names, absences and attributes (the data never changes).
     pub ttl: Duration,
+    /// How long the kernel caches attributes marked [`Attr::provisional`](crate::Attr):
+    /// the longest a value that has since become final may still be shown stale.
+    pub provisional_ttl: Duration,
     /// Largest read request in bytes.
     pub max_read: u32,
     /// Readahead in bytes; the kernel may cap it (see `raise_readahead`).
@@ -42,6 +45,11 @@ impl Default for MountOptions {
             extra: Vec::new(),
             n_threads: 8,
             ttl: Duration::from_secs(24 * 3600),
+            // Short enough that a stale count is gone about as soon as it is final, long
+            // enough that a `stat` right after the `readdirplus` that brought the entry
+            // (`find -ls`, `ls -l`) is still answered by the kernel: zero would cost one
+            // more request per entry for as long as values are provisional.
+            provisional_ttl: Duration::from_secs(1),
             max_read: 1 << 20,
             max_readahead: 1 << 20,
             max_background: 64,
@@ -53,6 +61,7 @@ impl MountOptions {
     pub(crate) fn tuning(&self) -> KernelTuning {
         KernelTuning {
             ttl: self.ttl,
+            provisional_ttl: self.provisional_ttl,
             max_read: self.max_read,
             max_readahead: self.max_readahead,
             max_background: self.max_background,

@@ -250,6 +250,60 @@ fn large_directory_lists_completely_without_lookups() {
     assert_eq!(raw, vec![(".".into(), sub), ("..".into(), big)]);
 }
 
+/// Attributes marked provisional are asked for again after the short TTL, whether a lookup
+/// or a readdirplus brought them; final ones (and those that have become final) stay in the
+/// kernel's cache without further requests.
+#[test]
+fn provisional_attributes_are_asked_again_final_ones_stay_cached() {
+    let mut fs = MemFs::new();
+    let looked_up = fs.add_file(ROOT_INO, "looked-up", Vec::new());
+    let dir = fs.add_dir(ROOT_INO, "dir");
+    let listed = fs.add_file(dir, "listed", Vec::new());
+    let fixed = fs.add_file(ROOT_INO, "final", Vec::new());
+    fs.attr_mut(looked_up).provisional = true;
+    fs.attr_mut(listed).provisional = true;
+    let m = TestMount::start(fs);
+    let nlink = |rel: &str| fs::symlink_metadata(m.path(rel)).unwrap().nlink();
+
+    // The kernel learns all three with one link: by lookup, by readdirplus, by lookup.
+    assert_eq!(nlink("looked-up"), 1);
+    let names: Vec<OsString> = fs::read_dir(m.path("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["listed"]);
+    assert_eq!(nlink("final"), 1);
+    // Now every count is final, and different.
+    for ino in [looked_up, listed, fixed] {
+        m.fs.update_attr(ino, |attr| {
+            attr.nlink = 2;
+            attr.provisional = false;
+        });
+    }
+
+    // The provisional ones show the new count once their short TTL has passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nlink("looked-up") != 2 || nlink("dir/listed") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "provisional attributes stayed cached"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The final one, cached as long ago, is still the kernel's; and the new counts, being
+    // final, are kept too: none of these stats reaches the filesystem.
+    let asked =
+        || m.fs.stats.getattrs.load(Ordering::SeqCst) + m.fs.stats.lookups.load(Ordering::SeqCst);
+    let before = asked();
+    assert_eq!(nlink("final"), 1);
+    assert_eq!((nlink("looked-up"), nlink("dir/listed")), (2, 2));
+    assert_eq!(
+        asked(),
+        before,
+        "stat of a final attribute reached the filesystem"
+    );
+}
+
 /// Names and d_ino of every entry, via libc opendir/readdir.
 fn raw_listing(path: &Path) -> Vec<(OsString, u64)> {
     let mut out = Vec::new();

@@ -13,7 +13,9 @@
 //! and the link count of a hardlinked file, which needs every hardlink to it, from a walk
 //! of the whole archive on a background thread. Until something is known, the counts are
 //! those known so far (1 for a directory not listed yet: "unknown", as on many network
-//! filesystems); `statfs` reports the number of entries once the walk has finished.
+//! filesystems), and the attributes carrying them are marked provisional, so that the
+//! kernel keeps them only briefly and asks again (see [`Known::links`]); `statfs` reports
+//! the number of entries once the walk has finished.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -82,15 +84,21 @@ impl Known {
         self.subdirs.insert(dir_id, subdirs);
     }
 
-    fn file_links(&self, id: u64) -> u32 {
-        1 + self
-            .hardlinks
-            .get(&id)
-            .map_or(0, |links| links.len() as u32)
-    }
-
-    fn dir_links(&self, id: u64) -> u32 {
-        self.subdirs.get(&id).map_or(1, |subdirs| 2 + subdirs)
+    /// The link count of regular file or directory `id` known so far, and whether it may
+    /// still change. A directory's is final once it has been listed; a file's only once
+    /// the walk has finished, as a hardlink to it may be anywhere. After the walk every
+    /// count is final (or, where the archive could not be read, as good as it gets).
+    fn links(&self, id: u64, is_dir: bool) -> (u32, bool) {
+        let walked = self.counted.is_some();
+        if is_dir {
+            match self.subdirs.get(&id) {
+                Some(subdirs) => (2 + subdirs, false),
+                None => (1, !walked),
+            }
+        } else {
+            let hardlinks = self.hardlinks.get(&id).map_or(0, HashSet::len);
+            (1 + hardlinks as u32, !walked)
+        }
     }
 }
 
@@ -236,39 +244,39 @@ impl Tree {
     fn attr(&self, entry: &Entry) -> Result<Attr, Errno> {
         let id = entry.id().ok_or(Errno::EIO)?;
         let stat = &entry.metadata.stat;
-        let (size, nlink, rdev) = match &entry.kind {
-            EntryKind::File { size, .. } => (*size, self.known().file_links(id), 0),
-            EntryKind::Directory => (0, self.known().dir_links(id), 0),
-            EntryKind::Symlink { target } => (target.len() as u64, 1, 0),
-            EntryKind::Device { major, minor } => {
-                (0, 1, libc::makedev(*major as u32, *minor as u32))
-            }
-            EntryKind::Fifo | EntryKind::Socket => (0, 1, 0),
+        let (size, rdev) = match &entry.kind {
+            EntryKind::File { size, .. } => (*size, 0),
+            EntryKind::Directory | EntryKind::Fifo | EntryKind::Socket => (0, 0),
+            EntryKind::Symlink { target } => (target.len() as u64, 0),
+            EntryKind::Device { major, minor } => (0, libc::makedev(*major as u32, *minor as u32)),
             EntryKind::Hardlink { .. } => return Err(Errno::EIO), // resolved before
         };
-        Ok(Attr {
+        Ok(self.with_links_known_now(Attr {
             ino: self.to_ino(id),
             size,
             blocks: Attr::blocks_for(size),
             mode: stat.mode as u32,
-            nlink,
+            nlink: 1,
             uid: stat.uid,
             gid: stat.gid,
             mtime: Timespec::new(stat.mtime.secs, stat.mtime.nanos),
             rdev,
             blksize: BLKSIZE,
-        })
+            provisional: false,
+        }))
     }
 
-    /// `attr` of a listing made earlier (ahead of the reader, say), with the link count
-    /// known now.
+    /// `attr` with the link count known now, marked provisional while it may still change
+    /// (the kernel then asks again soon). Also for a listing made earlier, ahead of the
+    /// reader. Only regular files and directories have counts above 1.
     fn with_links_known_now(&self, mut attr: Attr) -> Attr {
+        let is_dir = match attr.file_type() {
+            libc::S_IFREG => false,
+            libc::S_IFDIR => true,
+            _ => return attr,
+        };
         let id = self.to_id(attr.ino);
-        match attr.mode & libc::S_IFMT {
-            libc::S_IFREG => attr.nlink = self.known().file_links(id),
-            libc::S_IFDIR => attr.nlink = self.known().dir_links(id),
-            _ => {}
-        }
+        (attr.nlink, attr.provisional) = self.known().links(id, is_dir);
         attr
     }
 
@@ -539,5 +547,92 @@ impl ReadOnlyFs for ArchiveFs {
             files: self.tree.known().counted.map_or(0, |entries| entries + 1),
             ..StatFs::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::access::{open_index_reader, LocalSnapshot, SnapshotAccess};
+    use crate::store::chunk_reader::VerifyingChunkReader;
+    use crate::store::local::LocalDatastore;
+    use crate::store::names::{BackupDir, BackupNamespace};
+
+    /// The fixture snapshot's only archive, a v1 `.pxar` or a v2 split pair.
+    fn open_fixture(snapshot: &str) -> ArchiveFs {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
+        let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
+        let dir = BackupDir::parse(snapshot).unwrap();
+        let snap = LocalSnapshot::open(store.clone(), &BackupNamespace::root(), &dir).unwrap();
+        let chunks = Arc::new(VerifyingChunkReader::new(store));
+        let open = |file: &str| Arc::new(open_index_reader(&snap, file, chunks.clone()).unwrap());
+        let has = |file: &str| snap.manifest().files.iter().any(|f| f.filename == file);
+        if has("root.pxar.didx") {
+            ArchiveFs::open(open("root.pxar.didx"), None).unwrap()
+        } else {
+            ArchiveFs::open(open("root.mpxar.didx"), Some(open("root.ppxar.didx"))).unwrap()
+        }
+    }
+
+    fn resolve(fs: &ArchiveFs, path: &str) -> Attr {
+        let mut attr = fs.getattr(ROOT_INO).unwrap();
+        for name in path.split('/') {
+            attr = fs.lookup(attr.ino, OsStr::new(name)).unwrap();
+        }
+        attr
+    }
+
+    fn list_all(fs: &ArchiveFs, ino: u64) {
+        fs.readdir(ino, 0, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+    }
+
+    /// Counts that may still change are marked provisional (the kernel asks again soon),
+    /// and lose the mark, exact, once the background walk has counted every link.
+    #[test]
+    fn link_counts_are_provisional_until_the_walk_has_finished() {
+        for snapshot in [
+            "host/fixture-legacy/2026-11-25T08:28:42Z",
+            "host/fixture-data/2026-11-25T08:28:43Z",
+        ] {
+            let fs = open_fixture(snapshot);
+            // Walks take turns: holding the turn keeps this archive's walk from starting.
+            let turn = WALKS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // data/hard-c is the file; links/hard-a and links/hard-b are hardlinks to it.
+            let file = resolve(&fs, "data/hard-c");
+            assert_eq!((file.nlink, file.provisional), (1, true), "{snapshot}");
+            let links = resolve(&fs, "links");
+            assert_eq!((links.nlink, links.provisional), (1, true), "{snapshot}");
+            list_all(&fs, links.ino);
+            // Both hardlinks met, yet more could lie elsewhere until the walk is done.
+            let file = fs.getattr(file.ino).unwrap();
+            assert_eq!((file.nlink, file.provisional), (3, true), "{snapshot}");
+            // A listed directory's count is final; a symlink's always is.
+            let links = fs.getattr(links.ino).unwrap();
+            assert_eq!((links.nlink, links.provisional), (2, false), "{snapshot}");
+            let symlink = resolve(&fs, "links/rel-link");
+            assert_eq!((symlink.nlink, symlink.provisional), (1, false));
+            let meta = resolve(&fs, "meta");
+            assert!(meta.provisional, "{snapshot}");
+
+            drop(turn);
+            for _ in 0..6000 {
+                if fs.statfs().unwrap().files > 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(
+                fs.statfs().unwrap().files > 0,
+                "{snapshot}: the walk never finished"
+            );
+            let file = fs.getattr(file.ino).unwrap();
+            assert_eq!((file.nlink, file.provisional), (3, false), "{snapshot}");
+            // meta (acl-dir, empty-dir, sticky) was never listed: the walk counted it.
+            let meta = fs.getattr(meta.ino).unwrap();
+            assert_eq!((meta.nlink, meta.provisional), (2 + 3, false), "{snapshot}");
+        }
     }
 }

@@ -93,6 +93,7 @@ impl ImageDirFs {
             mtime: self.mtime,
             rdev: 0,
             blksize: 1 << 20,
+            provisional: false,
         }
     }
 }

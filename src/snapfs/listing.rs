@@ -259,6 +259,7 @@ mod tests {
                 mtime: Timespec::new(0, 0),
                 rdev: 0,
                 blksize: 4096,
+                provisional: false,
             },
             next_offset: 1,
         }

@@ -266,6 +266,8 @@ impl StoreFs {
             mtime,
             rdev: 0,
             blksize: if is_dir { 4096 } else { 1 << 20 },
+            // The store's own nodes are known in full.
+            provisional: false,
         }
     }
 

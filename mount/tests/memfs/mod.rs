@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
@@ -24,7 +24,8 @@ enum Data {
 }
 
 struct Node {
-    attr: Attr,
+    /// Behind a lock so that a test can change it while mounted ([`MemFs::update_attr`]).
+    attr: Mutex<Attr>,
     data: Data,
     xattrs: BTreeMap<OsString, Vec<u8>>,
 }
@@ -33,6 +34,7 @@ struct Node {
 #[derive(Default)]
 pub struct Stats {
     pub lookups: AtomicUsize,
+    pub getattrs: AtomicUsize,
     pub reads: AtomicUsize,
     pub reads_in_flight: AtomicUsize,
     pub max_reads_in_flight: AtomicUsize,
@@ -82,7 +84,7 @@ impl MemFs {
             1
         };
         Node {
-            attr: Attr {
+            attr: Mutex::new(Attr {
                 ino,
                 size,
                 blocks: Attr::blocks_for(size),
@@ -93,7 +95,8 @@ impl MemFs {
                 mtime: MTIME,
                 rdev: 0,
                 blksize: 4096,
-            },
+                provisional: false,
+            }),
             data,
             xattrs: BTreeMap::new(),
         }
@@ -164,7 +167,17 @@ impl MemFs {
     }
 
     pub fn attr_mut(&mut self, ino: u64) -> &mut Attr {
-        &mut self.nodes.get_mut(&ino).expect("node exists").attr
+        let node = self.nodes.get_mut(&ino).expect("node exists");
+        node.attr.get_mut().unwrap()
+    }
+
+    /// Changes the attributes of `ino` while mounted.
+    pub fn update_attr(&self, ino: u64, change: impl FnOnce(&mut Attr)) {
+        change(&mut self.nodes[&ino].attr.lock().unwrap());
+    }
+
+    fn attr(&self, ino: u64) -> Result<Attr, Errno> {
+        Ok(*self.get(ino)?.attr.lock().unwrap())
     }
 
     fn get(&self, ino: u64) -> Result<&Node, Errno> {
@@ -198,14 +211,15 @@ impl ReadOnlyFs for MemFs {
         match &self.get(parent)?.data {
             Data::Dir { index, .. } => {
                 let ino = index.get(name).ok_or(Errno::ENOENT)?;
-                Ok(self.get(*ino)?.attr)
+                self.attr(*ino)
             }
             _ => Err(Errno::ENOTDIR),
         }
     }
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        Ok(self.get(ino)?.attr)
+        self.stats.getattrs.fetch_add(1, Ordering::SeqCst);
+        self.attr(ino)
     }
 
     fn readdir(
@@ -220,7 +234,7 @@ impl ReadOnlyFs for MemFs {
         for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
             let item = DirItem {
                 name,
-                attr: self.get(*child)?.attr,
+                attr: self.attr(*child)?,
                 next_offset: i as u64 + 1,
             };
             if add(item).is_break() {
