@@ -2,7 +2,7 @@
 //! with its password from the environment (PBS_ENCRYPTION_PASSWORD, _FILE, _FD, _CMD, like
 //! the official client) or a prompt.
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,32 +91,16 @@ fn encryption_password() -> Result<Zeroizing<Vec<u8>>> {
     prompt("Encryption key password: ")
 }
 
-/// Asks on the terminal without echo.
+/// Asks on the terminal (/dev/tty) without echo.
 fn prompt(text: &str) -> Result<Zeroizing<Vec<u8>>> {
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .context(
+    // rpassword opens /dev/tty itself and restores the terminal's mode afterwards.
+    match rpassword::prompt_password(text) {
+        Ok(password) => Ok(Zeroizing::new(Zeroizing::new(password).as_bytes().to_vec())),
+        // An OS error: /dev/tty cannot be opened (no controlling terminal: a service, cron).
+        Err(err) if err.raw_os_error().is_some() => Err(err).context(
             "the key file is password protected: set PBS_ENCRYPTION_PASSWORD (or _FILE, _FD, _CMD)",
-        )?;
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    let fd = tty.as_raw_fd();
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    let have_termios = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
-    if have_termios {
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+        ),
+        // Ctrl-C or Ctrl-D at the prompt.
+        Err(err) => Err(err).context("no password was entered"),
     }
-    (&tty).write_all(text.as_bytes())?;
-    let mut line = Zeroizing::new(Vec::new());
-    let result = std::io::BufReader::new(&tty).read_until(b'\n', &mut line);
-    if have_termios {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-    }
-    let _ = (&tty).write_all(b"\n");
-    result?;
-    Ok(first_line(&line))
 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use pbsfs::snapfs::{self, StoreSource};
 use pbsfs::store::cache::ChunkCache;
@@ -94,6 +96,10 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     } else {
         Some(daemonize()?)
     };
+    // Caught from before the mount exists, so that a signal arriving while it is being
+    // made still unmounts it.
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install the signal handlers")?;
     let result = prepare_mount(args, repo, snapshot.as_deref(), &mountpoint);
     let mounted = match (result, ready) {
         (Ok(mounted), ready) => {
@@ -108,7 +114,7 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         }
         (Err(err), None) => return Err(err),
     };
-    serve_until_signal(mounted, &mountpoint)
+    serve_until_signal(mounted, &mountpoint, signals)
 }
 
 type Mounted = pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>;
@@ -178,23 +184,21 @@ fn prepare_mount(
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))
 }
 
-/// Serves on a thread and waits for a signal (or an unmount from outside).
+/// Serves on a thread and waits for SIGTERM, SIGINT or SIGHUP (then unmounts) or for an
+/// unmount from outside.
 fn serve_until_signal(
     mounted: pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>,
     mountpoint: &Path,
+    mut signals: Signals,
 ) -> Result<()> {
-    let signals = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]);
-    // Blocked here, and so in every thread started from now on: only sigwait sees them.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    let wake = signals.handle();
     let server = std::thread::spawn(move || {
         let result = mounted.run();
-        // Wake the main thread when the mount ends from outside (umount, fusermount -u).
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+        // The mount ended from outside (umount, fusermount -u): end the wait below.
+        wake.close();
         result
     });
-    let mut signal: libc::c_int = 0;
-    unsafe { libc::sigwait(&signals, &mut signal) };
-    if signal != libc::SIGUSR1 {
+    if signals.forever().next().is_some() {
         if let Err(err) = pbsfs_mount::unmount(mountpoint) {
             eprintln!(
                 "pbsfs: unmount of {} failed ({err}); detaching",
@@ -207,17 +211,6 @@ fn serve_until_signal(
         .join()
         .map_err(|_| anyhow::anyhow!("the FUSE session panicked"))??;
     Ok(())
-}
-
-fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in signals {
-            libc::sigaddset(&mut set, *signal);
-        }
-        set
-    }
 }
 
 /// The child's end of the "mount is ready" pipe.

@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -132,7 +132,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     };
     let ns = BackupNamespace::parse(repo.namespace.as_deref().unwrap_or(""))?;
 
-    let abort = install_signal_handlers();
+    let abort = install_signal_handlers()?;
     let mut options = BackupOptions::new(group, time);
     options.ns = ns;
     options.mode = match args.change_detection_mode {
@@ -435,31 +435,20 @@ fn hostname() -> Result<String> {
     Ok(name.split('.').next().unwrap_or("localhost").to_string())
 }
 
-static ABORT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    if let Some(flag) = ABORT.get() {
-        flag.store(true, Ordering::SeqCst);
-    }
-}
-
 /// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
 /// so the backup unwinds and removes its unfinished snapshot; a second signal gets the
 /// default action.
-fn install_signal_handlers() -> Arc<AtomicBool> {
-    let flag = ABORT.get_or_init(Arc::default).clone();
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a valid handler; the handler only stores an atomic.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
+fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // Order matters: the default action is checked before the flag is set, so only a
+        // signal that finds the flag already set ends the process.
+        signal_hook::flag::register_conditional_default(signal, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .context("cannot install the signal handlers")?;
     }
-    flag
+    Ok(flag)
 }
 
 /// A one-line status on stderr, redrawn a few times a second.

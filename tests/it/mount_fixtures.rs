@@ -321,3 +321,46 @@ fn the_whole_datastore_mounts_as_a_tree_of_snapshots() {
         Some("target.txt")
     );
 }
+
+fn is_mounted(point: &std::path::Path) -> bool {
+    let point = point.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(point))
+}
+
+/// SIGTERM, SIGINT and SIGHUP unmount a foreground mount and end it successfully.
+#[test]
+fn a_termination_signal_unmounts() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().canonicalize().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
+            .args([
+                "--repository",
+                datastore_dir().to_str().unwrap(),
+                "mount",
+                "--foreground",
+            ])
+            .arg("host/fixture-legacy/latest")
+            .arg(&point)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while !is_mounted(&point) {
+            assert!(child.try_wait().unwrap().is_none(), "the mount ended early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: the pid belongs to our child process.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "signal {signal}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!is_mounted(&point), "signal {signal} left the mount");
+    }
+}

@@ -159,6 +159,43 @@ fn sigkill_leaves_no_finished_snapshot() {
     interrupt_with(libc::SIGKILL, "sigkill");
 }
 
+/// A second signal, even a different one (Ctrl-C, then a SIGTERM from a service manager),
+/// ends the process at once with the default action instead of waiting for the unwind.
+#[test]
+fn a_second_signal_ends_the_push_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let id = "second-signal";
+    let mut child = spawn_push(id, 1000);
+    wait_until_running(id, &mut child);
+    let pid = child.id() as libc::pid_t;
+    // Stopped, both signals are pending together and arrive before any unwinding starts.
+    // SAFETY: the pid belongs to our child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .trim_start()
+        .starts_with('T')
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGCONT] {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        matches!(status.signal(), Some(libc::SIGINT | libc::SIGTERM)),
+        "{status:?}"
+    );
+    assert_eq!(finished_snapshots(id), 0);
+    // The next push cleans up the unfinished snapshot and succeeds.
+    push_small_succeeds(id, 2000);
+    assert_eq!(snapshot_dirs(id), 1);
+}
+
 #[test]
 fn a_concurrent_push_to_the_same_group_is_refused() {
     let shared = shared();
