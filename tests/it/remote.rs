@@ -1,7 +1,8 @@
 //! The PBS client (src/remote) against the in-process test server: listing, reading through
 //! the reader protocol, authentication and certificate errors, dropped connections.
 
-use crate::support;
+
+use crate::common;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::ChunkSource;
-use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 
 fn repo(server: &TestServer, auth_id: &str) -> RemoteRepository {
     RemoteRepository {

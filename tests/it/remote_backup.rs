@@ -2,7 +2,8 @@
 //! server's datastore verifies what was pushed, incremental pushes upload only new chunks,
 //! abandoned sessions leave nothing.
 
-use crate::support;
+
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use pbsfs::store::verify::Verifier;
-use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
+use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
 
 const MIB: usize = 1024 * 1024;
 

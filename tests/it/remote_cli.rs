@@ -3,14 +3,13 @@
 //! fingerprint.
 
 use crate::common;
-use crate::support;
 
 use std::process::Command;
 
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::{expected_tree, sha256_hex, wait_until_counted};
-use support::cli::{ok, pbsfs, repository};
-use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+use common::cli::{ok, pbsfs, repository};
+use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 
 #[test]
 fn list_files_restore_and_verify_through_the_server() {

@@ -4,7 +4,6 @@
 //! answers EIO and works again once it is back.
 
 use crate::common;
-use crate::support;
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
@@ -18,8 +17,8 @@ use pbsfs::format::index::AnyIndex;
 use pbsfs::format::Digest;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use rand::{RngCore, SeedableRng};
-use support::cli::{ok, pbsfs};
-use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
+use common::cli::{ok, pbsfs};
+use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
