@@ -8,13 +8,12 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pbsfs::backup::archive::{create_split_archive, create_v1_archive, ArchiveOptions};
 use pbsfs::backup::fs_accessor::LocalFileSystem;
 use sha2::{Digest, Sha256};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+use crate::common::source_tree::{is_root, make_fixture_tree};
 
 const LEGACY_SHA256: &str = "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8";
 const LEGACY_SIZE: u64 = 28269171;
@@ -66,11 +65,6 @@ impl Write for HashSink {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Builds the seed-1 tree in a fresh directory; `None` when not running as root.
 fn fixture_tree() -> Option<(tempfile::TempDir, PathBuf)> {
     if !is_root() {
@@ -79,16 +73,7 @@ fn fixture_tree() -> Option<(tempfile::TempDir, PathBuf)> {
     }
     let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let tree = dir.path().join("tree");
-    let status = Command::new("python3")
-        .arg(Path::new(FIXTURES).join("mktree.py"))
-        .arg("1")
-        .arg(&tree)
-        .status()
-        .expect("python3 must be installed");
-    assert!(
-        status.success(),
-        "mktree.py failed (are setfacl and setcap installed?)"
-    );
+    make_fixture_tree(&tree);
     Some((dir, tree))
 }
 
