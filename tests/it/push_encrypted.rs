@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use common::cli::{local_command, ok};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
-use common::source_tree::{is_root, make_fixture_tree, mknod, random_bytes, set_xattr};
+use common::source_tree::{fixture_tree_if_root, mknod, random_bytes, set_xattr};
 use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::protection::Protection;
@@ -360,13 +360,9 @@ fn the_default_key_is_used_and_conflicting_options_are_refused() {
 /// `fixture.key` gives the official client's keyed chunk digests and catalog.
 #[test]
 fn legacy_push_with_the_fixture_key_stores_the_official_keyed_chunks() {
-    if !is_root() {
-        eprintln!("skipping: building the fixture tree needs root");
+    let Some((_dir, tree)) = fixture_tree_if_root() else {
         return;
-    }
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_fixture_tree(&tree);
+    };
     let key = load_key(&Path::new(FIXTURES).join("fixture.key"), None);
 
     let client = LocalClient::new();

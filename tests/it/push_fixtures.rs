@@ -20,7 +20,7 @@ use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use sha2::{Digest, Sha256};
 
 use crate::common::cli::{local_command, ok, pbsfs_local};
-use crate::common::source_tree::{is_root, make_fixture_tree};
+use crate::common::source_tree::fixture_tree_if_root;
 use crate::common::HashWriter;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
@@ -41,13 +41,7 @@ fn shared() -> Option<&'static Shared> {
     static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            if !is_root() {
-                eprintln!("skipping: building the fixture tree needs root");
-                return None;
-            }
-            let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-            let tree = dir.path().join("tree");
-            make_fixture_tree(&tree);
+            let (dir, tree) = fixture_tree_if_root()?;
             let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
             Some(Shared {
                 _dir: dir,

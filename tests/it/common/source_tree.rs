@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
@@ -36,6 +36,20 @@ pub fn make_fixture_tree(dest: &Path) {
         status.success(),
         "mktree.py failed (are setfacl and setcap installed?)"
     );
+}
+
+/// The fixture tree in a new directory under the target dir (not /tmp, which may be a
+/// tmpfs without xattrs): (the directory, the tree in it); `None`, with a note, when not
+/// root.
+pub fn fixture_tree_if_root() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() {
+        eprintln!("skipping: building the fixture tree needs root");
+        return None;
+    }
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_fixture_tree(&tree);
+    Some((dir, tree))
 }
 
 /// The entry kinds an unprivileged user can make: directories, an empty file, a text file
