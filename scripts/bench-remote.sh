@@ -5,7 +5,7 @@
 #   read:  cold sequential read (tar) of that snapshot through `pbsfs mount` served by the
 #          test server (reader protocol) vs mounted from the local datastore
 # Ratios are throughput remote / local (target >= 0.6). Client and server share the cores.
-# The server is examples/pbs_test_server.rs (tests/it/support/pbs_server.rs as a program).
+# The server is examples/pbs_test_server.rs (tests/it/common/pbs_server.rs as a program).
 #
 # Usage: scripts/bench-remote.sh [SIZE_MIB (default 1024)] [WORKDIR (default target/bench-remote)]
 # Deleted at the end unless KEEP=1; REUSE_TREE=1 keeps a tree of an earlier KEEP=1 run.

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use crate::common::cli::{ok, ok_json, pbsfs_local, stderr};
+use crate::common::copy_fixture_datastore;
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
@@ -14,37 +17,8 @@ fn datastore() -> PathBuf {
     fixtures().join("datastore")
 }
 
-fn pbsfs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .args(args)
-        .env_remove("PBS_REPOSITORY")
-        .env_remove("PBS_NAMESPACE")
-        .output()
-        .expect("run pbsfs")
-}
-
 fn on(store: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["--repository", store.to_str().unwrap()];
-    all.extend_from_slice(args);
-    pbsfs(&all)
-}
-
-fn ok_stdout(out: &Output) -> Vec<u8> {
-    assert!(
-        out.status.success(),
-        "pbsfs failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout.clone()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&ok_stdout(out)).expect("valid JSON on stdout")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    pbsfs_local(store, args)
 }
 
 const ROOT_SNAPSHOTS: [&str; 7] = [
@@ -141,7 +115,7 @@ fn snapshot_names(list: &Value) -> Vec<String> {
 #[test]
 fn snapshots_lists_exactly_each_namespace() {
     let store = datastore();
-    let root = json(&on(&store, &["snapshots", "--output-format", "json"]));
+    let root = ok_json(&on(&store, &["snapshots", "--output-format", "json"]));
     assert_eq!(snapshot_names(&root), ROOT_SNAPSHOTS);
     let legacy = root
         .as_array()
@@ -156,7 +130,7 @@ fn snapshots_lists_exactly_each_namespace() {
     );
     assert_eq!(legacy["size"], 28269171 + 69649);
 
-    let team = json(&on(
+    let team = ok_json(&on(
         &store,
         &["--ns", "team", "snapshots", "--output-format", "json"],
     ));
@@ -165,24 +139,24 @@ fn snapshots_lists_exactly_each_namespace() {
         ["host/fixture-ns/2026-11-25T08:29:01Z"]
     );
 
-    let group = json(&on(
+    let group = ok_json(&on(
         &store,
         &["snapshots", "host/fixture-meta", "--output-format", "json"],
     ));
     assert_eq!(snapshot_names(&group), ROOT_SNAPSHOTS[4..6]);
 
-    let text = String::from_utf8(ok_stdout(&on(&store, &["snapshots"]))).unwrap();
+    let text = String::from_utf8(ok(&on(&store, &["snapshots"])).to_vec()).unwrap();
     for name in ROOT_SNAPSHOTS {
         assert!(text.contains(name), "table lacks {name}:\n{text}");
     }
-    let namespaces = json(&on(&store, &["namespaces", "--output-format", "json"]));
+    let namespaces = ok_json(&on(&store, &["namespaces", "--output-format", "json"]));
     assert_eq!(namespaces, serde_json::json!(["", "team"]));
 }
 
 #[test]
 fn files_shows_sizes_and_crypt_modes() {
     let store = datastore();
-    let files = json(&on(
+    let files = ok_json(&on(
         &store,
         &[
             "files",
@@ -200,7 +174,7 @@ fn files_shows_sizes_and_crypt_modes() {
     assert_eq!(root["size"], 28269171);
     assert!(list.iter().any(|f| f["filename"] == "index.json.blob"));
 
-    let files = json(&on(
+    let files = ok_json(&on(
         &store,
         &["files", "vm/100/2026-11-25", "--output-format", "json"],
     ));
@@ -243,7 +217,7 @@ fn snapshot_selection_forms_and_errors() {
 #[test]
 fn verify_passes_on_the_official_datastore() {
     let out = on(&datastore(), &["verify", "--output-format", "json"]);
-    let report = json(&out);
+    let report = ok_json(&out);
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["snapshots"].as_array().unwrap().len(), 8);
     assert!(report["chunks-checked"].as_u64().unwrap() > 20);
@@ -254,7 +228,7 @@ fn restore_to_stdout_gives_the_official_archive_bytes() {
     let store = datastore();
     for (ns, snapshot, archive, sha) in ARCHIVES {
         let out = on(&store, &["--ns", ns, "restore", snapshot, archive, "-"]);
-        let data = ok_stdout(&out);
+        let data = ok(&out);
         assert_eq!(
             hex::encode(Sha256::digest(&data)),
             sha,
@@ -315,7 +289,7 @@ fn restore_to_a_file_and_refuse_to_overwrite() {
         "catalog.pcat1",
         target_str,
     ];
-    ok_stdout(&on(&datastore(), &args));
+    ok(&on(&datastore(), &args));
     let data = std::fs::read(&target).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&data)), ARCHIVES[1].3);
     let again = on(&datastore(), &args);
@@ -362,7 +336,7 @@ fn the_default_datastore_reads_as_empty_until_created() {
         .env_remove("PBS_NAMESPACE")
         .output()
         .unwrap();
-    assert_eq!(json(&out), serde_json::json!([]));
+    assert_eq!(ok_json(&out), serde_json::json!([]));
 }
 
 // ---- corruption: each one makes verify and restore fail, naming the file ----
@@ -370,13 +344,7 @@ fn the_default_datastore_reads_as_empty_until_created() {
 /// A writable copy of the fixture datastore.
 fn copy_datastore() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(datastore())
-        .arg(tmp.path().join("ds"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_fixture_datastore(&tmp.path().join("ds"));
     tmp
 }
 
@@ -493,7 +461,7 @@ const NO_MANIFEST: &str = "vm/100/2026-11-26T00:00:00Z";
 fn snapshots_lists_a_damaged_snapshot_marked_with_its_reason() {
     let tmp = datastore_with_damaged_manifests();
     let store = tmp.path().join("ds");
-    let list = json(&on(&store, &["snapshots", "--output-format", "json"]));
+    let list = ok_json(&on(&store, &["snapshots", "--output-format", "json"]));
     // The same snapshots as ever: the unfinished directory is no snapshot.
     assert_eq!(snapshot_names(&list), ROOT_SNAPSHOTS);
     let damaged = |name: &str| {
@@ -516,7 +484,7 @@ fn snapshots_lists_a_damaged_snapshot_marked_with_its_reason() {
     }
 
     let out = on(&store, &["snapshots"]);
-    let text = String::from_utf8(ok_stdout(&out)).unwrap();
+    let text = String::from_utf8(ok(&out).to_vec()).unwrap();
     let line = |name: &str| text.lines().find(|l| l.contains(name)).unwrap().to_string();
     assert!(
         line(DAMAGED_LEGACY).contains("DAMAGED: index.json.blob"),
@@ -576,11 +544,11 @@ fn other_snapshots_read_as_if_the_damaged_one_were_not_there() {
     let store = tmp.path().join("ds");
     // By full time, in the group of a damaged snapshot.
     let older = "host/fixture-meta/2026-11-25T08:28:43Z";
-    let files = json(&on(&store, &["files", older, "--output-format", "json"]));
+    let files = ok_json(&on(&store, &["files", older, "--output-format", "json"]));
     assert!(files.to_string().contains("root.mpxar.didx"), "{files}");
     // `latest` is the newest readable snapshot.
     let out = on(&store, &["files", "host/fixture-meta/latest"]);
-    let text = String::from_utf8(ok_stdout(&out)).unwrap();
+    let text = String::from_utf8(ok(&out).to_vec()).unwrap();
     assert!(text.starts_with(older), "{text}");
     // A prefix matching a good and a damaged snapshot means the good one.
     assert!(on(&store, &["files", "host/fixture-meta/2026-11-25"])
@@ -595,7 +563,7 @@ fn other_snapshots_read_as_if_the_damaged_one_were_not_there() {
         let spec = format!("{}/latest", snapshot.rsplit_once('/').unwrap().0);
         let out = on(&store, &["--ns", ns, "restore", &spec, archive, "-"]);
         assert_eq!(
-            hex::encode(Sha256::digest(ok_stdout(&out))),
+            hex::encode(Sha256::digest(ok(&out))),
             sha,
             "{spec} {archive}"
         );

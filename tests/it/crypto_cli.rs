@@ -4,8 +4,9 @@
 use crate::common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::cli::{local_command, stderr, umount};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::*;
 
@@ -14,19 +15,12 @@ fn key(name: &str) -> String {
 }
 
 fn pbsfs(args: &[&str], password: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pbsfs"));
-    command
-        .args(["--repository", datastore_dir().to_str().unwrap()])
-        .args(args);
-    command.env_remove("PBS_ENCRYPTION_PASSWORD");
+    let mut command = local_command(&datastore_dir());
+    command.args(args);
     if let Some(password) = password {
         command.env("PBS_ENCRYPTION_PASSWORD", password);
     }
     command.output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -164,10 +158,7 @@ fn an_encrypted_snapshot_mounts_with_its_key() {
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until_counted(&point);
     let tree = tree_from_disk(&point);
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     assert_same_tree(&tree, &expected_tree("tree1.json"), "fixture-enc");
 }
 
@@ -256,10 +247,7 @@ fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until_counted(&point);
     let tree = tree_from_disk(&point);
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     // The archive was made from TREE/links: compare with that part of tree1.json.
     let mut expected = std::collections::BTreeMap::new();
     for (path, mut record) in expected_tree("tree1.json") {

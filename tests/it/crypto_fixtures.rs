@@ -1,11 +1,12 @@
 //! Encryption against the encrypted snapshots and key files made by the official tools
 //! (../shared/fixtures, read-only).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
+
+use crate::common::HashWriter;
 
 use pbsfs::format::blob::{
     blob_kind, chunk_digest_with, decode_blob_with, decode_chunk_with, encode_blob_with, BlobError,
@@ -72,18 +73,6 @@ fn manifest(snapshot: &str) -> Manifest {
             &BackupDir::parse(snapshot).unwrap(),
         )
         .unwrap()
-}
-
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]

@@ -1,10 +1,9 @@
 //! The integration tests, built as one binary (one link instead of one per file, and one
 //! copy of the helpers): fixtures from `../shared/fixtures`, push → mount/restore round trips,
-//! FUSE end-to-end, and the protocols against the in-process PBS test server (`support`).
+//! FUSE end-to-end, and the protocols against the in-process PBS test server (`common::pbs_server`).
 //! Run one part with `cargo test --test it MODULE::`.
 
 mod common;
-mod support;
 
 mod catalog_fixtures;
 mod chunker_fixtures;

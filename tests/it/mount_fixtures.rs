@@ -133,13 +133,7 @@ fn ambiguous_or_unknown_archives_are_reported_before_mounting() {
 fn a_corrupt_chunk_gives_eio_for_its_files_only() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("ds");
-    let status = Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(datastore_dir())
-        .arg(&store)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::copy_fixture_datastore(&store);
     // Corrupt a chunk in the middle of the data-mode payload stream.
     let snapshot = "host/fixture-data/2026-11-25T08:28:43Z";
     let index = std::fs::read(store.join(snapshot).join("root.ppxar.didx")).unwrap();

@@ -10,10 +10,12 @@ use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, OnceLock};
 
+use common::cli::{local_command, ok};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::source_tree::{fixture_tree_if_root, mknod, random_bytes, set_xattr};
 use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::protection::Protection;
@@ -25,26 +27,15 @@ use pbsfs::format::keyfile::{create_key_file, load_key_file, Kdf};
 use pbsfs::format::manifest::{CryptMode, Manifest};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
-use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 const PASSWORD: &str = "a-long-test-password";
 
-/// One datastore per test binary (creating 65536 chunk directories is slow).
+/// One datastore per test module (creating 65536 chunk directories is slow).
 fn store() -> &'static (tempfile::TempDir, Arc<LocalDatastore>) {
     static STORE: OnceLock<(tempfile::TempDir, Arc<LocalDatastore>)> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
-        (dir, store)
-    })
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
+    STORE.get_or_init(common::new_datastore)
 }
 
 /// Files of several chunks, small files, a hardlink, a symlink, a fifo and an xattr.
@@ -63,20 +54,9 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("linked"), b"two names").unwrap();
     std::fs::hard_link(root.join("linked"), root.join("dir/linked2")).unwrap();
     std::os::unix::fs::symlink("../empty", root.join("dir/link")).unwrap();
-    let fifo = common::disk_tree::c_path(&root.join("fifo"));
-    // SAFETY: valid path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
-    let path = common::disk_tree::c_path(&root.join("dir/text"));
-    // SAFETY: valid C strings and buffer.
-    unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            c"user.comment".as_ptr(),
-            b"a value".as_ptr().cast(),
-            7,
-            0,
-        );
-    }
+    mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
+    // Best effort: tmpfs may refuse user xattrs.
+    let _ = set_xattr(&root.join("dir/text"), "user.comment", b"a value");
 }
 
 /// A work directory with a tree and an empty config directory (no default key).
@@ -100,9 +80,7 @@ impl Work {
 
     /// Runs pbsfs on the shared store; the key password is in the environment only.
     fn pbsfs(&self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-            .arg("-r")
-            .arg(store().1.root())
+        let output = local_command(store().1.root())
             .args(args)
             .env("XDG_CONFIG_HOME", self.path("config"))
             .env("PBS_ENCRYPTION_PASSWORD", PASSWORD)
@@ -122,11 +100,7 @@ impl Work {
 
     fn pbsfs_ok(&self, args: &[&str]) -> Output {
         let output = self.pbsfs(args);
-        assert!(
-            output.status.success(),
-            "pbsfs {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        ok(&output);
         output
     }
 
@@ -386,23 +360,9 @@ fn the_default_key_is_used_and_conflicting_options_are_refused() {
 /// `fixture.key` gives the official client's keyed chunk digests and catalog.
 #[test]
 fn legacy_push_with_the_fixture_key_stores_the_official_keyed_chunks() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: building the fixture tree needs root");
+    let Some((_dir, tree)) = fixture_tree_if_root() else {
         return;
-    }
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    let status = Command::new("python3")
-        .arg(Path::new(FIXTURES).join("mktree.py"))
-        .arg("1")
-        .arg(&tree)
-        .status()
-        .expect("python3 must be installed");
-    assert!(
-        status.success(),
-        "mktree.py failed (setfacl/setcap installed?)"
-    );
+    };
     let key = load_key(&Path::new(FIXTURES).join("fixture.key"), None);
 
     let client = LocalClient::new();

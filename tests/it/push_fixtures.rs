@@ -7,7 +7,6 @@
 //! datastore live under the target directory (not /tmp, which may be tmpfs).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use pbsfs::backup::client::LocalClient;
@@ -19,6 +18,10 @@ use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use sha2::{Digest, Sha256};
+
+use crate::common::cli::{local_command, ok, pbsfs_local};
+use crate::common::source_tree::fixture_tree_if_root;
+use crate::common::HashWriter;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 const LEGACY_SNAPSHOT: &str = "host/fixture-legacy/2026-11-25T08:28:42Z";
@@ -38,23 +41,7 @@ fn shared() -> Option<&'static Shared> {
     static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("skipping: building the fixture tree needs root");
-                return None;
-            }
-            let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-            let tree = dir.path().join("tree");
-            let status = Command::new("python3")
-                .arg(Path::new(FIXTURES).join("mktree.py"))
-                .arg("1")
-                .arg(&tree)
-                .status()
-                .expect("python3 must be installed");
-            assert!(
-                status.success(),
-                "mktree.py failed (setfacl/setcap installed?)"
-            );
+            let (dir, tree) = fixture_tree_if_root()?;
             let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
             Some(Shared {
                 _dir: dir,
@@ -103,18 +90,6 @@ fn stream_sha256(store: &Arc<LocalDatastore>, dir: &BackupDir, name: &str) -> St
     let mut hasher = HashWriter(Sha256::new());
     reader.copy_to(&mut hasher).unwrap();
     hex::encode(hasher.0.finalize())
-}
-
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.update(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]
@@ -202,11 +177,8 @@ fn cli_push_and_raw_restore_give_the_official_archive() {
     let Some(shared) = shared() else {
         return;
     };
-    let bin = env!("CARGO_BIN_EXE_pbsfs");
     let repo = shared.store.root();
-    let output = Command::new(bin)
-        .arg("-r")
-        .arg(repo)
+    let output = local_command(repo)
         .args(["push", "--backup-id", "cli", "--backup-time", "1000"])
         .args([
             "--change-detection-mode",
@@ -217,12 +189,7 @@ fn cli_push_and_raw_restore_give_the_official_archive() {
         .arg(format!("root.pxar:{}", shared.tree.display()))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(ok(&output)).unwrap();
     assert_eq!(summary["snapshot"], "host/cli/1970-01-01T00:16:40Z");
     assert!(summary["files"].as_u64().unwrap() > 3000);
     assert_eq!(
@@ -230,12 +197,7 @@ fn cli_push_and_raw_restore_give_the_official_archive() {
         Some(sum_of_file_sizes(&shared.tree))
     );
 
-    let restored = Command::new(bin)
-        .arg("-r")
-        .arg(repo)
-        .args(["restore", "host/cli/latest", "root.pxar", "-"])
-        .output()
-        .unwrap();
+    let restored = pbsfs_local(repo, &["restore", "host/cli/latest", "root.pxar", "-"]);
     assert!(restored.status.success());
     assert_eq!(hex::encode(Sha256::digest(&restored.stdout)), LEGACY_SHA256);
 }

@@ -2,77 +2,37 @@
 //! metadata-mode push of an unchanged tree reads no file contents and, once the previous
 //! snapshot also re-used its payload, stores no new chunk at all.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
+use common::cli::{ok, pbsfs_local};
+use common::sha256_hex;
+use common::source_tree::{make_basic_tree, random_bytes};
 use pbsfs::backup::client::{ClientProvider, LocalClient};
 use pbsfs::backup::exclude::ExcludePatterns;
 use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Server};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::BackupGroup;
-use rand::{RngCore, SeedableRng};
 
-/// One datastore per test binary (creating 65536 chunk directories is slow).
+/// One datastore per test module (creating 65536 chunk directories is slow).
 fn store() -> &'static (tempfile::TempDir, Arc<LocalDatastore>) {
     static STORE: OnceLock<(tempfile::TempDir, Arc<LocalDatastore>)> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
-        (dir, store)
-    })
+    STORE.get_or_init(common::new_datastore)
 }
 
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
-
-/// A tree with every entry kind an unprivileged user can make, plus xattrs.
+/// A tree with every entry kind an unprivileged user can make, plus xattrs and
+/// `.pxarexclude` rules.
 fn small_tree(root: &Path) {
-    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
-    std::fs::write(root.join("empty"), b"").unwrap();
-    std::fs::write(root.join("dir/text"), "hello\n".repeat(1000)).unwrap();
+    make_basic_tree(root);
     std::fs::write(root.join("dir/sub/random"), random_bytes(1, 300_000)).unwrap();
-    std::fs::write(root.join("linked"), b"two names").unwrap();
-    std::fs::hard_link(root.join("linked"), root.join("dir/linked2")).unwrap();
-    std::os::unix::fs::symlink("../empty", root.join("dir/link")).unwrap();
-    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
-    let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
-    // SAFETY: valid path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
-    std::fs::set_permissions(
-        root.join("dir/text"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let _ = xattr_set(&root.join("dir/text"), "user.comment", b"a value");
     std::fs::write(root.join("excluded.tmp"), b"left out").unwrap();
     std::fs::write(root.join("dir/.pxarexclude"), b"sub/random\n").unwrap();
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// (type, mode, size, mtime, content hash or link target) per relative path.
@@ -91,7 +51,7 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
                 std::fs::read_link(&path).unwrap().display().to_string()
             } else if meta.is_file() {
                 let data = std::fs::read(&path).unwrap();
-                format!("{:x}", sha2::Sha256::digest_bytes(&data))
+                sha256_hex(&data)
             } else {
                 String::new()
             };
@@ -114,16 +74,6 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-trait DigestBytes {
-    fn digest_bytes(data: &[u8]) -> sha2::digest::Output<sha2::Sha256>;
-}
-
-impl DigestBytes for sha2::Sha256 {
-    fn digest_bytes(data: &[u8]) -> sha2::digest::Output<sha2::Sha256> {
-        <sha2::Sha256 as sha2::Digest>::digest(data)
-    }
-}
-
 fn push(
     tree: &Path,
     id: &str,
@@ -142,18 +92,10 @@ fn push(
 }
 
 fn restore(snapshot: &str, target: &Path) {
-    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(store().1.root())
-        .args(["restore", snapshot, "root.pxar"])
-        .arg(target)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ok(&pbsfs_local(
+        store().1.root(),
+        &["restore", snapshot, "root.pxar", target.to_str().unwrap()],
+    ));
 }
 
 #[test]
@@ -318,18 +260,15 @@ fn image_push_stores_the_official_fixed_index() {
     // The image itself, reassembled from the official datastore.
     let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let image = work.path().join("disk.img");
-    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(fixtures.join("datastore"))
-        .args(["restore", "vm/100/latest", "drive-scsi0.img"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ok(&pbsfs_local(
+        &fixtures.join("datastore"),
+        &[
+            "restore",
+            "vm/100/latest",
+            "drive-scsi0.img",
+            image.to_str().unwrap(),
+        ],
+    ));
 
     let client = LocalClient::new();
     let spec = BackupSpec::parse(&format!("drive-scsi0.img:{}", image.display())).unwrap();
@@ -406,7 +345,13 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
                 .arg(env!("CARGO_BIN_EXE_pbsfs"))
                 .arg("-r")
                 .arg(&store)
-                .args(["push", "--quiet", "--backup-id", id, "--change-detection-mode"])
+                .args([
+                    "push",
+                    "--quiet",
+                    "--backup-id",
+                    id,
+                    "--change-detection-mode",
+                ])
                 .arg("legacy")
                 .arg(format!("root.pxar:{}", tree.display()))
                 .output()
@@ -575,12 +520,7 @@ fn unreadable_entries_are_left_out_and_the_exit_status_says_so() {
     let snapshot = summary["snapshot"].as_str().unwrap().to_string();
 
     // Finished and listed; the archive holds what could be read and nothing else.
-    let listing = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(datastore)
-        .args(["snapshots", "host/partial"])
-        .output()
-        .unwrap();
+    let listing = pbsfs_local(datastore, &["snapshots", "host/partial"]);
     assert!(listing.status.success());
     assert!(
         String::from_utf8_lossy(&listing.stdout).contains(&snapshot),
@@ -651,5 +591,8 @@ fn log_levels_follow_the_flags_and_pbsfs_log() {
         verbose.contains("[INFO pbsfs::backup::archive] skipping mount point"),
         "{verbose}"
     );
-    assert!(!only_errors.contains("skipping mount point"), "{only_errors}");
+    assert!(
+        !only_errors.contains("skipping mount point"),
+        "{only_errors}"
+    );
 }

@@ -2,10 +2,12 @@
 //! the datastore usable; a concurrent push to the same group is refused.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::common;
+use common::cli::{local_command, ok};
 use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::session::{RemoteStore, SessionParams};
 use pbsfs::store::local::LocalDatastore;
@@ -21,8 +23,7 @@ struct Shared {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let store = Arc::new(LocalDatastore::create(&dir.path().join("ds")).unwrap());
+        let (dir, store) = common::new_datastore();
         let tree = dir.path().join("tree");
         std::fs::create_dir(&tree).unwrap();
         std::fs::write(tree.join("small"), b"small file").unwrap();
@@ -34,9 +35,7 @@ fn shared() -> &'static Shared {
 
 fn spawn_push(id: &str, time: i64) -> Child {
     let shared = shared();
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(shared.store.root())
+    local_command(shared.store.root())
         .args(["push", "--quiet", "--workers", "1", "--backup-id", id])
         .args(["--backup-time", &time.to_string()])
         .arg(format!(
@@ -96,9 +95,7 @@ fn snapshot_dirs(id: &str) -> usize {
 fn push_small_succeeds(id: &str, time: i64) {
     // The same group, now without the slow file (excluded).
     let shared = shared();
-    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(shared.store.root())
+    let output = local_command(shared.store.root())
         .args(["push", "--quiet", "--backup-id", id, "--exclude", "sparse"])
         .args(["--backup-time", &time.to_string()])
         .arg(format!(
@@ -107,11 +104,7 @@ fn push_small_succeeds(id: &str, time: i64) {
         ))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ok(&output);
     assert_eq!(finished_snapshots(id), 1);
 }
 
@@ -209,9 +202,7 @@ fn a_concurrent_push_to_the_same_group_is_refused() {
             chunk_key: None,
         })
         .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(shared.store.root())
+    let output = local_command(shared.store.root())
         .args([
             "push",
             "--quiet",

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::cli::{ok, pbsfs_local, umount};
+use common::disk_tree::{assert_same_tree, c_path, tree_from_disk};
+use common::source_tree::{mknod, set_mtime, set_xattr};
 use common::{wait_until_counted, Expected};
 
-/// One datastore per test binary (creating 65536 chunk directories is slow).
+/// One datastore per test module (creating 65536 chunk directories is slow).
 fn datastore() -> &'static Path {
     static STORE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &STORE
@@ -26,61 +28,7 @@ fn datastore() -> &'static Path {
 }
 
 fn pbsfs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("--repository")
-        .arg(datastore())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn c_path(path: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn set_mtime(path: &Path, secs: i64, nanos: i64) {
-    let times = [
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nanos,
-        },
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nanos,
-        },
-    ];
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path(path).as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(rc, 0, "utimensat {}", path.display());
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let name = std::ffi::CString::new(name).unwrap();
-    let rc = unsafe {
-        libc::lsetxattr(
-            c_path(path).as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "lsetxattr {}", path.display());
+    pbsfs_local(datastore(), args)
 }
 
 /// Every entry kind with owners, modes, times before 1970, xattrs, ACLs and hardlinks.
@@ -98,13 +46,17 @@ fn make_tree(root: &Path) {
     std::fs::hard_link(root.join("one"), root.join("dir/deeper/three")).unwrap();
     std::os::unix::fs::symlink("../one", root.join("dir/link")).unwrap();
     std::os::unix::fs::symlink("/does/not/exist", root.join("dangling")).unwrap();
-    let mk = |name: &str, mode: u32, dev: u64| {
-        let rc = unsafe { libc::mknod(c_path(&root.join(name)).as_ptr(), mode, dev) };
-        assert_eq!(rc, 0, "mknod {name}");
-    };
-    mk("fifo", libc::S_IFIFO | 0o640, 0);
-    mk("chardev", libc::S_IFCHR | 0o600, libc::makedev(1, 7));
-    mk("blockdev", libc::S_IFBLK | 0o660, libc::makedev(259, 300));
+    mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
+    mknod(
+        &root.join("chardev"),
+        libc::S_IFCHR | 0o600,
+        libc::makedev(1, 7),
+    );
+    mknod(
+        &root.join("blockdev"),
+        libc::S_IFBLK | 0o660,
+        libc::makedev(259, 300),
+    );
     drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
     std::fs::set_permissions(
         root.join("dir/text"),
@@ -118,9 +70,9 @@ fn make_tree(root: &Path) {
     .unwrap();
     let rc = unsafe { libc::lchown(c_path(&root.join("dir/text")).as_ptr(), 1234, 5678) };
     assert_eq!(rc, 0);
-    set_xattr(&root.join("dir/text"), "user.note", b"value");
-    set_xattr(&root.join("dir/text"), "user.empty", b"");
-    set_xattr(&root.join("dir"), "user.binary", &[0, 1, 2, 255]);
+    set_xattr(&root.join("dir/text"), "user.note", b"value").unwrap();
+    set_xattr(&root.join("dir/text"), "user.empty", b"").unwrap();
+    set_xattr(&root.join("dir"), "user.binary", &[0, 1, 2, 255]).unwrap();
     let status = Command::new("setfacl")
         .args([
             "-m",
@@ -145,22 +97,19 @@ fn mounted_tree(id: &str) -> BTreeMap<Vec<u8>, Expected> {
     let mnt = tempfile::tempdir().unwrap();
     let point = mnt.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "mount",
         &format!("host/{id}/latest"),
         point.to_str().unwrap(),
     ]));
     wait_until_counted(&point);
     let mounted = tree_from_disk(&point);
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     mounted
 }
 
 fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "push",
         "--backup-time",
         &time.to_string(),
@@ -178,7 +127,7 @@ fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
     // And restored into a directory with all metadata.
     let work = tempfile::tempdir().unwrap();
     let target = work.path().join("restored");
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "restore",
         &format!("host/{id}/latest"),
         "tree.pxar",
@@ -216,7 +165,7 @@ fn big_nested_directories_list_completely() {
         }
         std::fs::write(inner.join("deep"), b"deep").unwrap();
     }
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "push",
         &format!("wide.pxar:{}", source.display()),
         "--backup-id",
@@ -265,21 +214,33 @@ fn allow_other_mounts_enforce_the_archives_acls() {
     };
     // Others may read, but an ACL denies user 1234.
     std::fs::write(source.join("denied"), b"x").unwrap();
-    std::fs::set_permissions(source.join("denied"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        source.join("denied"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     setfacl("u:1234:---", "denied");
     // Only the owner may read, but an ACL allows user 1235.
     std::fs::write(source.join("allowed"), b"x").unwrap();
-    std::fs::set_permissions(source.join("allowed"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        source.join("allowed"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     setfacl("u:1235:r", "allowed");
     // A closed directory that an ACL opens to user 1235.
     std::fs::create_dir(source.join("closed")).unwrap();
     std::fs::write(source.join("closed/inside"), b"x").unwrap();
-    std::fs::set_permissions(source.join("closed/inside"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
-    std::fs::set_permissions(source.join("closed"), std::fs::Permissions::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(
+        source.join("closed/inside"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        source.join("closed"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     setfacl("u:1235:rx", "closed");
 
     let expected = [
@@ -291,10 +252,14 @@ fn allow_other_mounts_enforce_the_archives_acls() {
         ("closed/inside", 1236, false),
     ];
     for (name, uid, may) in expected {
-        assert_eq!(may_read_as(uid, &source.join(name)), may, "source {name} as {uid}");
+        assert_eq!(
+            may_read_as(uid, &source.join(name)),
+            may,
+            "source {name} as {uid}"
+        );
     }
 
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "push",
         &format!("acls.pxar:{}", source.display()),
         "--backup-id",
@@ -305,7 +270,7 @@ fn allow_other_mounts_enforce_the_archives_acls() {
     std::fs::set_permissions(mnt.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let point = mnt.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
-    ok(pbsfs(&[
+    ok(&pbsfs(&[
         "mount",
         "host/acls/latest",
         point.to_str().unwrap(),
@@ -316,9 +281,6 @@ fn allow_other_mounts_enforce_the_archives_acls() {
         .iter()
         .map(|&(name, uid, _)| (name, uid, may_read_as(uid, &point.join(name))))
         .collect();
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     assert_eq!(seen, expected.to_vec());
 }

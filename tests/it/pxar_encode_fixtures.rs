@@ -7,14 +7,13 @@
 //! produced streams in DIR.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use pbsfs::backup::archive::{create_split_archive, create_v1_archive, ArchiveOptions};
 use pbsfs::backup::fs_accessor::LocalFileSystem;
 use sha2::{Digest, Sha256};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+use crate::common::source_tree::fixture_tree_if_root;
 
 const LEGACY_SHA256: &str = "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8";
 const LEGACY_SIZE: u64 = 28269171;
@@ -66,35 +65,9 @@ impl Write for HashSink {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Builds the seed-1 tree in a fresh directory; `None` when not running as root.
-fn fixture_tree() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !is_root() {
-        eprintln!("skipping: building the fixture tree needs root");
-        return None;
-    }
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    let status = Command::new("python3")
-        .arg(Path::new(FIXTURES).join("mktree.py"))
-        .arg("1")
-        .arg(&tree)
-        .status()
-        .expect("python3 must be installed");
-    assert!(
-        status.success(),
-        "mktree.py failed (are setfacl and setcap installed?)"
-    );
-    Some((dir, tree))
-}
-
 #[test]
 fn legacy_archive_is_byte_identical_to_the_official_one() {
-    let Some((_dir, tree)) = fixture_tree() else {
+    let Some((_dir, tree)) = fixture_tree_if_root() else {
         return;
     };
     let fs = LocalFileSystem::new(&tree);
@@ -112,7 +85,7 @@ fn legacy_archive_is_byte_identical_to_the_official_one() {
 
 #[test]
 fn data_mode_archives_are_byte_identical_to_the_official_ones() {
-    let Some((_dir, tree)) = fixture_tree() else {
+    let Some((_dir, tree)) = fixture_tree_if_root() else {
         return;
     };
     let fs = LocalFileSystem::new(&tree);
@@ -135,7 +108,7 @@ fn data_mode_archives_are_byte_identical_to_the_official_ones() {
 #[test]
 fn subdirectory_archive_is_byte_identical_to_the_official_one() {
     // fixture-ns: `root.pxar:TREE/links` (a hardlink group partly outside the archive root).
-    let Some((_dir, tree)) = fixture_tree() else {
+    let Some((_dir, tree)) = fixture_tree_if_root() else {
         return;
     };
     let fs = LocalFileSystem::new(tree.join("links"));

@@ -3,6 +3,8 @@
 //! read back through the random-access reader and the sequential decoder. Both must give
 //! exactly the tree that went in.
 
+use crate::common::source_tree::random_bytes;
+
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -65,19 +67,6 @@ struct Expected {
     children: Vec<Vec<u8>>,
 }
 
-fn contents(size: usize, seed: u64) -> Vec<u8> {
-    // xorshift64*: cheap, deterministic, not all zeros.
-    let mut state = seed | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         name.to_vec()
@@ -126,7 +115,7 @@ impl<W: std::io::Write, P: std::io::Write> Writer<'_, W, P> {
                 return;
             }
             NodeKind::File { size, seed } => {
-                let data = contents(*size, *seed);
+                let data = random_bytes(*seed, *size);
                 let link = enc
                     .add_file(&node.meta, &node.name, data.len() as u64, &mut &data[..])
                     .unwrap();

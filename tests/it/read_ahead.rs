@@ -4,10 +4,12 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
+
+use crate::common::cli::{ok, pbsfs_local};
+use crate::common::source_tree::random_bytes;
 use pbsfs::format::Digest;
 use pbsfs::store::access::{DatastoreAccess, LocalAccess};
 use pbsfs::store::cache::ChunkCache;
@@ -36,35 +38,22 @@ impl ChunkReader for Recording {
     }
 }
 
-/// Bytes no compressor shrinks, from a simple generator (xorshift).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Pushes `tree` into a new datastore under `dir` and opens the snapshot's filesystem.
 fn push_and_open(dir: &Path, tree: &Path) -> (Arc<dyn ReadOnlyFs>, Arc<Recording>) {
     let ds = dir.join("ds");
-    let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("--repository")
-        .arg(&ds)
-        .args(["push", "--quiet", "--backup-id", "ra"])
-        .args(["--change-detection-mode", "data"])
-        .arg(format!("tree.pxar:{}", tree.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let source = format!("tree.pxar:{}", tree.display());
+    ok(&pbsfs_local(
+        &ds,
+        &[
+            "push",
+            "--quiet",
+            "--backup-id",
+            "ra",
+            "--change-detection-mode",
+            "data",
+            &source,
+        ],
+    ));
     let store = Arc::new(LocalDatastore::open(&ds).unwrap());
     let access = LocalAccess(store.clone());
     let ns = BackupNamespace::root();
@@ -119,7 +108,7 @@ fn files_read_in_archive_order_fetch_the_chunks_beyond_them() {
     for n in 0..3000u64 {
         let sub = tree.join(format!("d{:02}", n / 100));
         std::fs::create_dir_all(&sub).unwrap();
-        std::fs::write(sub.join(format!("f{n:04}")), noise(n, 16 << 10)).unwrap();
+        std::fs::write(sub.join(format!("f{n:04}")), random_bytes(n, 16 << 10)).unwrap();
     }
     let (fs, chunks) = push_and_open(dir.path(), &tree);
 

@@ -1,14 +1,15 @@
 //! The PBS client (src/remote) against the in-process test server: listing, reading through
 //! the reader protocol, authentication and certificate errors, dropped connections.
 
-use crate::support;
+use crate::common;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+use common::HashWriter;
 use pbsfs::format::index::ChunkIndex;
 use pbsfs::remote::{
     ConnectOptions, Fingerprint, RemoteDatastore, RemoteError, RemoteReader, Secret,
@@ -18,7 +19,6 @@ use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::ChunkSource;
-use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 
 fn repo(server: &TestServer, auth_id: &str) -> RemoteRepository {
     RemoteRepository {
@@ -163,18 +163,6 @@ const ARCHIVES: &[(&str, &str, &str, &str)] = &[
         "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
     ),
 ];
-
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {

@@ -2,7 +2,7 @@
 //! server's datastore verifies what was pushed, incremental pushes upload only new chunks,
 //! abandoned sessions leave nothing.
 
-use crate::support;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
+use common::source_tree::random_bytes;
+use common::HashWriter;
 use pbsfs::format::blob::{chunk_digest, encode_blob};
 use pbsfs::format::Digest;
 use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteBackupSession, RemoteDatastore, Secret};
@@ -19,7 +22,6 @@ use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use pbsfs::store::verify::Verifier;
-use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
 
 const MIB: usize = 1024 * 1024;
 
@@ -51,17 +53,7 @@ fn data(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
             .take(len)
             .collect();
     }
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
+    random_bytes(seed, len)
 }
 
 struct Chunk {
@@ -116,18 +108,6 @@ fn sha(parts: &[&Chunk]) -> String {
         hash.update(&p.data);
     }
     hex::encode(hash.finalize())
-}
-
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]

@@ -3,14 +3,13 @@
 //! fingerprint.
 
 use crate::common;
-use crate::support;
 
 use std::process::Command;
 
+use common::cli::{ok, pbsfs, repository, umount};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
-use common::{expected_tree, sha256_hex, wait_until_counted};
-use support::cli::{ok, pbsfs, repository};
-use support::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+use common::{copy_fixture_datastore, expected_tree, sha256_hex, wait_until_counted};
 
 #[test]
 fn list_files_restore_and_verify_through_the_server() {
@@ -56,13 +55,7 @@ fn list_files_restore_and_verify_through_the_server() {
 fn a_damaged_manifest_on_the_server_affects_only_its_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("ds");
-    let status = Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(fixture_datastore())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_fixture_datastore(&copy);
     let legacy = "host/fixture-legacy/2026-11-25T08:28:42Z";
     let newest_meta = "host/fixture-meta/2026-11-25T08:28:55Z";
     std::fs::write(copy.join(legacy).join("index.json.blob"), b"").unwrap();
@@ -128,10 +121,7 @@ fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
     ));
     wait_until_counted(&point);
     let tree = tree_from_disk(&point);
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     assert_same_tree(&tree, &expected_tree("tree1.json"), "remote fixture-data");
 }
 
@@ -175,10 +165,7 @@ fn the_whole_server_datastore_mounts_like_a_local_one() {
             "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6"
         );
     });
-    let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("umount")
-        .arg(&point)
-        .output();
+    umount(&point);
     if let Err(panic) = checks {
         std::panic::resume_unwind(panic);
     }

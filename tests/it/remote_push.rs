@@ -4,74 +4,38 @@
 //! answers EIO and works again once it is back.
 
 use crate::common;
-use crate::support;
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
+use common::cli::{ok, pbsfs, pbsfs_local, umount};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
+use common::source_tree::{make_basic_tree, mknod, random_bytes};
 use common::wait_until_counted;
 use pbsfs::format::index::AnyIndex;
 use pbsfs::format::Digest;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
-use rand::{RngCore, SeedableRng};
-use support::cli::{ok, pbsfs};
-use support::pbs_server::{empty_datastore, ServerConfig, TestServer};
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
 
 /// Every entry kind (devices need root, which the tests have), xattrs, a hardlink, and two
 /// random files large enough for several payload chunks each.
 fn make_tree(root: &Path) {
-    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    make_basic_tree(root);
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
-    std::fs::write(root.join("empty"), b"").unwrap();
-    std::fs::write(root.join("dir/text"), "hello\n".repeat(1000)).unwrap();
     std::fs::write(root.join("dir/sub/big-a"), random_bytes(1, 9 << 20)).unwrap();
     std::fs::write(root.join("big-b"), random_bytes(2, 7 << 20)).unwrap();
-    std::fs::write(root.join("linked"), b"two names").unwrap();
-    std::fs::hard_link(root.join("linked"), root.join("dir/linked2")).unwrap();
-    std::os::unix::fs::symlink("../empty", root.join("dir/link")).unwrap();
-    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
-    let path = |name: &str| std::ffi::CString::new(root.join(name).to_str().unwrap()).unwrap();
-    // SAFETY: valid NUL-terminated paths.
-    unsafe {
-        assert_eq!(libc::mkfifo(path("fifo").as_ptr(), 0o640), 0);
-        let chr = libc::S_IFCHR | 0o600;
-        assert_eq!(
-            libc::mknod(path("chr").as_ptr(), chr, libc::makedev(1, 3)),
-            0
-        );
-        let blk = libc::S_IFBLK | 0o600;
-        assert_eq!(
-            libc::mknod(path("blk").as_ptr(), blk, libc::makedev(7, 0)),
-            0
-        );
-    }
+    mknod(
+        &root.join("chr"),
+        libc::S_IFCHR | 0o600,
+        libc::makedev(1, 3),
+    );
+    mknod(
+        &root.join("blk"),
+        libc::S_IFBLK | 0o600,
+        libc::makedev(7, 0),
+    );
     drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
-    std::fs::set_permissions(
-        root.join("dir/text"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let name = std::ffi::CString::new("user.comment").unwrap();
-    // SAFETY: valid C strings and buffer. Best effort: tmpfs may refuse user xattrs.
-    unsafe {
-        libc::lsetxattr(
-            path("dir/text").as_ptr(),
-            name.as_ptr(),
-            b"a value".as_ptr().cast(),
-            7,
-            0,
-        );
-    }
 }
 
 /// Pushes `tree` as `host/<id>` at `time`; the JSON summary.
@@ -122,10 +86,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-            .arg("umount")
-            .arg(&self.point)
-            .output();
+        umount(&self.point);
     }
 }
 
@@ -149,12 +110,7 @@ fn a_pushed_tree_verifies_mounts_as_the_source_and_is_pushed_again_without_paylo
 
     // The server's datastore, checked as a local one: every chunk present and correct,
     // indexes and manifest valid.
-    let verify = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .arg("-r")
-        .arg(&datastore)
-        .arg("verify")
-        .output()
-        .unwrap();
+    let verify = pbsfs_local(&datastore, &["verify"]);
     let report = String::from_utf8_lossy(ok(&verify)).to_string();
     assert!(
         report.contains("ok      host/tree/1970-01-01T00:16:40Z"),

@@ -5,12 +5,13 @@ use crate::common;
 
 use std::process::{Command, Output};
 
+use common::cli::local_command;
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::*;
 
 fn restore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbsfs"))
-        .args(["--repository", datastore_dir().to_str().unwrap(), "restore"])
+    local_command(&datastore_dir())
+        .arg("restore")
         .args(args)
         .output()
         .unwrap()
@@ -94,13 +95,7 @@ const IMAGE_CHUNK: &str = "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821
 /// A writable copy of the fixture datastore with one byte of a chunk flipped.
 fn datastore_with_bad_chunk(digest: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(datastore_dir())
-        .arg(tmp.path().join("ds"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_fixture_datastore(&tmp.path().join("ds"));
     let path = tmp
         .path()
         .join("ds/.chunks")

@@ -290,13 +290,7 @@ fn an_unreadable_archive_fails_only_its_own_directory() {
 fn a_bad_chunk_in_a_legacy_archive_costs_only_the_entries_it_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("ds");
-    let copied = std::process::Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(datastore_dir())
-        .arg(&store)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    common::copy_fixture_datastore(&store);
     // Chunk 2 (of 6) of the legacy root.pxar holds the header of data/big-text besides
     // file data; the headers of all other entries lie in chunks 0 and 5.
     let index = std::fs::read(store.join(LEGACY_SNAP).join("root.pxar.didx")).unwrap();
@@ -403,13 +397,7 @@ fn link_counts_are_learned_without_walking_at_open() {
 fn a_snapshot_with_a_damaged_manifest_is_left_out() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("ds");
-    let status = std::process::Command::new("cp")
-        .args(["-r", "--no-preserve=mode,ownership"])
-        .arg(datastore_dir())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::copy_fixture_datastore(&copy);
     std::fs::write(copy.join(LEGACY_SNAP).join("index.json.blob"), b"").unwrap();
     let flipped = copy.join("host/fixture-meta/2026-11-25T08:28:55Z/index.json.blob");
     let mut raw = std::fs::read(&flipped).unwrap();

@@ -1,5 +1,7 @@
-//! Shared helpers of the pxar reader tests: archive bytes of the fixture snapshots and the
-//! expected trees (tree1.json, tree1-meta2.json).
+//! The one helper module of the integration tests: the fixture snapshots, their archives
+//! and expected trees (tree1.json, tree1-meta2.json) here; trees on disk (`disk_tree`,
+//! `source_tree`), running the binary (`cli`) and the PBS test server (`pbs_server`) in
+//! their modules.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -18,7 +20,44 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
 }
 
+/// A writable copy of the fixture datastore at `dest` (the fixtures themselves are never
+/// changed).
+pub fn copy_fixture_datastore(dest: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .args(["-r", "--no-preserve=mode,ownership"])
+        .arg(datastore_dir())
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the fixture datastore failed");
+}
+
+/// A new, empty datastore in a temporary directory under the target dir (not /tmp, which
+/// may be a tmpfs without user xattrs). Creating its 65536 chunk directories is slow:
+/// tests share one per module.
+pub fn new_datastore() -> (tempfile::TempDir, Arc<pbsfs::store::local::LocalDatastore>) {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = pbsfs::store::local::LocalDatastore::create(&dir.path().join("ds")).unwrap();
+    (dir, Arc::new(store))
+}
+
+/// An `io::Write` that hashes what is written (SHA-256), to hash a stream without holding it.
+pub struct HashWriter(pub sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub mod cli;
 pub mod disk_tree;
+pub mod pbs_server;
+pub mod source_tree;
 #[path = "fixture_stream.rs"]
 pub mod fixture_stream;
 #[allow(unused_imports)]
