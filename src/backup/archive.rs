@@ -1181,7 +1181,6 @@ fn is_not_found(err: &anyhow::Error) -> bool {
     })
 }
 
-
 /// A regular file's content as the archive stores it: exactly its `lstat` size. A file
 /// that grew while being read is cut at that size, one that shrank is padded with zeros,
 /// one whose reading fails part-way gets zeros in place of the rest; each with a warning.

@@ -398,9 +398,7 @@ impl Server {
                         "previous snapshot {prev} is not re-used ({reason}); every file is read"
                     );
                 } else {
-                    log::warn!(
-                        "cannot use previous snapshot {prev} for change detection: {err:#}"
-                    );
+                    log::warn!("cannot use previous snapshot {prev} for change detection: {err:#}");
                 }
                 None
             })

@@ -108,8 +108,8 @@ fn load_credentials(path: &str) -> Result<()> {
 fn read_private_file(path: &str) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot read credentials file {path}"))?;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read credentials file {path}"))?;
     // Checked on the open file, so what is checked is what is read.
     let meta = file
         .metadata()
@@ -152,7 +152,10 @@ mod tests {
     #[test]
     fn a_private_credentials_file_is_read() {
         let (_dir, path) = credentials_file(0o600);
-        assert_eq!(read_private_file(&path).unwrap(), "PBS_FINGERPRINT_TEST_ONLY=aa:bb\n");
+        assert_eq!(
+            read_private_file(&path).unwrap(),
+            "PBS_FINGERPRINT_TEST_ONLY=aa:bb\n"
+        );
         let (_dir, path) = credentials_file(0o400);
         assert!(read_private_file(&path).is_ok());
     }
@@ -170,7 +173,11 @@ mod tests {
     fn a_credentials_file_of_another_user_is_refused() {
         let (_dir, path) = credentials_file(0o600);
         // SAFETY: geteuid has no preconditions.
-        let other = if unsafe { libc::geteuid() } == 65534 { 0 } else { 65534 };
+        let other = if unsafe { libc::geteuid() } == 65534 {
+            0
+        } else {
+            65534
+        };
         let chowned = std::os::unix::fs::chown(&path, Some(other), None);
         if chowned.is_err() {
             // Not root: a file of another user cannot be made here; the check itself is the

@@ -9,7 +9,9 @@ use serde_json::Value;
 /// the program ends as other Unix tools do: killed by SIGPIPE, with nothing on stderr.
 pub fn write_stdout_line(args: std::fmt::Arguments) {
     let mut stdout = std::io::stdout().lock();
-    let written = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n"));
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"));
     match written {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => exit_for_closed_stdout(),

@@ -47,7 +47,8 @@ pub fn create(prefix_dir: &Path, hex_digest: &str, random: &str) -> io::Result<T
 
 /// Whether `name` is a temporary chunk file (of any writer).
 fn is_tmp_name(name: &str) -> bool {
-    name.len() > 64 && name.as_bytes()[..64].iter().all(u8::is_ascii_hexdigit)
+    name.len() > 64
+        && name.as_bytes()[..64].iter().all(u8::is_ascii_hexdigit)
         && name[64..].starts_with(TMP_MARK)
 }
 

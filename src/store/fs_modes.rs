@@ -110,8 +110,14 @@ mod tests {
         create_dir_below(dir.path(), &dir.path().join("a/b"), CHUNK_DIR_MODE).unwrap();
         let file = dir.path().join("a/b/f");
         create_new_file(&file, FILE_MODE).unwrap();
-        assert_eq!(fs::metadata(dir.path().join("a")).unwrap().mode() & 0o7777, 0o750);
-        assert_eq!(fs::metadata(dir.path().join("a/b")).unwrap().mode() & 0o7777, 0o750);
+        assert_eq!(
+            fs::metadata(dir.path().join("a")).unwrap().mode() & 0o7777,
+            0o750
+        );
+        assert_eq!(
+            fs::metadata(dir.path().join("a/b")).unwrap().mode() & 0o7777,
+            0o750
+        );
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o644);
         assert!(create_new_file(&file, FILE_MODE).is_err());
         open_or_create_file(&file, FILE_MODE).unwrap();

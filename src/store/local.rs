@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{chunk_tmp, fs_modes};
 use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
 use super::time::parse_rfc3339;
 use super::ChunkSource;
+use super::{chunk_tmp, fs_modes};
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
 
@@ -105,7 +105,10 @@ impl LocalDatastore {
         let _ = fs::remove_dir_all(&staging);
         fs_modes::create_dir(&staging, fs_modes::CHUNK_DIR_MODE)?;
         for prefix in 0..=0xffffu32 {
-            fs_modes::create_dir(&staging.join(format!("{prefix:04x}")), fs_modes::CHUNK_DIR_MODE)?;
+            fs_modes::create_dir(
+                &staging.join(format!("{prefix:04x}")),
+                fs_modes::CHUNK_DIR_MODE,
+            )?;
         }
         fs_modes::open_or_create_file(&path.join(".lock"), fs_modes::FILE_MODE)?;
         if let Err(err) = fs::rename(&staging, path.join(".chunks")) {
@@ -537,9 +540,8 @@ fn load_manifest(path: &Path) -> Result<Option<Manifest>, String> {
 
 /// Decodes a raw `index.json.blob`; the error says why it is damaged.
 pub fn decode_manifest(raw: &[u8]) -> Result<Manifest, String> {
-    Manifest::from_blob(raw).map_err(|err| {
-        format!("{MANIFEST_BLOB_NAME}: {:#}", anyhow::Error::from(err))
-    })
+    Manifest::from_blob(raw)
+        .map_err(|err| format!("{MANIFEST_BLOB_NAME}: {:#}", anyhow::Error::from(err)))
 }
 
 fn entries_only(listed: Vec<ListedSnapshot>) -> Vec<SnapshotEntry> {

@@ -54,12 +54,8 @@ impl SnapshotWriter {
         }
         let store_lock = lock_store_shared(store.root())?;
         let group_path = store.group_path(ns, &dir.group);
-        fs_modes::create_dir_below(
-            &store.namespace_path(ns),
-            &group_path,
-            fs_modes::DIR_MODE,
-        )
-        .with_context(|| format!("cannot create {}", group_path.display()))?;
+        fs_modes::create_dir_below(&store.namespace_path(ns), &group_path, fs_modes::DIR_MODE)
+            .with_context(|| format!("cannot create {}", group_path.display()))?;
         let group_lock = File::open(&group_path)?;
         if unsafe { libc::flock(group_lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(
@@ -252,9 +248,14 @@ fn ensure_owner(group_path: &Path, owner: &str) -> Result<()> {
 fn is_auth_id(text: &str) -> bool {
     let valid = |part: &str| {
         !part.is_empty()
-            && part
-                .chars()
-                .all(|c| !c.is_control() && !c.is_whitespace() && c != '@' && c != '!' && c != ':' && c != '/')
+            && part.chars().all(|c| {
+                !c.is_control()
+                    && !c.is_whitespace()
+                    && c != '@'
+                    && c != '!'
+                    && c != ':'
+                    && c != '/'
+            })
     };
     let Some((user, rest)) = text.split_once('@') else {
         return false;

@@ -56,10 +56,10 @@ impl std::io::Write for HashWriter {
 
 pub mod cli;
 pub mod disk_tree;
-pub mod pbs_server;
-pub mod source_tree;
 #[path = "fixture_stream.rs"]
 pub mod fixture_stream;
+pub mod pbs_server;
+pub mod source_tree;
 #[allow(unused_imports)]
 pub use fixture_stream::{datastore_dir, index_reader, parse_snapshot};
 
