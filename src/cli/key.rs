@@ -9,10 +9,7 @@ use serde_json::json;
 use pbsfs::format::keyfile::{create_key_file, Kdf, KeyConfig};
 
 use super::context::RepoArgs;
-/// The default key's location lives with the key loading (`keys`), which `context` uses too;
-/// re-exported because `push` names it here.
-pub use super::keys::default_key_path;
-use super::keys::{load_crypt_config, new_password};
+use super::keys::{default_key_path, load_crypt_config, new_password};
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {

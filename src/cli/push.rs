@@ -190,7 +190,7 @@ fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> 
         }
         (Some(path), _) => Some(path.clone()),
         (None, Some(CryptMode::None)) => None,
-        (None, _) => match super::key::default_key_path() {
+        (None, _) => match super::keys::default_key_path() {
             Ok(path) if path.exists() => {
                 if !quiet {
                     eprintln!("using the default encryption key {}", path.display());

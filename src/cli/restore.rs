@@ -215,7 +215,7 @@ fn extract_tree(
 /// or a planted symlink).
 fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
     let name = target.file_name().unwrap_or_default().to_string_lossy();
-    loop {
+    for _ in 0..100 {
         let temp =
             target.with_file_name(format!(".{name}.pbsfs-tmp-{:08x}", rand::random::<u32>()));
         match fs::OpenOptions::new()
@@ -230,4 +230,5 @@ fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
             }
         }
     }
+    bail!("cannot find a free temporary name beside {}", target.display())
 }

@@ -404,19 +404,7 @@ fn a_snapshot_with_a_damaged_manifest_is_left_out() {
     raw[20] ^= 0x01;
     std::fs::write(&flipped, raw).unwrap();
 
-    let store = Arc::new(LocalDatastore::open(&copy).unwrap());
-    let chunks = Arc::new(ChunkCache::new(
-        Arc::new(VerifyingChunkReader::new(store.clone())),
-        64 << 20,
-        0,
-    ));
-    let fs = StoreFs::new(
-        StoreSource::Local(store),
-        BackupNamespace::root(),
-        chunks,
-        None,
-    )
-    .unwrap();
+    let (fs, _) = store_fs_at(&copy);
     assert_eq!(names(&fs, ""), ["host", "ns", "vm"]);
     assert_eq!(names(&fs, "host/fixture-meta"), ["2026-11-25T08:28:43Z"]);
     assert!(names(&fs, "host/fixture-legacy").is_empty());
