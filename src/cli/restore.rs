@@ -230,5 +230,8 @@ fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
             }
         }
     }
-    bail!("cannot find a free temporary name beside {}", target.display())
+    bail!(
+        "cannot find a free temporary name beside {}",
+        target.display()
+    )
 }
