@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 
 use super::archive::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
 use super::protection::Protection;
-use super::session::RemoteStore;
 use super::upload::KnownChunk;
 use crate::format::index::{AnyIndex, DynamicIndex};
 use crate::format::ReadAt;
@@ -19,6 +18,7 @@ use crate::pxar::entry::{Entry, EntryKind, FileData};
 use crate::store::cache::ChunkCache;
 use crate::store::names::{BackupDir, BackupNamespace};
 use crate::store::range::IndexReader;
+use crate::store::target::BackupTarget;
 
 /// Decoded chunks of the previous metadata archive kept while walking.
 const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -39,7 +39,7 @@ impl PreviousSnapshot {
     /// archive). `Ok(None)` if the snapshot has no such split archive; an error if it has
     /// but cannot be read or re-used (a [`NotReusable`](super::protection::NotReusable) for another key or crypt mode).
     pub fn open(
-        store: &dyn RemoteStore,
+        store: &dyn BackupTarget,
         ns: &BackupNamespace,
         dir: &BackupDir,
         base: &str,

@@ -18,7 +18,6 @@ use super::client::{ClientProvider, SubTree};
 use super::exclude::ExcludePatterns;
 use super::protection::{NotReusable, Protection};
 use super::reuse::PreviousSnapshot;
-use super::session::{BackupSession, RemoteStore, SessionParams};
 use super::upload::{ChunkedWriter, KnownChunk, SharedChunkedWriter, UploadPool};
 use crate::format::catalog::CatalogWriter;
 use crate::format::chunker::{CATALOG_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, FIXED_CHUNK_SIZE};
@@ -26,6 +25,7 @@ use crate::format::manifest::CryptMode;
 use crate::pxar::encoder::Encoder;
 use crate::pxar::format::{Header, PXAR_PAYLOAD_START_MARKER, PXAR_PAYLOAD_TAIL_MARKER};
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::target::{BackupSession, BackupTarget, SessionParams};
 
 /// Name of the catalog file in a snapshot.
 pub const CATALOG_NAME: &str = "catalog.pcat1.didx";
@@ -253,11 +253,11 @@ pub struct BackupSummary {
 
 /// Runs backups into a store.
 pub struct Server {
-    store: Arc<dyn RemoteStore>,
+    store: Arc<dyn BackupTarget>,
 }
 
 impl Server {
-    pub fn new(store: Arc<dyn RemoteStore>) -> Self {
+    pub fn new(store: Arc<dyn BackupTarget>) -> Self {
         Server { store }
     }
 

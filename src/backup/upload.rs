@@ -14,11 +14,11 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::session::{BackupSession, IndexSummary, IndexWriter};
 use crate::format::blob::{chunk_digest_with, encode_blob_into, encode_blob_with};
 use crate::format::chunker::Chunker;
 use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
+use crate::store::target::{BackupSession, IndexSummary, IndexWriter};
 
 /// How chunks are turned into stored blobs: with a key the digest is the keyed one and
 /// the blob is encrypted (crypto.md). Made from the run's

@@ -12,18 +12,18 @@ use serde_json::json;
 
 use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::exclude::ExcludePatterns;
-use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::protection::{mode_name, Protection};
 use pbsfs::backup::server::{
     BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Progress, Server,
 };
-use pbsfs::backup::session::RemoteStore;
 use pbsfs::format::manifest::CryptMode;
 use pbsfs::format::time::{epoch_to_rfc3339, parse_rfc3339};
-use pbsfs::remote::{ConnectOptions, RemoteBackupStore, RemoteDatastore};
+use pbsfs::remote::{ConnectOptions, RemoteDatastore, RemoteTarget};
 use pbsfs::repository::Repository;
 use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
+use pbsfs::store::target::BackupTarget;
 
 use super::context::RepoArgs;
 use super::output::human_size;
@@ -147,7 +147,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     options.abort = abort;
     options.protection = protection(args.crypt_mode, repo, args.quiet)?;
 
-    let store: Option<Arc<dyn RemoteStore>> = if args.dry_run {
+    let store: Option<Arc<dyn BackupTarget>> = if args.dry_run {
         None
     } else {
         Some(open_store(repo, args.quiet)?)
@@ -220,17 +220,17 @@ fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> 
 
 /// The selected datastore: a PBS server (connected like every other command does, see
 /// `Context::open`), or a local directory, created on first use.
-fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn RemoteStore>> {
+fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn BackupTarget>> {
     let location = match repo.selected()? {
         Some(Repository::Local(path)) => path,
         Some(Repository::Remote(remote)) => {
             let options = ConnectOptions::from_env(&remote, repo.fingerprint.as_deref())?;
             let store = RemoteDatastore::connect(&remote, options)?;
-            return Ok(Arc::new(RemoteBackupStore::new(Arc::new(store))));
+            return Ok(Arc::new(RemoteTarget::new(Arc::new(store))));
         }
         None => Repository::default_local()?,
     };
-    Ok(Arc::new(LocalStore::new(open_or_create_local(
+    Ok(Arc::new(LocalTarget::new(open_or_create_local(
         &location, quiet,
     )?)))
 }
@@ -254,11 +254,11 @@ fn open_or_create_local(location: &std::path::Path, quiet: bool) -> Result<Arc<L
 /// A dry run needs no store; the server never asks it for anything.
 struct NoStore;
 
-impl pbsfs::backup::session::RemoteStore for NoStore {
+impl pbsfs::store::target::BackupTarget for NoStore {
     fn start_session(
         &self,
-        _: &pbsfs::backup::session::SessionParams,
-    ) -> Result<Box<dyn pbsfs::backup::session::BackupSession>> {
+        _: &pbsfs::store::target::SessionParams,
+    ) -> Result<Box<dyn pbsfs::store::target::BackupSession>> {
         bail!("dry run: nothing is stored")
     }
     fn last_snapshot(

@@ -12,7 +12,7 @@ pub mod query;
 pub mod reader;
 pub mod runtime;
 pub mod session;
-pub mod store;
+pub mod target;
 mod tls;
 pub mod wire;
 
@@ -22,4 +22,4 @@ pub use datastore::{RemoteDatastore, RemoteFile, RemoteGroup, RemoteSnapshot};
 pub use error::RemoteError;
 pub use options::{ConnectOptions, Fingerprint, Secret};
 pub use reader::RemoteReader;
-pub use store::RemoteBackupStore;
+pub use target::RemoteTarget;

@@ -17,7 +17,6 @@ use common::cli::{local_command, ok};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::source_tree::{fixture_tree_if_root, mknod, random_bytes, set_xattr};
 use pbsfs::backup::client::LocalClient;
-use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::protection::Protection;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, ChangeDetection, Server};
 use pbsfs::format::blob::{blob_kind, decode_chunk, MAX_CHUNK_SIZE};
@@ -26,6 +25,7 @@ use pbsfs::format::index::{AnyIndex, ChunkIndex};
 use pbsfs::format::keyfile::{create_key_file, load_key_file, Kdf};
 use pbsfs::format::manifest::{CryptMode, Manifest};
 use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use serde_json::Value;
 
@@ -370,7 +370,7 @@ fn legacy_push_with_the_fixture_key_stores_the_official_keyed_chunks() {
     let mut options = BackupOptions::new(BackupGroup::parse("host/fixture-enc").unwrap(), 1000);
     options.mode = ChangeDetection::Legacy;
     options.protection = Protection::encrypt(key.clone());
-    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(store().1.clone())));
     let summary = server.run_backup(&client, &[spec], &options).unwrap();
     assert_eq!(summary.walk.warnings, 0);
 

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use pbsfs::backup::client::LocalClient;
-use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, ChangeDetection, Server};
 use pbsfs::format::index::{AnyIndex, ChunkIndex};
 use pbsfs::store::access::{open_index_reader, LocalSnapshot};
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use sha2::{Digest, Sha256};
 
@@ -57,7 +57,7 @@ fn push(shared: &Shared, id: &str, mode: ChangeDetection) -> BackupDir {
     let spec = BackupSpec::parse(&format!("root.pxar:{}", shared.tree.display())).unwrap();
     let mut options = BackupOptions::new(BackupGroup::parse(&format!("host/{id}")).unwrap(), 1000);
     options.mode = mode;
-    let server = Server::new(Arc::new(LocalStore::new(shared.store.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(shared.store.clone())));
     let summary = server.run_backup(&client, &[spec], &options).unwrap();
     assert_eq!(summary.walk.warnings, 0);
     summary.snapshot.unwrap()
@@ -156,7 +156,7 @@ fn metadata_push_of_the_unchanged_fixture_reads_nothing_and_keeps_the_payload() 
     let spec = BackupSpec::parse(&format!("root.pxar:{}", shared.tree.display())).unwrap();
     let mut options = BackupOptions::new(BackupGroup::parse("host/meta").unwrap(), 2000);
     options.mode = ChangeDetection::Metadata;
-    let server = Server::new(Arc::new(LocalStore::new(shared.store.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(shared.store.clone())));
     let summary = server.run_backup(&client, &[spec], &options).unwrap();
     let second = summary.snapshot.unwrap();
     assert_eq!(client.counters_bytes(), 0);

@@ -15,9 +15,9 @@ use common::sha256_hex;
 use common::source_tree::{make_basic_tree, random_bytes};
 use pbsfs::backup::client::{ClientProvider, LocalClient};
 use pbsfs::backup::exclude::ExcludePatterns;
-use pbsfs::backup::local_store::LocalStore;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Server};
 use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::BackupGroup;
 
 /// One datastore per test module (creating 65536 chunk directories is slow).
@@ -86,7 +86,7 @@ fn push(
     let mut options = BackupOptions::new(BackupGroup::parse(&format!("host/{id}")).unwrap(), time);
     options.mode = mode;
     options.patterns = ExcludePatterns::from_cli(patterns).unwrap();
-    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(store().1.clone())));
     let summary = server.run_backup(&client, &[spec], &options).unwrap();
     (summary, client.counters().content_bytes())
 }
@@ -273,7 +273,7 @@ fn image_push_stores_the_official_fixed_index() {
     let client = LocalClient::new();
     let spec = BackupSpec::parse(&format!("drive-scsi0.img:{}", image.display())).unwrap();
     let options = BackupOptions::new(BackupGroup::parse("vm/100").unwrap(), 1000);
-    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(store().1.clone())));
     let summary = server.run_backup(&client, &[spec], &options).unwrap();
     let dir = summary.snapshot.unwrap();
     let raw = store()
@@ -429,7 +429,7 @@ fn sparse_files_push_the_same_chunks_as_dense_copies() {
     .collect();
     let mut options = BackupOptions::new(BackupGroup::parse("host/sparse").unwrap(), 1000);
     options.mode = ChangeDetection::Data;
-    let server = Server::new(Arc::new(LocalStore::new(store().1.clone())));
+    let server = Server::new(Arc::new(LocalTarget::new(store().1.clone())));
     let dir = server
         .run_backup(&client, &specs, &options)
         .unwrap()

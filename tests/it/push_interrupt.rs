@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use common::cli::{local_command, ok};
-use pbsfs::backup::local_store::LocalStore;
-use pbsfs::backup::session::{RemoteStore, SessionParams};
 use pbsfs::store::local::LocalDatastore;
+use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use pbsfs::store::target::{BackupTarget, SessionParams};
 
 struct Shared {
     dir: tempfile::TempDir,
@@ -192,7 +192,7 @@ fn a_second_signal_ends_the_push_at_once() {
 #[test]
 fn a_concurrent_push_to_the_same_group_is_refused() {
     let shared = shared();
-    let store = LocalStore::new(shared.store.clone());
+    let store = LocalTarget::new(shared.store.clone());
     let group = BackupGroup::parse("host/busy").unwrap();
     let session = store
         .start_session(&SessionParams {

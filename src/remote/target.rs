@@ -1,9 +1,9 @@
-//! A PBS server as a [`RemoteStore`]: `pbsfs push` writes through the backup protocol
+//! A PBS server as a [`BackupTarget`]: `pbsfs push` writes through the backup protocol
 //! ([`RemoteBackupSession`]) and, in metadata mode, reads the previous snapshot's
 //! `.mpxar`/`.ppxar` through the reader protocol ([`RemoteDatastore::read_index`]).
 //!
 //! Lives next to [`access`](super::access), which plugs the server into the reading seam the
-//! same way; the backup side only knows the traits of `src/backup/session.rs`.
+//! same way; the backup side only knows the traits of `src/store/target.rs`.
 //!
 //! Uploads are pipelined: [`BackupSession::upload_chunk`] hands the encoded chunk to a small
 //! pool of upload threads and returns, so hashing and compression go on while chunks travel.
@@ -18,15 +18,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::backup::{RemoteBackupSession, RemoteIndexWriter, FIXED_CHUNK_SIZE};
 use super::datastore::RemoteDatastore;
-use crate::backup::session::{
-    BackupSession, IndexSummary, IndexWriter, RemoteStore, SessionParams,
-};
 use crate::format::crypto::CryptConfig;
 use crate::format::index::AnyIndex;
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
 use crate::store::chunk_reader::ChunkReader;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
 /// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection).
 pub const MAX_UPLOADS: usize = 4;
@@ -34,13 +32,13 @@ pub const MAX_UPLOADS: usize = 4;
 pub const MAX_QUEUED: usize = 8;
 
 /// A datastore on a PBS server that backups can be written to.
-pub struct RemoteBackupStore {
+pub struct RemoteTarget {
     store: Arc<RemoteDatastore>,
 }
 
-impl RemoteBackupStore {
+impl RemoteTarget {
     pub fn new(store: Arc<RemoteDatastore>) -> Self {
-        RemoteBackupStore { store }
+        RemoteTarget { store }
     }
 
     pub fn datastore(&self) -> &Arc<RemoteDatastore> {
@@ -48,7 +46,7 @@ impl RemoteBackupStore {
     }
 }
 
-impl RemoteStore for RemoteBackupStore {
+impl BackupTarget for RemoteTarget {
     /// The server records the connecting auth-id as the group's owner; `params.owner` is
     /// not sent (the protocol has no field for it).
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {

@@ -1,4 +1,4 @@
-//! The local datastore as a [`RemoteStore`]: sessions are [`SnapshotWriter`]s, chunks go
+//! The local datastore as a [`BackupTarget`]: sessions are [`SnapshotWriter`]s, chunks go
 //! straight into the chunk store (atomic, deduplicated).
 
 use std::fs::File;
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::session::{BackupSession, IndexSummary, IndexWriter, RemoteStore, SessionParams};
+use super::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 use crate::format::crypto::CryptConfig;
 use crate::format::index::{AnyIndex, DynamicIndexWriter, FixedIndex};
 use crate::format::manifest::{CryptMode, FileInfo, Manifest};
@@ -20,13 +20,13 @@ use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::store::writer::{PendingFile, SnapshotWriter};
 
 /// A local datastore directory.
-pub struct LocalStore {
+pub struct LocalTarget {
     store: Arc<LocalDatastore>,
 }
 
-impl LocalStore {
+impl LocalTarget {
     pub fn new(store: Arc<LocalDatastore>) -> Self {
-        LocalStore { store }
+        LocalTarget { store }
     }
 
     pub fn datastore(&self) -> &Arc<LocalDatastore> {
@@ -34,7 +34,7 @@ impl LocalStore {
     }
 }
 
-impl RemoteStore for LocalStore {
+impl BackupTarget for LocalTarget {
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {
         let writer =
             SnapshotWriter::begin(self.store.clone(), &params.ns, &params.dir, &params.owner)?;

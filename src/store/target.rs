@@ -1,9 +1,9 @@
-//! Where a backup goes: a [`RemoteStore`] starts [`BackupSession`]s, one per snapshot. The
+//! Where a backup goes: a [`BackupTarget`] starts [`BackupSession`]s, one per snapshot. The
 //! shapes follow the PBS backup protocol (protocol.md): chunks are uploaded by digest,
 //! indexes are created and then appended to, blobs are uploaded whole, and `finish` makes
 //! the snapshot visible. A session dropped without `finish` is aborted and leaves nothing.
 //!
-//! Implemented by the local datastore ([`super::local_store`]); the PBS protocol client plugs
+//! Implemented by the local datastore ([`super::local_target`]); the PBS protocol client plugs
 //! in here as well.
 
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub struct SessionParams {
 }
 
 /// A datastore (local or remote) that backups can be written to.
-pub trait RemoteStore: Send + Sync {
+pub trait BackupTarget: Send + Sync {
     /// Starts a new snapshot. Fails if another backup of the group is running or the time
     /// is not newer than the group's last snapshot.
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>>;
