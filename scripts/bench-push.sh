@@ -10,6 +10,8 @@
 # Usage: scripts/bench-push.sh [SIZE_MIB (default 2048)] [WORKDIR (default target/bench-push)]
 # The work directory must not be on tmpfs if xattrs matter; it is deleted at the end unless
 # KEEP=1.
+# BENCH_BIN=PATH measures that pbsfs binary instead of target/release/pbsfs (a before/after
+# comparison runs the script once per binary, back to back).
 set -euo pipefail
 
 SIZE_MIB=${1:-2048}
@@ -17,7 +19,7 @@ WORK=${2:-target/bench-push}
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet
-BIN=$PWD/target/release/pbsfs
+BIN=${BENCH_BIN:-$PWD/target/release/pbsfs}
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)

@@ -9,6 +9,8 @@
 #
 # Usage: scripts/bench-remote.sh [SIZE_MIB (default 1024)] [WORKDIR (default target/bench-remote)]
 # Deleted at the end unless KEEP=1; REUSE_TREE=1 keeps a tree of an earlier KEEP=1 run.
+# BENCH_BIN=PATH measures that pbsfs binary instead of target/release/pbsfs (the test server
+# is always this checkout's).
 set -euo pipefail
 
 SIZE_MIB=${1:-1024}
@@ -16,7 +18,7 @@ WORK=${2:-target/bench-remote}
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet --bin pbsfs --example pbs_test_server
-BIN=$PWD/target/release/pbsfs
+BIN=${BENCH_BIN:-$PWD/target/release/pbsfs}
 SERVER_BIN=$PWD/target/release/examples/pbs_test_server
 
 mkdir -p "$WORK"
