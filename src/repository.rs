@@ -146,43 +146,58 @@ mod tests {
 
     #[test]
     fn spec_examples() {
-        let r = remote("store1");
-        assert_eq!(
+        // (repository string, auth id, host, port, datastore)
+        let cases = [
+            ("store1", "root@pam", "localhost", 8007, "store1"),
             (
-                r.auth_id.as_str(),
-                r.host.as_str(),
-                r.port,
-                r.datastore.as_str()
+                "pbs.example.com:store1",
+                "root@pam",
+                "pbs.example.com",
+                8007,
+                "store1",
             ),
-            ("root@pam", "localhost", 8007, "store1")
-        );
-        let r = remote("pbs.example.com:store1");
-        assert_eq!(
-            (r.host.as_str(), r.datastore.as_str()),
-            ("pbs.example.com", "store1")
-        );
-        let r = remote("admin@pbs@backuphost:8008:tank");
-        assert_eq!(
             (
-                r.auth_id.as_str(),
-                r.host.as_str(),
-                r.port,
-                r.datastore.as_str()
+                "admin@pbs@backuphost:8008:tank",
+                "admin@pbs",
+                "backuphost",
+                8008,
+                "tank",
             ),
-            ("admin@pbs", "backuphost", 8008, "tank")
-        );
-        let r = remote("user@pbs!token@myhost:store");
-        assert_eq!(
-            (r.auth_id.as_str(), r.host.as_str()),
-            ("user@pbs!token", "myhost")
-        );
-        let r = remote("192.168.1.1:1234:store");
-        assert_eq!((r.host.as_str(), r.port), ("192.168.1.1", 1234));
-        let r = remote("[ff80::1]:9007:store");
-        assert_eq!(
-            (r.host.as_str(), r.port, r.datastore.as_str()),
-            ("[ff80::1]", 9007, "store")
-        );
+            (
+                "user@pbs!token@myhost:store",
+                "user@pbs!token",
+                "myhost",
+                8007,
+                "store",
+            ),
+            (
+                "192.168.1.1:1234:store",
+                "root@pam",
+                "192.168.1.1",
+                1234,
+                "store",
+            ),
+            (
+                "[ff80::1]:9007:store",
+                "root@pam",
+                "[ff80::1]",
+                9007,
+                "store",
+            ),
+        ];
+        for (text, auth_id, host, port, datastore) in cases {
+            let r = remote(text);
+            assert_eq!(
+                (
+                    r.auth_id.as_str(),
+                    r.host.as_str(),
+                    r.port,
+                    r.datastore.as_str()
+                ),
+                (auth_id, host, port, datastore),
+                "{text}"
+            );
+        }
     }
 
     #[test]
