@@ -132,8 +132,6 @@ pub type OpenedSnapshot = (Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>);
 pub struct Context {
     /// Reading access, local or remote; None while the default datastore does not exist.
     pub access: Option<Arc<dyn DatastoreAccess>>,
-    /// The local datastore, when the repository is one.
-    pub local: Option<Arc<LocalDatastore>>,
     /// What the user selected, for messages.
     pub location: String,
     pub ns: BackupNamespace,
@@ -154,7 +152,6 @@ impl Context {
         };
         let mut ctx = Context {
             access: None,
-            local: None,
             location: repository.to_string(),
             ns,
             output: args.output_format,
@@ -173,8 +170,7 @@ impl Context {
                         path.display()
                     );
                 }
-                ctx.access = Some(Arc::new(LocalAccess(store.clone())));
-                ctx.local = Some(store);
+                ctx.access = Some(Arc::new(LocalAccess(store)));
             }
             Repository::Remote(remote) => {
                 let options = ConnectOptions::from_env(&remote, args.fingerprint.as_deref())?;

@@ -1,4 +1,5 @@
-//! A PBS server behind the same reading interface as a local datastore.
+//! A PBS server behind the same reading interface as a local datastore: listings through
+//! the admin API, each snapshot read through its own reader session.
 
 use std::sync::Arc;
 
@@ -16,6 +17,20 @@ pub struct RemoteAccess(pub Arc<RemoteDatastore>);
 impl DatastoreAccess for RemoteAccess {
     fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
         self.0.list_namespaces(parent)
+    }
+
+    /// The groups that have snapshots (taken from the snapshot listing, as a mount shows
+    /// them).
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>> {
+        let mut groups: Vec<BackupGroup> = self
+            .0
+            .list_snapshots(ns, None)?
+            .into_iter()
+            .map(|s| s.entry.dir.group)
+            .collect();
+        groups.sort();
+        groups.dedup();
+        Ok(groups)
     }
 
     fn list_snapshots(
@@ -52,6 +67,18 @@ impl DatastoreAccess for RemoteAccess {
         let reader = self.0.open_reader(ns, dir)?;
         let manifest = reader.read_manifest()?;
         Ok(Arc::new(RemoteSnapshot { reader, manifest }))
+    }
+
+    /// Asks for the whole namespace: asking for an unknown group is an error on PBS.
+    fn previous(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        self.0
+            .last_snapshot(ns, group)?
+            .map(|dir| self.open_snapshot(ns, &dir))
+            .transpose()
     }
 }
 

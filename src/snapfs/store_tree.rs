@@ -1,6 +1,6 @@
 //! A whole datastore (or one namespace of it) as one read-only filesystem:
 //! `[ns/<ns>/...]<type>/<id>/<time>/<archive>/...`, laid out like the datastore itself.
-//! The datastore is a local directory or a PBS server ([`StoreSource`]).
+//! The datastore is a local directory or a PBS server, seen through [`DatastoreAccess`].
 //!
 //! Nothing is opened before it is needed: listing a snapshot reads only its manifest; a
 //! pxar archive is opened (an [`ArchiveFs`]) on the first access inside it and kept in a
@@ -27,7 +27,7 @@ use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use lru::LruCache;
@@ -35,29 +35,20 @@ use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, 
 
 use super::images::read_image;
 use super::open_files::OpenFiles;
-use super::{mountables, ArchiveFs, Mountable};
+use super::ArchiveFs;
 use crate::format::crypto::CryptConfig;
 use crate::format::ReadAt;
-use crate::store::access::{open_index_reader, DatastoreAccess, LocalSnapshot, SnapshotAccess};
+use crate::store::access::{DatastoreAccess, SnapshotAccess, StoreDir};
 use crate::store::cache::{CacheVia, ChunkCache};
-use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
-use crate::store::local::LocalDatastore;
-use crate::store::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace, BackupType};
+use crate::store::chunk_reader::VerifyingChunkReader;
+use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
+use crate::store::open::{mountables, open_mountable, Mountable, OpenedArchive};
 use crate::store::range::IndexReader;
 
 /// Archives (and image readers) kept open at once.
 const OPEN_ARCHIVES: usize = 16;
 /// Snapshots (manifest, and on a server a reader session) kept open at once.
 const OPEN_SNAPSHOTS: usize = 16;
-
-/// Where a whole-store mount gets its listings and snapshots.
-pub enum StoreSource {
-    /// A datastore directory: listings are directory reads; directories show their mtimes.
-    Local(Arc<LocalDatastore>),
-    /// A PBS server: listings come from its API, each snapshot is read through its own
-    /// reader session; directories above snapshots show the mount time.
-    Remote(Arc<dyn DatastoreAccess>),
-}
 
 const CONTENT_FLAG: u64 = 1 << 63;
 const LOCAL_BITS: u32 = 40;
@@ -137,10 +128,12 @@ struct NewChild {
 }
 
 pub struct StoreFs {
-    source: StoreSource,
-    /// One cache for every archive of the mount.
+    /// Listings, directory times (where the datastore has them; else the mount time) and
+    /// snapshots, each read through its own chunk source (on a server, a reader session).
+    access: Arc<dyn DatastoreAccess>,
+    /// One cache, and so one memory budget, for every archive of the mount.
     chunks: Arc<ChunkCache>,
-    /// Decrypts encrypted archives (remote sources; a local cache has its key itself).
+    /// Decrypts encrypted archives.
     crypt: Option<Arc<CryptConfig>>,
     snapshots: Mutex<LruCache<(BackupNamespace, BackupDir), Arc<dyn SnapshotAccess>>>,
     groups: Mutex<HashMap<BackupNamespace, Vec<BackupGroup>>>,
@@ -158,11 +151,10 @@ pub struct StoreFs {
 
 impl StoreFs {
     /// Shows namespace `ns` (the root namespace: the whole datastore) and everything below.
-    /// `chunks` serves every archive: for a local source it reads (and decrypts with its
-    /// key) from the datastore; for a remote one it is only the shared cache, and chunks
-    /// are fetched through each snapshot's session and decrypted with `crypt`.
+    /// `chunks` is the cache every archive shares ([`ChunkCache::shared`]); chunks are
+    /// fetched through each snapshot's own source and decrypted with `crypt`.
     pub fn new(
-        source: StoreSource,
+        access: Arc<dyn DatastoreAccess>,
         ns: BackupNamespace,
         chunks: Arc<ChunkCache>,
         crypt: Option<Arc<CryptConfig>>,
@@ -172,24 +164,12 @@ impl StoreFs {
             .map_or(Timespec::default(), |d| {
                 Timespec::new(d.as_secs() as i64, 0)
             });
-        let mtime = match &source {
-            StoreSource::Local(store) => {
-                if !store.namespace_exists(&ns) {
-                    bail!("namespace '{ns}' not found in {}", store.root().display());
-                }
-                disk_mtime(&store.namespace_path(&ns))
-            }
-            StoreSource::Remote(access) => {
-                if !ns.is_root()
-                    && !access
-                        .list_namespaces(&BackupNamespace::root())?
-                        .contains(&ns)
-                {
-                    bail!("namespace '{ns}' not found on the server");
-                }
-                now
-            }
-        };
+        if !access.namespace_exists(&ns)? {
+            bail!("namespace '{ns}' not found in the datastore");
+        }
+        let mtime = access
+            .dir_mtime(StoreDir::Namespace(&ns))
+            .map_or(now, timespec);
         let mut tables = Tables::default();
         tables.nodes.push(NodeEntry {
             node: Node::Namespace(ns.clone()),
@@ -200,7 +180,7 @@ impl StoreFs {
         });
         tables.node_ids.insert(Node::Namespace(ns), ROOT_INO);
         Ok(StoreFs {
-            source,
+            access,
             chunks,
             crypt,
             snapshots: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_SNAPSHOTS).unwrap())),
@@ -364,41 +344,23 @@ impl StoreFs {
         if let Some(found) = self.snapshots.lock().unwrap().get(&key) {
             return Ok(found.clone());
         }
-        let opened: Arc<dyn SnapshotAccess> = match &self.source {
-            StoreSource::Local(store) => Arc::new(LocalSnapshot::open(store.clone(), ns, dir)?),
-            StoreSource::Remote(access) => access.open_snapshot(ns, dir)?,
-        };
+        let opened = self.access.open_snapshot(ns, dir)?;
         self.snapshots.lock().unwrap().put(key, opened.clone());
         Ok(opened)
     }
 
     fn open_slot(&self, slot: &Slot) -> Result<Opened> {
         let snapshot = self.snapshot(&slot.ns, &slot.dir)?;
-        let chunks: Arc<dyn ChunkReader> = match &self.source {
-            StoreSource::Local(_) => self.chunks.clone(),
-            StoreSource::Remote(_) => Arc::new(CacheVia::new(
-                self.chunks.clone(),
-                Arc::new(VerifyingChunkReader::with_key(
-                    snapshot.chunk_source(),
-                    self.crypt.clone(),
-                )),
+        let chunks = Arc::new(CacheVia::new(
+            self.chunks.clone(),
+            Arc::new(VerifyingChunkReader::with_key(
+                snapshot.chunk_source(),
+                self.crypt.clone(),
             )),
-        };
-        let open = |file: &str| -> Result<Arc<IndexReader>> {
-            Ok(Arc::new(open_index_reader(
-                &*snapshot,
-                file,
-                chunks.clone(),
-            )?))
-        };
-        Ok(match &slot.what {
-            Mountable::Pxar { file, .. } => {
-                Opened::Archive(Arc::new(ArchiveFs::open(open(file)?, None)?))
-            }
-            Mountable::SplitPxar { meta, payload, .. } => Opened::Archive(Arc::new(
-                ArchiveFs::open(open(meta)?, Some(open(payload)?))?,
-            )),
-            Mountable::Image { file, .. } => Opened::Image(open(file)?),
+        ));
+        Ok(match open_mountable(&*snapshot, &slot.what, chunks)? {
+            OpenedArchive::Pxar(pxar) => Opened::Archive(Arc::new(ArchiveFs::open(pxar)?)),
+            OpenedArchive::Image(reader) => Opened::Image(reader),
         })
     }
 
@@ -463,12 +425,12 @@ impl StoreFs {
                 let groups = self.groups(ns)?;
                 for ty in BackupType::ALL {
                     if groups.iter().any(|g| g.backup_type == ty) {
-                        let mtime = self.dir_mtime(|s| s.namespace_path(ns).join(ty.as_str()));
+                        let mtime = self.dir_mtime(StoreDir::Type(ns, ty));
                         out.push(dir(ty.as_str().into(), Node::Type(ns.clone(), ty), mtime));
                     }
                 }
                 if !self.child_namespaces(ns)?.is_empty() {
-                    let mtime = self.dir_mtime(|s| s.namespace_path(ns).join("ns"));
+                    let mtime = self.dir_mtime(StoreDir::NsList(ns));
                     out.push(dir("ns".into(), Node::NsList(ns.clone()), mtime));
                 }
                 out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -476,14 +438,14 @@ impl StoreFs {
             Node::NsList(ns) => {
                 for child in self.child_namespaces(ns)? {
                     let name = child.components().last().cloned().unwrap_or_default();
-                    let mtime = self.dir_mtime(|s| s.namespace_path(&child));
+                    let mtime = self.dir_mtime(StoreDir::Namespace(&child));
                     out.push(dir(name, Node::Namespace(child), mtime));
                 }
             }
             Node::Type(ns, ty) => {
                 let groups = self.groups(ns)?;
                 for group in groups.into_iter().filter(|g| g.backup_type == *ty) {
-                    let mtime = self.dir_mtime(|s| s.group_path(ns, &group));
+                    let mtime = self.dir_mtime(StoreDir::Group(ns, &group));
                     out.push(dir(
                         group.backup_id.clone(),
                         Node::Group(ns.clone(), group),
@@ -566,13 +528,9 @@ impl StoreFs {
         Ok(out)
     }
 
-    /// The mtime of a directory of a local datastore (`path` finds it); the mount time for
-    /// a server, which has no such times.
-    fn dir_mtime(&self, path: impl FnOnce(&LocalDatastore) -> std::path::PathBuf) -> Timespec {
-        match &self.source {
-            StoreSource::Local(store) => disk_mtime(&path(store)),
-            StoreSource::Remote(_) => self.mount_time,
-        }
+    /// The mtime of a directory of the datastore; the mount time where it has none.
+    fn dir_mtime(&self, dir: StoreDir<'_>) -> Timespec {
+        self.access.dir_mtime(dir).map_or(self.mount_time, timespec)
     }
 
     /// The groups of a namespace, listed once: both the namespace and its type directories
@@ -590,22 +548,9 @@ impl StoreFs {
     }
 
     fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>, Errno> {
-        let failed =
-            |err: anyhow::Error| self.eio(format!("cannot list namespace '{ns}': {err:#}"));
-        match &self.source {
-            StoreSource::Local(store) => store.list_groups(ns).map_err(failed),
-            StoreSource::Remote(access) => {
-                let mut groups: Vec<BackupGroup> = access
-                    .list_snapshots(ns, None)
-                    .map_err(failed)?
-                    .into_iter()
-                    .map(|s| s.entry.dir.group)
-                    .collect();
-                groups.sort();
-                groups.dedup();
-                Ok(groups)
-            }
-        }
+        self.access
+            .list_groups(ns)
+            .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))
     }
 
     /// The snapshots of a group that can be read; unfinished and damaged ones are left out
@@ -617,57 +562,20 @@ impl StoreFs {
     ) -> Result<Vec<BackupDir>, Errno> {
         let failed =
             |err: anyhow::Error| self.eio(format!("cannot list {}{group}: {err:#}", ns_prefix(ns)));
-        Ok(match &self.source {
-            StoreSource::Local(store) => store
-                .list_group_snapshots(ns, group)
-                .map_err(failed)?
-                .into_iter()
-                .filter(|s| s.is_readable())
-                .map(|s| s.dir)
-                .collect(),
-            StoreSource::Remote(access) => access
-                .list_snapshots(ns, Some(group))
-                .map_err(failed)?
-                .into_iter()
-                .filter(|s| s.entry.is_readable())
-                .map(|s| s.entry.dir)
-                .collect(),
-        })
+        Ok(self
+            .access
+            .list_snapshots(ns, Some(group))
+            .map_err(failed)?
+            .into_iter()
+            .filter(|s| s.entry.is_readable())
+            .map(|s| s.entry.dir)
+            .collect())
     }
 
     fn child_namespaces(&self, ns: &BackupNamespace) -> Result<Vec<BackupNamespace>, Errno> {
-        let store = match &self.source {
-            StoreSource::Local(store) => store,
-            StoreSource::Remote(access) => {
-                let mut children: Vec<BackupNamespace> = access
-                    .list_namespaces(ns)
-                    .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))?
-                    .into_iter()
-                    .filter(|child| child.depth() == ns.depth() + 1)
-                    .collect();
-                children.sort();
-                return Ok(children);
-            }
-        };
-        let path = store.namespace_path(ns).join("ns");
-        let entries = match std::fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(self.eio(format!("cannot list {}: {err}", path.display()))),
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if is_safe_id(&name) && entry.path().is_dir() {
-                if let Ok(child) = ns.child(&name) {
-                    out.push(child);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.access
+            .child_namespaces(ns)
+            .map_err(|err| self.eio(format!("cannot list namespace '{ns}': {err:#}")))
     }
 }
 
@@ -706,12 +614,8 @@ fn ns_prefix(ns: &BackupNamespace) -> String {
     }
 }
 
-/// Modification time of a directory of the datastore (the epoch when it cannot be read).
-fn disk_mtime(path: &std::path::Path) -> Timespec {
-    std::fs::metadata(path)
-        .and_then(|meta| meta.modified())
-        .ok()
-        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+fn timespec(time: SystemTime) -> Timespec {
+    time.duration_since(UNIX_EPOCH)
         .map_or(Timespec::default(), |d| {
             Timespec::new(d.as_secs() as i64, d.subsec_nanos())
         })
@@ -877,6 +781,8 @@ impl ReadOnlyFs for StoreFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::access::LocalAccess;
+    use crate::store::local::LocalDatastore;
 
     #[test]
     fn content_inodes_never_meet_virtual_ones_or_each_other() {
@@ -892,13 +798,9 @@ mod tests {
         };
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
         let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
-        let chunks = Arc::new(ChunkCache::new(
-            Arc::new(VerifyingChunkReader::new(store.clone())),
-            1 << 20,
-            0,
-        ));
+        let chunks = Arc::new(ChunkCache::shared(1 << 20, 0));
         let fs = StoreFs::new(
-            StoreSource::Local(store),
+            Arc::new(LocalAccess(store)),
             BackupNamespace::root(),
             chunks,
             None,

@@ -9,12 +9,10 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
-use crate::format::crypto::CryptConfig;
-use crate::format::index::{AnyIndex, DynamicIndexWriter, FixedIndex};
+use crate::format::index::{DynamicIndexWriter, FixedIndex};
 use crate::format::manifest::{CryptMode, FileInfo, Manifest};
 use crate::format::Digest;
-use crate::store::archive::check_index;
-use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
+use crate::store::access::{DatastoreAccess, LocalAccess, SnapshotAccess};
 use crate::store::local::LocalDatastore;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::store::writer::{PendingFile, SnapshotWriter};
@@ -45,50 +43,12 @@ impl BackupTarget for LocalTarget {
         }))
     }
 
-    fn last_snapshot(
+    fn previous(
         &self,
         ns: &BackupNamespace,
         group: &BackupGroup,
-    ) -> Result<Option<BackupDir>> {
-        Ok(self
-            .store
-            .list_group_snapshots(ns, group)?
-            .into_iter()
-            .rev()
-            .find(|entry| entry.is_readable())
-            .map(|entry| entry.dir))
-    }
-
-    fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
-        self.store.read_manifest(ns, dir)
-    }
-
-    fn read_index(
-        &self,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-        manifest: &Manifest,
-        name: &str,
-    ) -> Result<AnyIndex> {
-        let info = manifest
-            .file(name)
-            .with_context(|| format!("{name} is not listed in the manifest of {dir}"))?;
-        let raw = self.store.read_snapshot_file(ns, dir, name)?;
-        check_index(name, &raw, info)
-    }
-
-    fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
-        Arc::new(VerifyingChunkReader::new(self.store.clone()))
-    }
-
-    fn chunk_reader_with_key(
-        &self,
-        crypt: Option<Arc<CryptConfig>>,
-    ) -> Result<Arc<dyn ChunkReader>> {
-        Ok(Arc::new(VerifyingChunkReader::with_key(
-            self.store.clone(),
-            crypt,
-        )))
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        LocalAccess(self.store.clone()).previous(ns, group)
     }
 }
 

@@ -111,47 +111,6 @@ fn list_groups(candidates: &[&SnapshotEntry]) -> String {
     out
 }
 
-/// Finds the file a user meant by `archive` among a manifest's file names: the name as is, or
-/// with `.didx`, `.fidx` or `.blob` added (like the official client).
-pub fn resolve_archive_name<'a>(archive: &str, files: &'a [String]) -> Result<&'a str> {
-    if let Some(exact) = files.iter().find(|f| f.as_str() == archive) {
-        return Ok(exact);
-    }
-    let matching: Vec<&String> = files
-        .iter()
-        .filter(|f| {
-            [".didx", ".fidx", ".blob"]
-                .iter()
-                .any(|suffix| f.strip_suffix(suffix) == Some(archive))
-        })
-        .collect();
-    match matching.as_slice() {
-        [one] => Ok(one.as_str()),
-        [] => {
-            let stem = archive.strip_suffix(".pxar").unwrap_or(archive);
-            let split = [format!("{stem}.mpxar.didx"), format!("{stem}.ppxar.didx")];
-            if split.iter().all(|name| files.contains(name)) && archive.ends_with(".pxar") {
-                bail!(
-                    "'{archive}' is stored as a split pair ({} and {}); name one of them",
-                    split[0],
-                    split[1]
-                );
-            }
-            bail!(
-                "no archive '{archive}' in this snapshot; it has: {}",
-                files.join(", ")
-            )
-        }
-        many => bail!(
-            "archive name '{archive}' is ambiguous: {}",
-            many.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,43 +232,5 @@ mod tests {
             .to_string();
         assert!(err.contains("vm/100"), "{err}");
         assert!(resolve_snapshot("nonsense", &all).is_err());
-    }
-
-    #[test]
-    fn archive_names() {
-        let files: Vec<String> = [
-            "root.pxar.didx",
-            "catalog.pcat1.didx",
-            "drive-scsi0.img.fidx",
-            "qemu.conf.blob",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            resolve_archive_name("root.pxar", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("root.pxar.didx", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("drive-scsi0.img", &files).unwrap(),
-            "drive-scsi0.img.fidx"
-        );
-        assert_eq!(
-            resolve_archive_name("qemu.conf", &files).unwrap(),
-            "qemu.conf.blob"
-        );
-        assert!(resolve_archive_name("root", &files).is_err());
-        let split: Vec<String> = ["root.mpxar.didx", "root.ppxar.didx"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let err = resolve_archive_name("root.pxar", &split)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("split"), "{err}");
     }
 }
