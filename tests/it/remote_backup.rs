@@ -15,10 +15,11 @@ use common::source_tree::random_bytes;
 use common::HashWriter;
 use pbsfs::format::blob::{chunk_digest, encode_blob};
 use pbsfs::format::Digest;
+use pbsfs::remote::access::RemoteAccess;
 use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteBackupSession, RemoteDatastore, Secret};
 use pbsfs::repository::RemoteRepository;
-use pbsfs::store::access::LocalSnapshot;
-use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::access::{open_index, DatastoreAccess, LocalSnapshot};
+use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use pbsfs::store::verify::Verifier;
@@ -249,15 +250,12 @@ fn an_incremental_push_uploads_only_new_chunks() {
     assert_eq!(manifest.unprotected["chunk_upload_stats"]["count"], 1);
 
     // The previous snapshot's chunks are readable for change detection.
-    let index = remote
-        .read_index(
-            &root,
-            &first,
-            &remote.read_manifest(&root, &first).unwrap(),
-            "root.pxar.didx",
-        )
-        .unwrap();
-    let chunks = remote.chunk_reader();
+    let access = RemoteAccess(Arc::new(remote));
+    let previous = access.previous(&root, &first.group).unwrap();
+    assert_eq!(previous.map(|s| s.dir().clone()), Some(second.clone()));
+    let snapshot = access.open_snapshot(&root, &first).unwrap();
+    let index = open_index(&*snapshot, "root.pxar.didx").unwrap();
+    let chunks = VerifyingChunkReader::new(snapshot.chunk_source());
     let plain = chunks
         .read_chunk(&index.digests()[1], old[1].data.len() as u64)
         .unwrap();
