@@ -19,12 +19,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 
 use anyhow::{Context, Result};
-use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{
+    AddDirItem, Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
+};
 
 use crate::format::ReadAt;
 use crate::pxar::accessor::{Accessor, DirEntry};
@@ -422,12 +423,7 @@ impl ReadOnlyFs for ArchiveFs {
         self.tree.attr(&entry)
     }
 
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno> {
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         self.start_walk();
         self.listings.serve(ino, offset, &mut |listed| {
             add(DirItem {
@@ -581,7 +577,7 @@ mod tests {
     }
 
     fn list_all(fs: &ArchiveFs, ino: u64) {
-        fs.readdir(ino, 0, &mut |_| ControlFlow::Continue(()))
+        fs.readdir(ino, 0, &mut |_| std::ops::ControlFlow::Continue(()))
             .unwrap();
     }
 
