@@ -42,20 +42,7 @@ impl DatastoreAccess for RemoteAccess {
             .0
             .list_snapshots(ns, group)?
             .into_iter()
-            .map(|snapshot| {
-                // Like the local listing: the manifest's files, without the manifest itself
-                // and the client log.
-                let files: Vec<_> = snapshot
-                    .files
-                    .iter()
-                    .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob")
-                    .collect();
-                SnapshotSummary {
-                    size: files.iter().filter_map(|f| f.size).sum(),
-                    files: files.iter().map(|f| f.filename.clone()).collect(),
-                    entry: snapshot.entry,
-                }
-            })
+            .map(summary)
             .collect())
     }
 
@@ -80,6 +67,19 @@ impl DatastoreAccess for RemoteAccess {
             .map(|dir| self.open_snapshot(ns, &dir))
             .transpose()
     }
+}
+
+/// A listed snapshot as the local listing shows it: the manifest's files, without the
+/// manifest itself and the client log.
+fn summary(snapshot: super::datastore::RemoteSnapshot) -> SnapshotSummary {
+    let files = snapshot
+        .files
+        .into_iter()
+        .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob");
+    SnapshotSummary::new(
+        snapshot.entry,
+        files.map(|f| (f.filename, f.size.unwrap_or(0))),
+    )
 }
 
 /// A snapshot read through one reader-protocol session.

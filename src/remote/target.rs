@@ -21,8 +21,8 @@ use super::backup::{RemoteBackupSession, RemoteIndexWriter, FIXED_CHUNK_SIZE};
 use super::datastore::RemoteDatastore;
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
-use crate::store::access::{DatastoreAccess, SnapshotAccess};
-use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::access::DatastoreAccess;
+use crate::store::names::BackupDir;
 use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
 /// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection).
@@ -32,16 +32,18 @@ pub const MAX_QUEUED: usize = 8;
 
 /// A datastore on a PBS server that backups can be written to.
 pub struct RemoteTarget {
-    store: Arc<RemoteDatastore>,
+    access: RemoteAccess,
 }
 
 impl RemoteTarget {
     pub fn new(store: Arc<RemoteDatastore>) -> Self {
-        RemoteTarget { store }
+        RemoteTarget {
+            access: RemoteAccess(store),
+        }
     }
 
     pub fn datastore(&self) -> &Arc<RemoteDatastore> {
-        &self.store
+        &self.access.0
     }
 }
 
@@ -49,7 +51,7 @@ impl BackupTarget for RemoteTarget {
     /// The server records the connecting auth-id as the group's owner; `params.owner` is
     /// not sent (the protocol has no field for it).
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {
-        let session = Arc::new(RwLock::new(Some(self.store.start_backup(
+        let session = Arc::new(RwLock::new(Some(self.datastore().start_backup(
             &params.ns,
             &params.dir,
             params.chunk_key.as_ref(),
@@ -62,12 +64,8 @@ impl BackupTarget for RemoteTarget {
         }))
     }
 
-    fn previous(
-        &self,
-        ns: &BackupNamespace,
-        group: &BackupGroup,
-    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
-        RemoteAccess(self.store.clone()).previous(ns, group)
+    fn access(&self) -> &dyn DatastoreAccess {
+        &self.access
     }
 }
 

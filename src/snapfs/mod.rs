@@ -16,7 +16,7 @@ use pbsfs_mount::ReadOnlyFs;
 use crate::store::access::SnapshotAccess;
 use crate::store::chunk_reader::ChunkReader;
 use crate::store::open::{
-    mountables, names, open_mountable, select_archive, Mountable, OpenedArchive,
+    ambiguous, mountables, names, open_mountable, select_named, Mountable, OpenedArchive,
 };
 
 pub use archive::ArchiveFs;
@@ -33,16 +33,7 @@ pub fn open_snapshot(
     let dir = snapshot.dir();
     let all = mountables(snapshot.manifest());
     let chosen: Vec<&Mountable> = match archive {
-        Some(wanted) => {
-            let matches = select_archive(&all, wanted);
-            if matches.is_empty() {
-                bail!(
-                    "snapshot {dir} has no archive '{wanted}'; it has: {}",
-                    names(&all)
-                );
-            }
-            matches
-        }
+        Some(wanted) => select_named(&all, dir, wanted)?,
         None => {
             let pxars: Vec<&Mountable> = all.iter().filter(|m| !m.is_image()).collect();
             match pxars.len() {
@@ -59,11 +50,7 @@ pub fn open_snapshot(
         }
     };
     if chosen.len() > 1 && chosen.iter().any(|m| !m.is_image()) {
-        bail!(
-            "archive name '{}' is ambiguous in {dir}; it has: {}",
-            archive.unwrap_or(""),
-            names(&all)
-        );
+        return Err(ambiguous(&all, dir, archive.unwrap_or("")));
     }
     let mut images = Vec::new();
     for what in chosen {

@@ -29,6 +29,18 @@ pub struct SnapshotSummary {
     pub size: u64,
 }
 
+impl SnapshotSummary {
+    /// A listed snapshot with its files' names and sizes.
+    pub fn new(entry: SnapshotEntry, files: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let (files, sizes): (Vec<String>, Vec<u64>) = files.into_iter().unzip();
+        SnapshotSummary {
+            entry,
+            files,
+            size: sizes.iter().sum(),
+        }
+    }
+}
+
 /// A directory of a datastore's layout (a whole-store mount shows them).
 #[derive(Clone, Copy, Debug)]
 pub enum StoreDir<'a> {
@@ -193,22 +205,6 @@ impl DatastoreAccess for LocalAccess {
         self.0.list_groups(ns)
     }
 
-    /// Lists the group without keeping its manifests (only the one opened is needed).
-    fn previous(
-        &self,
-        ns: &BackupNamespace,
-        group: &BackupGroup,
-    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
-        let last = self
-            .0
-            .list_group_snapshots(ns, group)?
-            .into_iter()
-            .rev()
-            .find(|entry| entry.is_readable());
-        last.map(|entry| self.open_snapshot(ns, &entry.dir))
-            .transpose()
-    }
-
     /// The directory's mtime (the epoch when it cannot be read).
     fn dir_mtime(&self, dir: StoreDir<'_>) -> Option<SystemTime> {
         let path = match dir {
@@ -239,11 +235,7 @@ impl DatastoreAccess for LocalAccess {
             .into_iter()
             .map(|(entry, manifest)| {
                 let files = manifest.map(|m| m.files).unwrap_or_default();
-                SnapshotSummary {
-                    entry,
-                    size: files.iter().map(|f| f.size).sum(),
-                    files: files.into_iter().map(|f| f.filename).collect(),
-                }
+                SnapshotSummary::new(entry, files.into_iter().map(|f| (f.filename, f.size)))
             })
             .collect())
     }

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::access::{open_index, SnapshotAccess};
 use super::cache::ChunkCache;
 use super::chunk_reader::{ChunkReader, VerifyingChunkReader};
+use super::names::BackupDir;
 use super::range::IndexReader;
 use crate::format::crypto::CryptConfig;
 use crate::format::manifest::Manifest;
@@ -215,19 +216,35 @@ pub fn open_archive(
     chunks: Arc<dyn ChunkReader>,
 ) -> Result<OpenedArchive> {
     let all = mountables(snapshot.manifest());
-    match select_archive(&all, name).as_slice() {
+    match select_named(&all, snapshot.dir(), name)?.as_slice() {
         [one] => open_mountable(snapshot, one, chunks),
-        [] => bail!(
-            "snapshot {} has no archive '{name}'; it has: {}",
-            snapshot.dir(),
-            names(&all)
-        ),
-        _ => bail!(
-            "archive name '{name}' is ambiguous in {}; it has: {}",
-            snapshot.dir(),
-            names(&all)
-        ),
+        _ => Err(ambiguous(&all, snapshot.dir(), name)),
     }
+}
+
+/// The archives of `dir` that `wanted` names (see [`select_archive`]); none is an error
+/// that lists what there is.
+pub fn select_named<'a>(
+    all: &'a [Mountable],
+    dir: &BackupDir,
+    wanted: &str,
+) -> Result<Vec<&'a Mountable>> {
+    let matches = select_archive(all, wanted);
+    if matches.is_empty() {
+        bail!(
+            "snapshot {dir} has no archive '{wanted}'; it has: {}",
+            names(all)
+        );
+    }
+    Ok(matches)
+}
+
+/// The error for a name that means several archives of `dir`.
+pub fn ambiguous(all: &[Mountable], dir: &BackupDir, name: &str) -> anyhow::Error {
+    anyhow!(
+        "archive name '{name}' is ambiguous in {dir}; it has: {}",
+        names(all)
+    )
 }
 
 /// The names of `all`, for messages.

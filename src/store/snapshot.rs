@@ -143,6 +143,14 @@ mod tests {
         }
     }
 
+    /// Each (spec, snapshot) pair: `spec` resolves to that snapshot among `all`.
+    fn assert_picks(all: &[SnapshotEntry], cases: &[(&str, &str)]) {
+        for (spec, want) in cases {
+            let got = resolve_snapshot(spec, all).map(|d| d.to_string());
+            assert_eq!(got.unwrap(), *want, "{spec}");
+        }
+    }
+
     #[test]
     fn damaged_and_unfinished_snapshots_are_passed_by() {
         let mut all = dirs();
@@ -152,21 +160,17 @@ mod tests {
             finished: false,
             ..entry("vm/100/2026-04-16T10:00:00Z")
         });
+        assert_picks(
+            &all,
+            &[
+                ("host/a/latest", "host/a/2026-04-14T10:00:00Z"),
+                // A prefix matching a good and a damaged one means the good one.
+                ("host/a/2026-04-14", "host/a/2026-04-14T10:00:00Z"),
+                ("vm/100", "vm/100/2026-04-13T10:00:00Z"),
+                ("vm/100/latest", "vm/100/2026-04-13T10:00:00Z"),
+            ],
+        );
         let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
-        assert_eq!(
-            pick("host/a/latest").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        // A prefix matching a good and a damaged one means the good one.
-        assert_eq!(
-            pick("host/a/2026-04-14").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
-        assert_eq!(
-            pick("vm/100/latest").unwrap(),
-            "vm/100/2026-04-13T10:00:00Z"
-        );
         // Naming the damaged one says why it cannot be read.
         for spec in ["host/a/2026-04-14T12:00:00Z", "host/a/2026-04-14T12"] {
             let err = pick(spec).unwrap_err().to_string();
@@ -188,29 +192,17 @@ mod tests {
 
     #[test]
     fn resolves_every_form() {
-        let all = dirs();
-        let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
-        assert_eq!(
-            pick("host/a/latest").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
+        assert_picks(
+            &dirs(),
+            &[
+                ("host/a/latest", "host/a/2026-04-14T10:00:00Z"),
+                ("host/a/2026-04-14", "host/a/2026-04-14T10:00:00Z"),
+                ("host/a/2026-04-13T12", "host/a/2026-04-13T12:00:00Z"),
+                ("host/a/2026-04-13T10:00:00Z", "host/a/2026-04-13T10:00:00Z"),
+                ("host/a/1776074400", "host/a/2026-04-13T10:00:00Z"),
+                ("vm/100", "vm/100/2026-04-13T10:00:00Z"),
+            ],
         );
-        assert_eq!(
-            pick("host/a/2026-04-14").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/2026-04-13T12").unwrap(),
-            "host/a/2026-04-13T12:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/2026-04-13T10:00:00Z").unwrap(),
-            "host/a/2026-04-13T10:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/1776074400").unwrap(),
-            "host/a/2026-04-13T10:00:00Z"
-        );
-        assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
     }
 
     #[test]

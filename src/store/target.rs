@@ -4,13 +4,14 @@
 //! the snapshot visible. A session dropped without `finish` is aborted and leaves nothing.
 //!
 //! Implemented by the local datastore ([`super::local_target`]); the PBS protocol client plugs
-//! in here as well.
+//! in here as well. A target is also read through [`DatastoreAccess`] (the previous snapshot
+//! of a group, for change detection).
 
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use super::access::SnapshotAccess;
+use super::access::{DatastoreAccess, SnapshotAccess};
 use super::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::format::manifest::Manifest;
 use crate::format::Digest;
@@ -33,6 +34,9 @@ pub trait BackupTarget: Send + Sync {
     /// is not newer than the group's last snapshot.
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>>;
 
+    /// The same datastore for reading.
+    fn access(&self) -> &dyn DatastoreAccess;
+
     /// The newest readable snapshot of a group, the base for change detection (a damaged
     /// manifest is passed by, not an error). Its archives are read with the
     /// [`open`](super::open) kit over its `chunk_source`.
@@ -40,7 +44,9 @@ pub trait BackupTarget: Send + Sync {
         &self,
         ns: &BackupNamespace,
         group: &BackupGroup,
-    ) -> Result<Option<Arc<dyn SnapshotAccess>>>;
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        self.access().previous(ns, group)
+    }
 }
 
 /// An index file being written; entries arrive in stream order.
