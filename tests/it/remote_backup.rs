@@ -22,6 +22,7 @@ use pbsfs::store::access::{open_index, DatastoreAccess, LocalSnapshot};
 use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 use pbsfs::store::verify::Verifier;
 
 const MIB: usize = 1024 * 1024;
@@ -177,14 +178,15 @@ fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
     );
 
     // And it reads back through the reader protocol.
-    let reader = remote.open_reader(&root, &target).unwrap();
-    let manifest = reader.read_manifest().unwrap();
+    let snapshot = RemoteAccess(Arc::new(remote))
+        .open_snapshot(&root, &target)
+        .unwrap();
     for (file, parts) in [
         ("root.pxar.didx", vec![&a, &b, &c, &a]),
         ("disk.img.fidx", vec![&zeros, &tail]),
     ] {
-        let chunks = std::sync::Arc::new(VerifyingChunkReader::new(reader.clone()));
-        let archive = reader.open_index_reader(&manifest, file, chunks).unwrap();
+        let chunks = Arc::new(VerifyingChunkReader::new(snapshot.chunk_source()));
+        let archive = open_index_reader(&*snapshot, file, chunks).unwrap();
         let mut hash = HashWriter(Sha256::new());
         archive.copy_to(&mut hash).unwrap();
         assert_eq!(hex::encode(hash.0.finalize()), sha(&parts), "{file}");
