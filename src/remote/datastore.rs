@@ -1,6 +1,6 @@
-//! A datastore on a PBS server, browsed through the admin API (protocol.md §5). The methods
-//! mirror what the CLI uses from [`LocalDatastore`](crate::store::local::LocalDatastore);
-//! reading archives goes through a reader session ([`RemoteReader`]).
+//! A datastore on a PBS server, browsed through the admin API (protocol.md §5); it joins the
+//! reading seam as [`RemoteAccess`](super::access::RemoteAccess). Reading archives goes through
+//! a reader session per snapshot ([`RemoteReader`]).
 
 use std::sync::Arc;
 
