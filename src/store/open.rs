@@ -258,6 +258,67 @@ pub fn names(all: &[Mountable]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::access::LocalSnapshot;
+    use crate::store::local::LocalDatastore;
+    use crate::store::names::BackupNamespace;
+
+    fn fixture(snapshot: &str) -> LocalSnapshot {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
+        let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
+        let dir = BackupDir::parse(snapshot).unwrap();
+        LocalSnapshot::open(store, &BackupNamespace::root(), &dir).unwrap()
+    }
+
+    #[test]
+    fn opens_a_split_pair_by_its_pxar_name_and_an_image() {
+        let meta = fixture("host/fixture-meta/2026-11-25T08:28:55Z");
+        let chunks = snapshot_chunks(&meta, None, 1 << 20, 0);
+        let OpenedArchive::Pxar(pxar) = open_archive(&meta, "root.pxar", chunks).unwrap() else {
+            panic!("a pxar archive");
+        };
+        assert!(pxar.payload.is_some());
+        let accessor = pxar.accessor().unwrap();
+        assert!(accessor.is_split());
+        assert!(accessor.root().unwrap().is_dir());
+
+        let vm = fixture("vm/100/2026-11-25T08:29:01Z");
+        let chunks = snapshot_chunks(&vm, None, 1 << 20, 0);
+        let opened = open_archive(&vm, "drive-scsi0", chunks).unwrap();
+        let OpenedArchive::Image(reader) = opened else {
+            panic!("an image");
+        };
+        assert_eq!(reader.size(), vm.manifest().files[0].size);
+    }
+
+    #[test]
+    fn an_unknown_name_lists_what_there_is() {
+        let meta = fixture("host/fixture-meta/2026-11-25T08:28:55Z");
+        let chunks = snapshot_chunks(&meta, None, 1 << 20, 0);
+        let err = open_archive(&meta, "etc.pxar", chunks).err().unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("no archive 'etc.pxar'") && text.contains("root.pxar"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_name_of_several_archives_is_ambiguous() {
+        let all = vec![
+            Mountable::Pxar {
+                name: "root.pxar".into(),
+                file: "root.pxar.didx".into(),
+            },
+            Mountable::Image {
+                name: "root.img".into(),
+                file: "root.img.fidx".into(),
+            },
+        ];
+        let dir = BackupDir::parse("host/a/2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(select_named(&all, &dir, "root").unwrap().len(), 2);
+        let err = ambiguous(&all, &dir, "root").to_string();
+        assert!(err.contains("ambiguous"), "{err}");
+    }
 
     #[test]
     fn archive_names() {
