@@ -101,7 +101,7 @@ fn a_dry_run_server_walks_but_stores_nothing() {
     options.dry_run = true;
     let server = Server::dry_run_only();
     let summary = server
-        .run_backup(&client, &[spec.clone()], &options)
+        .run_backup(&client, std::slice::from_ref(&spec), &options)
         .unwrap();
     assert!(summary.snapshot.is_none());
     assert!(summary.walk.files > 0);
