@@ -29,7 +29,8 @@ pub struct RepoArgs {
         long,
         env = "PBS_REPOSITORY",
         global = true,
-        value_name = "REPO"
+        value_name = "REPO",
+        conflicts_with_all = ["server", "port", "datastore", "auth_id"]
     )]
     pub repository: Option<String>,
 
@@ -44,41 +45,17 @@ pub struct RepoArgs {
     pub keyfile: Option<PathBuf>,
 
     /// PBS server host name (instead of --repository; env PBS_SERVER).
-    #[arg(
-        long,
-        env = "PBS_SERVER",
-        global = true,
-        value_name = "HOST",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_SERVER", global = true, value_name = "HOST")]
     pub server: Option<String>,
     /// PBS server port (default 8007; env PBS_PORT).
-    #[arg(
-        long,
-        env = "PBS_PORT",
-        global = true,
-        value_name = "PORT",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_PORT", global = true, value_name = "PORT")]
     pub port: Option<u16>,
     /// Datastore on the PBS server (env PBS_DATASTORE).
-    #[arg(
-        long,
-        env = "PBS_DATASTORE",
-        global = true,
-        value_name = "NAME",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_DATASTORE", global = true, value_name = "NAME")]
     pub datastore: Option<String>,
     /// User or API token on the PBS server, e.g. backup@pbs!pbsfs (default root@pam; env
     /// PBS_AUTH_ID).
-    #[arg(
-        long,
-        env = "PBS_AUTH_ID",
-        global = true,
-        value_name = "AUTH-ID",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_AUTH_ID", global = true, value_name = "AUTH-ID")]
     pub auth_id: Option<String>,
 
     /// Expected SHA-256 fingerprint of the PBS server's certificate (xx:xx:...); default
