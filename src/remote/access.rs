@@ -38,12 +38,8 @@ impl DatastoreAccess for RemoteAccess {
         ns: &BackupNamespace,
         group: Option<&BackupGroup>,
     ) -> Result<Vec<SnapshotSummary>> {
-        Ok(self
-            .0
-            .list_snapshots(ns, group)?
-            .into_iter()
-            .map(summary)
-            .collect())
+        let listed = self.0.list_snapshots(ns, group)?;
+        Ok(listed.into_iter().map(summary).collect())
     }
 
     fn open_snapshot(

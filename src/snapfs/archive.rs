@@ -549,18 +549,14 @@ impl ReadOnlyFs for ArchiveFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::access::{LocalSnapshot, SnapshotAccess};
+    use crate::store::access::SnapshotAccess;
     use crate::store::chunk_reader::VerifyingChunkReader;
-    use crate::store::local::LocalDatastore;
-    use crate::store::names::{BackupDir, BackupNamespace};
+    use crate::store::open::tests::fixture;
     use crate::store::open::{open_archive, OpenedArchive};
 
     /// The fixture snapshot's only archive, a v1 `.pxar` or a v2 split pair.
     fn open_fixture(snapshot: &str) -> ArchiveFs {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
-        let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
-        let dir = BackupDir::parse(snapshot).unwrap();
-        let snap = LocalSnapshot::open(store, &BackupNamespace::root(), &dir).unwrap();
+        let snap = fixture(snapshot);
         let chunks = Arc::new(VerifyingChunkReader::new(snap.chunk_source()));
         match open_archive(&snap, "root.pxar", chunks).unwrap() {
             OpenedArchive::Pxar(pxar) => ArchiveFs::open(pxar).unwrap(),

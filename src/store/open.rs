@@ -256,13 +256,14 @@ pub fn names(all: &[Mountable]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::access::LocalSnapshot;
     use crate::store::local::LocalDatastore;
     use crate::store::names::BackupNamespace;
 
-    fn fixture(snapshot: &str) -> LocalSnapshot {
+    /// A snapshot of the fixture datastore (root namespace).
+    pub(crate) fn fixture(snapshot: &str) -> LocalSnapshot {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
         let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
         let dir = BackupDir::parse(snapshot).unwrap();
