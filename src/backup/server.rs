@@ -316,7 +316,14 @@ impl Server {
         let session: Arc<dyn BackupSession> = Arc::from(store.start_session(&params)?);
         // Looked for after the session started: the group is locked now.
         let previous = match options.mode {
-            ChangeDetection::Metadata => store.previous(&options.ns, &options.group)?,
+            // One that cannot be opened only costs reading every file, as one that cannot
+            // be re-used does (`open_previous`).
+            ChangeDetection::Metadata => store
+                .previous(&options.ns, &options.group)
+                .unwrap_or_else(|err| {
+                    log::warn!("cannot open the previous snapshot for change detection: {err:#}");
+                    None
+                }),
             _ => None,
         };
         let pool = UploadPool::new(
