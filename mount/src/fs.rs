@@ -174,6 +174,36 @@ impl Default for StatFs {
     }
 }
 
+/// Takes the entries of a `readdir` reply one by one; `ControlFlow::Break(())` means the
+/// reply is full and that entry was not taken.
+pub type AddDirItem<'a> = dyn FnMut(DirItem<'_>) -> ControlFlow<()> + 'a;
+
+/// Serves `readdir` from a listing held in order: the entries from `offset` on, each with
+/// its position + 1 as `next_offset`; `item` gives the name and attributes of the entry at
+/// a position.
+pub fn readdir_from<'e, T>(
+    entries: &'e [T],
+    offset: u64,
+    add: &mut AddDirItem<'_>,
+    mut item: impl FnMut(usize, &'e T) -> Result<(&'e OsStr, Attr), Errno>,
+) -> Result<(), Errno> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (index, entry) in entries.iter().enumerate().skip(start) {
+        let (name, attr) = item(index, entry)?;
+        let next_offset = index as u64 + 1;
+        if add(DirItem {
+            name,
+            attr,
+            next_offset,
+        })
+        .is_break()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A read-only filesystem with stable inode numbers.
 ///
 /// Methods are called from several threads at once. Inode numbers must stay valid for the
@@ -189,13 +219,8 @@ pub trait ReadOnlyFs: Send + Sync + 'static {
     /// Lists directory `ino` starting at `offset` (0 = the first entry, otherwise a
     /// `next_offset` handed out earlier), without "." and "..", which the adapter adds.
     /// Calls `add` for each entry in order and stops as soon as it returns
-    /// `ControlFlow::Break(())`: the reply is full and that entry was not taken.
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno>;
+    /// `ControlFlow::Break(())` (see [`readdir_from`] for a listing held as a list).
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno>;
 
     /// The parent directory of directory `ino`, reported as the inode of "..".
     /// Without it ".." shows the directory's own inode number.
@@ -241,12 +266,7 @@ impl<T: ReadOnlyFs + ?Sized> ReadOnlyFs for Arc<T> {
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
         (**self).getattr(ino)
     }
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno> {
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         (**self).readdir(ino, offset, add)
     }
     fn parent(&self, ino: u64) -> Option<u64> {

@@ -20,7 +20,9 @@ mod session;
 mod xattr;
 
 pub use errno::Errno;
-pub use fs::{Attr, DirItem, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+pub use fs::{
+    readdir_from, AddDirItem, Attr, DirItem, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
+};
 pub use options::MountOptions;
 pub use session::{
     mount, mount_background, mount_foreground, unmount, unmount_lazy, BackgroundMount, MountedFs,

@@ -4,7 +4,6 @@
 //! (pxar.md §9.4, chunker.md §5.2).
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -12,13 +11,10 @@ use super::archive::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
 use super::protection::Protection;
 use super::upload::KnownChunk;
 use crate::format::index::{AnyIndex, DynamicIndex};
-use crate::format::ReadAt;
 use crate::pxar::accessor::Accessor;
 use crate::pxar::entry::{Entry, EntryKind, FileData};
-use crate::store::cache::ChunkCache;
-use crate::store::names::{BackupDir, BackupNamespace};
-use crate::store::range::IndexReader;
-use crate::store::target::BackupTarget;
+use crate::store::access::SnapshotAccess;
+use crate::store::open::{open_archive, snapshot_chunks, OpenedArchive};
 
 /// Decoded chunks of the previous metadata archive kept while walking.
 const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -34,46 +30,39 @@ pub struct PreviousSnapshot {
 }
 
 impl PreviousSnapshot {
-    /// Opens archive `base` (`root` for `root.mpxar.didx` + `root.ppxar.didx`) of `dir`,
-    /// to be re-used by a run protected by `protection` (the key decrypts the previous
-    /// archive). `Ok(None)` if the snapshot has no such split archive; an error if it has
-    /// but cannot be read or re-used (a [`NotReusable`](super::protection::NotReusable) for another key or crypt mode).
+    /// Opens archive `base` (`root` for `root.mpxar.didx` + `root.ppxar.didx`) of
+    /// `previous`, to be re-used by a run protected by `protection` (the key decrypts the
+    /// previous archive). `Ok(None)` if the snapshot has no such split archive; an error if it
+    /// has but cannot be read or re-used (a [`NotReusable`](super::protection::NotReusable)
+    /// for another key or crypt mode).
     pub fn open(
-        store: &dyn BackupTarget,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
+        previous: &dyn SnapshotAccess,
         base: &str,
         protection: &Protection,
     ) -> Result<Option<Self>> {
-        let manifest = store.read_manifest(ns, dir)?;
+        let dir = previous.dir();
+        let manifest = previous.manifest();
         let meta_name = format!("{base}.mpxar.didx");
         let payload_name = format!("{base}.ppxar.didx");
         if manifest.file(&meta_name).is_none() || manifest.file(&payload_name).is_none() {
             return Ok(None);
         }
-        protection.check_previous(&manifest, &[&meta_name, &payload_name])?;
-        let meta_index = store.read_index(ns, dir, &manifest, &meta_name)?;
-        let AnyIndex::Dynamic(payload_index) =
-            store.read_index(ns, dir, &manifest, &payload_name)?
-        else {
-            bail!("{payload_name} of {dir} is not a dynamic index");
-        };
-        let chunks = Arc::new(ChunkCache::new(
-            store.chunk_reader_with_key(protection.chunk_key().cloned())?,
+        protection.check_previous(manifest, &[&meta_name, &payload_name])?;
+        let chunks = snapshot_chunks(
+            previous,
+            protection.chunk_key().cloned(),
             METADATA_CACHE_BYTES,
             0,
-        ));
-        let meta: Arc<dyn ReadAt> = Arc::new(IndexReader::new(
-            &meta_name,
-            Arc::new(meta_index),
-            chunks.clone(),
-        ));
-        let payload: Arc<dyn ReadAt> = Arc::new(IndexReader::new(
-            &payload_name,
-            Arc::new(AnyIndex::Dynamic(payload_index.clone())),
-            chunks,
-        ));
-        let accessor = Accessor::open_v2(meta, payload)
+        );
+        let OpenedArchive::Pxar(archive) = open_archive(previous, &meta_name, chunks)? else {
+            bail!("{meta_name} of {dir} is not a pxar archive");
+        };
+        let payload_index = match archive.payload.as_ref().map(|p| p.index()) {
+            Some(AnyIndex::Dynamic(index)) => index.clone(),
+            _ => bail!("{payload_name} of {dir} is not a dynamic index"),
+        };
+        let accessor = archive
+            .accessor()
             .with_context(|| format!("cannot open {meta_name} of {dir}"))?;
         let root = accessor.root()?;
         Ok(Some(PreviousSnapshot {

@@ -24,6 +24,7 @@ use crate::format::chunker::{CATALOG_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, FIXED_CHUNK
 use crate::format::manifest::CryptMode;
 use crate::pxar::encoder::Encoder;
 use crate::pxar::format::{Header, PXAR_PAYLOAD_START_MARKER, PXAR_PAYLOAD_TAIL_MARKER};
+use crate::store::access::SnapshotAccess;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::store::target::{BackupSession, BackupTarget, SessionParams};
 
@@ -253,12 +254,18 @@ pub struct BackupSummary {
 
 /// Runs backups into a store.
 pub struct Server {
-    store: Arc<dyn BackupTarget>,
+    /// None for a server that only does dry runs.
+    store: Option<Arc<dyn BackupTarget>>,
 }
 
 impl Server {
     pub fn new(store: Arc<dyn BackupTarget>) -> Self {
-        Server { store }
+        Server { store: Some(store) }
+    }
+
+    /// A server without a store: walks and encodes (`options.dry_run`), stores nothing.
+    pub fn dry_run_only() -> Self {
+        Server { store: None }
     }
 
     /// Backs up `specs` from `client` into one new snapshot.
@@ -302,10 +309,21 @@ impl Server {
             owner: options.owner.clone(),
             chunk_key: options.protection.chunk_key().map(|key| key.fingerprint()),
         };
-        let session: Arc<dyn BackupSession> = Arc::from(self.store.start_session(&params)?);
+        let store = self
+            .store
+            .as_deref()
+            .context("a dry-run server cannot store a backup")?;
+        let session: Arc<dyn BackupSession> = Arc::from(store.start_session(&params)?);
         // Looked for after the session started: the group is locked now.
         let previous = match options.mode {
-            ChangeDetection::Metadata => self.store.last_snapshot(&options.ns, &options.group)?,
+            // One that cannot be opened only costs reading every file, as one that cannot
+            // be re-used does (`open_previous`).
+            ChangeDetection::Metadata => store
+                .previous(&options.ns, &options.group)
+                .unwrap_or_else(|err| {
+                    log::warn!("cannot open the previous snapshot for change detection: {err:#}");
+                    None
+                }),
             _ => None,
         };
         let pool = UploadPool::new(
@@ -338,7 +356,7 @@ impl Server {
                         ChangeDetection::Legacy => ctx.legacy(&tree, spec, catalog.as_mut())?,
                         _ => {
                             let previous = match &previous {
-                                Some(prev) => self.open_previous(options, prev, &spec.name),
+                                Some(prev) => open_previous(&**prev, options, &spec.name),
                                 None => None,
                             };
                             ctx.split(&tree, spec, previous)?
@@ -381,28 +399,23 @@ impl Server {
     }
 }
 
-impl Server {
-    /// The previous snapshot's archive `name` for change detection; `None` (every file is
-    /// read) when it cannot be used, with a note why.
-    fn open_previous(
-        &self,
-        options: &BackupOptions,
-        prev: &BackupDir,
-        name: &str,
-    ) -> Option<PreviousSnapshot> {
-        PreviousSnapshot::open(&*self.store, &options.ns, prev, name, &options.protection)
-            .unwrap_or_else(|err| {
-                if let Some(reason) = err.downcast_ref::<NotReusable>() {
-                    // A warning: it makes this push read everything, even with -q.
-                    log::warn!(
-                        "previous snapshot {prev} is not re-used ({reason}); every file is read"
-                    );
-                } else {
-                    log::warn!("cannot use previous snapshot {prev} for change detection: {err:#}");
-                }
-                None
-            })
-    }
+/// The previous snapshot's archive `name` for change detection; `None` (every file is
+/// read) when it cannot be used, with a note why.
+fn open_previous(
+    previous: &dyn SnapshotAccess,
+    options: &BackupOptions,
+    name: &str,
+) -> Option<PreviousSnapshot> {
+    let prev = previous.dir();
+    PreviousSnapshot::open(previous, name, &options.protection).unwrap_or_else(|err| {
+        if let Some(reason) = err.downcast_ref::<NotReusable>() {
+            // A warning: it makes this push read everything, even with -q.
+            log::warn!("previous snapshot {prev} is not re-used ({reason}); every file is read");
+        } else {
+            log::warn!("cannot use previous snapshot {prev} for change detection: {err:#}");
+        }
+        None
+    })
 }
 
 fn add_walk_stats(total: &mut ArchiveStats, walk: &ArchiveStats) {

@@ -29,7 +29,8 @@ pub struct RepoArgs {
         long,
         env = "PBS_REPOSITORY",
         global = true,
-        value_name = "REPO"
+        value_name = "REPO",
+        conflicts_with_all = ["server", "port", "datastore", "auth_id"]
     )]
     pub repository: Option<String>,
 
@@ -44,41 +45,17 @@ pub struct RepoArgs {
     pub keyfile: Option<PathBuf>,
 
     /// PBS server host name (instead of --repository; env PBS_SERVER).
-    #[arg(
-        long,
-        env = "PBS_SERVER",
-        global = true,
-        value_name = "HOST",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_SERVER", global = true, value_name = "HOST")]
     pub server: Option<String>,
     /// PBS server port (default 8007; env PBS_PORT).
-    #[arg(
-        long,
-        env = "PBS_PORT",
-        global = true,
-        value_name = "PORT",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_PORT", global = true, value_name = "PORT")]
     pub port: Option<u16>,
     /// Datastore on the PBS server (env PBS_DATASTORE).
-    #[arg(
-        long,
-        env = "PBS_DATASTORE",
-        global = true,
-        value_name = "NAME",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_DATASTORE", global = true, value_name = "NAME")]
     pub datastore: Option<String>,
     /// User or API token on the PBS server, e.g. backup@pbs!pbsfs (default root@pam; env
     /// PBS_AUTH_ID).
-    #[arg(
-        long,
-        env = "PBS_AUTH_ID",
-        global = true,
-        value_name = "AUTH-ID",
-        conflicts_with = "repository"
-    )]
+    #[arg(long, env = "PBS_AUTH_ID", global = true, value_name = "AUTH-ID")]
     pub auth_id: Option<String>,
 
     /// Expected SHA-256 fingerprint of the PBS server's certificate (xx:xx:...); default
@@ -132,8 +109,6 @@ pub type OpenedSnapshot = (Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>);
 pub struct Context {
     /// Reading access, local or remote; None while the default datastore does not exist.
     pub access: Option<Arc<dyn DatastoreAccess>>,
-    /// The local datastore, when the repository is one.
-    pub local: Option<Arc<LocalDatastore>>,
     /// What the user selected, for messages.
     pub location: String,
     pub ns: BackupNamespace,
@@ -154,7 +129,6 @@ impl Context {
         };
         let mut ctx = Context {
             access: None,
-            local: None,
             location: repository.to_string(),
             ns,
             output: args.output_format,
@@ -173,8 +147,7 @@ impl Context {
                         path.display()
                     );
                 }
-                ctx.access = Some(Arc::new(LocalAccess(store.clone())));
-                ctx.local = Some(store);
+                ctx.access = Some(Arc::new(LocalAccess(store)));
             }
             Repository::Remote(remote) => {
                 let options = ConnectOptions::from_env(&remote, args.fingerprint.as_deref())?;

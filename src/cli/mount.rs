@@ -14,9 +14,9 @@ use clap::Args;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use pbsfs::snapfs::{self, StoreSource};
+use pbsfs::snapfs;
 use pbsfs::store::cache::ChunkCache;
-use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::open::snapshot_chunks;
 use pbsfs_mount::MountOptions;
 
 use super::context::{Context, RepoArgs};
@@ -143,37 +143,21 @@ fn prepare_mount(
             let dir = ctx.resolve(spec)?;
             let (snapshot, crypt) = ctx.open_snapshot(&dir)?;
             options.fsname = Some(format!("pbsfs:{dir}"));
-            let verifying = Arc::new(VerifyingChunkReader::with_key(
-                snapshot.chunk_source(),
+            let cache = snapshot_chunks(
+                &*snapshot,
                 crypt,
-            ));
-            let cache = Arc::new(ChunkCache::new(
-                verifying,
                 args.cache_size as usize,
                 PREFETCH_WORKERS,
-            ));
+            );
             snapfs::open_snapshot(&*snapshot, args.archive.as_deref(), cache)?
         }
         None => {
             // The whole store; --keyfile, if given, serves the encrypted archives in it.
             let crypt = ctx.crypt()?;
-            let (source, cache) = match &ctx.local {
-                Some(store) => {
-                    options.fsname = Some(format!("pbsfs:{}", store.root().display()));
-                    let verifying =
-                        Arc::new(VerifyingChunkReader::with_key(store.clone(), crypt.clone()));
-                    let cache =
-                        ChunkCache::new(verifying, args.cache_size as usize, PREFETCH_WORKERS);
-                    (StoreSource::Local(store.clone()), cache)
-                }
-                None => {
-                    options.fsname = Some(format!("pbsfs:{}", ctx.location));
-                    let cache = ChunkCache::shared(args.cache_size as usize, PREFETCH_WORKERS);
-                    (StoreSource::Remote(ctx.access()?.clone()), cache)
-                }
-            };
+            options.fsname = Some(format!("pbsfs:{}", ctx.location));
+            let cache = ChunkCache::shared(args.cache_size as usize, PREFETCH_WORKERS);
             Arc::new(snapfs::StoreFs::new(
-                source,
+                ctx.access()?.clone(),
                 ctx.ns.clone(),
                 Arc::new(cache),
                 crypt,

@@ -158,10 +158,11 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let display = show_progress.then(|| ProgressDisplay::start(progress, client.shared_counters()));
 
-    let result = match &store {
-        Some(store) => Server::new(store.clone()).run_backup(&client, &specs, &options),
-        None => Server::new(Arc::new(NoStore)).run_backup(&client, &specs, &options),
+    let server = match &store {
+        Some(store) => Server::new(store.clone()),
+        None => Server::dry_run_only(),
     };
+    let result = server.run_backup(&client, &specs, &options);
     if let Some(display) = display {
         display.stop();
     }
@@ -249,44 +250,6 @@ fn open_or_create_local(location: &std::path::Path, quiet: bool) -> Result<Arc<L
     Ok(Arc::new(LocalDatastore::create(location).with_context(
         || format!("cannot create datastore {}", location.display()),
     )?))
-}
-
-/// A dry run needs no store; the server never asks it for anything.
-struct NoStore;
-
-impl pbsfs::store::target::BackupTarget for NoStore {
-    fn start_session(
-        &self,
-        _: &pbsfs::store::target::SessionParams,
-    ) -> Result<Box<dyn pbsfs::store::target::BackupSession>> {
-        bail!("dry run: nothing is stored")
-    }
-    fn last_snapshot(
-        &self,
-        _: &BackupNamespace,
-        _: &BackupGroup,
-    ) -> Result<Option<pbsfs::store::names::BackupDir>> {
-        Ok(None)
-    }
-    fn read_manifest(
-        &self,
-        _: &BackupNamespace,
-        _: &pbsfs::store::names::BackupDir,
-    ) -> Result<pbsfs::format::manifest::Manifest> {
-        bail!("dry run: nothing is stored")
-    }
-    fn read_index(
-        &self,
-        _: &BackupNamespace,
-        _: &pbsfs::store::names::BackupDir,
-        _: &pbsfs::format::manifest::Manifest,
-        _: &str,
-    ) -> Result<pbsfs::format::index::AnyIndex> {
-        bail!("dry run: nothing is stored")
-    }
-    fn chunk_reader(&self) -> Arc<dyn pbsfs::store::chunk_reader::ChunkReader> {
-        unreachable!("a dry run reads no chunks")
-    }
 }
 
 fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoArgs) {

@@ -12,13 +12,13 @@ use clap::Args;
 use pbsfs::format::ReadAt;
 use pbsfs::pxar::extract::{extract_with_accessor, ExtractOptions};
 use pbsfs::pxar::{Accessor, Decoder};
-use pbsfs::snapfs::{self, Mountable};
-use pbsfs::store::access::{open_index_reader, read_blob};
+use pbsfs::store::access::read_blob;
 use pbsfs::store::archive::ArchiveKind;
-use pbsfs::store::cache::ChunkCache;
-use pbsfs::store::chunk_reader::ChunkReader;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
-use pbsfs::store::snapshot::resolve_archive_name;
+use pbsfs::store::open::{
+    mountables, open_index_reader, open_mountable, resolve_archive_name, select_archive,
+    snapshot_chunks, Mountable, OpenedArchive,
+};
 
 use super::context::{Context, RepoArgs};
 
@@ -57,33 +57,21 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     let manifest = snapshot.manifest();
     let source = snapshot.chunk_source();
     if args.target != "-" {
-        let all = snapfs::mountables(manifest);
-        let pxars: Vec<&Mountable> = snapfs::select_archive(&all, &args.archive)
+        let all = mountables(manifest);
+        let pxars: Vec<&Mountable> = select_archive(&all, &args.archive)
             .into_iter()
-            .filter(|m| !matches!(m, Mountable::Image { .. }))
+            .filter(|m| !m.is_image())
             .collect();
         if let [pxar] = pxars.as_slice() {
-            let chunks: Arc<dyn ChunkReader> = Arc::new(ChunkCache::new(
-                Arc::new(VerifyingChunkReader::with_key(
-                    source.clone(),
-                    crypt.clone(),
-                )),
-                64 << 20,
-                2,
-            ));
-            let open = |file: &str| -> Result<Arc<dyn ReadAt>> {
-                Ok(Arc::new(open_index_reader(
-                    &*snapshot,
-                    file,
-                    chunks.clone(),
-                )?))
+            let chunks = snapshot_chunks(&*snapshot, crypt.clone(), 64 << 20, 2);
+            let OpenedArchive::Pxar(archive) = open_mountable(&*snapshot, pxar, chunks)? else {
+                unreachable!("images filtered above")
             };
-            let (meta, payload) = match pxar {
-                Mountable::Pxar { file, .. } => (open(file)?, None),
-                Mountable::SplitPxar { meta, payload, .. } => (open(meta)?, Some(open(payload)?)),
-                Mountable::Image { .. } => unreachable!("filtered above"),
-            };
-            return extract_tree(args, meta, payload);
+            return extract_tree(
+                args,
+                archive.meta,
+                archive.payload.map(|p| p as Arc<dyn ReadAt>),
+            );
         }
     }
     if args.ignore_errors {

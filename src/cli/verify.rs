@@ -7,7 +7,6 @@ use serde_json::json;
 use pbsfs::store::local::{SnapshotEntry, MANIFEST_BLOB_NAME};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::verify::Verifier;
-use pbsfs::store::writer::backup_running;
 
 use super::context::{Context, RepoArgs};
 
@@ -67,11 +66,11 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
         } else if !entry.finished {
             // No manifest: a backup writing it now, or one that never finished (or lost
             // its manifest). Only a local datastore can tell which.
-            match &ctx.local {
-                Some(local) if backup_running(local, &outcome.ns, &outcome.dir.group) => {
+            match store.backup_running(&outcome.ns, &outcome.dir.group) {
+                Some(true) => {
                     outcome.skipped = Some("a backup of it is running".into());
                 }
-                Some(_) => outcome.problems.push(format!(
+                Some(false) => outcome.problems.push(format!(
                     "no manifest ({MANIFEST_BLOB_NAME}): an interrupted backup left it, or \
                      the manifest was lost"
                 )),

@@ -1,4 +1,5 @@
-//! A PBS server behind the same reading interface as a local datastore.
+//! A PBS server behind the same reading interface as a local datastore: listings through
+//! the admin API, each snapshot read through its own reader session.
 
 use std::sync::Arc;
 
@@ -18,30 +19,27 @@ impl DatastoreAccess for RemoteAccess {
         self.0.list_namespaces(parent)
     }
 
+    /// The groups that have snapshots (taken from the snapshot listing, as a mount shows
+    /// them).
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>> {
+        let mut groups: Vec<BackupGroup> = self
+            .0
+            .list_snapshots(ns, None)?
+            .into_iter()
+            .map(|s| s.entry.dir.group)
+            .collect();
+        groups.sort();
+        groups.dedup();
+        Ok(groups)
+    }
+
     fn list_snapshots(
         &self,
         ns: &BackupNamespace,
         group: Option<&BackupGroup>,
     ) -> Result<Vec<SnapshotSummary>> {
-        Ok(self
-            .0
-            .list_snapshots(ns, group)?
-            .into_iter()
-            .map(|snapshot| {
-                // Like the local listing: the manifest's files, without the manifest itself
-                // and the client log.
-                let files: Vec<_> = snapshot
-                    .files
-                    .iter()
-                    .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob")
-                    .collect();
-                SnapshotSummary {
-                    size: files.iter().filter_map(|f| f.size).sum(),
-                    files: files.iter().map(|f| f.filename.clone()).collect(),
-                    entry: snapshot.entry,
-                }
-            })
-            .collect())
+        let listed = self.0.list_snapshots(ns, group)?;
+        Ok(listed.into_iter().map(summary).collect())
     }
 
     fn open_snapshot(
@@ -53,6 +51,31 @@ impl DatastoreAccess for RemoteAccess {
         let manifest = reader.read_manifest()?;
         Ok(Arc::new(RemoteSnapshot { reader, manifest }))
     }
+
+    /// Asks for the whole namespace: asking for an unknown group is an error on PBS.
+    fn previous(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        self.0
+            .last_snapshot(ns, group)?
+            .map(|dir| self.open_snapshot(ns, &dir))
+            .transpose()
+    }
+}
+
+/// A listed snapshot as the local listing shows it: the manifest's files, without the
+/// manifest itself and the client log.
+fn summary(snapshot: super::datastore::RemoteSnapshot) -> SnapshotSummary {
+    let files = snapshot
+        .files
+        .into_iter()
+        .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob");
+    SnapshotSummary::new(
+        snapshot.entry,
+        files.map(|f| (f.filename, f.size.unwrap_or(0))),
+    )
 }
 
 /// A snapshot read through one reader-protocol session.

@@ -1,9 +1,8 @@
-//! A datastore on a PBS server, browsed through the admin API (protocol.md §5). The methods
-//! mirror what the CLI uses from [`LocalDatastore`](crate::store::local::LocalDatastore);
-//! reading archives goes through a reader session ([`RemoteReader`]).
+//! A datastore on a PBS server, browsed through the admin API (protocol.md §5); it joins the
+//! reading seam as [`RemoteAccess`](super::access::RemoteAccess). Reading archives goes through
+//! a reader session per snapshot ([`RemoteReader`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -15,12 +14,9 @@ use super::query::{encode_component, encode_query, ns_param, snapshot_params};
 use super::reader::RemoteReader;
 use super::runtime::block_on;
 use super::wire::DOWNLOAD_LIMIT;
-use crate::format::crypto::{CryptConfig, Fingerprint};
-use crate::format::index::AnyIndex;
+use crate::format::crypto::Fingerprint;
 use crate::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
-use crate::format::Digest;
 use crate::repository::RemoteRepository;
-use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use crate::store::local::{decode_manifest, SnapshotEntry};
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
 
@@ -99,15 +95,6 @@ struct NamespaceItem {
 pub struct RemoteDatastore {
     client: Arc<HttpClient>,
     store: String,
-    /// Reader sessions opened by [`read_index`](Self::read_index), and which of them may
-    /// serve which chunk (the server only serves chunks of indexes read in a session).
-    readers: Arc<Mutex<ReaderMap>>,
-}
-
-#[derive(Default)]
-struct ReaderMap {
-    by_snapshot: HashMap<(BackupNamespace, BackupDir), Arc<RemoteReader>>,
-    by_digest: HashMap<Digest, Arc<RemoteReader>>,
 }
 
 impl RemoteDatastore {
@@ -116,7 +103,6 @@ impl RemoteDatastore {
         let datastore = RemoteDatastore {
             client: Arc::new(HttpClient::new(options)),
             store: repo.datastore.clone(),
-            readers: Arc::default(),
         };
         block_on(datastore.client.get_json("/api2/json/version", ""))?;
         Ok(datastore)
@@ -295,54 +281,6 @@ impl RemoteDatastore {
             .next_back())
     }
 
-    /// An index of a finished snapshot, checked against its manifest entry. It is read
-    /// through a reader session, so [`chunk_reader`](Self::chunk_reader) can then fetch its
-    /// chunks.
-    pub fn read_index(
-        &self,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-        manifest: &Manifest,
-        name: &str,
-    ) -> Result<AnyIndex> {
-        let key = (ns.clone(), dir.clone());
-        let existing = self.readers.lock().unwrap().by_snapshot.get(&key).cloned();
-        let reader = match existing {
-            Some(reader) => reader,
-            None => {
-                let reader = self.open_reader(ns, dir)?;
-                self.readers
-                    .lock()
-                    .unwrap()
-                    .by_snapshot
-                    .insert(key, reader.clone());
-                reader
-            }
-        };
-        let index = reader.open_index(manifest, name)?;
-        let mut readers = self.readers.lock().unwrap();
-        for digest in index.digests() {
-            readers.by_digest.insert(*digest, reader.clone());
-        }
-        Ok(index)
-    }
-
-    /// Verified reads of the chunks of every index read with
-    /// [`read_index`](Self::read_index).
-    pub fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
-        self.chunk_reader_with_key(None)
-    }
-
-    /// [`Self::chunk_reader`] that also decrypts encrypted chunks.
-    pub fn chunk_reader_with_key(&self, crypt: Option<Arc<CryptConfig>>) -> Arc<dyn ChunkReader> {
-        Arc::new(VerifyingChunkReader::with_key(
-            Arc::new(IndexedChunks {
-                readers: self.readers.clone(),
-            }),
-            crypt,
-        ))
-    }
-
     /// Starts writing snapshot `dir` (backup protocol); its group is created with the
     /// connecting auth-id as owner. The previous snapshot's chunks are known from the start.
     /// `chunk_key`: the key this backup encrypts chunks with (encrypted chunks of the
@@ -354,29 +292,5 @@ impl RemoteDatastore {
         chunk_key: Option<&Fingerprint>,
     ) -> Result<RemoteBackupSession> {
         RemoteBackupSession::start(&self.client, &self.store, ns, dir, chunk_key)
-    }
-}
-
-/// Routes a chunk to the reader session that downloaded an index containing it.
-struct IndexedChunks {
-    readers: Arc<Mutex<ReaderMap>>,
-}
-
-impl crate::store::ChunkSource for IndexedChunks {
-    fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let reader = self
-            .readers
-            .lock()
-            .unwrap()
-            .by_digest
-            .get(digest)
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "chunk {} is not in an index read from the server",
-                    crate::format::digest_to_hex(digest)
-                )
-            })?;
-        reader.fetch_raw_chunk(digest)
     }
 }

@@ -17,14 +17,11 @@ use super::query::{encode_query, snapshot_params};
 use super::runtime::block_on;
 use super::session::H2Session;
 use super::wire::{DOWNLOAD_LIMIT, FORM};
-use crate::format::blob::{decode_blob, MAX_BLOB_SIZE, MAX_CHUNK_SIZE};
-use crate::format::index::AnyIndex;
+use crate::format::blob::MAX_CHUNK_SIZE;
 use crate::format::manifest::{Manifest, MANIFEST_BLOB_NAME};
 use crate::format::{digest_to_hex, Digest};
-use crate::store::archive::{check_blob, check_index, ArchiveKind};
-use crate::store::chunk_reader::ChunkReader;
+use crate::store::archive::ArchiveKind;
 use crate::store::names::{BackupDir, BackupNamespace};
-use crate::store::range::IndexReader;
 use crate::store::ChunkSource;
 
 pub const READER_PROTOCOL: &str = "proxmox-backup-reader-protocol-v1";
@@ -164,37 +161,6 @@ impl RemoteReader {
         let raw = self.download(MANIFEST_BLOB_NAME)?;
         crate::store::local::decode_manifest(&raw)
             .map_err(|reason| anyhow::anyhow!("snapshot {} is damaged: {reason}", self.dir))
-    }
-
-    /// Downloads an index and checks it against the manifest.
-    pub fn open_index(&self, manifest: &Manifest, filename: &str) -> Result<AnyIndex> {
-        let info = manifest
-            .file(filename)
-            .with_context(|| format!("{filename} is not listed in the snapshot's manifest"))?;
-        let raw = self.download(filename)?;
-        check_index(filename, &raw, info)
-    }
-
-    /// An index of the snapshot as a random-access reader over `chunks` (which should
-    /// fetch from this reader, usually through a cache).
-    pub fn open_index_reader(
-        &self,
-        manifest: &Manifest,
-        filename: &str,
-        chunks: Arc<dyn ChunkReader>,
-    ) -> Result<IndexReader> {
-        let index = self.open_index(manifest, filename)?;
-        Ok(IndexReader::new(filename, Arc::new(index), chunks))
-    }
-
-    /// A blob of the snapshot, checked against the manifest, decoded.
-    pub fn read_blob(&self, manifest: &Manifest, filename: &str) -> Result<Vec<u8>> {
-        let info = manifest
-            .file(filename)
-            .with_context(|| format!("{filename} is not listed in the snapshot's manifest"))?;
-        let raw = self.download(filename)?;
-        check_blob(filename, &raw, info)?;
-        decode_blob(&raw, MAX_BLOB_SIZE).with_context(|| format!("{filename}: cannot decode"))
     }
 }
 

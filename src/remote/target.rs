@@ -1,6 +1,6 @@
 //! A PBS server as a [`BackupTarget`]: `pbsfs push` writes through the backup protocol
 //! ([`RemoteBackupSession`]) and, in metadata mode, reads the previous snapshot's
-//! `.mpxar`/`.ppxar` through the reader protocol ([`RemoteDatastore::read_index`]).
+//! `.mpxar`/`.ppxar` through the reader protocol ([`RemoteAccess::previous`]).
 //!
 //! Lives next to [`access`](super::access), which plugs the server into the reading seam the
 //! same way; the backup side only knows the traits of `src/store/target.rs`.
@@ -16,14 +16,13 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::access::RemoteAccess;
 use super::backup::{RemoteBackupSession, RemoteIndexWriter, FIXED_CHUNK_SIZE};
 use super::datastore::RemoteDatastore;
-use crate::format::crypto::CryptConfig;
-use crate::format::index::AnyIndex;
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
-use crate::store::chunk_reader::ChunkReader;
-use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::access::DatastoreAccess;
+use crate::store::names::BackupDir;
 use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
 /// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection).
@@ -33,16 +32,18 @@ pub const MAX_QUEUED: usize = 8;
 
 /// A datastore on a PBS server that backups can be written to.
 pub struct RemoteTarget {
-    store: Arc<RemoteDatastore>,
+    access: RemoteAccess,
 }
 
 impl RemoteTarget {
     pub fn new(store: Arc<RemoteDatastore>) -> Self {
-        RemoteTarget { store }
+        RemoteTarget {
+            access: RemoteAccess(store),
+        }
     }
 
     pub fn datastore(&self) -> &Arc<RemoteDatastore> {
-        &self.store
+        &self.access.0
     }
 }
 
@@ -50,7 +51,7 @@ impl BackupTarget for RemoteTarget {
     /// The server records the connecting auth-id as the group's owner; `params.owner` is
     /// not sent (the protocol has no field for it).
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {
-        let session = Arc::new(RwLock::new(Some(self.store.start_backup(
+        let session = Arc::new(RwLock::new(Some(self.datastore().start_backup(
             &params.ns,
             &params.dir,
             params.chunk_key.as_ref(),
@@ -63,37 +64,8 @@ impl BackupTarget for RemoteTarget {
         }))
     }
 
-    fn last_snapshot(
-        &self,
-        ns: &BackupNamespace,
-        group: &BackupGroup,
-    ) -> Result<Option<BackupDir>> {
-        self.store.last_snapshot(ns, group)
-    }
-
-    fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
-        self.store.read_manifest(ns, dir)
-    }
-
-    fn read_index(
-        &self,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-        manifest: &Manifest,
-        name: &str,
-    ) -> Result<AnyIndex> {
-        self.store.read_index(ns, dir, manifest, name)
-    }
-
-    fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
-        self.store.chunk_reader()
-    }
-
-    fn chunk_reader_with_key(
-        &self,
-        crypt: Option<Arc<CryptConfig>>,
-    ) -> Result<Arc<dyn ChunkReader>> {
-        Ok(self.store.chunk_reader_with_key(crypt))
+    fn access(&self) -> &dyn DatastoreAccess {
+        &self.access
     }
 }
 

@@ -19,12 +19,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::ops::ControlFlow;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 
 use anyhow::{Context, Result};
-use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{
+    AddDirItem, Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
+};
 
 use crate::format::ReadAt;
 use crate::pxar::accessor::{Accessor, DirEntry};
@@ -32,6 +33,7 @@ use crate::pxar::acl;
 use crate::pxar::decode_error::DecodeError;
 use crate::pxar::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use crate::pxar::format::HEADER_SIZE;
+use crate::store::open::PxarArchive;
 use crate::store::range::IndexReader;
 
 use super::listing::{ListedDir, ListedEntry, ListingCache};
@@ -130,11 +132,10 @@ struct Tree {
 }
 
 impl ArchiveFs {
-    /// Opens a v1 archive (`payload` None) or a v2 pair: reads its root, nothing more.
-    pub fn open(meta: Arc<IndexReader>, payload: Option<Arc<IndexReader>>) -> Result<Self> {
-        let data = payload.clone().unwrap_or_else(|| meta.clone());
-        let accessor = Accessor::open(meta, payload.map(|p| p as Arc<dyn ReadAt>))
-            .context("cannot open the pxar archive")?;
+    /// Opens a v1 archive or a v2 pair: reads its root, nothing more.
+    pub fn open(archive: PxarArchive) -> Result<Self> {
+        let accessor = archive.accessor()?;
+        let data = archive.payload.unwrap_or(archive.meta);
         let root_id = accessor.root()?.id().context("archive root has no id")?;
         let tree = Arc::new(Tree {
             accessor,
@@ -422,12 +423,7 @@ impl ReadOnlyFs for ArchiveFs {
         self.tree.attr(&entry)
     }
 
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno> {
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         self.start_walk();
         self.listings.serve(ino, offset, &mut |listed| {
             add(DirItem {
@@ -553,24 +549,18 @@ impl ReadOnlyFs for ArchiveFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::access::{open_index_reader, LocalSnapshot, SnapshotAccess};
+    use crate::store::access::SnapshotAccess;
     use crate::store::chunk_reader::VerifyingChunkReader;
-    use crate::store::local::LocalDatastore;
-    use crate::store::names::{BackupDir, BackupNamespace};
+    use crate::store::open::tests::fixture;
+    use crate::store::open::{open_archive, OpenedArchive};
 
     /// The fixture snapshot's only archive, a v1 `.pxar` or a v2 split pair.
     fn open_fixture(snapshot: &str) -> ArchiveFs {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");
-        let store = Arc::new(LocalDatastore::open(std::path::Path::new(path)).unwrap());
-        let dir = BackupDir::parse(snapshot).unwrap();
-        let snap = LocalSnapshot::open(store.clone(), &BackupNamespace::root(), &dir).unwrap();
-        let chunks = Arc::new(VerifyingChunkReader::new(store));
-        let open = |file: &str| Arc::new(open_index_reader(&snap, file, chunks.clone()).unwrap());
-        let has = |file: &str| snap.manifest().files.iter().any(|f| f.filename == file);
-        if has("root.pxar.didx") {
-            ArchiveFs::open(open("root.pxar.didx"), None).unwrap()
-        } else {
-            ArchiveFs::open(open("root.mpxar.didx"), Some(open("root.ppxar.didx"))).unwrap()
+        let snap = fixture(snapshot);
+        let chunks = Arc::new(VerifyingChunkReader::new(snap.chunk_source()));
+        match open_archive(&snap, "root.pxar", chunks).unwrap() {
+            OpenedArchive::Pxar(pxar) => ArchiveFs::open(pxar).unwrap(),
+            OpenedArchive::Image(_) => unreachable!("a pxar archive"),
         }
     }
 
@@ -583,7 +573,7 @@ mod tests {
     }
 
     fn list_all(fs: &ArchiveFs, ino: u64) {
-        fs.readdir(ino, 0, &mut |_| ControlFlow::Continue(()))
+        fs.readdir(ino, 0, &mut |_| std::ops::ControlFlow::Continue(()))
             .unwrap();
     }
 

@@ -2,10 +2,11 @@
 //! index so `cmp`, `losetup` or `qemu-img` can use them.
 
 use std::ffi::{OsStr, OsString};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{
+    readdir_from, AddDirItem, Attr, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
+};
 
 use crate::format::ReadAt;
 use crate::store::range::IndexReader;
@@ -119,26 +120,13 @@ impl ReadOnlyFs for ImageDirFs {
         Ok(self.file_attr(ino as usize - 2))
     }
 
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno> {
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         if ino != ROOT_INO {
             return Err(Errno::ENOTDIR);
         }
-        for index in offset as usize..self.images.len() {
-            let item = DirItem {
-                name: OsStr::new(&self.images[index].0),
-                attr: self.file_attr(index),
-                next_offset: index as u64 + 1,
-            };
-            if add(item).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        readdir_from(&self.images, offset, add, |index, (name, _)| {
+            Ok((OsStr::new(name), self.file_attr(index)))
+        })
     }
 
     fn open(&self, ino: u64) -> Result<u64, Errno> {

@@ -1,16 +1,17 @@
-//! What reading commands need from a datastore, local or on a PBS server: listings, and a
-//! snapshot's manifest, files and chunks. The remote client implements the same traits, so
-//! `snapshots`, `files`, `restore`, `verify` and snapshot mounts work on both.
+//! What reading needs from a datastore, local or on a PBS server: listings, directory
+//! times, and a snapshot's manifest, files and chunks. The remote client implements the same
+//! traits, so every reading command, whole-store mounts and a push's change detection work
+//! on both.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
 use super::archive::{check_blob, check_index};
-use super::chunk_reader::ChunkReader;
 use super::local::{LocalDatastore, SnapshotEntry, MANIFEST_BLOB_NAME};
-use super::names::{BackupDir, BackupGroup, BackupNamespace};
-use super::range::IndexReader;
+use super::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
+use super::writer::backup_running;
 use super::ChunkSource;
 use crate::format::blob::{decode_blob_with, MAX_BLOB_SIZE};
 use crate::format::crypto::CryptConfig;
@@ -28,9 +29,50 @@ pub struct SnapshotSummary {
     pub size: u64,
 }
 
+impl SnapshotSummary {
+    /// A listed snapshot with its files' names and sizes.
+    pub fn new(entry: SnapshotEntry, files: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let (files, sizes): (Vec<String>, Vec<u64>) = files.into_iter().unzip();
+        SnapshotSummary {
+            entry,
+            files,
+            size: sizes.iter().sum(),
+        }
+    }
+}
+
+/// A directory of a datastore's layout (a whole-store mount shows them).
+#[derive(Clone, Copy, Debug)]
+pub enum StoreDir<'a> {
+    Namespace(&'a BackupNamespace),
+    /// The `ns` directory holding a namespace's children.
+    NsList(&'a BackupNamespace),
+    Type(&'a BackupNamespace, BackupType),
+    Group(&'a BackupNamespace, &'a BackupGroup),
+}
+
 pub trait DatastoreAccess: Send + Sync {
     /// `parent` and every namespace below it.
     fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>>;
+
+    /// The namespaces directly below `parent`, in name order.
+    fn child_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
+        let mut children: Vec<BackupNamespace> = self
+            .list_namespaces(parent)?
+            .into_iter()
+            .filter(|child| child.depth() == parent.depth() + 1)
+            .collect();
+        children.sort();
+        Ok(children)
+    }
+
+    fn namespace_exists(&self, ns: &BackupNamespace) -> Result<bool> {
+        Ok(ns.is_root() || self.list_namespaces(&BackupNamespace::root())?.contains(ns))
+    }
+
+    /// The groups of a namespace, in display order.
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>>;
+
     /// Snapshots of a namespace (or one group), ordered by group then time: finished,
     /// unfinished and damaged ones alike; a damaged manifest is no error of the listing.
     fn list_snapshots(
@@ -45,6 +87,36 @@ pub trait DatastoreAccess: Send + Sync {
         ns: &BackupNamespace,
         dir: &BackupDir,
     ) -> Result<Arc<dyn SnapshotAccess>>;
+
+    /// The newest readable snapshot of a group, opened (a damaged manifest is passed by):
+    /// the base of a push's change detection.
+    fn previous(
+        &self,
+        ns: &BackupNamespace,
+        group: &BackupGroup,
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        let last = self
+            .list_snapshots(ns, Some(group))?
+            .into_iter()
+            .rev()
+            .find(|s| s.entry.is_readable());
+        last.map(|s| self.open_snapshot(ns, &s.entry.dir))
+            .transpose()
+    }
+
+    /// When a directory of the layout was last changed; None where the datastore has no
+    /// such times (a server).
+    fn dir_mtime(&self, dir: StoreDir<'_>) -> Option<SystemTime> {
+        let _ = dir;
+        None
+    }
+
+    /// Whether a backup of the group is being written now; None where the datastore cannot
+    /// tell (a server lists an unfinished snapshot the same either way).
+    fn backup_running(&self, ns: &BackupNamespace, group: &BackupGroup) -> Option<bool> {
+        let _ = (ns, group);
+        None
+    }
 }
 
 pub trait SnapshotAccess: Send + Sync {
@@ -67,16 +139,6 @@ pub fn open_index(snapshot: &dyn SnapshotAccess, filename: &str) -> Result<AnyIn
     let info = file_info(snapshot.manifest(), filename)?;
     let raw = snapshot.read_file(filename)?;
     check_index(filename, &raw, info)
-}
-
-/// An index of the snapshot as a random-access reader over `chunks`.
-pub fn open_index_reader(
-    snapshot: &dyn SnapshotAccess,
-    filename: &str,
-    chunks: Arc<dyn ChunkReader>,
-) -> Result<IndexReader> {
-    let index = open_index(snapshot, filename)?;
-    Ok(IndexReader::new(filename, Arc::new(index), chunks))
 }
 
 /// A blob of the snapshot, checked against the manifest, decoded (decrypted with `crypt`).
@@ -135,6 +197,33 @@ impl DatastoreAccess for LocalAccess {
         self.0.list_namespaces(parent)
     }
 
+    fn namespace_exists(&self, ns: &BackupNamespace) -> Result<bool> {
+        Ok(self.0.namespace_exists(ns))
+    }
+
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>> {
+        self.0.list_groups(ns)
+    }
+
+    /// The directory's mtime (the epoch when it cannot be read).
+    fn dir_mtime(&self, dir: StoreDir<'_>) -> Option<SystemTime> {
+        let path = match dir {
+            StoreDir::Namespace(ns) => self.0.namespace_path(ns),
+            StoreDir::NsList(ns) => self.0.namespace_path(ns).join("ns"),
+            StoreDir::Type(ns, ty) => self.0.namespace_path(ns).join(ty.as_str()),
+            StoreDir::Group(ns, group) => self.0.group_path(ns, group),
+        };
+        Some(
+            std::fs::metadata(path)
+                .and_then(|meta| meta.modified())
+                .unwrap_or(UNIX_EPOCH),
+        )
+    }
+
+    fn backup_running(&self, ns: &BackupNamespace, group: &BackupGroup) -> Option<bool> {
+        Some(backup_running(&self.0, ns, group))
+    }
+
     fn list_snapshots(
         &self,
         ns: &BackupNamespace,
@@ -146,11 +235,7 @@ impl DatastoreAccess for LocalAccess {
             .into_iter()
             .map(|(entry, manifest)| {
                 let files = manifest.map(|m| m.files).unwrap_or_default();
-                SnapshotSummary {
-                    entry,
-                    size: files.iter().map(|f| f.size).sum(),
-                    files: files.into_iter().map(|f| f.filename).collect(),
-                }
+                SnapshotSummary::new(entry, files.into_iter().map(|f| (f.filename, f.size)))
             })
             .collect())
     }

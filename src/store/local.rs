@@ -307,6 +307,17 @@ impl LocalDatastore {
         }
     }
 
+    /// Whether the chunk is stored; if so its atime is refreshed, so garbage collection
+    /// keeps it for the backup that found it.
+    pub fn mark_chunk_used(&self, digest: &Digest) -> bool {
+        let path = self.chunk_path(digest);
+        if !path.is_file() {
+            return false;
+        }
+        touch_atime(&path);
+        true
+    }
+
     /// Stores an encoded chunk unless a chunk of that digest and size is already there
     /// (then only its atime is refreshed, which garbage collection relies on).
     /// Returns true when the chunk was new.

@@ -9,86 +9,44 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
-use crate::format::crypto::CryptConfig;
-use crate::format::index::{AnyIndex, DynamicIndexWriter, FixedIndex};
+use crate::format::index::{DynamicIndexWriter, FixedIndex};
 use crate::format::manifest::{CryptMode, FileInfo, Manifest};
 use crate::format::Digest;
-use crate::store::archive::check_index;
-use crate::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
+use crate::store::access::{DatastoreAccess, LocalAccess};
 use crate::store::local::LocalDatastore;
-use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::names::BackupDir;
 use crate::store::writer::{PendingFile, SnapshotWriter};
 
 /// A local datastore directory.
 pub struct LocalTarget {
-    store: Arc<LocalDatastore>,
+    access: LocalAccess,
 }
 
 impl LocalTarget {
     pub fn new(store: Arc<LocalDatastore>) -> Self {
-        LocalTarget { store }
+        LocalTarget {
+            access: LocalAccess(store),
+        }
     }
 
     pub fn datastore(&self) -> &Arc<LocalDatastore> {
-        &self.store
+        &self.access.0
     }
 }
 
 impl BackupTarget for LocalTarget {
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>> {
-        let writer =
-            SnapshotWriter::begin(self.store.clone(), &params.ns, &params.dir, &params.owner)?;
+        let store = self.datastore();
+        let writer = SnapshotWriter::begin(store.clone(), &params.ns, &params.dir, &params.owner)?;
         Ok(Box::new(LocalSession {
-            store: self.store.clone(),
+            store: store.clone(),
             dir: params.dir.clone(),
             writer: Arc::new(Mutex::new(Some(writer))),
         }))
     }
 
-    fn last_snapshot(
-        &self,
-        ns: &BackupNamespace,
-        group: &BackupGroup,
-    ) -> Result<Option<BackupDir>> {
-        Ok(self
-            .store
-            .list_group_snapshots(ns, group)?
-            .into_iter()
-            .rev()
-            .find(|entry| entry.is_readable())
-            .map(|entry| entry.dir))
-    }
-
-    fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest> {
-        self.store.read_manifest(ns, dir)
-    }
-
-    fn read_index(
-        &self,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-        manifest: &Manifest,
-        name: &str,
-    ) -> Result<AnyIndex> {
-        let info = manifest
-            .file(name)
-            .with_context(|| format!("{name} is not listed in the manifest of {dir}"))?;
-        let raw = self.store.read_snapshot_file(ns, dir, name)?;
-        check_index(name, &raw, info)
-    }
-
-    fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
-        Arc::new(VerifyingChunkReader::new(self.store.clone()))
-    }
-
-    fn chunk_reader_with_key(
-        &self,
-        crypt: Option<Arc<CryptConfig>>,
-    ) -> Result<Arc<dyn ChunkReader>> {
-        Ok(Arc::new(VerifyingChunkReader::with_key(
-            self.store.clone(),
-            crypt,
-        )))
+    fn access(&self) -> &dyn DatastoreAccess {
+        &self.access
     }
 }
 
@@ -118,12 +76,7 @@ impl BackupSession for LocalSession {
     }
 
     fn is_known_chunk(&self, digest: &Digest) -> Result<bool> {
-        let path = self.store.chunk_path(digest);
-        if !path.is_file() {
-            return Ok(false);
-        }
-        touch_atime(&path);
-        Ok(true)
+        Ok(self.store.mark_chunk_used(digest))
     }
 
     fn upload_chunk(&self, digest: &Digest, raw_blob: &[u8], _plain_size: u64) -> Result<bool> {
@@ -301,27 +254,4 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Marks a chunk as used now (garbage collection keeps chunks with a recent atime).
-/// Best effort: a read-only store cannot be touched.
-fn touch_atime(path: &std::path::Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-    ];
-    // SAFETY: valid NUL-terminated path and a two-element timespec array.
-    unsafe {
-        libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0);
-    }
 }

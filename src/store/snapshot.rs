@@ -111,47 +111,6 @@ fn list_groups(candidates: &[&SnapshotEntry]) -> String {
     out
 }
 
-/// Finds the file a user meant by `archive` among a manifest's file names: the name as is, or
-/// with `.didx`, `.fidx` or `.blob` added (like the official client).
-pub fn resolve_archive_name<'a>(archive: &str, files: &'a [String]) -> Result<&'a str> {
-    if let Some(exact) = files.iter().find(|f| f.as_str() == archive) {
-        return Ok(exact);
-    }
-    let matching: Vec<&String> = files
-        .iter()
-        .filter(|f| {
-            [".didx", ".fidx", ".blob"]
-                .iter()
-                .any(|suffix| f.strip_suffix(suffix) == Some(archive))
-        })
-        .collect();
-    match matching.as_slice() {
-        [one] => Ok(one.as_str()),
-        [] => {
-            let stem = archive.strip_suffix(".pxar").unwrap_or(archive);
-            let split = [format!("{stem}.mpxar.didx"), format!("{stem}.ppxar.didx")];
-            if split.iter().all(|name| files.contains(name)) && archive.ends_with(".pxar") {
-                bail!(
-                    "'{archive}' is stored as a split pair ({} and {}); name one of them",
-                    split[0],
-                    split[1]
-                );
-            }
-            bail!(
-                "no archive '{archive}' in this snapshot; it has: {}",
-                files.join(", ")
-            )
-        }
-        many => bail!(
-            "archive name '{archive}' is ambiguous: {}",
-            many.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +143,14 @@ mod tests {
         }
     }
 
+    /// Each (spec, snapshot) pair: `spec` resolves to that snapshot among `all`.
+    fn assert_picks(all: &[SnapshotEntry], cases: &[(&str, &str)]) {
+        for (spec, want) in cases {
+            let got = resolve_snapshot(spec, all).map(|d| d.to_string());
+            assert_eq!(got.unwrap(), *want, "{spec}");
+        }
+    }
+
     #[test]
     fn damaged_and_unfinished_snapshots_are_passed_by() {
         let mut all = dirs();
@@ -193,21 +160,17 @@ mod tests {
             finished: false,
             ..entry("vm/100/2026-04-16T10:00:00Z")
         });
+        assert_picks(
+            &all,
+            &[
+                ("host/a/latest", "host/a/2026-04-14T10:00:00Z"),
+                // A prefix matching a good and a damaged one means the good one.
+                ("host/a/2026-04-14", "host/a/2026-04-14T10:00:00Z"),
+                ("vm/100", "vm/100/2026-04-13T10:00:00Z"),
+                ("vm/100/latest", "vm/100/2026-04-13T10:00:00Z"),
+            ],
+        );
         let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
-        assert_eq!(
-            pick("host/a/latest").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        // A prefix matching a good and a damaged one means the good one.
-        assert_eq!(
-            pick("host/a/2026-04-14").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
-        assert_eq!(
-            pick("vm/100/latest").unwrap(),
-            "vm/100/2026-04-13T10:00:00Z"
-        );
         // Naming the damaged one says why it cannot be read.
         for spec in ["host/a/2026-04-14T12:00:00Z", "host/a/2026-04-14T12"] {
             let err = pick(spec).unwrap_err().to_string();
@@ -229,29 +192,17 @@ mod tests {
 
     #[test]
     fn resolves_every_form() {
-        let all = dirs();
-        let pick = |spec: &str| resolve_snapshot(spec, &all).map(|d| d.to_string());
-        assert_eq!(
-            pick("host/a/latest").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
+        assert_picks(
+            &dirs(),
+            &[
+                ("host/a/latest", "host/a/2026-04-14T10:00:00Z"),
+                ("host/a/2026-04-14", "host/a/2026-04-14T10:00:00Z"),
+                ("host/a/2026-04-13T12", "host/a/2026-04-13T12:00:00Z"),
+                ("host/a/2026-04-13T10:00:00Z", "host/a/2026-04-13T10:00:00Z"),
+                ("host/a/1776074400", "host/a/2026-04-13T10:00:00Z"),
+                ("vm/100", "vm/100/2026-04-13T10:00:00Z"),
+            ],
         );
-        assert_eq!(
-            pick("host/a/2026-04-14").unwrap(),
-            "host/a/2026-04-14T10:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/2026-04-13T12").unwrap(),
-            "host/a/2026-04-13T12:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/2026-04-13T10:00:00Z").unwrap(),
-            "host/a/2026-04-13T10:00:00Z"
-        );
-        assert_eq!(
-            pick("host/a/1776074400").unwrap(),
-            "host/a/2026-04-13T10:00:00Z"
-        );
-        assert_eq!(pick("vm/100").unwrap(), "vm/100/2026-04-13T10:00:00Z");
     }
 
     #[test]
@@ -273,43 +224,5 @@ mod tests {
             .to_string();
         assert!(err.contains("vm/100"), "{err}");
         assert!(resolve_snapshot("nonsense", &all).is_err());
-    }
-
-    #[test]
-    fn archive_names() {
-        let files: Vec<String> = [
-            "root.pxar.didx",
-            "catalog.pcat1.didx",
-            "drive-scsi0.img.fidx",
-            "qemu.conf.blob",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            resolve_archive_name("root.pxar", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("root.pxar.didx", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("drive-scsi0.img", &files).unwrap(),
-            "drive-scsi0.img.fidx"
-        );
-        assert_eq!(
-            resolve_archive_name("qemu.conf", &files).unwrap(),
-            "qemu.conf.blob"
-        );
-        assert!(resolve_archive_name("root", &files).is_err());
-        let split: Vec<String> = ["root.mpxar.didx", "root.ppxar.didx"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let err = resolve_archive_name("root.pxar", &split)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("split"), "{err}");
     }
 }

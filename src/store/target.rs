@@ -4,18 +4,17 @@
 //! the snapshot visible. A session dropped without `finish` is aborted and leaves nothing.
 //!
 //! Implemented by the local datastore ([`super::local_target`]); the PBS protocol client plugs
-//! in here as well.
+//! in here as well. A target is also read through [`DatastoreAccess`] (the previous snapshot
+//! of a group, for change detection).
 
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::format::crypto::CryptConfig;
-use crate::format::index::AnyIndex;
+use super::access::{DatastoreAccess, SnapshotAccess};
+use super::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::format::manifest::Manifest;
 use crate::format::Digest;
-use crate::store::chunk_reader::ChunkReader;
-use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 
 /// Which snapshot a session writes and who owns its group.
 #[derive(Clone, Debug)]
@@ -35,35 +34,18 @@ pub trait BackupTarget: Send + Sync {
     /// is not newer than the group's last snapshot.
     fn start_session(&self, params: &SessionParams) -> Result<Box<dyn BackupSession>>;
 
+    /// The same datastore for reading.
+    fn access(&self) -> &dyn DatastoreAccess;
+
     /// The newest readable snapshot of a group, the base for change detection (a damaged
-    /// manifest is passed by, not an error).
-    fn last_snapshot(&self, ns: &BackupNamespace, group: &BackupGroup)
-        -> Result<Option<BackupDir>>;
-
-    fn read_manifest(&self, ns: &BackupNamespace, dir: &BackupDir) -> Result<Manifest>;
-
-    /// An index file of a finished snapshot, checked against its manifest entry.
-    fn read_index(
+    /// manifest is passed by, not an error). Its archives are read with the
+    /// [`open`](super::open) kit over its `chunk_source`.
+    fn previous(
         &self,
         ns: &BackupNamespace,
-        dir: &BackupDir,
-        manifest: &Manifest,
-        name: &str,
-    ) -> Result<AnyIndex>;
-
-    /// Verified reads of the store's chunks (for the previous snapshot's metadata archive).
-    fn chunk_reader(&self) -> Arc<dyn ChunkReader>;
-
-    /// Like [`Self::chunk_reader`], but decrypting with `crypt` (the previous snapshot of
-    /// an encrypted backup). Stores that cannot decrypt refuse a key.
-    fn chunk_reader_with_key(
-        &self,
-        crypt: Option<Arc<CryptConfig>>,
-    ) -> Result<Arc<dyn ChunkReader>> {
-        match crypt {
-            None => Ok(self.chunk_reader()),
-            Some(_) => bail!("this datastore cannot read encrypted chunks"),
-        }
+        group: &BackupGroup,
+    ) -> Result<Option<Arc<dyn SnapshotAccess>>> {
+        self.access().previous(ns, group)
     }
 }
 

@@ -15,10 +15,11 @@ use pbsfs::format::crypto::CryptConfig;
 use pbsfs::format::index::ChunkIndex;
 use pbsfs::format::keyfile::{decrypt_key, load_key_file, Kdf, KeyFileError};
 use pbsfs::format::manifest::{CryptMode, Manifest, ManifestError};
-use pbsfs::store::access::{open_index_reader, LocalSnapshot};
+use pbsfs::store::access::LocalSnapshot;
 use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 const ENC: &str = "host/fixture-enc/2026-11-25T08:29:00Z";

@@ -12,11 +12,12 @@ use std::sync::{Arc, OnceLock};
 use pbsfs::backup::client::LocalClient;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, ChangeDetection, Server};
 use pbsfs::format::index::{AnyIndex, ChunkIndex};
-use pbsfs::store::access::{open_index_reader, LocalSnapshot};
+use pbsfs::store::access::LocalSnapshot;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::local_target::LocalTarget;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 use sha2::{Digest, Sha256};
 
 use crate::common::cli::{local_command, ok, pbsfs_local};

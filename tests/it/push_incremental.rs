@@ -91,6 +91,26 @@ fn push(
     (summary, client.counters().content_bytes())
 }
 
+#[test]
+fn a_dry_run_server_walks_but_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    small_tree(tmp.path());
+    let client = LocalClient::new();
+    let spec = BackupSpec::parse(&format!("root.pxar:{}", tmp.path().display())).unwrap();
+    let mut options = BackupOptions::new(BackupGroup::parse("host/dry").unwrap(), 1_700_000_000);
+    options.dry_run = true;
+    let server = Server::dry_run_only();
+    let summary = server
+        .run_backup(&client, std::slice::from_ref(&spec), &options)
+        .unwrap();
+    assert!(summary.snapshot.is_none());
+    assert!(summary.walk.files > 0);
+    // Without a store, a real backup is refused rather than lost.
+    options.dry_run = false;
+    let err = server.run_backup(&client, &[spec], &options).unwrap_err();
+    assert!(format!("{err:#}").contains("dry-run"), "{err:#}");
+}
+
 fn restore(snapshot: &str, target: &Path) {
     ok(&pbsfs_local(
         store().1.root(),

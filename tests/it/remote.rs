@@ -11,13 +11,14 @@ use sha2::{Digest as _, Sha256};
 use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 use common::HashWriter;
 use pbsfs::format::index::ChunkIndex;
-use pbsfs::remote::{
-    ConnectOptions, Fingerprint, RemoteDatastore, RemoteError, RemoteReader, Secret,
-};
+use pbsfs::remote::access::RemoteAccess;
+use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteDatastore, RemoteError, Secret};
 use pbsfs::repository::RemoteRepository;
+use pbsfs::store::access::{open_index, DatastoreAccess, SnapshotAccess};
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 use pbsfs::store::ChunkSource;
 
 fn repo(server: &TestServer, auth_id: &str) -> RemoteRepository {
@@ -167,14 +168,13 @@ const ARCHIVES: &[(&str, &str, &str, &str)] = &[
 #[test]
 fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = connect(&server);
+    let remote = RemoteAccess(Arc::new(connect(&server)));
     for (ns, dir, file, sha) in ARCHIVES {
         let ns = BackupNamespace::parse(ns).unwrap();
         let dir = BackupDir::parse(dir).unwrap();
-        let reader = remote.open_reader(&ns, &dir).unwrap();
-        let manifest = reader.read_manifest().unwrap();
-        let chunks = Arc::new(VerifyingChunkReader::new(reader.clone()));
-        let archive = reader.open_index_reader(&manifest, file, chunks).unwrap();
+        let snapshot = remote.open_snapshot(&ns, &dir).unwrap();
+        let chunks = Arc::new(VerifyingChunkReader::new(snapshot.chunk_source()));
+        let archive = open_index_reader(&*snapshot, file, chunks).unwrap();
         let mut hash = HashWriter(Sha256::new());
         let written = archive.copy_to(&mut hash).unwrap();
         assert_eq!(written, archive.index().total_size());
@@ -185,11 +185,13 @@ fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {
 #[test]
 fn many_concurrent_chunk_reads_share_one_session() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = connect(&server);
+    let remote = RemoteAccess(Arc::new(connect(&server)));
     let dir = BackupDir::parse("host/fixture-meta/2026-11-25T08:28:55Z").unwrap();
-    let reader = remote.open_reader(&BackupNamespace::root(), &dir).unwrap();
-    let manifest = reader.read_manifest().unwrap();
-    let index = reader.open_index(&manifest, "root.ppxar.didx").unwrap();
+    let snapshot = remote
+        .open_snapshot(&BackupNamespace::root(), &dir)
+        .unwrap();
+    let index = open_index(&*snapshot, "root.ppxar.didx").unwrap();
+    let reader = snapshot.chunk_source();
     let local = LocalDatastore::open(&fixture_datastore()).unwrap();
     let upgrades_before = server
         .counters
@@ -385,22 +387,20 @@ fn an_unreachable_server_fails_fast() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-fn first_chunks(reader: &RemoteReader, file: &str) -> Vec<pbsfs::format::Digest> {
-    let manifest = reader.read_manifest().unwrap();
-    reader
-        .open_index(&manifest, file)
-        .unwrap()
-        .digests()
-        .to_vec()
+fn first_chunks(snapshot: &dyn SnapshotAccess, file: &str) -> Vec<pbsfs::format::Digest> {
+    open_index(snapshot, file).unwrap().digests().to_vec()
 }
 
 #[test]
 fn reads_recover_after_dropped_connections_and_a_restart() {
     let mut server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = connect(&server);
+    let remote = RemoteAccess(Arc::new(connect(&server)));
     let dir = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
-    let reader = remote.open_reader(&BackupNamespace::root(), &dir).unwrap();
-    let digests = first_chunks(&reader, "root.pxar.didx");
+    let snapshot = remote
+        .open_snapshot(&BackupNamespace::root(), &dir)
+        .unwrap();
+    let digests = first_chunks(&*snapshot, "root.pxar.didx");
+    let reader = snapshot.chunk_source();
     let local = LocalDatastore::open(&fixture_datastore()).unwrap();
     assert_eq!(
         reader.fetch_raw_chunk(&digests[0]).unwrap(),

@@ -15,12 +15,14 @@ use common::source_tree::random_bytes;
 use common::HashWriter;
 use pbsfs::format::blob::{chunk_digest, encode_blob};
 use pbsfs::format::Digest;
+use pbsfs::remote::access::RemoteAccess;
 use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteBackupSession, RemoteDatastore, Secret};
 use pbsfs::repository::RemoteRepository;
-use pbsfs::store::access::LocalSnapshot;
-use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::access::{open_index, DatastoreAccess, LocalSnapshot};
+use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 use pbsfs::store::verify::Verifier;
 
 const MIB: usize = 1024 * 1024;
@@ -176,14 +178,15 @@ fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
     );
 
     // And it reads back through the reader protocol.
-    let reader = remote.open_reader(&root, &target).unwrap();
-    let manifest = reader.read_manifest().unwrap();
+    let snapshot = RemoteAccess(Arc::new(remote))
+        .open_snapshot(&root, &target)
+        .unwrap();
     for (file, parts) in [
         ("root.pxar.didx", vec![&a, &b, &c, &a]),
         ("disk.img.fidx", vec![&zeros, &tail]),
     ] {
-        let chunks = std::sync::Arc::new(VerifyingChunkReader::new(reader.clone()));
-        let archive = reader.open_index_reader(&manifest, file, chunks).unwrap();
+        let chunks = Arc::new(VerifyingChunkReader::new(snapshot.chunk_source()));
+        let archive = open_index_reader(&*snapshot, file, chunks).unwrap();
         let mut hash = HashWriter(Sha256::new());
         archive.copy_to(&mut hash).unwrap();
         assert_eq!(hex::encode(hash.0.finalize()), sha(&parts), "{file}");
@@ -249,15 +252,12 @@ fn an_incremental_push_uploads_only_new_chunks() {
     assert_eq!(manifest.unprotected["chunk_upload_stats"]["count"], 1);
 
     // The previous snapshot's chunks are readable for change detection.
-    let index = remote
-        .read_index(
-            &root,
-            &first,
-            &remote.read_manifest(&root, &first).unwrap(),
-            "root.pxar.didx",
-        )
-        .unwrap();
-    let chunks = remote.chunk_reader();
+    let access = RemoteAccess(Arc::new(remote));
+    let previous = access.previous(&root, &first.group).unwrap();
+    assert_eq!(previous.map(|s| s.dir().clone()), Some(second.clone()));
+    let snapshot = access.open_snapshot(&root, &first).unwrap();
+    let index = open_index(&*snapshot, "root.pxar.didx").unwrap();
+    let chunks = VerifyingChunkReader::new(snapshot.chunk_source());
     let plain = chunks
         .read_chunk(&index.digests()[1], old[1].data.len() as u64)
         .unwrap();

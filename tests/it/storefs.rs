@@ -9,15 +9,20 @@ use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Result;
 use common::{datastore_dir, expected_tree, sha256_hex};
+use pbsfs::format::manifest::Manifest;
 use pbsfs::format::Digest;
-use pbsfs::snapfs::{StoreFs, StoreSource};
+use pbsfs::snapfs::StoreFs;
+use pbsfs::store::access::{
+    DatastoreAccess, LocalAccess, SnapshotAccess, SnapshotSummary, StoreDir,
+};
 use pbsfs::store::cache::ChunkCache;
-use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
-use pbsfs::store::names::BackupNamespace;
+use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use pbsfs::store::ChunkSource;
 use pbsfs_mount::{Attr, Errno, ReadOnlyFs, ROOT_INO};
 
 const DATA_SNAP: &str = "host/fixture-data/2026-11-25T08:28:43Z";
@@ -25,16 +30,74 @@ const LEGACY_SNAP: &str = "host/fixture-legacy/2026-11-25T08:28:42Z";
 const NS_SNAP: &str = "ns/team/host/fixture-ns/2026-11-25T08:29:01Z";
 const IMAGE: &str = "vm/100/2026-11-25T08:29:01Z/drive-scsi0.img";
 
-/// Counts the chunks read, to show what is (not) opened.
+/// Counts the chunks fetched from the datastore, to show what is (not) opened.
 struct Counting {
-    inner: VerifyingChunkReader,
+    store: Arc<LocalDatastore>,
     reads: AtomicUsize,
 }
 
-impl ChunkReader for Counting {
-    fn read_chunk(&self, digest: &Digest, expected_len: u64) -> Result<Arc<Vec<u8>>> {
+impl ChunkSource for Counting {
+    fn fetch_raw_chunk(&self, digest: &Digest) -> Result<Vec<u8>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_chunk(digest, expected_len)
+        self.store.fetch_raw_chunk(digest)
+    }
+}
+
+/// A local datastore whose snapshots fetch their chunks through [`Counting`].
+struct CountingAccess {
+    local: LocalAccess,
+    chunks: Arc<Counting>,
+}
+
+impl DatastoreAccess for CountingAccess {
+    fn list_namespaces(&self, parent: &BackupNamespace) -> Result<Vec<BackupNamespace>> {
+        self.local.list_namespaces(parent)
+    }
+    fn namespace_exists(&self, ns: &BackupNamespace) -> Result<bool> {
+        self.local.namespace_exists(ns)
+    }
+    fn list_groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>> {
+        self.local.list_groups(ns)
+    }
+    fn list_snapshots(
+        &self,
+        ns: &BackupNamespace,
+        group: Option<&BackupGroup>,
+    ) -> Result<Vec<SnapshotSummary>> {
+        self.local.list_snapshots(ns, group)
+    }
+    fn open_snapshot(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+    ) -> Result<Arc<dyn SnapshotAccess>> {
+        Ok(Arc::new(CountingSnapshot {
+            inner: self.local.open_snapshot(ns, dir)?,
+            chunks: self.chunks.clone(),
+        }))
+    }
+    fn dir_mtime(&self, dir: StoreDir<'_>) -> Option<SystemTime> {
+        self.local.dir_mtime(dir)
+    }
+}
+
+struct CountingSnapshot {
+    inner: Arc<dyn SnapshotAccess>,
+    chunks: Arc<Counting>,
+}
+
+impl SnapshotAccess for CountingSnapshot {
+    fn dir(&self) -> &BackupDir {
+        self.inner.dir()
+    }
+    fn manifest(&self) -> &Manifest {
+        self.inner.manifest()
+    }
+    fn read_file(&self, filename: &str) -> Result<Vec<u8>> {
+        self.inner.read_file(filename)
+    }
+    fn chunk_source(&self) -> Arc<dyn ChunkSource> {
+        self.chunks.clone()
     }
 }
 
@@ -46,18 +109,16 @@ fn store_fs() -> (StoreFs, Arc<Counting>) {
 fn store_fs_at(dir: &std::path::Path) -> (StoreFs, Arc<Counting>) {
     let store = Arc::new(LocalDatastore::open(dir).unwrap());
     let chunks = Arc::new(Counting {
-        inner: VerifyingChunkReader::new(store.clone()),
+        store: store.clone(),
         reads: AtomicUsize::new(0),
     });
-    // The cache in front counts each chunk fetched once, however often it is read.
-    let cache = Arc::new(ChunkCache::new(chunks.clone(), 64 << 20, 0));
-    let fs = StoreFs::new(
-        StoreSource::Local(store),
-        BackupNamespace::root(),
-        cache,
-        None,
-    )
-    .unwrap();
+    let access = CountingAccess {
+        local: LocalAccess(store),
+        chunks: chunks.clone(),
+    };
+    // The shared cache counts each chunk fetched once, however often it is read.
+    let cache = Arc::new(ChunkCache::shared(64 << 20, 0));
+    let fs = StoreFs::new(Arc::new(access), BackupNamespace::root(), cache, None).unwrap();
     (fs, chunks)
 }
 
@@ -422,13 +483,9 @@ fn a_snapshot_with_a_damaged_manifest_is_left_out() {
 #[test]
 fn a_namespace_can_be_the_root() {
     let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
-    let chunks = Arc::new(ChunkCache::new(
-        Arc::new(VerifyingChunkReader::new(store.clone())),
-        1 << 20,
-        0,
-    ));
+    let chunks = Arc::new(ChunkCache::shared(1 << 20, 0));
     let team = BackupNamespace::parse("team").unwrap();
-    let local = || StoreSource::Local(store.clone());
+    let local = || -> Arc<dyn DatastoreAccess> { Arc::new(LocalAccess(store.clone())) };
     let fs = StoreFs::new(local(), team, chunks.clone(), None).unwrap();
     assert_eq!(names(&fs, ""), ["host"]);
     assert!(resolve(&fs, "host/fixture-ns/2026-11-25T08:29:01Z/root.pxar/hard-a").is_ok());

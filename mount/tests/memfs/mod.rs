@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pbsfs_mount::{Attr, DirItem, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO};
+use pbsfs_mount::{
+    readdir_from, AddDirItem, Attr, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
+};
 
 enum Data {
     Dir {
@@ -222,26 +223,13 @@ impl ReadOnlyFs for MemFs {
         self.attr(ino)
     }
 
-    fn readdir(
-        &self,
-        ino: u64,
-        offset: u64,
-        add: &mut dyn FnMut(DirItem<'_>) -> ControlFlow<()>,
-    ) -> Result<(), Errno> {
+    fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         let Data::Dir { entries, .. } = &self.get(ino)?.data else {
             return Err(Errno::ENOTDIR);
         };
-        for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
-            let item = DirItem {
-                name,
-                attr: self.attr(*child)?,
-                next_offset: i as u64 + 1,
-            };
-            if add(item).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        readdir_from(entries, offset, add, |_, (name, child)| {
+            Ok((name.as_os_str(), self.attr(*child)?))
+        })
     }
 
     fn parent(&self, ino: u64) -> Option<u64> {

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pbsfs::format::index::ChunkIndex;
-use pbsfs::store::access::{open_index_reader, LocalSnapshot};
+use pbsfs::store::access::LocalSnapshot;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::open::open_index_reader;
 use pbsfs::store::range::IndexReader;
 
 /// `<fixtures>/datastore`, read-only.

@@ -66,15 +66,13 @@ pub use fixture_stream::{datastore_dir, index_reader, parse_snapshot};
 /// The archive stream `archive` (`root.pxar`, `root.mpxar`, ...) of the snapshot
 /// `snapshot_rel` (relative to the fixture datastore), read lazily through a chunk cache.
 pub fn fixture_archive(snapshot_rel: &str, archive: &str) -> Arc<dyn ReadAt> {
-    use pbsfs::store::access::{open_index_reader, LocalSnapshot};
-    use pbsfs::store::cache::ChunkCache;
-    use pbsfs::store::chunk_reader::VerifyingChunkReader;
+    use pbsfs::store::access::LocalSnapshot;
     use pbsfs::store::local::LocalDatastore;
+    use pbsfs::store::open::{open_index_reader, snapshot_chunks};
     let store = Arc::new(LocalDatastore::open(&datastore_dir()).unwrap());
     let (ns, dir) = parse_snapshot(snapshot_rel);
-    let snapshot = LocalSnapshot::open(store.clone(), &ns, &dir).unwrap();
-    let verifying = Arc::new(VerifyingChunkReader::new(store));
-    let cache = Arc::new(ChunkCache::new(verifying, 64 << 20, 0));
+    let snapshot = LocalSnapshot::open(store, &ns, &dir).unwrap();
+    let cache = snapshot_chunks(&snapshot, None, 64 << 20, 0);
     let file = format!("{archive}.didx");
     Arc::new(open_index_reader(&snapshot, &file, cache).unwrap())
 }
