@@ -11,6 +11,7 @@ pub mod fs_modes;
 pub mod local;
 pub mod local_target;
 pub mod names;
+pub mod process_lock;
 pub mod prune;
 pub mod range;
 pub mod snapshot;
