@@ -125,6 +125,21 @@ impl RepoArgs {
     }
 }
 
+/// Opens a datastore named with --repository; a directory that is none gets a hint to make
+/// one (only the default datastore is created on first use).
+pub fn open_local(path: &std::path::Path) -> Result<LocalDatastore> {
+    LocalDatastore::open(path).map_err(|err| {
+        if path.join(".chunks").exists() {
+            err
+        } else {
+            anyhow::anyhow!(
+                "{err:#}; to create a datastore there, run `pbsfs init {}`",
+                path.display()
+            )
+        }
+    })
+}
+
 /// A snapshot opened for reading, with the key its chunks need (if any).
 pub type OpenedSnapshot = (Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>);
 
@@ -165,7 +180,7 @@ impl Context {
                 if is_default && !path.join(".chunks").exists() {
                     return Ok(ctx);
                 }
-                let store = Arc::new(LocalDatastore::open(&path)?);
+                let store = Arc::new(open_local(&path)?);
                 if !store.namespace_exists(&ctx.ns) {
                     bail!(
                         "namespace '{}' does not exist in {}",

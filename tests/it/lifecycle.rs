@@ -543,3 +543,40 @@ fn changes_on_a_server_repository_are_refused_for_now() {
         );
     }
 }
+
+#[test]
+fn a_repository_that_is_no_datastore_is_refused_with_a_hint_and_init_makes_one() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let typo = dir.path().join("typo");
+    let source = tree(dir.path(), "src", &[40]);
+    for args in [vec!["snapshots"], vec!["gc"]] {
+        let out = pbsfs_local(&typo, &args);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("pbsfs init"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = push(&typo, "x", 1_700_000_000, &source);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pbsfs init"), "{}", stderr(&out));
+    assert!(!typo.exists(), "nothing was created");
+
+    ok(&common::cli::command()
+        .arg("init")
+        .arg(&typo)
+        .output()
+        .unwrap());
+    assert!(typo.join(".chunks/ffff").is_dir());
+    let again = common::cli::command()
+        .arg("init")
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "init of an existing datastore says so"
+    );
+    ok(&push(&typo, "x", 1_700_000_000, &source));
+}
