@@ -89,7 +89,12 @@ pub fn run_forget(args: &ForgetArgs, repo: &RepoArgs) -> Result<()> {
         match result {
             Ok(dir) => outln!("removed {dir}"),
             Err(err) => {
-                eprintln!("error: {spec}: {err:#}");
+                let hint = if format!("{err}").contains("is protected") {
+                    format!(" (pbsfs protect --off {spec})")
+                } else {
+                    String::new()
+                };
+                eprintln!("error: {spec}: {err:#}{hint}");
                 failed += 1;
             }
         }

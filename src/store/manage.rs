@@ -56,9 +56,7 @@ pub fn is_protected(store: &LocalDatastore, ns: &BackupNamespace, dir: &BackupDi
 pub fn forget(store: &LocalDatastore, ns: &BackupNamespace, dir: &BackupDir) -> Result<()> {
     let _lock = lock_snapshot(store, ns, dir)?;
     if is_protected(store, ns, dir) {
-        bail!(
-            "snapshot {dir} is protected; remove the protection first (pbsfs protect --off {dir})"
-        );
+        bail!("snapshot {dir} is protected; remove its protection first");
     }
     let path = store.snapshot_path(ns, dir);
     fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
