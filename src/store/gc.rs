@@ -118,7 +118,7 @@ pub fn collect(
     let chunks_dir = store.root().join(".chunks");
     if !options.dry_run {
         progress(GcProgress::CheckingAtime);
-        check_atime_updates(&chunks_dir)?;
+        check_atime_updates(&chunks_dir, &touch_atime)?;
     }
     let mut min_atime = start - options.cutoff.as_secs() as i64;
     if oldest_writer < min_atime {
@@ -298,9 +298,9 @@ pub(crate) fn touch_atime(path: &Path) -> Result<bool> {
     Err(err).with_context(|| format!("cannot update the access time of {}", path.display()))
 }
 
-/// Refuses a file system on which setting the atime does not work: gc would remove chunks
-/// still in use.
-fn check_atime_updates(chunks_dir: &Path) -> Result<()> {
+/// Refuses a file system on which setting the atime (with `touch`) does not work: gc would
+/// remove chunks still in use.
+fn check_atime_updates(chunks_dir: &Path, touch: &dyn Fn(&Path) -> Result<bool>) -> Result<()> {
     let zero = "0".repeat(64);
     let random: u64 = rand::random();
     let tmp = chunk_tmp::create(&chunks_dir.join("0000"), &zero, &format!("atime{random:x}"))
@@ -309,7 +309,7 @@ fn check_atime_updates(chunks_dir: &Path) -> Result<()> {
         // Past the kernel's timestamp granularity.
         std::thread::sleep(Duration::from_secs(1));
         let before = fs::metadata(&tmp.path)?;
-        touch_atime(&tmp.path)?;
+        touch(&tmp.path)?;
         let after = fs::metadata(&tmp.path)?;
         if before.ino() != after.ino() {
             bail!("the test file changed during the check");
@@ -443,4 +443,50 @@ fn sweep(
     }
     progress(GcProgress::Sweeping { percent: 100 });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_a_chunk_directory_are_told_apart() {
+        let digest = "ab".repeat(32);
+        assert!(matches!(classify(&digest), ChunkName::Chunk(d) if d == digest));
+        assert!(matches!(
+            classify(&format!("{digest}.3.bad")),
+            ChunkName::Bad(_)
+        ));
+        assert!(matches!(
+            classify(&format!("{digest}.tmp_pbsfs_x1")),
+            ChunkName::Tmp
+        ));
+        assert!(matches!(
+            classify(&format!("{digest}.tmp_AbC123")),
+            ChunkName::Tmp
+        ));
+        for other in [
+            &digest[..63],
+            &format!("{digest}.10.bad"),
+            &format!("{digest}x"),
+            "zz",
+        ] {
+            assert!(matches!(classify(other), ChunkName::Other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_file_system_that_ignores_atime_updates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("0000")).unwrap();
+        check_atime_updates(dir.path(), &touch_atime).unwrap();
+        let ignored = |_: &Path| -> Result<bool> { Ok(true) };
+        let err = check_atime_updates(dir.path(), &ignored).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("does not update access times"),
+            "{err:#}"
+        );
+        // The test file is gone either way.
+        assert_eq!(fs::read_dir(dir.path().join("0000")).unwrap().count(), 0);
+    }
 }

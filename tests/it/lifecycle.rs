@@ -189,6 +189,24 @@ fn gc_removes_exactly_the_chunks_no_index_refers_to() {
 }
 
 #[test]
+fn a_push_that_finds_its_chunks_present_refreshes_their_atime() {
+    let (dir, store) = new_store();
+    let root = store.root();
+    let source = tree(dir.path(), "src", &[50, 51]);
+    ok(&push(root, "t", 1_700_000_000, &source));
+    age_all_chunks(root);
+    // The same data in another group (nothing to reuse from a previous snapshot): every
+    // chunk is inserted again, finds itself present, and must look used now.
+    let out = push(root, "other", 1_700_000_060, &source);
+    ok(&out);
+    use std::os::unix::fs::MetadataExt;
+    for name in chunk_files(root) {
+        let meta = std::fs::metadata(root.join(".chunks").join(&name[..4]).join(&name)).unwrap();
+        assert!(meta.atime() > now() - 3600, "{name} keeps its old atime");
+    }
+}
+
+#[test]
 fn gc_in_another_process_is_refused_while_a_writer_runs() {
     let (_dir, store) = new_store();
     // A writer of this process holds the shared lock: a gc in another process must wait.
