@@ -170,7 +170,8 @@ pub fn prune_group(
     options: &KeepOptions,
     dry_run: bool,
 ) -> Result<(Vec<PruneItem>, Vec<anyhow::Error>)> {
-    let entries = store.list_group_snapshots(ns, group)?;
+    // Through the listing that says when the namespace or group does not exist.
+    let entries = store.list_snapshots(ns, Some(group))?;
     let candidates: Vec<PruneCandidate> = entries
         .iter()
         .map(|entry| PruneCandidate {

@@ -492,6 +492,10 @@ fn prune_prints_what_the_official_client_prints_and_counts_local_days() {
         ["host/p/2020-05-01T23:30:00Z", "host/p/2020-05-02T12:00:00Z"]
     );
 
+    let out = pbsfs_local(root, &["prune", "host/none", "--keep-last", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+
     // In a namespace, each item names it, as the server's answer does.
     ok(&pbsfs_local(root, &["namespaces", "--create", "team"]));
     let team = BackupNamespace::parse("team").unwrap();
