@@ -11,7 +11,8 @@ use pbsfs::format::manifest::CryptMode;
 use pbsfs::remote::access::RemoteAccess;
 use pbsfs::remote::{ConnectOptions, RemoteDatastore};
 use pbsfs::repository::Repository;
-use pbsfs::store::access::{DatastoreAccess, LocalAccess, SnapshotAccess};
+use pbsfs::store::access::{LocalAccess, SnapshotAccess};
+use pbsfs::store::admin::DatastoreAdmin;
 use pbsfs::store::local::{LocalDatastore, SnapshotEntry};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::snapshot::resolve_snapshot;
@@ -102,13 +103,28 @@ impl RepoArgs {
     }
 }
 
+/// Opens a datastore named with --repository; a directory that is none gets a hint to make
+/// one (only the default datastore is created on first use).
+pub fn open_local(path: &std::path::Path) -> Result<LocalDatastore> {
+    LocalDatastore::open(path).map_err(|err| {
+        if path.join(".chunks").exists() {
+            err
+        } else {
+            anyhow::anyhow!(
+                "{err:#}; to create a datastore there, run `pbsfs init {}`",
+                path.display()
+            )
+        }
+    })
+}
+
 /// A snapshot opened for reading, with the key its chunks need (if any).
 pub type OpenedSnapshot = (Arc<dyn SnapshotAccess>, Option<Arc<CryptConfig>>);
 
 /// The selected datastore, opened.
 pub struct Context {
     /// Reading access, local or remote; None while the default datastore does not exist.
-    pub access: Option<Arc<dyn DatastoreAccess>>,
+    pub access: Option<Arc<dyn DatastoreAdmin>>,
     /// What the user selected, for messages.
     pub location: String,
     pub ns: BackupNamespace,
@@ -139,7 +155,7 @@ impl Context {
                 if is_default && !path.join(".chunks").exists() {
                     return Ok(ctx);
                 }
-                let store = Arc::new(LocalDatastore::open(&path)?);
+                let store = Arc::new(open_local(&path)?);
                 if !store.namespace_exists(&ctx.ns) {
                     bail!(
                         "namespace '{}' does not exist in {}",
@@ -159,7 +175,7 @@ impl Context {
     }
 
     /// The datastore, or an error explaining that the default one is still empty.
-    pub fn access(&self) -> Result<&Arc<dyn DatastoreAccess>> {
+    pub fn access(&self) -> Result<&Arc<dyn DatastoreAdmin>> {
         self.access.as_ref().with_context(|| {
             format!(
                 "the default datastore {} does not exist yet (it is created by the first \

@@ -10,12 +10,15 @@ macro_rules! outln {
 
 pub mod context;
 pub mod files;
+pub mod gc;
 pub mod helper;
 pub mod key;
 pub mod keys;
 pub mod logging;
+pub mod manage;
 pub mod mount;
 pub mod output;
+pub mod prune;
 pub mod push;
 pub mod restore;
 pub mod snapshots;
@@ -65,6 +68,20 @@ pub enum Command {
     /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
     /// Exits non-zero when anything is wrong.
     Verify(verify::VerifyArgs),
+    /// Create a local datastore (PATH, else --repository, else the default one).
+    Init(manage::InitArgs),
+    /// Remove snapshots from a local datastore (protected ones are refused).
+    Forget(manage::ForgetArgs),
+    /// Remove the snapshots of a group (or of every group, --all) that the --keep-* options
+    /// do not keep, exactly as PBS decides.
+    Prune(prune::PruneArgs),
+    /// Protect a snapshot from forget and prune (--off: remove the protection).
+    Protect(manage::ProtectArgs),
+    /// Show a snapshot's notes, or set them (--set TEXT, --set - for stdin).
+    Notes(manage::NotesArgs),
+    /// Garbage collection: remove the chunks no snapshot uses any more (PBS's algorithm: a
+    /// chunk unused for more than a day is removed).
+    Gc(gc::GcArgs),
 }
 
 /// How a command that did not fail ended.
@@ -101,6 +118,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),
+        Command::Init(args) => manage::run_init(&args, repo),
+        Command::Forget(args) => manage::run_forget(&args, repo),
+        Command::Prune(args) => prune::run(&args, repo),
+        Command::Protect(args) => manage::run_protect(&args, repo),
+        Command::Notes(args) => manage::run_notes(&args, repo),
+        Command::Gc(args) => gc::run(&args, repo, cli.log.quiet),
     };
     done.map(|()| Outcome::Done)
 }

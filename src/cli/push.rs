@@ -223,7 +223,12 @@ fn protection(requested: Option<CryptModeArg>, repo: &RepoArgs, quiet: bool) -> 
 /// `Context::open`), or a local directory, created on first use.
 fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn BackupTarget>> {
     let location = match repo.selected()? {
-        Some(Repository::Local(path)) => path,
+        // Only the default datastore is made on first use: a typo must not make 258 MiB.
+        Some(Repository::Local(path)) => {
+            return Ok(Arc::new(LocalTarget::new(Arc::new(
+                super::context::open_local(&path)?,
+            ))))
+        }
         Some(Repository::Remote(remote)) => {
             let options = ConnectOptions::from_env(&remote, repo.fingerprint.as_deref())?;
             let store = RemoteDatastore::connect(&remote, options)?;
@@ -231,13 +236,13 @@ fn open_store(repo: &RepoArgs, quiet: bool) -> Result<Arc<dyn BackupTarget>> {
         }
         None => Repository::default_local()?,
     };
-    Ok(Arc::new(LocalTarget::new(open_or_create_local(
+    Ok(Arc::new(LocalTarget::new(open_or_create_default(
         &location, quiet,
     )?)))
 }
 
-/// Opens a local datastore, creating it on first use.
-fn open_or_create_local(location: &std::path::Path, quiet: bool) -> Result<Arc<LocalDatastore>> {
+/// Opens the default datastore, creating it on first use.
+fn open_or_create_default(location: &std::path::Path, quiet: bool) -> Result<Arc<LocalDatastore>> {
     if location.join(".chunks").is_dir() {
         return Ok(Arc::new(LocalDatastore::open(location)?));
     }

@@ -30,10 +30,13 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
         eprintln!("(the default datastore {} is still empty)", ctx.location);
     }
 
+    // The notes' first line, PBS's "comment".
+    let comments: Vec<Option<String>> = rows.iter().map(|s| s.comment.clone()).collect();
     if ctx.output.is_json() {
         let list: Vec<_> = rows
             .iter()
-            .map(|summary| {
+            .zip(&comments)
+            .map(|(summary, comment)| {
                 let entry = &summary.entry;
                 json!({
                     "backup-type": entry.dir.group.backup_type.as_str(),
@@ -44,17 +47,27 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
                     "size": entry.damaged.is_none().then_some(summary.size),
                     "protected": entry.protected,
                     "damaged": entry.damaged,
+                    "comment": comment,
                 })
             })
             .collect();
         ctx.output.print_json(&json!(list));
         return Ok(());
     }
-    let mut table = Table::new(&["snapshot", "size", "files"]).align_right(1);
-    for summary in &rows {
+    let mut table =
+        Table::new(&["snapshot", "size", "files", "protected", "comment"]).align_right(1);
+    for (summary, comment) in rows.iter().zip(&comments) {
         let name = summary.entry.dir.to_string();
+        let protected = if summary.entry.protected { "yes" } else { "" }.to_string();
+        let comment = comment.clone().unwrap_or_default();
         if let Some(reason) = &summary.entry.damaged {
-            table.push(vec![name, "-".into(), format!("DAMAGED: {reason}")]);
+            table.push(vec![
+                name,
+                "-".into(),
+                format!("DAMAGED: {reason}"),
+                protected,
+                comment,
+            ]);
             continue;
         }
         let short: Vec<&str> = summary
@@ -67,17 +80,41 @@ pub fn run(args: &SnapshotsArgs, repo: &RepoArgs) -> Result<()> {
                     .unwrap_or(f)
             })
             .collect();
-        table.push(vec![name, human_size(summary.size), short.join(" ")]);
+        table.push(vec![
+            name,
+            human_size(summary.size),
+            short.join(" "),
+            protected,
+            comment,
+        ]);
     }
     table.print();
     Ok(())
 }
 
 #[derive(Args, Debug)]
-pub struct NamespacesArgs {}
+pub struct NamespacesArgs {
+    /// Create namespace NS (below --ns) in a local datastore.
+    #[arg(long, value_name = "NS")]
+    pub create: Option<String>,
+    /// Delete namespace NS (below --ns); only an empty one unless --recursive.
+    #[arg(long, value_name = "NS")]
+    pub delete: Option<String>,
+    /// With --delete: also every snapshot and namespace in it.
+    #[arg(long, requires = "delete")]
+    pub recursive: bool,
+}
 
 /// Lists the selected namespace and every namespace below it.
-pub fn run_namespaces(_args: &NamespacesArgs, repo: &RepoArgs) -> Result<()> {
+pub fn run_namespaces(args: &NamespacesArgs, repo: &RepoArgs) -> Result<()> {
+    if args.create.is_some() || args.delete.is_some() {
+        return super::manage::run_namespace_change(
+            args.create.as_deref(),
+            args.delete.as_deref(),
+            args.recursive,
+            repo,
+        );
+    }
     let ctx = Context::open(repo)?;
     let list: Vec<BackupNamespace> = match &ctx.access {
         Some(access) => access.list_namespaces(&ctx.ns)?,

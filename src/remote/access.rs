@@ -8,9 +8,20 @@ use anyhow::Result;
 use super::{RemoteDatastore, RemoteReader};
 use crate::format::manifest::Manifest;
 use crate::store::access::{DatastoreAccess, SnapshotAccess, SnapshotSummary};
+use crate::store::admin::DatastoreAdmin;
+use crate::store::gc::{GcOptions, GcProgress, GcReport};
 use crate::store::local::MANIFEST_BLOB_NAME;
+use crate::store::manage::PruneItem;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::store::prune::KeepOptions;
 use crate::store::ChunkSource;
+
+fn not_yet<T>(command: &str) -> Result<T> {
+    anyhow::bail!(
+        "`pbsfs {command}` is not supported on a server yet; it works on a local datastore \
+         (--repository PATH)"
+    )
+}
 
 pub struct RemoteAccess(pub Arc<RemoteDatastore>);
 
@@ -76,6 +87,7 @@ fn summary(snapshot: super::datastore::RemoteSnapshot) -> SnapshotSummary {
         snapshot.entry,
         files.map(|f| (f.filename, f.size.unwrap_or(0))),
     )
+    .with_notes(snapshot.comment.as_deref().unwrap_or(""))
 }
 
 /// A snapshot read through one reader-protocol session.
@@ -96,5 +108,39 @@ impl SnapshotAccess for RemoteSnapshot {
     }
     fn chunk_source(&self) -> Arc<dyn ChunkSource> {
         self.reader.clone()
+    }
+}
+
+// The admin API calls come next (issue 15); until then a server refuses clearly.
+impl DatastoreAdmin for RemoteAccess {
+    fn forget(&self, _: &BackupNamespace, _: &BackupDir) -> Result<()> {
+        not_yet("forget")
+    }
+    fn set_protected(&self, _: &BackupNamespace, _: &BackupDir, _: bool) -> Result<()> {
+        not_yet("protect")
+    }
+    fn notes(&self, _: &BackupNamespace, _: &BackupDir) -> Result<String> {
+        not_yet("notes")
+    }
+    fn set_notes(&self, _: &BackupNamespace, _: &BackupDir, _: &str) -> Result<()> {
+        not_yet("notes")
+    }
+    fn prune_group(
+        &self,
+        _: &BackupNamespace,
+        _: &BackupGroup,
+        _: &KeepOptions,
+        _: bool,
+    ) -> Result<(Vec<PruneItem>, Vec<anyhow::Error>)> {
+        not_yet("prune")
+    }
+    fn create_namespace(&self, _: &BackupNamespace) -> Result<()> {
+        not_yet("namespaces --create")
+    }
+    fn delete_namespace(&self, _: &BackupNamespace, _: bool) -> Result<()> {
+        not_yet("namespaces --delete")
+    }
+    fn collect_garbage(&self, _: &GcOptions, _: &mut dyn FnMut(GcProgress)) -> Result<GcReport> {
+        not_yet("gc")
     }
 }

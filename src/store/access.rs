@@ -10,6 +10,7 @@ use anyhow::Result;
 
 use super::archive::{check_blob, check_index};
 use super::local::{LocalDatastore, SnapshotEntry, MANIFEST_BLOB_NAME};
+use super::manage;
 use super::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
 use super::writer::backup_running;
 use super::ChunkSource;
@@ -27,6 +28,8 @@ pub struct SnapshotSummary {
     /// File names (readable snapshots; empty otherwise).
     pub files: Vec<String>,
     pub size: u64,
+    /// The first line of the snapshot's notes (PBS's "comment"), if it has any.
+    pub comment: Option<String>,
 }
 
 impl SnapshotSummary {
@@ -37,7 +40,18 @@ impl SnapshotSummary {
             entry,
             files,
             size: sizes.iter().sum(),
+            comment: None,
         }
+    }
+
+    /// The same with the comment taken from `notes` (None when they are empty).
+    pub fn with_notes(mut self, notes: &str) -> Self {
+        self.comment = notes
+            .lines()
+            .next()
+            .filter(|line| !line.is_empty())
+            .map(str::to_string);
+        self
     }
 }
 
@@ -233,9 +247,13 @@ impl DatastoreAccess for LocalAccess {
             .0
             .list_snapshots_with_manifests(ns, group)?
             .into_iter()
-            .map(|(entry, manifest)| {
-                let files = manifest.map(|m| m.files).unwrap_or_default();
-                SnapshotSummary::new(entry, files.into_iter().map(|f| (f.filename, f.size)))
+            .map(|(entry, manifest)| match manifest {
+                Some(manifest) => {
+                    let notes = manage::notes_of(&manifest.unprotected);
+                    let files = manifest.files.into_iter().map(|f| (f.filename, f.size));
+                    SnapshotSummary::new(entry, files).with_notes(&notes)
+                }
+                None => SnapshotSummary::new(entry, []),
             })
             .collect())
     }

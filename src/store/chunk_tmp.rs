@@ -46,7 +46,7 @@ pub fn create(prefix_dir: &Path, hex_digest: &str, random: &str) -> io::Result<T
 }
 
 /// Whether `name` is a temporary chunk file (of any writer).
-fn is_tmp_name(name: &str) -> bool {
+pub(super) fn is_tmp_name(name: &str) -> bool {
     name.len() > 64
         && name.as_bytes()[..64].iter().all(u8::is_ascii_hexdigit)
         && name[64..].starts_with(TMP_MARK)
@@ -54,7 +54,7 @@ fn is_tmp_name(name: &str) -> bool {
 
 /// Removes `path` if it is a leftover: ours and unlocked, or another writer's and old.
 /// Returns whether it was removed.
-fn remove_if_abandoned(path: &Path, name: &str, now: SystemTime) -> io::Result<bool> {
+pub(super) fn remove_if_abandoned(path: &Path, name: &str, now: SystemTime) -> io::Result<bool> {
     if name[64..].starts_with(OWN_TMP_MARK) {
         let file = match File::open(path) {
             Ok(file) => file,

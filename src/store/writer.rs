@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use super::fs_modes;
 use super::local::{LocalDatastore, MANIFEST_BLOB_NAME};
 use super::names::{is_safe_id, BackupDir, BackupGroup, BackupNamespace};
+use super::process_lock::{self, WriterLock};
 use crate::format::manifest::{FileInfo, Manifest};
 use crate::format::Digest;
 
@@ -26,7 +27,7 @@ pub struct SnapshotWriter {
     files: Vec<FileInfo>,
     finished: bool,
     _group_lock: File,
-    _store_lock: File,
+    _store_lock: WriterLock,
 }
 
 /// A file being written under a temporary name in the snapshot directory.
@@ -52,7 +53,7 @@ impl SnapshotWriter {
                 store.root().display()
             );
         }
-        let store_lock = lock_store_shared(store.root())?;
+        let store_lock = process_lock::lock_writer(store.root())?;
         let group_path = store.group_path(ns, &dir.group);
         fs_modes::create_dir_below(&store.namespace_path(ns), &group_path, fs_modes::DIR_MODE)
             .with_context(|| format!("cannot create {}", group_path.display()))?;
@@ -264,28 +265,6 @@ fn is_auth_id(text: &str) -> bool {
         Some((realm, token)) => valid(user) && valid(realm) && valid(token),
         None => valid(user) && valid(rest),
     }
-}
-
-/// The shared fcntl lock PBS backup sessions hold on `<root>/.lock` (garbage collection takes
-/// it exclusively). Kept open for the writer's lifetime.
-fn lock_store_shared(root: &Path) -> Result<File> {
-    let path = root.join(".lock");
-    let file = fs_modes::open_or_create_file(&path, fs_modes::FILE_MODE)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let lock = libc::flock {
-        l_type: libc::F_RDLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } != 0 {
-        bail!(
-            "datastore {} is busy (garbage collection running?)",
-            root.display()
-        );
-    }
-    Ok(file)
 }
 
 /// Flushes everything written to the file system holding `path` (syncfs(2)).

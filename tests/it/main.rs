@@ -11,6 +11,7 @@ mod cli_fixtures;
 mod crypto_cli;
 mod crypto_fixtures;
 mod format_fixtures;
+mod lifecycle;
 mod mount_fixtures;
 mod push_encrypted;
 mod push_fixtures;

@@ -356,7 +356,21 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
     small_tree(&tree);
     for umask in ["000", "077"] {
         let store = dir.path().join(format!("ds-{umask}"));
-        // Twice: the first push creates the datastore and the group, the second adds to them.
+        let init = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$@\""))
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_pbsfs"))
+            .arg("init")
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        // Twice: the first push creates the group, the second adds to it.
         for id in ["a", "a"] {
             let output = Command::new("sh")
                 .arg("-c")

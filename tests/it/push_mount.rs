@@ -22,6 +22,7 @@ fn datastore() -> &'static Path {
         .get_or_init(|| {
             let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
             let path = dir.path().join("ds");
+            pbsfs::store::local::LocalDatastore::create(&path).unwrap();
             (dir, path)
         })
         .1

@@ -41,6 +41,7 @@ impl ChunkReader for Recording {
 /// Pushes `tree` into a new datastore under `dir` and opens the snapshot's filesystem.
 fn push_and_open(dir: &Path, tree: &Path) -> (Arc<dyn ReadOnlyFs>, Arc<Recording>) {
     let ds = dir.join("ds");
+    LocalDatastore::create(&ds).unwrap();
     let source = format!("tree.pxar:{}", tree.display());
     ok(&pbsfs_local(
         &ds,

@@ -1,0 +1,108 @@
+//! `pbsfs gc`: garbage collection of a local datastore (`store::gc`).
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use pbsfs::store::gc::{GcOptions, GcProgress};
+use pbsfs::store::time::epoch_to_rfc3339;
+
+use super::context::{Context, RepoArgs};
+use super::output::human_size;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Only report what would be removed (no lock, no change).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
+    let ctx = Context::open(repo)?;
+    let store = ctx.access()?;
+    let options = GcOptions {
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let show = !quiet && std::io::stderr().is_terminal();
+    let mut last = String::new();
+    let mut progress = |step: GcProgress| {
+        if !show {
+            return;
+        }
+        let line = match step {
+            GcProgress::CheckingAtime => "checking access time updates".to_string(),
+            GcProgress::Marking { done, total } => {
+                format!("phase 1: marking chunks of {done}/{total} index files")
+            }
+            GcProgress::Sweeping { percent } => format!("phase 2: sweeping {percent}%"),
+        };
+        if line != last {
+            eprint!("\r\x1b[K{line}");
+            let _ = std::io::stderr().flush();
+            last = line;
+        }
+    };
+    let result = store.collect_garbage(&options, &mut progress);
+    if show {
+        eprint!("\r\x1b[K");
+    }
+    let report = result?;
+    if ctx.output.is_json() {
+        ctx.output.print_json(&json!({
+            "dry-run": report.dry_run,
+            "min-atime": report.min_atime,
+            "index-file-count": report.index_files,
+            "missing-chunks": report.missing_chunks,
+            "removed-chunks": report.removed_chunks,
+            "removed-bytes": report.removed_bytes,
+            "removed-bad": report.removed_bad,
+            "still-bad": report.still_bad,
+            "removed-tmp-files": report.removed_tmp_files,
+            "pending-chunks": report.pending_chunks,
+            "pending-bytes": report.pending_bytes,
+            "disk-chunks": report.kept_chunks,
+            "disk-bytes": report.kept_bytes,
+            "seconds": report.elapsed.as_secs_f64(),
+        }));
+        return Ok(());
+    }
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    outln!(
+        "{verb} {} chunks ({}), {} bad chunks, {} temporary files",
+        report.removed_chunks,
+        human_size(report.removed_bytes),
+        report.removed_bad,
+        report.removed_tmp_files
+    );
+    outln!(
+        "kept {} chunks too young to remove ({}; not used now, older than the cutoff {} next \
+         time)",
+        report.pending_chunks,
+        human_size(report.pending_bytes),
+        epoch_to_rfc3339(report.min_atime).unwrap_or_default()
+    );
+    outln!(
+        "in use: {} chunks ({}) of {} index files",
+        report.kept_chunks,
+        human_size(report.kept_bytes),
+        report.index_files
+    );
+    if report.missing_chunks > 0 {
+        outln!(
+            "WARNING: {} chunks referenced by an index are missing (run `pbsfs verify`)",
+            report.missing_chunks
+        );
+    }
+    if report.still_bad > 0 {
+        outln!("{} bad chunks kept", report.still_bad);
+    }
+    outln!("took {:.1} s", report.elapsed.as_secs_f64());
+    Ok(())
+}

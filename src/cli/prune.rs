@@ -1,0 +1,112 @@
+//! `pbsfs prune GROUP|--all`: PBS's retention on a local datastore.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+
+use pbsfs::store::manage::PruneItem;
+use pbsfs::store::names::BackupGroup;
+use pbsfs::store::prune::KeepOptions;
+use pbsfs::store::time::epoch_to_rfc3339;
+
+use super::context::{Context, RepoArgs};
+use super::output::Table;
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Backup group, e.g. `host/myhost` (or --all).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub group: Option<String>,
+    /// Every group of the namespace.
+    #[arg(long)]
+    pub all: bool,
+    /// Keep the last N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u64>,
+    /// Keep the newest snapshot of each of the last N hours (that have one).
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u64>,
+    /// Keep the newest snapshot of each of the last N days (that have one).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks (that have one).
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u64>,
+    /// Keep the newest snapshot of each of the last N months (that have one).
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u64>,
+    /// Keep the newest snapshot of each of the last N years (that have one).
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u64>,
+    /// Only show what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(args: &PruneArgs, repo: &RepoArgs) -> Result<()> {
+    let ctx = Context::open(repo)?;
+    let store = ctx.access()?;
+    let options = KeepOptions {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+    };
+    let groups = match &args.group {
+        Some(group) => vec![BackupGroup::parse(group)?],
+        None => store.list_groups(&ctx.ns)?,
+    };
+    let mut items: Vec<PruneItem> = Vec::new();
+    let mut errors = Vec::new();
+    for group in &groups {
+        let (group_items, group_errors) =
+            store.prune_group(&ctx.ns, group, &options, args.dry_run)?;
+        items.extend(group_items);
+        errors.extend(group_errors);
+    }
+    if ctx.output.is_json() {
+        // What `proxmox-backup-client prune --output-format json` prints: the server's list.
+        let list: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let dir = &item.entry.dir;
+                let mut value = json!({
+                    "backup-type": dir.group.backup_type.as_str(),
+                    "backup-id": dir.group.backup_id,
+                    "backup-time": dir.time,
+                    "keep": item.mark.keep(),
+                    "protected": item.mark.protected(),
+                });
+                if !ctx.ns.is_root() {
+                    value["ns"] = json!(ctx.ns.to_string());
+                }
+                value
+            })
+            .collect();
+        ctx.output.print_json(&json!(list));
+    } else {
+        let mut table = Table::new(&["snapshot", "date", "action", "reason"]);
+        for item in &items {
+            let dir = &item.entry.dir;
+            table.push(vec![
+                dir.to_string(),
+                epoch_to_rfc3339(dir.time).unwrap_or_default(),
+                if item.mark.keep() { "keep" } else { "remove" }.to_string(),
+                item.mark.reason().to_string(),
+            ]);
+        }
+        table.print();
+        if args.dry_run {
+            eprintln!("(dry run: nothing was removed)");
+        }
+    }
+    for err in &errors {
+        eprintln!("error: {err:#}");
+    }
+    if !errors.is_empty() {
+        bail!("{} snapshots could not be removed", errors.len());
+    }
+    Ok(())
+}
