@@ -16,8 +16,13 @@ SIZE_MIB=${1:-2048}
 WORK=${2:-target/bench-push}
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-BIN=$PWD/target/release/pbsfs
+# BENCH_BIN=PATH measures that pbsfs binary instead of this tree's build.
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+else
+    cargo build --release --quiet
+    BIN=$PWD/target/release/pbsfs
+fi
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
