@@ -26,6 +26,16 @@ fn remote_error(err: &anyhow::Error) -> &RemoteError {
         .unwrap_or_else(|| panic!("not a RemoteError: {err:#}"))
 }
 
+/// Connecting with `options` fails on the certificate; the error shows the server's
+/// fingerprint.
+fn certificate_error(server: &TestServer, options: ConnectOptions) -> anyhow::Error {
+    let err = RemoteDatastore::connect(&server.repository(&server.config.token_id), options)
+        .err()
+        .expect("must fail");
+    assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
+    err
+}
+
 #[test]
 fn listing_matches_the_local_store() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
@@ -242,25 +252,19 @@ fn a_wrong_fingerprint_is_refused_and_the_real_one_shown() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
     let mut options = server.token_options();
     options.fingerprint = Some(Fingerprint([0x11; 32]));
-    let err = RemoteDatastore::connect(&server.repository(&server.config.token_id), options)
-        .err()
-        .expect("must fail");
+    let err = certificate_error(&server, options);
     assert!(
         matches!(remote_error(&err), RemoteError::FingerprintMismatch { .. }),
         "{err:#}"
     );
-    assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
     // Without a pin, the self-signed certificate is untrusted; its fingerprint is shown.
     let mut options = server.token_options();
     options.fingerprint = None;
-    let err = RemoteDatastore::connect(&server.repository(&server.config.token_id), options)
-        .err()
-        .expect("must fail");
+    let err = certificate_error(&server, options);
     assert!(
         matches!(remote_error(&err), RemoteError::UntrustedCertificate { .. }),
         "{err:#}"
     );
-    assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
     assert_eq!(server.logins(), 0);
 }
 
