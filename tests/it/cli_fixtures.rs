@@ -160,7 +160,7 @@ fn restore_to_stdout_gives_the_official_archive_bytes() {
         let out = on(&store, &["--ns", ns, "restore", snapshot, archive, "-"]);
         let data = ok(&out);
         assert_eq!(
-            hex::encode(Sha256::digest(&data)),
+            hex::encode(Sha256::digest(data)),
             sha,
             "{snapshot} {archive}"
         );
