@@ -1,6 +1,7 @@
-//! The process allocator: glibc for everything small, and for big buffers (decoded chunks,
-//! raw chunk files, pipeline blocks; 1 MiB and up) a private mapping each, backed by
-//! transparent huge pages, with freed mappings kept for reuse.
+//! The program's allocator (a module of the binary, installed in `main.rs`): glibc for
+//! everything small, and for big buffers (decoded chunks, raw chunk files, pipeline blocks;
+//! 1 MiB and up) a private mapping each, backed by transparent huge pages, with freed
+//! mappings kept for reuse.
 //!
 //! Why: a mount or a push moves every byte through freshly allocated multi-MiB buffers. In
 //! glibc's own mappings each 4 KiB page faults on first touch and the kernel zeroes it;

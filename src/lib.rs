@@ -3,7 +3,6 @@
 //! Layers (see ARCHITECTURE.md): `format` (pure codecs) → `pxar` (archive format) →
 //! `store` (datastores, chunk sources, range reader) → `cli`.
 
-pub mod alloc;
 pub mod backup;
 pub mod format;
 pub mod pxar;
@@ -11,9 +10,3 @@ pub mod remote;
 pub mod repository;
 pub mod snapfs;
 pub mod store;
-
-/// Unit tests run on the allocator the program uses: big buffers are page-aligned
-/// mappings, which direct chunk reads rely on.
-#[cfg(test)]
-#[global_allocator]
-static TEST_ALLOCATOR: alloc::BigBufferAlloc = alloc::BigBufferAlloc;

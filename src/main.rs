@@ -1,10 +1,12 @@
+mod alloc;
 mod cli;
 
 use clap::Parser;
 
-/// Big buffers (1 MiB and up) come from their own huge-page mappings (see `pbsfs::alloc`).
+/// Big buffers (1 MiB and up) come from their own huge-page mappings (see `alloc`): the
+/// program's choice, so the library and its tests run on whatever allocator they get.
 #[global_allocator]
-static ALLOCATOR: pbsfs::alloc::BigBufferAlloc = pbsfs::alloc::BigBufferAlloc;
+static ALLOCATOR: alloc::BigBufferAlloc = alloc::BigBufferAlloc;
 
 /// Below 1 MiB glibc serves allocations. A fixed mmap threshold keeps its adaptive one from
 /// moving mid-size buffers into per-thread heaps that never shrink, and few arenas keep the

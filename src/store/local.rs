@@ -448,10 +448,6 @@ const DIRECT_READ_MIN: u64 = 1 << 20;
 /// memory. `None` where direct I/O is not possible (file system, alignment); the caller
 /// then reads through the page cache.
 fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
-    // Direct I/O wants the buffer, offsets and lengths aligned to the device's logical
-    // block size. A page is a multiple of it almost everywhere, and big buffers are
-    // page-aligned mappings (crate::alloc); anything else is refused with EINVAL.
-    const BLOCK: usize = 4096;
     let file = match fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -461,40 +457,86 @@ fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
         Err(err) => return Err(err),
     };
-    let padded = len.div_ceil(BLOCK) * BLOCK;
-    let mut raw: Vec<u8> = Vec::with_capacity(padded);
-    if !(raw.as_ptr() as usize).is_multiple_of(BLOCK) {
-        return Ok(None);
-    }
-    let mut done = 0;
-    while done < padded {
-        // SAFETY: reads into the vector's own spare capacity, `padded - done` bytes of it.
+    let mut buffer = AlignedRead::new(len);
+    loop {
+        let spare = buffer.spare();
+        if spare.is_empty() {
+            break;
+        }
+        // SAFETY: reads into the buffer's own spare capacity, `spare.len()` bytes of it.
         let n = unsafe {
             libc::read(
                 file.as_raw_fd(),
-                raw.as_mut_ptr().add(done) as *mut libc::c_void,
-                padded - done,
+                spare.as_mut_ptr() as *mut libc::c_void,
+                spare.len(),
             )
         };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EINVAL) if done == 0 => return Ok(None),
+                Some(libc::EINVAL) if buffer.done == 0 => return Ok(None),
                 _ => return Err(err),
             }
         }
         if n == 0 {
             break;
         }
-        done += n as usize;
-        if !done.is_multiple_of(BLOCK) {
+        buffer.done += n as usize;
+        if !buffer.done.is_multiple_of(DIRECT_BLOCK) {
             break; // a short read that is not block-aligned: the end of the file
         }
     }
-    // SAFETY: read() wrote the first `done` bytes.
-    unsafe { raw.set_len(done) };
-    Ok(Some(raw))
+    Ok(Some(buffer.into_vec()))
+}
+
+/// Direct I/O wants the buffer, offsets and lengths aligned to the device's logical block
+/// size; a page is a multiple of it almost everywhere. Anything else is refused (EINVAL).
+const DIRECT_BLOCK: usize = 4096;
+
+/// A read buffer for direct I/O: a vector one block longer than needed, read into from its
+/// first block-aligned byte on, so alignment does not depend on where the allocator put it.
+/// Callers want a plain `Vec<u8>` (decoding takes it over), so the bytes move to the front
+/// at the end, which costs nothing where the allocator already gave an aligned buffer.
+struct AlignedRead {
+    raw: Vec<u8>,
+    /// Where the aligned part starts.
+    start: usize,
+    /// The whole blocks to read: the file's length rounded up.
+    padded: usize,
+    /// Bytes read so far.
+    done: usize,
+}
+
+impl AlignedRead {
+    fn new(len: usize) -> Self {
+        let padded = len.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        let raw: Vec<u8> = Vec::with_capacity(padded + DIRECT_BLOCK);
+        let start = raw.as_ptr().align_offset(DIRECT_BLOCK);
+        AlignedRead {
+            raw,
+            start,
+            padded,
+            done: 0,
+        }
+    }
+
+    /// The part not read yet: aligned, as long as the blocks still to read.
+    fn spare(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        let from = self.start + self.done;
+        &mut self.raw.spare_capacity_mut()[from..self.start + self.padded]
+    }
+
+    fn into_vec(mut self) -> Vec<u8> {
+        // SAFETY: read() wrote the `done` bytes from `start` on; the bytes before `start`
+        // are set here first.
+        unsafe {
+            std::ptr::write_bytes(self.raw.as_mut_ptr(), 0, self.start);
+            self.raw.set_len(self.start + self.done);
+        }
+        self.raw.drain(..self.start);
+        self.raw
+    }
 }
 
 impl LocalDatastore {
@@ -687,7 +729,8 @@ mod tests {
             }
         }
         // Where the file system takes direct I/O, the four big files went past the page
-        // cache (buffers are page-aligned); elsewhere the fallback above was what ran.
+        // cache whatever the allocator's alignment (tests run on the system allocator);
+        // elsewhere the fallback above was what ran.
         if direct_io {
             assert_eq!(direct, 4);
         } else {
