@@ -633,36 +633,3 @@ impl Write for ChunkedWriter<'_> {
         Ok(())
     }
 }
-
-/// A [`ChunkedWriter`] shared between the encoder (as its payload sink) and the code that
-/// injects reused chunks into the same stream.
-#[derive(Clone)]
-pub struct SharedChunkedWriter<'p>(pub Arc<Mutex<ChunkedWriter<'p>>>);
-
-impl<'p> SharedChunkedWriter<'p> {
-    pub fn new(writer: ChunkedWriter<'p>) -> Self {
-        SharedChunkedWriter(Arc::new(Mutex::new(writer)))
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, ChunkedWriter<'p>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The writer back, once every other handle is gone.
-    pub fn into_inner(self) -> Result<ChunkedWriter<'p>> {
-        match Arc::try_unwrap(self.0) {
-            Ok(mutex) => Ok(mutex.into_inner().unwrap_or_else(|e| e.into_inner())),
-            Err(_) => bail!("the payload writer is still shared"),
-        }
-    }
-}
-
-impl Write for SharedChunkedWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.lock().write(data)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
