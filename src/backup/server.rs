@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::archive::{create_archive, ArchiveHooks, ArchiveOptions};
 use super::client::{ClientProvider, SubTree};
@@ -93,7 +93,8 @@ impl Server {
             options.protection.chunk_encoding(),
             options.workers,
             options.abort.clone(),
-        );
+        )
+        .context("cannot start the chunk workers")?;
         let mut summary = BackupSummary::default();
         let has_pxar = specs.iter().any(|s| s.kind == SpecKind::Pxar);
         let mut catalog = if options.mode == ChangeDetection::Legacy && has_pxar {

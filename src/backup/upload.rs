@@ -10,7 +10,6 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -19,6 +18,7 @@ use crate::format::chunker::Chunker;
 use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
 use crate::store::target::{BackupSession, IndexSummary, IndexWriter};
+use crate::store::worker_pool::WorkerPool;
 
 /// How chunks are turned into stored blobs: with a key the digest is the keyed one and
 /// the blob is encrypted (crypto.md). Made from the run's
@@ -121,8 +121,7 @@ type ZeroChunk = (Digest, Vec<u8>);
 
 /// Worker threads that hash, compress and upload chunks.
 pub struct UploadPool {
-    jobs: Option<SyncSender<Job>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: WorkerPool<Job>,
     /// Chunks one stream may have in flight before it waits for the oldest.
     in_flight: usize,
     stats: Arc<UploadStats>,
@@ -144,7 +143,7 @@ impl UploadPool {
         encoding: ChunkEncoding,
         workers: usize,
         abort: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let workers = if workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -152,8 +151,6 @@ impl UploadPool {
         };
         // Cap the queue so peak memory does not grow with the core count.
         let workers = workers.clamp(1, 16);
-        let (jobs, receiver) = sync_channel::<Job>(workers);
-        let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(UploadStats::default());
         let in_flight = (workers + 2).min(8);
         // Enough for every chunk in flight in two streams (a split archive) and the queue.
@@ -161,22 +158,16 @@ impl UploadPool {
             buffers: Mutex::new(Vec::new()),
             limit: 2 * in_flight + workers,
         });
-        let handles = (0..workers)
-            .map(|i| {
-                let receiver = receiver.clone();
-                let session = session.clone();
-                let encoding = encoding.clone();
-                let stats = stats.clone();
-                let spare = spare.clone();
-                std::thread::Builder::new()
-                    .name(format!("pbsfs-chunk-{i}"))
-                    .spawn(move || worker(&receiver, &*session, &encoding, &stats, &spare))
-                    .expect("cannot spawn a chunk worker thread")
-            })
-            .collect();
-        UploadPool {
-            jobs: Some(jobs),
-            workers: handles,
+        let pool = WorkerPool::new("pbsfs-chunk", workers, workers, |_| {
+            worker(
+                session.clone(),
+                encoding.clone(),
+                stats.clone(),
+                spare.clone(),
+            )
+        })?;
+        Ok(UploadPool {
+            workers: pool,
             in_flight,
             stats,
             abort,
@@ -184,7 +175,7 @@ impl UploadPool {
             session,
             encoding,
             zero_chunks: Mutex::default(),
-        }
+        })
     }
 
     pub fn stats(&self) -> &Arc<UploadStats> {
@@ -219,39 +210,24 @@ impl UploadPool {
 
     fn submit(&self, data: Vec<u8>) -> Result<Receiver<Result<ChunkDone>>> {
         let (reply, result) = sync_channel(1);
-        self.jobs
-            .as_ref()
-            .context("upload pool is shut down")?
-            .send(Job { data, reply })
+        self.workers
+            .submit(Job { data, reply })
             .map_err(|_| anyhow!("chunk workers stopped"))?;
         Ok(result)
     }
 }
 
-impl Drop for UploadPool {
-    fn drop(&mut self) {
-        self.jobs.take();
-        for handle in self.workers.drain(..) {
-            let _ = handle.join();
-        }
-    }
-}
-
+/// One chunk worker: hashes, encodes and stores each chunk it is handed.
 fn worker(
-    receiver: &Mutex<Receiver<Job>>,
-    session: &dyn BackupSession,
-    encoding: &ChunkEncoding,
-    stats: &UploadStats,
-    spare: &SpareBuffers,
-) {
+    session: Arc<dyn BackupSession>,
+    encoding: ChunkEncoding,
+    stats: Arc<UploadStats>,
+    spare: Arc<SpareBuffers>,
+) -> impl FnMut(Job) + Send + 'static {
     // The encoded blob goes here, chunk after chunk.
     let mut blob = Vec::new();
-    loop {
-        let job = match receiver.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        let result = process_chunk(&job.data, session, encoding, stats, &mut blob);
+    move |job: Job| {
+        let result = process_chunk(&job.data, &*session, &encoding, &stats, &mut blob);
         spare.give(job.data);
         let _ = job.reply.send(result);
     }
