@@ -7,8 +7,8 @@
 //!
 //! Uploads are pipelined: [`BackupSession::upload_chunk`] copies the encoded chunk once into
 //! the request body, starts its upload as a task on the runtime and returns, so hashing and
-//! compression go on while chunks travel. At most [`MAX_UPLOADS`] chunks are in flight (a
-//! semaphore; bounded memory). Whether a chunk needs uploading is decided once, by
+//! compression go on while chunks travel. At most [`MAX_UPLOADS`] chunks are on the wire and
+//! [`MAX_QUEUED`] wait for it (semaphores; bounded memory). Whether a chunk needs uploading is decided once, by
 //! [`BackupSession::is_known_chunk`], which claims a new chunk for its caller. An index
 //! append waits for the upload of its chunk, since the server only accepts entries whose
 //! chunk it knows.
@@ -31,9 +31,12 @@ use crate::store::chunk_reader::ChunkReader;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
-/// Chunk uploads in flight at once (HTTP/2 streams of the one backup connection); as many
-/// as the upload threads and their queue held before.
-pub const MAX_UPLOADS: usize = 12;
+/// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection). More
+/// would share the bandwidth among more chunks and delay the oldest, which the index
+/// appends wait for in stream order.
+pub const MAX_UPLOADS: usize = 4;
+/// Encoded chunks waiting for the wire, besides those on it (bounded memory).
+pub const MAX_QUEUED: usize = 8;
 
 /// A datastore on a PBS server that backups can be written to.
 pub struct RemoteTarget {
@@ -239,7 +242,10 @@ struct UploadState {
 /// Chunk uploads running as tasks on the runtime, at most [`MAX_UPLOADS`] at once.
 struct Uploads {
     sender: ChunkSender,
-    permits: Arc<Semaphore>,
+    /// Uploads started and not finished: [`MAX_UPLOADS`] + [`MAX_QUEUED`].
+    started: Arc<Semaphore>,
+    /// Uploads on the wire; taken in the order the uploads started (a fair semaphore).
+    wire: Arc<Semaphore>,
     state: Mutex<UploadState>,
     /// Signalled when an upload ended.
     progress: Condvar,
@@ -249,7 +255,8 @@ impl Uploads {
     fn new(sender: ChunkSender) -> Arc<Self> {
         Arc::new(Uploads {
             sender,
-            permits: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            started: Arc::new(Semaphore::new(MAX_UPLOADS + MAX_QUEUED)),
+            wire: Arc::new(Semaphore::new(MAX_UPLOADS)),
             state: Mutex::new(UploadState::default()),
             progress: Condvar::new(),
         })
@@ -266,16 +273,19 @@ impl Uploads {
         }
     }
 
-    /// Starts an upload once fewer than [`MAX_UPLOADS`] are in flight.
+    /// Starts an upload, waiting while too many are started.
     fn start(self: &Arc<Self>, digest: Digest, body: Bytes, plain_size: u64) -> Result<()> {
         Self::failure(&self.lock())?;
-        let permit = block_on(self.permits.clone().acquire_owned())
+        let started = block_on(self.started.clone().acquire_owned())
             .map_err(|_| anyhow!("the backup session is closed"))?;
         self.lock().pending.insert(digest);
         let uploads = self.clone();
         runtime().spawn(async move {
-            let result = uploads.sender.send(&digest, body, plain_size).await;
-            drop(permit);
+            let result = match uploads.wire.acquire().await {
+                Ok(_on_the_wire) => uploads.sender.send(&digest, body, plain_size).await,
+                Err(_) => Err(anyhow!("the backup session is closed")),
+            };
+            drop(started);
             uploads.finished(&digest, result);
         });
         Ok(())
@@ -316,7 +326,8 @@ impl Uploads {
 
     /// No upload starts any more; those in flight end on their own.
     fn shut_down(&self) {
-        self.permits.close();
+        self.started.close();
+        self.wire.close();
         self.progress.notify_all();
     }
 }
