@@ -4,7 +4,7 @@
 //! writes one, and finish the snapshot.
 
 use std::io::{self, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -151,13 +151,14 @@ impl Server {
             _ => session
                 .finish_with(&|manifest| Ok(options.protection.complete_manifest(manifest)?))?,
         });
-        summary.chunks = stats.chunks();
-        summary.bytes = stats.bytes();
-        summary.new_chunks = stats.new_chunks();
-        summary.new_bytes = stats.new_bytes();
-        summary.new_stored_bytes = stats.new_stored_bytes();
-        summary.reused_chunks = stats.injected_chunks();
-        summary.reused_chunk_bytes = stats.injected_bytes();
+        let total = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        summary.chunks = total(&stats.chunks);
+        summary.bytes = total(&stats.bytes);
+        summary.new_chunks = total(&stats.new_chunks);
+        summary.new_bytes = total(&stats.new_bytes);
+        summary.new_stored_bytes = total(&stats.new_stored_bytes);
+        summary.reused_chunks = total(&stats.injected_chunks);
+        summary.reused_chunk_bytes = total(&stats.injected_bytes);
         Ok(summary)
     }
 }

@@ -77,33 +77,6 @@ pub struct UploadStats {
     pub injected_bytes: AtomicU64,
 }
 
-impl UploadStats {
-    fn get(value: &AtomicU64) -> u64 {
-        value.load(Ordering::Relaxed)
-    }
-    pub fn chunks(&self) -> u64 {
-        Self::get(&self.chunks)
-    }
-    pub fn bytes(&self) -> u64 {
-        Self::get(&self.bytes)
-    }
-    pub fn new_chunks(&self) -> u64 {
-        Self::get(&self.new_chunks)
-    }
-    pub fn new_bytes(&self) -> u64 {
-        Self::get(&self.new_bytes)
-    }
-    pub fn new_stored_bytes(&self) -> u64 {
-        Self::get(&self.new_stored_bytes)
-    }
-    pub fn injected_chunks(&self) -> u64 {
-        Self::get(&self.injected_chunks)
-    }
-    pub fn injected_bytes(&self) -> u64 {
-        Self::get(&self.injected_bytes)
-    }
-}
-
 /// What a worker made of one chunk.
 #[derive(Clone, Copy, Debug)]
 struct ChunkDone {
@@ -126,7 +99,6 @@ pub struct UploadPool {
     in_flight: usize,
     stats: Arc<UploadStats>,
     abort: Arc<AtomicBool>,
-    spare: Arc<SpareBuffers>,
     session: Arc<dyn BackupSession>,
     encoding: ChunkEncoding,
     /// Digest and blob of the all-zero chunk of each size met so far: holes of sparse files
@@ -153,25 +125,14 @@ impl UploadPool {
         let workers = workers.clamp(1, 16);
         let stats = Arc::new(UploadStats::default());
         let in_flight = (workers + 2).min(8);
-        // Enough for every chunk in flight in two streams (a split archive) and the queue.
-        let spare = Arc::new(SpareBuffers {
-            buffers: Mutex::new(Vec::new()),
-            limit: 2 * in_flight + workers,
-        });
         let pool = WorkerPool::new("pbsfs-chunk", workers, workers, |_| {
-            worker(
-                session.clone(),
-                encoding.clone(),
-                stats.clone(),
-                spare.clone(),
-            )
+            worker(session.clone(), encoding.clone(), stats.clone())
         })?;
         Ok(UploadPool {
             workers: pool,
             in_flight,
             stats,
             abort,
-            spare,
             session,
             encoding,
             zero_chunks: Mutex::default(),
@@ -222,42 +183,12 @@ fn worker(
     session: Arc<dyn BackupSession>,
     encoding: ChunkEncoding,
     stats: Arc<UploadStats>,
-    spare: Arc<SpareBuffers>,
 ) -> impl FnMut(Job) + Send + 'static {
     // The encoded blob goes here, chunk after chunk.
     let mut blob = Vec::new();
     move |job: Job| {
         let result = process_chunk(&job.data, &*session, &encoding, &stats, &mut blob);
-        spare.give(job.data);
         let _ = job.reply.send(result);
-    }
-}
-
-/// Chunk buffers handed back by the workers for the streams to fill again: fresh multi-MiB
-/// buffers cost a page fault and a zeroed page per 4 KiB, more than hashing them.
-#[derive(Default)]
-struct SpareBuffers {
-    buffers: Mutex<Vec<Vec<u8>>>,
-    /// At most this many are kept.
-    limit: usize,
-}
-
-impl SpareBuffers {
-    fn give(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        if buffers.len() < self.limit {
-            buffers.push(buffer);
-        }
-    }
-
-    /// A spare buffer, or a new one of `capacity`.
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        self.buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 }
 
@@ -500,7 +431,9 @@ impl<'p> ChunkedWriter<'p> {
             Cutter::Buzhash(chunker) => chunker.min_size() * 2,
             Cutter::Fixed(size) => *size,
         };
-        let data = std::mem::replace(&mut self.buf, self.pool.spare.take(capacity));
+        // A fresh buffer each time: recycling the sent ones measured no faster and held
+        // more memory.
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
         let size = data.len() as u64;
         let result = self.pool.submit(data)?;
         self.pending.push_back(Pending::Worker(result, size));

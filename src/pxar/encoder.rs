@@ -82,36 +82,40 @@ pub type Result<T> = std::result::Result<T, EncodeError>;
 
 /// Rejects names the format forbids (pxar.md §3.3), and NUL which would cut the name short.
 pub fn validate_filename(name: &[u8]) -> Result<()> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name == b"." || name == b".." {
-        "'.' and '..' are not entries"
+    let reason = if name == b"." || name == b".." {
+        Some("'.' and '..' are not entries")
     } else if name.contains(&b'/') {
-        "contains '/'"
-    } else if name.contains(&0) {
-        "contains NUL"
-    } else if name.len() > MAX_NAME_LEN {
-        "longer than 4096 bytes"
+        Some("contains '/'")
     } else {
-        return Ok(());
+        bytes_problem(name, MAX_NAME_LEN)
     };
-    Err(EncodeError::InvalidName {
-        name: name.to_vec(),
-        reason,
-    })
+    match reason {
+        Some(reason) => Err(EncodeError::InvalidName {
+            name: name.to_vec(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn validate_path(what: &'static str, path: &[u8]) -> Result<()> {
-    let reason = if path.is_empty() {
-        "empty"
-    } else if path.contains(&0) {
-        "contains NUL"
-    } else if path.len() > MAX_PATH_LEN {
-        "longer than 4096 bytes"
+    match bytes_problem(path, MAX_PATH_LEN) {
+        Some(reason) => Err(EncodeError::InvalidPath { what, reason }),
+        None => Ok(()),
+    }
+}
+
+/// What names and paths have in common: not empty, no NUL, at most `max` (4096) bytes.
+fn bytes_problem(bytes: &[u8], max: usize) -> Option<&'static str> {
+    if bytes.is_empty() {
+        Some("empty")
+    } else if bytes.contains(&0) {
+        Some("contains NUL")
+    } else if bytes.len() > max {
+        Some("longer than 4096 bytes")
     } else {
-        return Ok(());
-    };
-    Err(EncodeError::InvalidPath { what, reason })
+        None
+    }
 }
 
 fn validate_metadata(metadata: &Metadata) -> Result<()> {
@@ -677,20 +681,12 @@ impl<W: Write, P: PayloadSink> Encoder<W, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pxar::format::{mode, MTime, Stat, PXAR_GOODBYE, PXAR_GOODBYE_TAIL_MARKER};
+    use crate::pxar::format::{mode, PXAR_GOODBYE, PXAR_GOODBYE_TAIL_MARKER};
     use crate::pxar::goodbye::GoodbyeItem;
+    use crate::pxar::test_archive::test_stat;
 
     fn meta(file_mode: u64) -> Metadata {
-        Metadata::from_stat(Stat {
-            mode: file_mode,
-            flags: 0,
-            uid: 1000,
-            gid: 1000,
-            mtime: MTime {
-                secs: 1_700_000_000,
-                nanos: 5,
-            },
-        })
+        Metadata::from_stat(test_stat(file_mode))
     }
 
     fn u64_at(bytes: &[u8], at: usize) -> u64 {
