@@ -176,6 +176,22 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         self.warn(&format!("{path:?} left out: {reason}"));
     }
 
+    /// The entry's data; `None` (with a warning) when it vanished or cannot be read, and
+    /// is then left out.
+    fn readable<T>(&mut self, path: &Path, failed: &str, result: io::Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.warn(&format!("file vanished while reading: {path:?}"));
+                None
+            }
+            Err(err) => {
+                self.leave_out(path, format_args!("{failed}: {err}"));
+                None
+            }
+        }
+    }
+
     fn root_metadata(&mut self) -> Result<Metadata> {
         let root = Path::new("");
         let stat = self.fs.lstat(root)?;
@@ -497,16 +513,9 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 encoder.add_fifo(&metadata, name)?;
             }
             libc::S_IFLNK => {
-                let target = match self.fs.read_link(path) {
-                    Ok(target) => target,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        self.warn(&format!("file vanished while reading: {path:?}"));
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        self.leave_out(path, format_args!("cannot read the link: {err}"));
-                        return Ok(());
-                    }
+                let link = self.fs.read_link(path);
+                let Some(target) = self.readable(path, "cannot read the link", link) else {
+                    return Ok(());
                 };
                 self.stats.others += 1;
                 self.observer.add_other(OtherEntry::Symlink, name)?;
@@ -555,16 +564,9 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             None => {
                 // Opened and its first bytes read before anything of it is written, so a
                 // file that vanished or cannot be read is left out cleanly.
-                let reader = match self.fs.open_file(path) {
-                    Ok(reader) => reader,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        self.warn(&format!("file vanished while reading: {path:?}"));
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        self.leave_out(path, format_args!("cannot open: {err}"));
-                        return Ok(());
-                    }
+                let opened = self.fs.open_file(path);
+                let Some(reader) = self.readable(path, "cannot open", opened) else {
+                    return Ok(());
                 };
                 let mut content = match FileContent::start(reader, stat.size, path) {
                     Ok(content) => content,
