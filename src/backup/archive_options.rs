@@ -76,8 +76,6 @@ impl Default for ArchiveOptions<'_> {
 }
 
 /// Optional participants of a walk.
-
-/// Optional participants of a walk.
 #[derive(Default)]
 pub struct ArchiveHooks<'h> {
     pub observer: Option<&'h mut dyn ArchiveObserver>,

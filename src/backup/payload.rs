@@ -144,3 +144,23 @@ impl ReusablePayload for NoPayload {
 fn marker(htype: u64) -> [u8; 16] {
     Header::new(htype, 0).to_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_payload_counts_its_position_and_refuses_reuse() {
+        let mut payload = PlainPayload::new(Vec::new());
+        payload.write_all(b"0123456789").unwrap();
+        assert_eq!(payload.position(), 10);
+        let chunk = KnownChunk {
+            size: 4,
+            digest: [7; 32],
+        };
+        assert!(payload.inject(&[chunk], false).is_err());
+        assert!(!payload.absorb_start_marker().unwrap());
+        assert_eq!(payload.position(), 10);
+        assert_eq!(payload.into_inner(), b"0123456789");
+    }
+}

@@ -7,11 +7,11 @@
 //!
 //! Uploads are pipelined: [`BackupSession::upload_chunk`] copies the encoded chunk once into
 //! the request body, starts its upload as a task on the runtime and returns, so hashing and
-//! compression go on while chunks travel. At most [`MAX_UPLOADS`] chunks are on the wire and
-//! [`MAX_QUEUED`] wait for it (semaphores; bounded memory). Whether a chunk needs uploading is decided once, by
-//! [`BackupSession::is_known_chunk`], which claims a new chunk for its caller. An index
-//! append waits for the upload of its chunk, since the server only accepts entries whose
-//! chunk it knows.
+//! compression go on while chunks travel. At most [`MAX_UPLOADS`] chunks are on the wire
+//! and [`MAX_QUEUED`] wait for it (semaphores; bounded memory). Whether a chunk needs
+//! uploading is decided once, by [`BackupSession::is_known_chunk`], which claims a new chunk
+//! for its caller. An index append waits for the upload of its chunk, since the server only
+//! accepts entries whose chunk it knows.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -191,7 +191,7 @@ impl BackupSession for RemoteSession {
 
 impl Drop for RemoteSession {
     fn drop(&mut self) {
-        // Stops the upload threads, then drops an unfinished protocol session: that closes
+        // Lets no further upload start, then drops an unfinished protocol session: that closes
         // the connection and the server discards the snapshot.
         self.uploads.shut_down();
         drop(
