@@ -13,199 +13,31 @@
 //!
 //! Not handled: the entry limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::acl::{self, XATTR_ACL_ACCESS, XATTR_ACL_DEFAULT};
+use super::archive_options::NoObserver;
+pub use super::archive_options::{
+    ArchiveHooks, ArchiveObserver, ArchiveOptions, ArchiveStats, EntryCallback, ExcludeFilter,
+    OtherEntry,
+};
+use super::capture::MetadataCapture;
 use super::exclude::ExcludePatterns;
-use super::fs_accessor::{is_unsupported, join_name, FileStat, FileSystemAccessor};
-use super::fs_flags::{self, feature};
+use super::file_content::FileContent;
+use super::fs_accessor::{join_name, FileSystemAccessor};
+use super::fs_flags;
+pub use super::lookahead::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
+use super::lookahead::{Flush, Held, ListEntry, Lookahead, Offer};
+use super::payload::{PlainPayload, ReusablePayload};
+use super::read_ahead::ReadAhead;
 use super::upload::KnownChunk;
 use crate::pxar::encoder::{EncodeError, Encoder, LinkOffset};
 use crate::pxar::format::{Stat, HEADER_SIZE};
 use crate::pxar::metadata::{Device, Metadata};
-
-const XATTR_FCAPS: &[u8] = b"security.capability";
-
-/// Re-use previous chunks only if at most this share of the re-used bytes is padding.
-const CHUNK_PADDING_THRESHOLD: f64 = 0.1;
-
-/// Entries the look-ahead cache holds before it is flushed. The official client allows
-/// about as many as it may open files (usually far more); entries here hold no descriptor,
-/// only a path and metadata, so this bounds memory to some tens of MiB.
-const LOOKAHEAD_CACHE_SIZE: usize = 65536;
-
-/// Decides which entries are left out. Sees the path relative to the archive root with a
-/// leading `/` (as the official pattern matcher does) and the entry's `st_mode`.
-pub trait ExcludeFilter {
-    fn is_excluded(&self, path: &[u8], mode: u32) -> bool;
-}
-
-/// Told about every entry as it is archived (the shape of the official catalog writer), so a
-/// catalog can be written alongside. All methods default to doing nothing.
-pub trait ArchiveObserver {
-    fn start_directory(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn end_directory(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn add_file(&mut self, _name: &[u8], _size: u64, _mtime_secs: i64) -> Result<()> {
-        Ok(())
-    }
-    fn add_hardlink(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn add_symlink(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn add_char_device(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn add_block_device(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn add_fifo(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn add_socket(&mut self, _name: &[u8]) -> Result<()> {
-        Ok(())
-    }
-}
-
-struct NoObserver;
-impl ArchiveObserver for NoObserver {}
-
-/// What the walker needs from a v2 payload stream's chunker besides `Write`.
-pub trait PayloadStream {
-    /// A file's payload starts at the current position (a suggested chunk boundary).
-    fn suggest_boundary(&mut self) -> Result<()>;
-    /// Ends the current chunk and appends these chunks of the previous payload index to the
-    /// stream without their data. `ends_previous` says the last one ends the previous stream
-    /// (so it ends with the previous PAYLOAD_TAIL_MARKER).
-    fn inject(&mut self, chunks: &[KnownChunk], ends_previous: bool) -> Result<()>;
-    /// Only the PAYLOAD_START_MARKER has been written: drops it (and returns true) because the
-    /// first injected chunk starts with the previous stream's identical marker.
-    fn absorb_start_marker(&mut self) -> Result<bool>;
-}
-
-/// A regular file as the previous snapshot's metadata archive has it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PreviousFile {
-    pub metadata: Metadata,
-    pub size: u64,
-    /// Offset of its PAYLOAD header in the previous payload stream.
-    pub payload_offset: u64,
-}
-
-/// A chunk of the previous payload index selected for re-use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReusableChunk {
-    pub chunk: KnownChunk,
-    /// Bytes of the chunk not covered by the re-used range.
-    pub padding: u64,
-    /// End offset in the previous payload stream: with the digest, the identity of the
-    /// index entry (equal digests at different positions are different entries).
-    pub end_offset: u64,
-}
-
-impl ReusableChunk {
-    fn same_entry_as(&self, other: &ReusableChunk) -> bool {
-        self.chunk.digest == other.chunk.digest && self.end_offset == other.end_offset
-    }
-}
-
-/// The previous-index chunks covering a payload range, and how far they overhang it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChunkRun {
-    pub chunks: Vec<ReusableChunk>,
-    pub start_padding: u64,
-    pub end_padding: u64,
-}
-
-/// The previous snapshot of the group (metadata change detection). The walker tells it
-/// which directory it is in; lookups are by name in that directory.
-pub trait PreviousArchive {
-    fn enter_directory(&mut self, name: &[u8]) -> Result<()>;
-    fn leave_directory(&mut self);
-    /// A regular file (with a payload reference) of that name in the current directory.
-    fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>>;
-    /// The previous payload index entries covering `range`.
-    fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun>;
-    /// Size of the previous payload stream.
-    fn payload_size(&self) -> u64;
-}
-
-/// How to walk. `Default` is what the official client does without options.
-pub struct ArchiveOptions<'a> {
-    /// Descend into mount points (`--all-file-systems`); otherwise they are archived as
-    /// empty directories.
-    pub all_file_systems: bool,
-    /// Requested capture features ([`feature`] bits), further limited per file system.
-    pub features: u64,
-    pub exclude: Option<&'a dyn ExcludeFilter>,
-    /// Command-line exclude patterns; `.pxarexclude` files are honoured in any case.
-    pub patterns: Option<&'a ExcludePatterns>,
-    /// Called with each entry's path before it is archived (progress); an error aborts.
-    pub on_entry: Option<&'a EntryCallback<'a>>,
-}
-
-/// See [`ArchiveOptions::on_entry`].
-pub type EntryCallback<'a> = dyn Fn(&Path) -> Result<()> + 'a;
-
-impl Default for ArchiveOptions<'_> {
-    fn default() -> Self {
-        ArchiveOptions {
-            all_file_systems: false,
-            features: feature::DEFAULT,
-            exclude: None,
-            patterns: None,
-            on_entry: None,
-        }
-    }
-}
-
-/// Optional participants of a walk.
-#[derive(Default)]
-pub struct ArchiveHooks<'h> {
-    pub observer: Option<&'h mut dyn ArchiveObserver>,
-    pub payload: Option<&'h mut dyn PayloadStream>,
-    /// Needs `payload` and a split encoder.
-    pub previous: Option<&'h mut dyn PreviousArchive>,
-}
-
-/// What a walk did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ArchiveStats {
-    /// Regular files (without hardlinks).
-    pub files: u64,
-    pub hardlinks: u64,
-    pub directories: u64,
-    /// Symlinks, devices, fifos, sockets.
-    pub others: u64,
-    /// Files whose payload was referenced from the previous snapshot.
-    pub reused_files: u64,
-    pub reused_bytes: u64,
-    /// Bytes of the previous payload stream injected (re-used files plus padding).
-    pub injected_bytes: u64,
-    pub warnings: u64,
-    /// Entries left out because they could not be read (each also counted as a warning).
-    pub left_out: u64,
-    /// Files whose reading failed part-way: stored with zeros in place of the rest.
-    pub incomplete: u64,
-}
-
-impl ArchiveStats {
-    /// Something of the tree is missing from the archive or stored incompletely.
-    pub fn is_partial(&self) -> bool {
-        self.left_out > 0 || self.incomplete > 0
-    }
-}
 
 /// Encodes the tree as a v1 (`legacy`) archive into `out` and returns it.
 pub fn create_v1_archive<A, W>(
@@ -244,13 +76,12 @@ where
         observer,
         ..Default::default()
     };
+    let payload_out = PlainPayload::new(payload_out);
     let (meta, payload, _) = create_archive(fs, options, hooks, |root, prelude| {
         Encoder::new_v2(meta_out, payload_out, root, prelude)
     })?;
-    Ok((
-        meta,
-        payload.expect("a split encoder returns its payload sink"),
-    ))
+    let payload = payload.context("a split encoder returns its payload sink")?;
+    Ok((meta, payload.into_inner()))
 }
 
 /// Walks the tree into the encoder `start` makes from the root's metadata and the v2
@@ -264,7 +95,7 @@ pub fn create_archive<A, W, P>(
 where
     A: FileSystemAccessor + ?Sized,
     W: Write,
-    P: Write,
+    P: ReusablePayload,
 {
     let mut no_observer = NoObserver;
     let observer = hooks.observer.unwrap_or(&mut no_observer);
@@ -273,140 +104,34 @@ where
     let prelude = walker.patterns.prelude();
     let mut encoder = start(&root, prelude.as_deref())?;
     if encoder.is_split() {
-        walker.payload = hooks.payload;
-        if walker.payload.is_some() {
-            walker.previous = hooks.previous;
-        }
+        walker.lookahead = hooks.previous.map(Lookahead::new);
     }
     let root_names = fs
         .read_dir(Path::new(""))
         .context("cannot read the archive root")?;
     walker.archive_dir_contents(&mut encoder, Path::new(""), root_names, true)?;
-    if walker.previous.is_some() {
+    if walker.lookahead.is_some() {
         walker.flush_cache(&mut encoder, false)?;
     }
     let (out, payload) = encoder.finish()?;
     Ok((out, payload, walker.stats))
 }
 
-/// The look-ahead cache of metadata change detection: entries whose encoding waits until it
-/// is known whether the run of re-usable files they belong to is re-used.
-#[derive(Default)]
-struct Lookahead {
-    entries: Vec<Cached>,
-    /// Range of the previous payload stream the cached re-usable files cover.
-    range: Range<u64>,
-    /// The last chunk of the previous flush, held back because the next run may start in
-    /// it.
-    last_chunk: Option<ReusableChunk>,
-    /// Multiply-linked files seen by the cache.
-    hardlinks: HashSet<(u64, u64)>,
-}
-
-impl Lookahead {
-    fn enabled(&self) -> bool {
-        !self.entries.is_empty()
-    }
-
-    fn try_extend_range(&mut self, range: &Range<u64>) -> bool {
-        if self.range.end == 0 {
-            self.range = range.start..range.start;
-        }
-        if self.range.end == range.start {
-            self.range.end = range.end;
-            return true;
-        }
-        false
-    }
-}
-
-enum Cached {
-    /// A regular file; `Some(offset)` relative to the cache range's start for a re-usable
-    /// one, `None` for a further name of a multiply-linked file.
-    File(ListEntry, Metadata, Option<u64>),
-    DirStart(ListEntry, Metadata),
-    DirEnd,
-    Other(ListEntry, Metadata),
-}
-
+/// The walk: lists directories, captures each entry's metadata, holds unchanged files in
+/// the look-ahead (metadata mode) and encodes the rest.
 struct Walker<'a, 'o, 'h, A: ?Sized> {
     fs: &'a A,
     options: &'a ArchiveOptions<'a>,
     observer: &'o mut dyn ArchiveObserver,
-    payload: Option<&'h mut dyn PayloadStream>,
-    previous: Option<&'h mut dyn PreviousArchive>,
+    /// Metadata change detection: present with a previous snapshot and a split encoder.
+    lookahead: Option<Lookahead<'h>>,
     patterns: ExcludePatterns,
     /// First name of each multiply-linked regular file: path and FILENAME offset.
     hardlinks: HashMap<(u64, u64), (Vec<u8>, LinkOffset)>,
-    cache: Lookahead,
-    /// Highest previous payload offset accepted for re-use: references must increase.
-    last_reusable_offset: Option<u64>,
-    /// Bytes the payload writer is behind the encoder's payload position (an absorbed start
-    /// marker), made up by the next injection.
-    payload_rewound: u64,
     root_dev: u64,
     current_dev: u64,
-    fs_magic: i64,
-    /// Features the current file system supports; narrowed when it reports EOPNOTSUPP,
-    /// restored when leaving the directory (as the official client does).
-    fs_features: u64,
+    capture: MetadataCapture,
     stats: ArchiveStats,
-}
-
-#[derive(Clone)]
-struct ListEntry {
-    name: Vec<u8>,
-    path: PathBuf,
-    stat: FileStat,
-}
-
-/// Keeps the kernel reading the next big files of a directory while the walker encodes the
-/// current one, so the disk and the CPUs work at the same time.
-struct ReadAhead {
-    /// (index in the listing, path, bytes to read ahead) of the directory's big files.
-    files: Vec<(usize, PathBuf, u64)>,
-    /// `files[..done]` are at or before the walker; `files[done..next]` were hinted.
-    done: usize,
-    next: usize,
-}
-
-impl ReadAhead {
-    /// Bytes hinted ahead of the walker at most.
-    const WINDOW: u64 = 32 << 20;
-    /// Bytes hinted per file: the kernel's own read-ahead takes over once it is read.
-    const PER_FILE: u64 = 8 << 20;
-    /// Small files are hinted too: each costs an extra open and close, but read one after
-    /// another from a cold disk every one of them would be a wait for the device.
-    const MIN_SIZE: u64 = 1;
-
-    fn new(list: &[ListEntry]) -> Self {
-        let files = list
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.stat.is_regular_file() && e.stat.size >= Self::MIN_SIZE)
-            .map(|(i, e)| (i, e.path.clone(), e.stat.size.min(Self::PER_FILE)))
-            .collect();
-        ReadAhead {
-            files,
-            done: 0,
-            next: 0,
-        }
-    }
-
-    /// The walker is at entry `index`: hint files until the window ahead of it is full.
-    fn advance<A: FileSystemAccessor + ?Sized>(&mut self, fs: &A, index: usize) {
-        while self.done < self.files.len() && self.files[self.done].0 <= index {
-            self.done += 1;
-        }
-        self.next = self.next.max(self.done);
-        let mut ahead: u64 = self.files[self.done..self.next].iter().map(|f| f.2).sum();
-        while self.next < self.files.len() && ahead < Self::WINDOW {
-            let (_, path, len) = &self.files[self.next];
-            fs.will_read(path, *len);
-            ahead += len;
-            self.next += 1;
-        }
-    }
 }
 
 impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
@@ -430,17 +155,12 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             fs,
             options,
             observer,
-            payload: None,
-            previous: None,
+            lookahead: None,
             patterns: options.patterns.cloned().unwrap_or_default(),
             hardlinks: HashMap::new(),
-            cache: Lookahead::default(),
-            last_reusable_offset: None,
-            payload_rewound: 0,
             root_dev: stat.dev,
             current_dev: stat.dev,
-            fs_magic,
-            fs_features: fs_flags::features_of(fs_magic),
+            capture: MetadataCapture::new(options.features, fs_magic),
             stats: ArchiveStats::default(),
         })
     }
@@ -456,15 +176,32 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         self.warn(&format!("{path:?} left out: {reason}"));
     }
 
+    /// The entry's data; `None` (with a warning) when it vanished or cannot be read, and
+    /// is then left out.
+    fn readable<T>(&mut self, path: &Path, failed: &str, result: io::Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.warn(&format!("file vanished while reading: {path:?}"));
+                None
+            }
+            Err(err) => {
+                self.leave_out(path, format_args!("{failed}: {err}"));
+                None
+            }
+        }
+    }
+
     fn root_metadata(&mut self) -> Result<Metadata> {
         let root = Path::new("");
         let stat = self.fs.lstat(root)?;
-        self.metadata(root, &stat)
+        self.capture
+            .metadata(self.fs, root, &stat)
             .context("failed to read the root's metadata")
     }
 
     /// Archives the entries of `dir`, whose names were listed already.
-    fn archive_dir_contents<W: Write, P: Write>(
+    fn archive_dir_contents<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         dir: &Path,
@@ -482,7 +219,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         Ok(())
     }
 
-    fn archive_list<W: Write, P: Write>(
+    fn archive_list<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         dir: &Path,
@@ -492,7 +229,10 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         let list = self.directory_list(dir, names, is_root)?;
         // Without a previous snapshot every file is read: have the next ones on their way
         // from disk while this one is encoded. (With one, most are not read at all.)
-        let mut read_ahead = self.previous.is_none().then(|| ReadAhead::new(&list));
+        let mut read_ahead = self
+            .lookahead
+            .is_none()
+            .then(|| ReadAhead::new(list.iter().map(|e| (&e.path, &e.stat))));
         for (index, entry) in list.into_iter().enumerate() {
             if let Some(read_ahead) = read_ahead.as_mut() {
                 read_ahead.advance(self.fs, index);
@@ -536,7 +276,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
 
     /// The synthetic file with the command-line patterns the official client appends to the
     /// root of a v1 archive (pxar.md §6.3).
-    fn add_pxarexclude_cli<W: Write, P: Write>(
+    fn add_pxarexclude_cli<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
     ) -> Result<()> {
@@ -601,14 +341,14 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         Ok(list)
     }
 
-    /// Decides per entry whether to encode it now or to cache it (metadata change detection;
-    /// the official `add_entry`).
-    fn add_entry<W: Write, P: Write>(
+    /// Decides per entry whether to encode it now or to hold it in the look-ahead (metadata
+    /// change detection; the official `add_entry`).
+    fn add_entry<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         entry: ListEntry,
     ) -> Result<()> {
-        let metadata = match self.metadata(&entry.path, &entry.stat) {
+        let metadata = match self.capture.metadata(self.fs, &entry.path, &entry.stat) {
             Ok(metadata) => metadata,
             Err(err) if is_not_found(&err) => {
                 self.warn(&format!("file vanished while reading: {:?}", entry.path));
@@ -619,166 +359,80 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 return Ok(());
             }
         };
-        if self.previous.is_none() {
+        let Some(lookahead) = self.lookahead.as_ref() else {
             return self.encode_entry(encoder, entry, metadata, None);
-        }
-        if self.cache.entries.len() >= LOOKAHEAD_CACHE_SIZE {
+        };
+        if lookahead.is_full() {
             self.flush_cache(encoder, true)?;
         }
-        if entry.stat.is_regular_file() {
-            if entry.stat.nlink > 1 {
-                let key = (entry.stat.dev, entry.stat.ino);
-                if self.cache.hardlinks.contains(&key) {
-                    // Resolved to a hardlink (or its first name) when encoded.
-                    self.cache.entries.push(Cached::File(entry, metadata, None));
+        let lookahead = self.lookahead.as_mut().context("no look-ahead")?;
+        let (entry, metadata) = if entry.stat.is_regular_file() {
+            match lookahead.offer_file(entry, metadata)? {
+                Offer::Held => return Ok(()),
+                Offer::NewRun(entry, metadata, range) => {
+                    // Not contiguous with the held run: settle that one first.
+                    self.flush_cache(encoder, true)?;
+                    let lookahead = self.lookahead.as_mut().context("no look-ahead")?;
+                    lookahead.start_run(entry, metadata, range);
                     return Ok(());
                 }
-                self.cache.hardlinks.insert(key);
-            }
-            if let Some(range) = self.reusable_range(&entry, &metadata)? {
-                if !self.cache.try_extend_range(&range) {
-                    // Not contiguous with the cached run: settle that one first.
-                    self.flush_cache(encoder, true)?;
-                    self.cache.range = range.clone();
+                Offer::Changed(entry, metadata) => {
+                    self.flush_cache(encoder, false)?;
+                    (entry, metadata)
                 }
-                let offset = range.start - self.cache.range.start;
-                self.cache
-                    .entries
-                    .push(Cached::File(entry, metadata, Some(offset)));
-                return Ok(());
             }
-            self.flush_cache(encoder, false)?;
-        } else if self.cache.enabled() {
+        } else if lookahead.is_holding() {
             if entry.stat.is_dir() {
-                // Goes into the cache as well (see `add_directory`).
+                // Held as well (see `add_directory`).
                 return self.add_directory(encoder, &entry, &metadata);
             }
-            self.cache.entries.push(Cached::Other(entry, metadata));
+            lookahead.hold(Held::Other(entry, metadata));
             return Ok(());
-        }
-        self.encode_cached(encoder, None)?;
+        } else {
+            (entry, metadata)
+        };
+        self.encode_held(encoder, None)?;
         self.encode_entry(encoder, entry, metadata, None)
     }
 
-    /// The payload range `[PAYLOAD header, end of data)` of the previous snapshot's copy of
-    /// this file, if it is unchanged (official `is_reusable_entry`).
-    fn reusable_range(
-        &mut self,
-        entry: &ListEntry,
-        metadata: &Metadata,
-    ) -> Result<Option<Range<u64>>> {
-        let Some(previous) = self.previous.as_mut() else {
-            return Ok(None);
-        };
-        let Some(file) = previous.lookup_file(&entry.name)? else {
-            return Ok(None);
-        };
-        if file.metadata != *metadata || file.size != entry.stat.size {
-            return Ok(None);
-        }
-        // An archive with non-increasing payload offsets cannot be referenced in order.
-        if self
-            .last_reusable_offset
-            .is_some_and(|last| file.payload_offset <= last)
-        {
-            return Ok(None);
-        }
-        self.last_reusable_offset = Some(file.payload_offset);
-        let end = file
-            .payload_offset
-            .checked_add(HEADER_SIZE)
-            .and_then(|v| v.checked_add(file.size))
-            .context("previous payload reference overflows")?;
-        Ok(Some(file.payload_offset..end))
-    }
-
-    /// Ends the cached run: re-uses the previous chunks covering it if the padding they
-    /// bring is small enough, otherwise encodes the cached entries normally. With
-    /// `keep_last_chunk` the run's last chunk is held back for a following run.
-    fn flush_cache<W: Write, P: Write>(
+    /// Ends the held run as the look-ahead decides: re-using the previous chunks covering
+    /// it, or encoding the held entries normally. With `keep_last_chunk` the run's last
+    /// chunk is held back for a following run.
+    fn flush_cache<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         keep_last_chunk: bool,
     ) -> Result<()> {
-        let range = self.cache.range.clone();
-        if range.is_empty() {
-            return self.encode_cached(encoder, None);
+        let lookahead = self.lookahead.as_mut().context("no look-ahead")?;
+        let (flush, error) = lookahead.plan_flush(&self.hardlinks);
+        if let Some(err) = error {
+            self.warn(&format!("cannot re-use previous chunks: {err:#}"));
         }
-        let previous = self.previous.as_ref().context("no previous archive")?;
-        let run = match previous.chunks_covering(range.clone()) {
-            Ok(run) if !run.chunks.is_empty() => run,
-            Ok(_) => return self.encode_cached(encoder, None),
-            Err(err) => {
-                self.warn(&format!("cannot re-use previous chunks: {err:#}"));
-                return self.encode_cached(encoder, None);
-            }
+        let Flush::Reuse(mut plan) = flush else {
+            return self.encode_held(encoder, None);
         };
-        let prev_last = self.cache.last_chunk.take();
-        let mut padding = run.start_padding + run.end_padding;
-        let total = (range.end - range.start) + padding;
-        let first = run.chunks[0];
-        let continues_last = prev_last.is_some_and(|last| last.same_entry_as(&first));
-        if let Some(last) = prev_last.filter(|_| continues_last) {
-            // The held-back chunk is this run's first: its used part is not padding.
-            padding = padding.saturating_sub(last.chunk.size - last.padding);
+        if let Some(first) = plan.inject_first {
+            self.inject(encoder, &[first])?;
         }
-        if padding as f64 / total as f64 > CHUNK_PADDING_THRESHOLD {
-            self.cache.last_chunk = prev_last;
-            return self.encode_cached(encoder, None);
+        let sink = encoder.payload_sink().context("not a split archive")?;
+        if sink.position() == HEADER_SIZE && plan.starts_previous_stream {
+            // Re-use the previous stream's first chunk, with its identical start marker,
+            // instead of cutting a 16-byte chunk.
+            sink.absorb_start_marker()?;
         }
-        let mut chunks = run.chunks;
-        if let Some(last) = prev_last {
-            if continues_last {
-                chunks[0].padding = chunks[0]
-                    .padding
-                    .saturating_sub(last.chunk.size - last.padding);
-            } else {
-                self.inject(encoder, &[last])?;
-            }
-        }
-        let position = encoder.payload_position().context("not a split archive")?;
-        let first_start = chunks[0].end_offset - chunks[0].chunk.size;
-        let only_references = self.cache_reads_no_file();
-        if position == HEADER_SIZE
-            && first_start == 0
-            && self.payload_rewound == 0
-            && only_references
-        {
-            // The run starts with the previous stream's first chunk, which holds the same
-            // start marker we wrote: re-use it instead of cutting a 16-byte chunk.
-            let payload = self.payload.as_mut().context("no payload stream")?;
-            if payload.absorb_start_marker()? {
-                self.payload_rewound = HEADER_SIZE;
-            }
-        }
-        let base = position - self.payload_rewound + run.start_padding;
-        self.encode_cached(encoder, Some(base))?;
+        let base = sink.position() + plan.start_padding;
+        self.encode_held(encoder, Some(base))?;
         if keep_last_chunk {
-            self.cache.last_chunk = chunks.pop();
-        }
-        self.inject(encoder, &chunks)
-    }
-
-    /// True if encoding the cache with re-use writes nothing to the payload stream: every
-    /// further name of a multiply-linked file resolves to a hardlink.
-    fn cache_reads_no_file(&self) -> bool {
-        let mut linked: HashSet<(u64, u64)> = HashSet::new();
-        self.cache.entries.iter().all(|cached| match cached {
-            Cached::File(entry, _, offset) => {
-                let key = (entry.stat.dev, entry.stat.ino);
-                if offset.is_some() {
-                    linked.insert(key);
-                    true
-                } else {
-                    linked.contains(&key) || self.hardlinks.contains_key(&key)
-                }
+            let last = plan.chunks.pop();
+            if let Some(lookahead) = self.lookahead.as_mut() {
+                lookahead.keep_last_chunk(last);
             }
-            _ => true,
-        })
+        }
+        self.inject(encoder, &plan.chunks)
     }
 
-    /// Appends previous chunks to the payload stream and moves the encoder past them.
-    fn inject<W: Write, P: Write>(
+    /// Appends previous chunks to the payload stream.
+    fn inject<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         chunks: &[ReusableChunk],
@@ -787,45 +441,46 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             return Ok(());
         }
         let known: Vec<KnownChunk> = chunks.iter().map(|c| c.chunk).collect();
-        let size: u64 = known.iter().map(|c| c.size).sum();
-        let previous_size = self.previous.as_ref().map(|p| p.payload_size());
-        let ends_previous = chunks.last().map(|c| c.end_offset) == previous_size;
-        self.payload
-            .as_mut()
-            .context("payload re-use needs a payload stream")?
+        let ends_previous = self
+            .lookahead
+            .as_ref()
+            .is_some_and(|l| l.ends_previous_stream(chunks));
+        encoder
+            .payload_sink()
+            .context("payload re-use needs a split archive")?
             .inject(&known, ends_previous)?;
-        let rewound = std::mem::take(&mut self.payload_rewound).min(size);
-        encoder.advance(size - rewound)?;
-        self.stats.injected_bytes += size;
+        self.stats.injected_bytes += known.iter().map(|c| c.size).sum::<u64>();
         Ok(())
     }
 
-    /// Encodes the cached entries, referencing re-used payloads at `base` + their offset, or
+    /// Encodes the held entries, referencing re-used payloads at `base` + their offset, or
     /// reading every file when `base` is `None` (official `encode_entries_to_archive`).
-    fn encode_cached<W: Write, P: Write>(
+    fn encode_held<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         base: Option<u64>,
     ) -> Result<()> {
-        if let Some(last) = self.cache.last_chunk.take() {
+        let Some(lookahead) = self.lookahead.as_mut() else {
+            return Ok(());
+        };
+        let (held_back, entries) = lookahead.take_entries();
+        if let Some(last) = held_back {
             self.inject(encoder, &[last])?;
         }
-        let entries = std::mem::take(&mut self.cache.entries);
-        self.cache.range = self.cache.range.end..self.cache.range.end;
-        for cached in entries {
-            match cached {
-                Cached::File(entry, metadata, offset) => {
+        for held in entries {
+            match held {
+                Held::File(entry, metadata, offset) => {
                     let payload = base.zip(offset).map(|(base, offset)| base + offset);
                     self.encode_entry(encoder, entry, metadata, payload)?;
                 }
-                Cached::Other(entry, metadata) => {
+                Held::Other(entry, metadata) => {
                     self.encode_entry(encoder, entry, metadata, None)?
                 }
-                Cached::DirStart(entry, metadata) => {
+                Held::DirStart(entry, metadata) => {
                     self.observer.start_directory(&entry.name)?;
                     encoder.create_directory(&entry.name, &metadata)?;
                 }
-                Cached::DirEnd => {
+                Held::DirEnd => {
                     encoder.finish_directory()?;
                     self.observer.end_directory()?;
                 }
@@ -836,7 +491,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
 
     /// Writes one entry (official `add_entry_to_archive`); a regular file's payload is
     /// referenced at `payload_offset` if given, read otherwise.
-    fn encode_entry<W: Write, P: Write>(
+    fn encode_entry<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         entry: ListEntry,
@@ -849,37 +504,31 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             libc::S_IFDIR => self.add_directory(encoder, &entry, &metadata)?,
             libc::S_IFSOCK => {
                 self.stats.others += 1;
-                self.observer.add_socket(name)?;
+                self.observer.add_other(OtherEntry::Socket, name)?;
                 encoder.add_socket(&metadata, name)?;
             }
             libc::S_IFIFO => {
                 self.stats.others += 1;
-                self.observer.add_fifo(name)?;
+                self.observer.add_other(OtherEntry::Fifo, name)?;
                 encoder.add_fifo(&metadata, name)?;
             }
             libc::S_IFLNK => {
-                let target = match self.fs.read_link(path) {
-                    Ok(target) => target,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        self.warn(&format!("file vanished while reading: {path:?}"));
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        self.leave_out(path, format_args!("cannot read the link: {err}"));
-                        return Ok(());
-                    }
+                let link = self.fs.read_link(path);
+                let Some(target) = self.readable(path, "cannot read the link", link) else {
+                    return Ok(());
                 };
                 self.stats.others += 1;
-                self.observer.add_symlink(name)?;
+                self.observer.add_other(OtherEntry::Symlink, name)?;
                 encoder.add_symlink(&metadata, name, &target)?;
             }
             libc::S_IFBLK | libc::S_IFCHR => {
                 self.stats.others += 1;
-                if stat.file_type() == libc::S_IFBLK {
-                    self.observer.add_block_device(name)?;
+                let kind = if stat.file_type() == libc::S_IFBLK {
+                    OtherEntry::BlockDevice
                 } else {
-                    self.observer.add_char_device(name)?;
-                }
+                    OtherEntry::CharDevice
+                };
+                self.observer.add_other(kind, name)?;
                 encoder.add_device(&metadata, name, Device::from_rdev(stat.rdev))?;
             }
             other => bail!("unknown file type {other:#o}"),
@@ -887,7 +536,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         Ok(())
     }
 
-    fn encode_file<W: Write, P: Write>(
+    fn encode_file<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         entry: &ListEntry,
@@ -899,7 +548,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         if stat.nlink > 1 {
             if let Some((target, offset)) = self.hardlinks.get(&key) {
                 self.stats.hardlinks += 1;
-                self.observer.add_hardlink(name)?;
+                self.observer.add_other(OtherEntry::Hardlink, name)?;
                 encoder.add_hardlink(name, target, *offset)?;
                 return Ok(());
             }
@@ -915,16 +564,9 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             None => {
                 // Opened and its first bytes read before anything of it is written, so a
                 // file that vanished or cannot be read is left out cleanly.
-                let reader = match self.fs.open_file(path) {
-                    Ok(reader) => reader,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        self.warn(&format!("file vanished while reading: {path:?}"));
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        self.leave_out(path, format_args!("cannot open: {err}"));
-                        return Ok(());
-                    }
+                let opened = self.fs.open_file(path);
+                let Some(reader) = self.readable(path, "cannot open", opened) else {
+                    return Ok(());
                 };
                 let mut content = match FileContent::start(reader, stat.size, path) {
                     Ok(content) => content,
@@ -934,9 +576,6 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                     }
                 };
                 self.observer.add_file(name, stat.size, stat.mtime.secs)?;
-                if let Some(payload) = self.payload.as_mut() {
-                    payload.suggest_boundary()?;
-                }
                 let offset = encoder.add_file(metadata, name, stat.size, &mut content)?;
                 self.stats.warnings += content.warnings;
                 self.stats.incomplete += u64::from(content.incomplete);
@@ -952,20 +591,19 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
     }
 
     /// Opens (unless the look-ahead cache holds its start), walks and closes a directory.
-    fn add_directory<W: Write, P: Write>(
+    fn add_directory<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         entry: &ListEntry,
         metadata: &Metadata,
     ) -> Result<()> {
         let ListEntry { name, path, stat } = entry;
-        let saved = (self.fs_magic, self.fs_features, self.current_dev);
+        let saved = (self.capture, self.current_dev);
         let mut skip_contents = false;
         if stat.dev != self.current_dev {
-            self.fs_magic = self.fs.fs_magic(path)?;
-            self.fs_features = fs_flags::features_of(self.fs_magic);
+            self.capture.enter_file_system(self.fs.fs_magic(path)?);
             self.current_dev = stat.dev;
-            skip_contents = fs_flags::is_virtual_file_system(self.fs_magic)
+            skip_contents = fs_flags::is_virtual_file_system(self.capture.fs_magic())
                 || (!self.options.all_file_systems && stat.dev != self.root_dev);
         }
         // Listed before anything of it is written, so one that cannot be listed is left
@@ -976,7 +614,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             match self.fs.read_dir(path) {
                 Ok(names) => names,
                 Err(err) => {
-                    (self.fs_magic, self.fs_features, self.current_dev) = saved;
+                    (self.capture, self.current_dev) = saved;
                     if err.kind() == io::ErrorKind::NotFound {
                         self.warn(&format!("directory vanished while reading: {path:?}"));
                     } else {
@@ -988,11 +626,9 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         };
         self.stats.directories += 1;
 
-        if self.cache.enabled() {
-            // Written when the look-ahead cache is flushed.
-            self.cache
-                .entries
-                .push(Cached::DirStart(entry.clone(), metadata.clone()));
+        if let Some(lookahead) = self.lookahead.as_mut().filter(|l| l.is_holding()) {
+            // Written when the look-ahead is flushed.
+            lookahead.hold(Held::DirStart(entry.clone(), metadata.clone()));
         } else {
             self.observer.start_directory(name)?;
             encoder.create_directory(name, metadata)?;
@@ -1001,16 +637,16 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             log::info!("skipping mount point: {path:?}");
             Ok(())
         } else {
-            let entered = match self.previous.as_mut() {
-                Some(previous) => previous.enter_directory(name).map(|_| true),
+            let entered = match self.lookahead.as_mut() {
+                Some(lookahead) => lookahead.previous().enter_directory(name).map(|_| true),
                 None => Ok(false),
             };
             match entered {
                 Ok(entered) => {
                     let result = self.archive_dir_contents(encoder, path, names, false);
                     if entered {
-                        if let Some(previous) = self.previous.as_mut() {
-                            previous.leave_directory();
+                        if let Some(lookahead) = self.lookahead.as_mut() {
+                            lookahead.previous().leave_directory();
                         }
                     }
                     result
@@ -1018,157 +654,16 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 Err(err) => Err(err),
             }
         };
-        (self.fs_magic, self.fs_features, self.current_dev) = saved;
+        (self.capture, self.current_dev) = saved;
         result?;
-        if !self.cache.enabled() {
-            encoder.finish_directory()?;
-            self.observer.end_directory()?;
-        } else {
-            self.cache.entries.push(Cached::DirEnd);
-        }
-        Ok(())
-    }
-
-    /// What the official `get_metadata` captures. Attributes, ACLs, fcaps and chattr flags
-    /// only exist for regular files and directories: the official client reads them through
-    /// the descriptor it opened, which for other types is an O_PATH descriptor the kernel
-    /// refuses for these calls.
-    fn metadata(&mut self, path: &Path, stat: &FileStat) -> Result<Metadata> {
-        let mut metadata = Metadata::from_stat(Stat {
-            mode: u64::from(stat.mode),
-            flags: 0,
-            uid: stat.uid,
-            gid: stat.gid,
-            mtime: stat.mtime,
-        });
-        if !(stat.is_dir() || stat.is_regular_file()) {
-            return Ok(metadata);
-        }
-        let features = self.options.features & self.fs_features;
-        self.read_xattrs(&mut metadata, path, features)?;
-        if let Some(attr) =
-            optional(self.fs.chattr_flags(path)).context("failed to read file attributes")?
-        {
-            metadata.stat.flags |= fs_flags::from_chattr(attr);
-        }
-        if fs_flags::has_fat_attributes(self.fs_magic) {
-            if let Some(attr) =
-                optional(self.fs.fat_attributes(path)).context("failed to read fat attributes")?
-            {
-                metadata.stat.flags |= fs_flags::from_fat_attr(attr);
-            }
-        }
-        if features & feature::WITH_QUOTA_PROJID != 0
-            && fs_flags::has_quota_project_ids(self.fs_magic)
-        {
-            let projid = optional(self.fs.quota_project_id(path))
-                .context("error while reading quota project id")?;
-            metadata.quota_project_id = projid.filter(|&id| id != 0);
-        }
-        Ok(metadata)
-    }
-
-    /// XATTR items in listing order; `security.capability` becomes FCAPS and the ACL xattrs
-    /// become ACL items (both only discovered through the listing).
-    fn read_xattrs(&mut self, metadata: &mut Metadata, path: &Path, features: u64) -> Result<()> {
-        if features & feature::WITH_XATTRS == 0 {
-            return Ok(());
-        }
-        let names = match self.fs.list_xattrs(path) {
-            Ok(names) => names,
-            Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.fs_features &= !feature::WITH_XATTRS;
-                return Ok(());
-            }
-            Err(err) if err.raw_os_error() == Some(libc::EBADF) => return Ok(()),
-            Err(err) => return Err(err).context("failed to read xattrs"),
-        };
-        for name in names {
-            if name == XATTR_FCAPS {
-                if features & feature::WITH_FCAPS != 0 {
-                    match self.fs.get_xattr(path, XATTR_FCAPS) {
-                        Ok(value) => metadata.fcaps = value.or(metadata.fcaps.take()),
-                        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                            self.fs_features &= !feature::WITH_FCAPS
-                        }
-                        Err(err) if err.raw_os_error() == Some(libc::EBADF) => {}
-                        Err(err) => return Err(err).context("failed to read file capabilities"),
-                    }
-                }
-            } else if name == XATTR_ACL_ACCESS || name == XATTR_ACL_DEFAULT {
-                if features & feature::WITH_ACL != 0 {
-                    self.read_acls(metadata, path)?;
-                }
-            } else if is_archived_xattr_name(&name) {
-                match self.fs.get_xattr(path, &name) {
-                    Ok(Some(value)) => metadata.xattrs.push((name, value)),
-                    Ok(None) => {}
-                    Err(err)
-                        if matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EBADF)) => {}
-                    Err(err) => {
-                        return Err(err).with_context(|| {
-                            format!(
-                                "error reading extended attribute {:?}",
-                                String::from_utf8_lossy(&name)
-                            )
-                        })
-                    }
-                }
+        match self.lookahead.as_mut().filter(|l| l.is_holding()) {
+            Some(lookahead) => lookahead.hold(Held::DirEnd),
+            None => {
+                encoder.finish_directory()?;
+                self.observer.end_directory()?;
             }
         }
         Ok(())
-    }
-
-    fn read_acls(&mut self, metadata: &mut Metadata, path: &Path) -> Result<()> {
-        let Some(access) = self.read_acl_xattr(path, XATTR_ACL_ACCESS)? else {
-            return Ok(());
-        };
-        acl::set_access_acl(&mut metadata.acl, access);
-        if metadata.is_dir() {
-            if let Some(default) = self.read_acl_xattr(path, XATTR_ACL_DEFAULT)? {
-                acl::set_default_acl(&mut metadata.acl, default);
-            }
-        }
-        Ok(())
-    }
-
-    /// `Ok(None)` when ACLs turned out unsupported; `Ok(Some(None))` when this ACL is absent.
-    fn read_acl_xattr(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-    ) -> Result<Option<Option<acl::ParsedAcl>>> {
-        match self.fs.get_xattr(path, name) {
-            Ok(Some(bytes)) => Ok(Some(Some(
-                acl::parse_acl_xattr(&bytes).context("error while reading ACL")?,
-            ))),
-            Ok(None) => Ok(Some(None)),
-            Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.fs_features &= !feature::WITH_ACL;
-                Ok(None)
-            }
-            Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(None),
-            Err(err) => Err(err).context("error while reading ACL"),
-        }
-    }
-}
-
-/// The official client's xattr name filter (proxmox-sys `is_valid_xattr_name`).
-pub fn is_archived_xattr_name(name: &[u8]) -> bool {
-    if name.is_empty() || name.len() > 255 {
-        return false;
-    }
-    name.starts_with(b"user.")
-        || name.starts_with(b"trusted.")
-        || name == b"security.NTACL"
-        || name == XATTR_FCAPS
-}
-
-/// Maps "not supported here" errors to `None`.
-fn optional<T>(result: io::Result<Option<T>>) -> io::Result<Option<T>> {
-    match result {
-        Err(err) if is_unsupported(&err) => Ok(None),
-        other => other,
     }
 }
 
@@ -1181,156 +676,15 @@ fn is_not_found(err: &anyhow::Error) -> bool {
     })
 }
 
-/// A regular file's content as the archive stores it: exactly its `lstat` size. A file
-/// that grew while being read is cut at that size, one that shrank is padded with zeros,
-/// one whose reading fails part-way gets zeros in place of the rest; each with a warning.
-struct FileContent<'p, R> {
-    inner: R,
-    size: u64,
-    /// Bytes handed out so far.
-    delivered: u64,
-    /// The first bytes, read by `start`; handed out first.
-    head: Vec<u8>,
-    head_pos: usize,
-    /// The file gave out early: the rest is zeros.
-    padding: bool,
-    /// Whether reading on after `size` bytes was tried (to notice a file that grew).
-    end_checked: bool,
-    path: &'p Path,
-    warnings: u64,
-    /// Reading failed part-way.
-    incomplete: bool,
-}
-
-impl<'p, R: Read> FileContent<'p, R> {
-    /// Bytes `start` reads ahead. A file up to this size is read whole, with a look past
-    /// its end, before anything of it is archived.
-    const HEAD: u64 = 64 * 1024;
-
-    /// Reads the first bytes: a file that cannot be read at all fails here, before
-    /// anything of it is written, and can be left out.
-    fn start(mut inner: R, size: u64, path: &'p Path) -> io::Result<Self> {
-        let whole = size <= Self::HEAD;
-        // One byte more than a small file has, to see whether it grew.
-        let want = if whole { size + 1 } else { Self::HEAD } as usize;
-        let mut head = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match inner.read(&mut head[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        head.truncate(got);
-        let mut content = FileContent {
-            inner,
-            size,
-            delivered: 0,
-            head,
-            head_pos: 0,
-            padding: false,
-            end_checked: whole,
-            path,
-            warnings: 0,
-            incomplete: false,
-        };
-        if got as u64 > size {
-            content.head.truncate(size as usize);
-            content.warn_grew();
-        } else if (got as u64) < size.min(Self::HEAD) {
-            content.padding = true;
-            content.warn_shrank(got as u64);
-        }
-        Ok(content)
-    }
-
-    fn warn(&mut self, message: String) {
-        self.warnings += 1;
-        log::warn!("{message}");
-    }
-
-    fn warn_grew(&mut self) {
-        let message = format!(
-            "{:?} grew while being read; stored its first {} bytes",
-            self.path, self.size
-        );
-        self.warn(message);
-    }
-
-    fn warn_shrank(&mut self, got: u64) {
-        let message = format!(
-            "{:?} shrank while being read; stored its first {got} bytes and {} zero bytes",
-            self.path,
-            self.size - got
-        );
-        self.warn(message);
-    }
-
-    /// All `size` bytes were handed out: a file with more to read grew.
-    fn check_end(&mut self) {
-        self.end_checked = true;
-        let mut probe = [0u8; 1];
-        if matches!(self.inner.read(&mut probe), Ok(n) if n > 0) {
-            self.warn_grew();
-        }
-    }
-}
-
-impl<R: Read> Read for FileContent<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (buf.len() as u64).min(self.size - self.delivered) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = if self.head_pos < self.head.len() {
-            let n = want.min(self.head.len() - self.head_pos);
-            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
-            self.head_pos += n;
-            n
-        } else if self.padding {
-            buf[..want].fill(0);
-            want
-        } else {
-            match self.inner.read(&mut buf[..want]) {
-                Ok(0) => {
-                    self.padding = true;
-                    self.warn_shrank(self.delivered);
-                    return self.read(buf);
-                }
-                Ok(n) => n.min(want),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => return Err(err),
-                Err(err) => {
-                    self.padding = true;
-                    self.incomplete = true;
-                    let message = format!(
-                        "{:?} could not be read past byte {} ({err}); stored {} zero bytes \
-                         in place of the rest",
-                        self.path,
-                        self.delivered,
-                        self.size - self.delivered
-                    );
-                    self.warn(message);
-                    return self.read(buf);
-                }
-            }
-        };
-        self.delivered += n as u64;
-        if self.delivered == self.size && !self.end_checked && !self.padding {
-            self.check_end();
-        }
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::backup::fs_accessor::FileStat;
     use crate::backup::fs_flags::magic;
     use crate::pxar::format::*;
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
     /// stat, content or symlink target, xattrs
     type Node = (FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
@@ -1580,75 +934,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(filenames(&encode(&fs, &options)), ["d", "b"]);
-    }
-
-    /// Reads a `FileContent` of `size` over `data` to the end.
-    fn content_of(data: &[u8], size: u64) -> (Vec<u8>, u64) {
-        let mut content = FileContent::start(data, size, Path::new("f")).unwrap();
-        let mut out = Vec::new();
-        content.read_to_end(&mut out).unwrap();
-        (out, content.warnings)
-    }
-
-    #[test]
-    fn file_content_pads_and_cuts_with_a_warning() {
-        // Small files (read whole by `start`) and big ones (read on after the head).
-        for len in [3usize, 200_000] {
-            let data: Vec<u8> = (0..len).map(|i| i as u8 | 1).collect();
-            let size = len as u64;
-            assert_eq!(content_of(&data, size), (data.clone(), 0));
-            // Shrank: padded.
-            let mut padded = data[..len - 1].to_vec();
-            padded.push(0);
-            assert_eq!(content_of(&data[..len - 1], size), (padded, 1));
-            // Grew: cut, and said so.
-            let mut grown = data.clone();
-            grown.push(7);
-            assert_eq!(content_of(&grown, size), (data.clone(), 1));
-        }
-        assert_eq!(content_of(b"", 0), (Vec::new(), 0));
-        assert_eq!(content_of(b"x", 0), (Vec::new(), 1));
-    }
-
-    #[test]
-    fn file_content_fails_early_or_pads_after_a_read_error() {
-        /// `good` bytes, then errors.
-        struct Failing(usize);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0 == 0 {
-                    return Err(io::Error::from_raw_os_error(libc::EIO));
-                }
-                let n = buf.len().min(self.0);
-                buf[..n].fill(1);
-                self.0 -= n;
-                Ok(n)
-            }
-        }
-        let path = Path::new("f");
-        // Nothing readable: `start` fails, the caller leaves the file out.
-        assert!(FileContent::start(Failing(0), 10, path).is_err());
-        assert!(FileContent::start(Failing(5), 10, path).is_err());
-        // Failing after the head: the rest is zeros and the file is marked incomplete.
-        let size = 3 * FileContent::<Failing>::HEAD;
-        let good = 2 * FileContent::<Failing>::HEAD as usize;
-        let mut content = FileContent::start(Failing(good), size, path).unwrap();
-        let mut out = Vec::new();
-        content.read_to_end(&mut out).unwrap();
-        assert_eq!(out.len() as u64, size);
-        assert!(out[..good].iter().all(|&b| b == 1));
-        assert!(out[good..].iter().all(|&b| b == 0));
-        assert!(content.incomplete);
-        assert_eq!(content.warnings, 1);
-    }
-
-    #[test]
-    fn xattr_name_filter_matches_the_official_one() {
-        assert!(is_archived_xattr_name(b"user.comment"));
-        assert!(is_archived_xattr_name(b"trusted.x"));
-        assert!(is_archived_xattr_name(b"security.NTACL"));
-        assert!(!is_archived_xattr_name(b"security.selinux"));
-        assert!(!is_archived_xattr_name(b"system.posix_acl_access"));
-        assert!(!is_archived_xattr_name(&[b'u'; 256]));
     }
 }

@@ -4,11 +4,20 @@
 
 pub mod acl;
 pub mod archive;
+pub mod archive_options;
+mod capture;
 pub mod client;
 pub mod exclude;
+mod file_content;
 pub mod fs_accessor;
 pub mod fs_flags;
+mod image;
+mod lookahead;
+pub mod payload;
 pub mod protection;
+mod pxar_archives;
+mod read_ahead;
 pub mod reuse;
 pub mod server;
+pub mod spec;
 pub mod upload;

@@ -10,7 +10,6 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -19,6 +18,7 @@ use crate::format::chunker::Chunker;
 use crate::format::crypto::CryptConfig;
 use crate::format::Digest;
 use crate::store::target::{BackupSession, IndexSummary, IndexWriter};
+use crate::store::worker_pool::WorkerPool;
 
 /// How chunks are turned into stored blobs: with a key the digest is the keyed one and
 /// the blob is encrypted (crypto.md). Made from the run's
@@ -77,33 +77,6 @@ pub struct UploadStats {
     pub injected_bytes: AtomicU64,
 }
 
-impl UploadStats {
-    fn get(value: &AtomicU64) -> u64 {
-        value.load(Ordering::Relaxed)
-    }
-    pub fn chunks(&self) -> u64 {
-        Self::get(&self.chunks)
-    }
-    pub fn bytes(&self) -> u64 {
-        Self::get(&self.bytes)
-    }
-    pub fn new_chunks(&self) -> u64 {
-        Self::get(&self.new_chunks)
-    }
-    pub fn new_bytes(&self) -> u64 {
-        Self::get(&self.new_bytes)
-    }
-    pub fn new_stored_bytes(&self) -> u64 {
-        Self::get(&self.new_stored_bytes)
-    }
-    pub fn injected_chunks(&self) -> u64 {
-        Self::get(&self.injected_chunks)
-    }
-    pub fn injected_bytes(&self) -> u64 {
-        Self::get(&self.injected_bytes)
-    }
-}
-
 /// What a worker made of one chunk.
 #[derive(Clone, Copy, Debug)]
 struct ChunkDone {
@@ -121,13 +94,11 @@ type ZeroChunk = (Digest, Vec<u8>);
 
 /// Worker threads that hash, compress and upload chunks.
 pub struct UploadPool {
-    jobs: Option<SyncSender<Job>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: WorkerPool<Job>,
     /// Chunks one stream may have in flight before it waits for the oldest.
     in_flight: usize,
     stats: Arc<UploadStats>,
     abort: Arc<AtomicBool>,
-    spare: Arc<SpareBuffers>,
     session: Arc<dyn BackupSession>,
     encoding: ChunkEncoding,
     /// Digest and blob of the all-zero chunk of each size met so far: holes of sparse files
@@ -144,7 +115,7 @@ impl UploadPool {
         encoding: ChunkEncoding,
         workers: usize,
         abort: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let workers = if workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -152,39 +123,20 @@ impl UploadPool {
         };
         // Cap the queue so peak memory does not grow with the core count.
         let workers = workers.clamp(1, 16);
-        let (jobs, receiver) = sync_channel::<Job>(workers);
-        let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(UploadStats::default());
         let in_flight = (workers + 2).min(8);
-        // Enough for every chunk in flight in two streams (a split archive) and the queue.
-        let spare = Arc::new(SpareBuffers {
-            buffers: Mutex::new(Vec::new()),
-            limit: 2 * in_flight + workers,
-        });
-        let handles = (0..workers)
-            .map(|i| {
-                let receiver = receiver.clone();
-                let session = session.clone();
-                let encoding = encoding.clone();
-                let stats = stats.clone();
-                let spare = spare.clone();
-                std::thread::Builder::new()
-                    .name(format!("pbsfs-chunk-{i}"))
-                    .spawn(move || worker(&receiver, &*session, &encoding, &stats, &spare))
-                    .expect("cannot spawn a chunk worker thread")
-            })
-            .collect();
-        UploadPool {
-            jobs: Some(jobs),
-            workers: handles,
+        let pool = WorkerPool::new("pbsfs-chunk", workers, workers, |_| {
+            worker(session.clone(), encoding.clone(), stats.clone())
+        })?;
+        Ok(UploadPool {
+            workers: pool,
             in_flight,
             stats,
             abort,
-            spare,
             session,
             encoding,
             zero_chunks: Mutex::default(),
-        }
+        })
     }
 
     pub fn stats(&self) -> &Arc<UploadStats> {
@@ -219,69 +171,24 @@ impl UploadPool {
 
     fn submit(&self, data: Vec<u8>) -> Result<Receiver<Result<ChunkDone>>> {
         let (reply, result) = sync_channel(1);
-        self.jobs
-            .as_ref()
-            .context("upload pool is shut down")?
-            .send(Job { data, reply })
+        self.workers
+            .submit(Job { data, reply })
             .map_err(|_| anyhow!("chunk workers stopped"))?;
         Ok(result)
     }
 }
 
-impl Drop for UploadPool {
-    fn drop(&mut self) {
-        self.jobs.take();
-        for handle in self.workers.drain(..) {
-            let _ = handle.join();
-        }
-    }
-}
-
+/// One chunk worker: hashes, encodes and stores each chunk it is handed.
 fn worker(
-    receiver: &Mutex<Receiver<Job>>,
-    session: &dyn BackupSession,
-    encoding: &ChunkEncoding,
-    stats: &UploadStats,
-    spare: &SpareBuffers,
-) {
+    session: Arc<dyn BackupSession>,
+    encoding: ChunkEncoding,
+    stats: Arc<UploadStats>,
+) -> impl FnMut(Job) + Send + 'static {
     // The encoded blob goes here, chunk after chunk.
     let mut blob = Vec::new();
-    loop {
-        let job = match receiver.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        let result = process_chunk(&job.data, session, encoding, stats, &mut blob);
-        spare.give(job.data);
+    move |job: Job| {
+        let result = process_chunk(&job.data, &*session, &encoding, &stats, &mut blob);
         let _ = job.reply.send(result);
-    }
-}
-
-/// Chunk buffers handed back by the workers for the streams to fill again: fresh multi-MiB
-/// buffers cost a page fault and a zeroed page per 4 KiB, more than hashing them.
-#[derive(Default)]
-struct SpareBuffers {
-    buffers: Mutex<Vec<Vec<u8>>>,
-    /// At most this many are kept.
-    limit: usize,
-}
-
-impl SpareBuffers {
-    fn give(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        if buffers.len() < self.limit {
-            buffers.push(buffer);
-        }
-    }
-
-    /// A spare buffer, or a new one of `capacity`.
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        self.buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 }
 
@@ -524,7 +431,9 @@ impl<'p> ChunkedWriter<'p> {
             Cutter::Buzhash(chunker) => chunker.min_size() * 2,
             Cutter::Fixed(size) => *size,
         };
-        let data = std::mem::replace(&mut self.buf, self.pool.spare.take(capacity));
+        // A fresh buffer each time: recycling the sent ones measured no faster and held
+        // more memory.
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
         let size = data.len() as u64;
         let result = self.pool.submit(data)?;
         self.pending.push_back(Pending::Worker(result, size));
@@ -627,39 +536,6 @@ impl Write for ChunkedWriter<'_> {
         self.write_data(data)
             .map_err(|err| io::Error::other(format!("{err:#}")))?;
         Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A [`ChunkedWriter`] shared between the encoder (as its payload sink) and the code that
-/// injects reused chunks into the same stream.
-#[derive(Clone)]
-pub struct SharedChunkedWriter<'p>(pub Arc<Mutex<ChunkedWriter<'p>>>);
-
-impl<'p> SharedChunkedWriter<'p> {
-    pub fn new(writer: ChunkedWriter<'p>) -> Self {
-        SharedChunkedWriter(Arc::new(Mutex::new(writer)))
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, ChunkedWriter<'p>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The writer back, once every other handle is gone.
-    pub fn into_inner(self) -> Result<ChunkedWriter<'p>> {
-        match Arc::try_unwrap(self.0) {
-            Ok(mutex) => Ok(mutex.into_inner().unwrap_or_else(|e| e.into_inner())),
-            Err(_) => bail!("the payload writer is still shared"),
-        }
-    }
-}
-
-impl Write for SharedChunkedWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.lock().write(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -429,24 +429,44 @@ mod tests {
 
     /// End offsets of all chunks when `data` is fed in pieces of the given sizes (cycled).
     fn chunk_ends(data: &[u8], avg: usize, pieces: &[usize]) -> Vec<usize> {
+        feed_in_pieces(data, avg, pieces, false)
+    }
+
+    /// Feeds `data` in pieces; with `zero_runs` each piece is split further into runs of
+    /// zeros, which go through `scan_zeros`, and other bytes. End offsets of all chunks.
+    fn feed_in_pieces(data: &[u8], avg: usize, pieces: &[usize], zero_runs: bool) -> Vec<usize> {
         let mut chunker = Chunker::new(avg);
         let mut ends = Vec::new();
         let (mut offset, mut piece) = (0, 0);
         while offset < data.len() {
             let len = pieces[piece % pieces.len()].clamp(1, data.len() - offset);
             piece += 1;
-            let mut slice = &data[offset..offset + len];
-            let mut base = offset;
-            loop {
-                let cut = chunker.scan(slice);
-                if cut == 0 {
-                    break;
+            let piece_end = offset + len;
+            while offset < piece_end {
+                let zeros = zero_runs && data[offset] == 0;
+                let run = match zero_runs {
+                    true => data[offset..piece_end]
+                        .iter()
+                        .position(|&b| (b == 0) != zeros)
+                        .unwrap_or(piece_end - offset),
+                    false => piece_end - offset,
+                };
+                let (mut base, mut left) = (offset, run);
+                loop {
+                    let cut = if zeros {
+                        chunker.scan_zeros(left)
+                    } else {
+                        chunker.scan(&data[base..base + left])
+                    };
+                    if cut == 0 {
+                        break;
+                    }
+                    ends.push(base + cut);
+                    base += cut;
+                    left -= cut;
                 }
-                ends.push(base + cut);
-                base += cut;
-                slice = &slice[cut..];
+                offset += run;
             }
-            offset += len;
         }
         if ends.last() != Some(&data.len()) && !data.is_empty() {
             ends.push(data.len());
@@ -623,40 +643,7 @@ mod tests {
     /// End offsets of all chunks when `data` is fed in pieces as in `chunk_ends`, each piece
     /// split further into runs of zeros, which go through `scan_zeros`, and other bytes.
     fn chunk_ends_with_zero_runs(data: &[u8], avg: usize, pieces: &[usize]) -> Vec<usize> {
-        let mut chunker = Chunker::new(avg);
-        let mut ends = Vec::new();
-        let (mut offset, mut piece) = (0, 0);
-        while offset < data.len() {
-            let len = pieces[piece % pieces.len()].clamp(1, data.len() - offset);
-            piece += 1;
-            let piece_end = offset + len;
-            while offset < piece_end {
-                let zeros = data[offset] == 0;
-                let run = data[offset..piece_end]
-                    .iter()
-                    .position(|&b| (b == 0) != zeros)
-                    .unwrap_or(piece_end - offset);
-                let (mut base, mut left) = (offset, run);
-                loop {
-                    let cut = if zeros {
-                        chunker.scan_zeros(left)
-                    } else {
-                        chunker.scan(&data[base..base + left])
-                    };
-                    if cut == 0 {
-                        break;
-                    }
-                    ends.push(base + cut);
-                    base += cut;
-                    left -= cut;
-                }
-                offset += run;
-            }
-        }
-        if ends.last() != Some(&data.len()) && !data.is_empty() {
-            ends.push(data.len());
-        }
-        ends
+        feed_in_pieces(data, avg, pieces, true)
     }
 
     #[test]

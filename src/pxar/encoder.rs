@@ -1,7 +1,8 @@
 //! Streaming pxar encoder, v1 (one stream) and v2 split (metadata + payload stream),
 //! writing byte for byte what the reference encoder writes (pxar.md §5, §7, §9).
 //!
-//! Output goes to `std::io::Write` sinks; the encoder counts positions itself. Memory stays
+//! Output goes to a `std::io::Write` sink (and a [`PayloadSink`] in v2, which keeps its own
+//! position); the encoder counts the metadata stream's position itself. Memory stays
 //! bounded: file contents pass through one reusable copy buffer, and only the goodbye
 //! records of the currently open directories are kept. Sinks are written with small
 //! `write_all` calls, so callers writing to a file should pass a buffered writer.
@@ -11,15 +12,16 @@ use std::io::{self, Read, Write};
 use thiserror::Error;
 
 use super::format::{
-    pxar_hash, Header, FORMAT_VERSION_2, HEADER_SIZE, MAX_FCAPS_CONTENT, MAX_NAME_LEN,
-    MAX_XATTR_CONTENT, PXAR_ACL_DEFAULT, PXAR_ACL_DEFAULT_GROUP, PXAR_ACL_DEFAULT_USER,
-    PXAR_ACL_GROUP, PXAR_ACL_GROUP_OBJ, PXAR_ACL_USER, PXAR_DEVICE, PXAR_ENTRY, PXAR_FCAPS,
-    PXAR_FILENAME, PXAR_FORMAT_VERSION, PXAR_HARDLINK, PXAR_PAYLOAD, PXAR_PAYLOAD_REF,
-    PXAR_PAYLOAD_START_MARKER, PXAR_PAYLOAD_TAIL_MARKER, PXAR_PRELUDE, PXAR_QUOTA_PROJID,
-    PXAR_SYMLINK, PXAR_XATTR,
+    pxar_hash, Header, FORMAT_VERSION_2, MAX_FCAPS_CONTENT, MAX_NAME_LEN, MAX_XATTR_CONTENT,
+    PXAR_ACL_DEFAULT, PXAR_ACL_DEFAULT_GROUP, PXAR_ACL_DEFAULT_USER, PXAR_ACL_GROUP,
+    PXAR_ACL_GROUP_OBJ, PXAR_ACL_USER, PXAR_DEVICE, PXAR_ENTRY, PXAR_FCAPS, PXAR_FILENAME,
+    PXAR_FORMAT_VERSION, PXAR_HARDLINK, PXAR_PAYLOAD, PXAR_PAYLOAD_REF, PXAR_PAYLOAD_START_MARKER,
+    PXAR_PAYLOAD_TAIL_MARKER, PXAR_PRELUDE, PXAR_QUOTA_PROJID, PXAR_SYMLINK, PXAR_XATTR,
 };
 use super::goodbye::{build_goodbye, ChildRecord};
 use super::metadata::{AclEntry, Device, Metadata};
+use super::payload_sink::write_item;
+pub use super::payload_sink::{NoPayload, PayloadSink};
 
 /// Longest symlink target or hardlink path (without the NUL), as the reference limits it.
 pub const MAX_PATH_LEN: usize = 4096;
@@ -80,36 +82,40 @@ pub type Result<T> = std::result::Result<T, EncodeError>;
 
 /// Rejects names the format forbids (pxar.md §3.3), and NUL which would cut the name short.
 pub fn validate_filename(name: &[u8]) -> Result<()> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name == b"." || name == b".." {
-        "'.' and '..' are not entries"
+    let reason = if name == b"." || name == b".." {
+        Some("'.' and '..' are not entries")
     } else if name.contains(&b'/') {
-        "contains '/'"
-    } else if name.contains(&0) {
-        "contains NUL"
-    } else if name.len() > MAX_NAME_LEN {
-        "longer than 4096 bytes"
+        Some("contains '/'")
     } else {
-        return Ok(());
+        bytes_problem(name, MAX_NAME_LEN)
     };
-    Err(EncodeError::InvalidName {
-        name: name.to_vec(),
-        reason,
-    })
+    match reason {
+        Some(reason) => Err(EncodeError::InvalidName {
+            name: name.to_vec(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn validate_path(what: &'static str, path: &[u8]) -> Result<()> {
-    let reason = if path.is_empty() {
-        "empty"
-    } else if path.contains(&0) {
-        "contains NUL"
-    } else if path.len() > MAX_PATH_LEN {
-        "longer than 4096 bytes"
+    match bytes_problem(path, MAX_PATH_LEN) {
+        Some(reason) => Err(EncodeError::InvalidPath { what, reason }),
+        None => Ok(()),
+    }
+}
+
+/// What names and paths have in common: not empty, no NUL, at most `max` (4096) bytes.
+fn bytes_problem(bytes: &[u8], max: usize) -> Option<&'static str> {
+    if bytes.is_empty() {
+        Some("empty")
+    } else if bytes.contains(&0) {
+        Some("contains NUL")
+    } else if bytes.len() > max {
+        Some("longer than 4096 bytes")
     } else {
-        return Ok(());
-    };
-    Err(EncodeError::InvalidPath { what, reason })
+        None
+    }
 }
 
 fn validate_metadata(metadata: &Metadata) -> Result<()> {
@@ -174,21 +180,16 @@ impl<T: Write> Sink<T> {
 
     /// One item: header and content in a single write.
     fn item(&mut self, htype: u64, parts: &[&[u8]]) -> io::Result<()> {
-        let content: usize = parts.iter().map(|p| p.len()).sum();
-        let mut buf = Vec::with_capacity(HEADER_SIZE as usize + content);
-        buf.extend_from_slice(&Header::new(htype, content as u64).to_bytes());
-        for part in parts {
-            buf.extend_from_slice(part);
-        }
-        self.write(&buf)
+        self.pos += write_item(&mut self.out, htype, parts)?;
+        Ok(())
     }
 }
 
 /// The streaming encoder. `W` receives the archive (v1) or the metadata stream (v2), `P` the
 /// payload stream (v2 only).
-pub struct Encoder<W: Write, P: Write = W> {
+pub struct Encoder<W: Write, P: PayloadSink = NoPayload> {
     meta: Sink<W>,
-    payload: Option<Sink<P>>,
+    payload: Option<P>,
     /// Highest payload offset referenced so far: references must strictly increase (§9.3).
     last_payload_ref: Option<u64>,
     dirs: Vec<OpenDir>,
@@ -196,14 +197,14 @@ pub struct Encoder<W: Write, P: Write = W> {
     poisoned: bool,
 }
 
-impl<W: Write> Encoder<W, W> {
+impl<W: Write> Encoder<W, NoPayload> {
     /// A v1 archive: one stream, starting with the root directory's ENTRY.
     pub fn new_v1(out: W, root: &Metadata) -> Result<Self> {
         Self::start(out, None, root, None)
     }
 }
 
-impl<W: Write, P: Write> Encoder<W, P> {
+impl<W: Write, P: PayloadSink> Encoder<W, P> {
     /// A v2 split archive: FORMAT_VERSION (and PRELUDE, if given) open the metadata stream,
     /// PAYLOAD_START_MARKER opens the payload stream.
     pub fn new_v2(
@@ -228,7 +229,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
                 out: meta_out,
                 pos: 0,
             },
-            payload: payload_out.map(|out| Sink { out, pos: 0 }),
+            payload: payload_out,
             last_payload_ref: None,
             // The reference uses offset 0 as the root's ENTRY even in v2, where the ENTRY
             // really follows FORMAT_VERSION (pxar.md §7.2).
@@ -242,7 +243,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
             poisoned: false,
         };
         if let Some(payload) = encoder.payload.as_mut() {
-            payload.item(PXAR_PAYLOAD_START_MARKER, &[])?;
+            write_item(payload, PXAR_PAYLOAD_START_MARKER, &[])?;
             encoder
                 .meta
                 .item(PXAR_FORMAT_VERSION, &[&FORMAT_VERSION_2.to_le_bytes()])?;
@@ -261,7 +262,13 @@ impl<W: Write, P: Write> Encoder<W, P> {
 
     /// Current position in the payload stream (v2 only).
     pub fn payload_position(&self) -> Option<u64> {
-        self.payload.as_ref().map(|p| p.pos)
+        self.payload.as_ref().map(|p| p.position())
+    }
+
+    /// The payload sink (v2 only), for putting bytes into the stream that do not pass
+    /// through the encoder (re-used chunks); its position moves with them.
+    pub fn payload_sink(&mut self) -> Option<&mut P> {
+        self.payload.as_mut()
     }
 
     pub fn is_split(&self) -> bool {
@@ -294,7 +301,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
                 max: u64::MAX / 2,
             });
         }
-        let ref_offset = self.payload.as_ref().map(|p| p.pos);
+        let ref_offset = self.payload_position();
         if let Some(offset) = ref_offset {
             self.check_payload_order(offset)?;
         }
@@ -315,8 +322,9 @@ impl<W: Write, P: Write> Encoder<W, P> {
         let payload_header = Header::new(PXAR_PAYLOAD, size).to_bytes();
         match self.payload.as_mut() {
             Some(payload) => {
-                let offset = payload.pos;
-                payload.write(&payload_header)?;
+                payload.suggest_boundary()?;
+                let offset = payload.position();
+                payload.write_all(&payload_header)?;
                 self.last_payload_ref = Some(offset);
                 self.meta.item(
                     PXAR_PAYLOAD_REF,
@@ -353,7 +361,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
             };
             let chunk = &self.copy_buffer[..got];
             match self.payload.as_mut() {
-                Some(payload) => payload.write(chunk)?,
+                Some(payload) => payload.write_all(chunk)?,
                 None => self.meta.write(chunk)?,
             }
             remaining -= got as u64;
@@ -363,7 +371,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
 
     /// Adds a regular file whose payload is already in the payload stream at
     /// `payload_offset` (the position of its PAYLOAD header), e.g. inside chunks of the
-    /// previous snapshot that the caller injects and accounts with [`Self::advance`].
+    /// previous snapshot that the caller injects into [`Self::payload_sink`].
     /// Offsets must be at or past the current payload position and strictly increase.
     pub fn add_payload_ref(
         &mut self,
@@ -409,18 +417,6 @@ impl<W: Write, P: Write> Encoder<W, P> {
         // one, so a second metadata-mode push stores no new chunk at all.
         self.push_child(name, filename_offset, meta_size + size);
         Ok(LinkOffset(filename_offset))
-    }
-
-    /// Accounts `size` bytes the caller put into the payload stream itself (reused chunks).
-    pub fn advance(&mut self, size: u64) -> Result<()> {
-        self.check_usable()?;
-        let payload = self.payload.as_mut().ok_or(EncodeError::NotSplit)?;
-        payload.pos = payload.pos.checked_add(size).ok_or(EncodeError::TooLarge {
-            what: "payload stream",
-            size,
-            max: u64::MAX - payload.pos,
-        })?;
-        Ok(())
     }
 
     pub fn add_symlink(&mut self, metadata: &Metadata, name: &[u8], target: &[u8]) -> Result<()> {
@@ -548,10 +544,10 @@ impl<W: Write, P: Write> Encoder<W, P> {
         self.write_goodbye()?;
         self.meta.out.flush()?;
         if let Some(payload) = self.payload.as_mut() {
-            payload.item(PXAR_PAYLOAD_TAIL_MARKER, &[])?;
-            payload.out.flush()?;
+            write_item(payload, PXAR_PAYLOAD_TAIL_MARKER, &[])?;
+            payload.flush()?;
         }
-        Ok((self.meta.out, self.payload.map(|p| p.out)))
+        Ok((self.meta.out, self.payload))
     }
 
     fn write_goodbye(&mut self) -> Result<OpenDir> {
@@ -654,7 +650,7 @@ impl<W: Write, P: Write> Encoder<W, P> {
     }
 
     fn check_payload_order(&self, offset: u64) -> Result<()> {
-        let position = self.payload.as_ref().map_or(0, |p| p.pos);
+        let position = self.payload_position().unwrap_or(0);
         let min = match self.last_payload_ref {
             Some(last) => position.max(last + 1),
             None => position,
@@ -685,20 +681,12 @@ impl<W: Write, P: Write> Encoder<W, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pxar::format::{mode, MTime, Stat, PXAR_GOODBYE, PXAR_GOODBYE_TAIL_MARKER};
+    use crate::pxar::format::{mode, PXAR_GOODBYE, PXAR_GOODBYE_TAIL_MARKER};
     use crate::pxar::goodbye::GoodbyeItem;
+    use crate::pxar::test_archive::test_stat;
 
     fn meta(file_mode: u64) -> Metadata {
-        Metadata::from_stat(Stat {
-            mode: file_mode,
-            flags: 0,
-            uid: 1000,
-            gid: 1000,
-            mtime: MTime {
-                secs: 1_700_000_000,
-                nanos: 5,
-            },
-        })
+        Metadata::from_stat(test_stat(file_mode))
     }
 
     fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -727,7 +715,7 @@ mod tests {
     }
 
     /// The tree of pxar.md §12: a.txt = "hello", d/l -> a.txt, h hardlink to a.txt.
-    fn encode_example<W: Write, P: Write>(encoder: &mut Encoder<W, P>) {
+    fn encode_example<W: Write, P: PayloadSink>(encoder: &mut Encoder<W, P>) {
         let file = meta(mode::IFREG | 0o644);
         let target = encoder
             .add_file(&file, b"a.txt", 5, &mut &b"hello"[..])
@@ -928,7 +916,7 @@ mod tests {
             encoder.add_payload_ref(&meta(mode::IFREG), b"f", 1, 0),
             Err(EncodeError::NotSplit)
         ));
-        assert!(matches!(encoder.advance(5), Err(EncodeError::NotSplit)));
+        assert!(encoder.payload_sink().is_none());
         let mut big = meta(mode::IFREG | 0o644);
         big.xattrs.push((b"user.big".to_vec(), vec![0; 70_000]));
         assert!(matches!(
@@ -984,20 +972,25 @@ mod tests {
                 min: 16
             })
         ));
-        // References into bytes the caller injects next, then accounts with advance().
+        // References into bytes the caller injects next, through the payload sink.
         encoder.add_payload_ref(&file, b"a", 1, 100).unwrap();
         assert!(matches!(
             encoder.add_payload_ref(&file, b"b", 1, 100),
             Err(EncodeError::PayloadOrder { .. })
         ));
         encoder.add_payload_ref(&file, b"b", 1, 117).unwrap();
-        encoder.advance(200).unwrap();
+        encoder
+            .payload_sink()
+            .unwrap()
+            .extend_from_slice(&[7u8; 200]);
         assert_eq!(encoder.payload_position(), Some(216));
         encoder.add_file(&file, b"c", 2, &mut &b"xy"[..]).unwrap();
         assert_eq!(encoder.payload_position(), Some(216 + 18));
         let (meta_bytes, payload) = encoder.finish().unwrap();
-        // Only the freshly written file is in the payload sink; reused bytes are the caller's.
-        assert_eq!(payload.unwrap().len(), 16 + 18 + 16);
+        // The injected bytes sit between the start marker and the fresh file.
+        let payload = payload.unwrap();
+        assert_eq!(payload.len(), 16 + 200 + 18 + 16);
+        assert_eq!(&payload[216 + 16..216 + 18], b"xy");
         // Every file's goodbye size is its metadata plus its file size, re-used or new.
         let goodbye_at = meta_bytes.len() - (16 + 24 * 4);
         let sizes: Vec<u64> = goodbye_items(&meta_bytes, goodbye_at)
@@ -1044,31 +1037,44 @@ mod tests {
         }
     }
 
+    impl PayloadSink for Counter {
+        fn position(&self) -> u64 {
+            self.total
+        }
+    }
+
+    /// Encodes one big file of zeros; returns the two sinks.
+    fn encode_big_file<P: PayloadSink>(
+        mut encoder: Encoder<Counter, P>,
+        size: u64,
+    ) -> (Counter, Option<P>) {
+        let mut zeros = Zeros {
+            remaining: size,
+            largest_request: 0,
+        };
+        encoder
+            .add_file(&meta(mode::IFREG | 0o644), b"big", size, &mut zeros)
+            .unwrap();
+        let sinks = encoder.finish().unwrap();
+        assert_eq!(zeros.remaining, 0);
+        assert!(zeros.largest_request <= COPY_BUFFER_SIZE);
+        sinks
+    }
+
     #[test]
     fn large_files_stream_through_a_small_buffer() {
         const SIZE: u64 = 200 << 20;
-        for split in [false, true] {
-            let root = meta(mode::IFDIR | 0o755);
-            let mut encoder = if split {
-                Encoder::new_v2(Counter::default(), Counter::default(), &root, None).unwrap()
-            } else {
-                Encoder::new_v1(Counter::default(), &root).unwrap()
-            };
-            let mut zeros = Zeros {
-                remaining: SIZE,
-                largest_request: 0,
-            };
-            encoder
-                .add_file(&meta(mode::IFREG | 0o644), b"big", SIZE, &mut zeros)
-                .unwrap();
-            let (meta_out, payload_out) = encoder.finish().unwrap();
-            assert_eq!(zeros.remaining, 0);
-            assert!(zeros.largest_request <= COPY_BUFFER_SIZE);
-            let data_sink = payload_out.as_ref().unwrap_or(&meta_out);
+        let root = meta(mode::IFDIR | 0o755);
+        let (v1_out, _) =
+            encode_big_file(Encoder::new_v1(Counter::default(), &root).unwrap(), SIZE);
+        let split = Encoder::new_v2(Counter::default(), Counter::default(), &root, None).unwrap();
+        let (meta_out, payload_out) = encode_big_file(split, SIZE);
+        let payload_out = payload_out.unwrap();
+        for (data_sink, meta_sink) in [(&v1_out, &v1_out), (&payload_out, &meta_out)] {
             assert!(data_sink.total > SIZE);
             // Nothing is gathered up: the biggest write is one copy buffer.
             assert!(data_sink.largest_write <= COPY_BUFFER_SIZE);
-            assert!(meta_out.largest_write <= COPY_BUFFER_SIZE);
+            assert!(meta_sink.largest_write <= COPY_BUFFER_SIZE);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod goodbye;
 pub mod items;
 pub mod metadata;
 pub mod pattern;
+pub mod payload_sink;
 pub mod table_walk;
 
 pub use accessor::{Accessor, DirEntry};

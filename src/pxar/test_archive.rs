@@ -16,7 +16,8 @@ fn item(out: &mut Vec<u8>, htype: u64, content: &[u8]) {
     out.extend_from_slice(content);
 }
 
-fn stat(mode: u64) -> [u8; 40] {
+/// The attributes every test entry has, with its `mode`.
+pub fn test_stat(mode: u64) -> Stat {
     Stat {
         mode,
         flags: 0,
@@ -27,7 +28,10 @@ fn stat(mode: u64) -> [u8; 40] {
             nanos: 5,
         },
     }
-    .to_bytes()
+}
+
+fn stat(mode: u64) -> [u8; 40] {
+    test_stat(mode).to_bytes()
 }
 
 fn with_nul(bytes: &[u8]) -> Vec<u8> {

@@ -203,8 +203,38 @@ impl RemoteBackupSession {
     }
 
     fn send_chunk(&self, digest: &Digest, raw_blob: &[u8], plain_size: u64) -> Result<()> {
+        let body = Bytes::copy_from_slice(raw_blob);
+        block_on(self.chunk_sender().send(digest, body, plain_size))
+    }
+
+    /// A handle that uploads chunks of this session from async tasks.
+    pub(crate) fn chunk_sender(&self) -> ChunkSender {
+        ChunkSender(self.shared.clone())
+    }
+
+    /// Marks the chunk as known to this session; true if it already was (uploaded,
+    /// registered via `/previous`, or claimed by an earlier call). A caller that gets false
+    /// must upload it.
+    pub(crate) fn claim_chunk(&self, digest: &Digest) -> bool {
+        !self.shared.known.lock().unwrap().insert(*digest)
+    }
+}
+
+/// Uploads chunks of a session; cheap to clone into tasks.
+#[derive(Clone)]
+pub(crate) struct ChunkSender(Arc<Shared>);
+
+impl ChunkSender {
+    /// Uploads an encoded chunk; the body is sent as it is, without a copy.
+    pub(crate) async fn send(&self, digest: &Digest, body: Bytes, plain_size: u64) -> Result<()> {
+        if plain_size == 0 || plain_size > MAX_CHUNK_SIZE as u64 {
+            bail!(
+                "chunk {} has invalid size {plain_size}",
+                digest_to_hex(digest)
+            );
+        }
         let (path, wid) = {
-            let open = self.shared.open.lock().unwrap();
+            let open = self.0.open.lock().unwrap();
             // PBS uses the writer id for statistics only; a fixed writer would limit
             // sizes, so a dynamic one is preferred.
             match (open.dynamic.first(), open.fixed.first()) {
@@ -217,19 +247,17 @@ impl RemoteBackupSession {
             ("wid", wid.to_string()),
             ("digest", digest_to_hex(digest)),
             ("size", plain_size.to_string()),
-            ("encoded-size", raw_blob.len().to_string()),
+            ("encoded-size", body.len().to_string()),
         ];
-        block_on(self.shared.call(
-            Method::POST,
-            path,
-            &params,
-            OCTETS,
-            Some(Bytes::copy_from_slice(raw_blob)),
-        ))
-        .with_context(|| format!("uploading chunk {}", digest_to_hex(digest)))?;
+        self.0
+            .call(Method::POST, path, &params, OCTETS, Some(body))
+            .await
+            .with_context(|| format!("uploading chunk {}", digest_to_hex(digest)))?;
         Ok(())
     }
+}
 
+impl RemoteBackupSession {
     /// Starts `<name>` (ending in `.didx`).
     pub fn create_dynamic_index(&self, name: &str) -> Result<RemoteIndexWriter> {
         if !name.ends_with(".didx") {

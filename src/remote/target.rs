@@ -5,29 +5,36 @@
 //! Lives next to [`access`](super::access), which plugs the server into the reading seam the
 //! same way; the backup side only knows the traits of `src/store/target.rs`.
 //!
-//! Uploads are pipelined: [`BackupSession::upload_chunk`] hands the encoded chunk to a small
-//! pool of upload threads and returns, so hashing and compression go on while chunks travel.
-//! At most [`MAX_UPLOADS`] chunks are on the wire and [`MAX_QUEUED`] wait for it (bounded
-//! memory). An index append waits for the upload of its chunk, since the server only accepts
-//! entries whose chunk it knows.
+//! Uploads are pipelined: [`BackupSession::upload_chunk`] copies the encoded chunk once into
+//! the request body, starts its upload as a task on the runtime and returns, so hashing and
+//! compression go on while chunks travel. At most [`MAX_UPLOADS`] chunks are on the wire
+//! and [`MAX_QUEUED`] wait for it (semaphores; bounded memory). Whether a chunk needs
+//! uploading is decided once, by [`BackupSession::is_known_chunk`], which claims a new chunk
+//! for its caller. An index append waits for the upload of its chunk, since the server only
+//! accepts entries whose chunk it knows.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::access::RemoteAccess;
-use super::backup::{RemoteBackupSession, RemoteIndexWriter, FIXED_CHUNK_SIZE};
+use super::backup::{ChunkSender, RemoteBackupSession, RemoteIndexWriter, FIXED_CHUNK_SIZE};
 use super::datastore::RemoteDatastore;
+use super::runtime::{block_on, runtime};
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
 use crate::store::access::DatastoreAccess;
 use crate::store::names::BackupDir;
 use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
-/// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection).
+/// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection). More
+/// would share the bandwidth among more chunks and delay the oldest, which the index
+/// appends wait for in stream order.
 pub const MAX_UPLOADS: usize = 4;
-/// Encoded chunks waiting for an upload thread.
+/// Encoded chunks waiting for the wire, besides those on it (bounded memory).
 pub const MAX_QUEUED: usize = 8;
 
 /// A datastore on a PBS server that backups can be written to.
@@ -56,7 +63,8 @@ impl BackupTarget for RemoteTarget {
             &params.dir,
             params.chunk_key.as_ref(),
         )?)));
-        let uploads = Uploads::start(session.clone());
+        let sender = with_session(&session, |s| Ok(s.chunk_sender()))?;
+        let uploads = Uploads::new(sender);
         Ok(Box::new(RemoteSession {
             dir: params.dir.clone(),
             session,
@@ -94,17 +102,16 @@ impl BackupSession for RemoteSession {
         &self.dir
     }
 
+    /// The one check of a chunk: false claims it for the caller, who uploads it.
     fn is_known_chunk(&self, digest: &Digest) -> Result<bool> {
-        with_session(&self.session, |s| s.is_known_chunk(digest))
+        with_session(&self.session, |s| Ok(s.claim_chunk(digest)))
     }
 
-    /// Queues the upload and returns at once; true unless the server already knows the
-    /// chunk or it is already queued.
+    /// Starts the upload and returns at once (waiting while [`MAX_UPLOADS`] are in flight).
     fn upload_chunk(&self, digest: &Digest, raw_blob: &[u8], plain_size: u64) -> Result<bool> {
-        if with_session(&self.session, |s| s.is_known_chunk(digest))? {
-            return Ok(false);
-        }
-        self.uploads.submit(digest, raw_blob.to_vec(), plain_size)
+        self.uploads
+            .start(*digest, Bytes::copy_from_slice(raw_blob), plain_size)?;
+        Ok(true)
     }
 
     fn create_dynamic_index(&self, name: &str) -> Result<Box<dyn IndexWriter>> {
@@ -156,7 +163,7 @@ impl BackupSession for RemoteSession {
 
 impl Drop for RemoteSession {
     fn drop(&mut self) {
-        // Stops the upload threads, then drops an unfinished protocol session: that closes
+        // Lets no further upload start, then drops an unfinished protocol session: that closes
         // the connection and the server discards the snapshot.
         self.uploads.shut_down();
         drop(
@@ -196,47 +203,35 @@ impl IndexWriter for RemoteIndex {
     }
 }
 
-struct Job {
-    digest: Digest,
-    raw_blob: Vec<u8>,
-    plain_size: u64,
-}
-
 #[derive(Default)]
 struct UploadState {
-    queue: VecDeque<Job>,
-    /// Queued or on the wire.
+    /// On the wire.
     pending: HashSet<Digest>,
     /// The first upload error; every later call reports it.
     failed: Option<String>,
-    shut_down: bool,
 }
 
-/// Upload threads fed by a bounded queue.
+/// Chunk uploads running as tasks on the runtime, at most [`MAX_UPLOADS`] at once.
 struct Uploads {
+    sender: ChunkSender,
+    /// Uploads started and not finished: [`MAX_UPLOADS`] + [`MAX_QUEUED`].
+    started: Arc<Semaphore>,
+    /// Uploads on the wire; taken in the order the uploads started (a fair semaphore).
+    wire: Arc<Semaphore>,
     state: Mutex<UploadState>,
-    /// Signalled when a job is queued or the pool shuts down.
-    work: Condvar,
-    /// Signalled when a job finished or left the queue.
+    /// Signalled when an upload ended.
     progress: Condvar,
 }
 
 impl Uploads {
-    fn start(session: SharedSession) -> Arc<Self> {
-        let uploads = Arc::new(Uploads {
+    fn new(sender: ChunkSender) -> Arc<Self> {
+        Arc::new(Uploads {
+            sender,
+            started: Arc::new(Semaphore::new(MAX_UPLOADS + MAX_QUEUED)),
+            wire: Arc::new(Semaphore::new(MAX_UPLOADS)),
             state: Mutex::new(UploadState::default()),
-            work: Condvar::new(),
             progress: Condvar::new(),
-        });
-        for i in 0..MAX_UPLOADS {
-            let uploads = uploads.clone();
-            let session = session.clone();
-            std::thread::Builder::new()
-                .name(format!("pbsfs-upload-{i}"))
-                .spawn(move || uploads.run(&session))
-                .expect("cannot spawn an upload thread");
-        }
-        uploads
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, UploadState> {
@@ -250,30 +245,37 @@ impl Uploads {
         }
     }
 
-    /// Queues a chunk, waiting while the queue is full. False if it is already pending.
-    fn submit(&self, digest: &Digest, raw_blob: Vec<u8>, plain_size: u64) -> Result<bool> {
-        let mut state = self.lock();
-        loop {
-            Self::failure(&state)?;
-            if state.shut_down {
-                bail!("the backup session is closed");
-            }
-            if state.pending.contains(digest) {
-                return Ok(false);
-            }
-            if state.queue.len() < MAX_QUEUED {
-                break;
-            }
-            state = self.progress.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        state.pending.insert(*digest);
-        state.queue.push_back(Job {
-            digest: *digest,
-            raw_blob,
-            plain_size,
+    /// Starts an upload, waiting while too many are started.
+    fn start(self: &Arc<Self>, digest: Digest, body: Bytes, plain_size: u64) -> Result<()> {
+        Self::failure(&self.lock())?;
+        let started = block_on(self.started.clone().acquire_owned())
+            .map_err(|_| anyhow!("the backup session is closed"))?;
+        self.lock().pending.insert(digest);
+        let uploads = self.clone();
+        runtime().spawn(async move {
+            let result = match uploads.wire.acquire().await {
+                Ok(_on_the_wire) => uploads.sender.send(&digest, body, plain_size).await,
+                Err(_) => Err(anyhow!("the backup session is closed")),
+            };
+            drop(started);
+            uploads.finished(&digest, result);
         });
-        self.work.notify_one();
-        Ok(true)
+        Ok(())
+    }
+
+    fn finished(&self, digest: &Digest, result: Result<()>) {
+        let mut state = self.lock();
+        if let Err(err) = result {
+            if state.failed.is_none() {
+                state.failed = Some(format!(
+                    "upload of chunk {} failed: {err:#}",
+                    digest_to_hex(digest)
+                ));
+            }
+        }
+        state.pending.remove(digest);
+        drop(state);
+        self.progress.notify_all();
     }
 
     /// Waits until `digest` is no longer being uploaded (or an upload failed).
@@ -285,7 +287,7 @@ impl Uploads {
         Self::failure(&state)
     }
 
-    /// Waits until every queued upload is done.
+    /// Waits until every upload is done.
     fn wait_idle(&self) -> Result<()> {
         let mut state = self.lock();
         while !state.pending.is_empty() && state.failed.is_none() {
@@ -294,66 +296,10 @@ impl Uploads {
         Self::failure(&state)
     }
 
+    /// No upload starts any more; those in flight end on their own.
     fn shut_down(&self) {
-        let mut state = self.lock();
-        state.shut_down = true;
-        state.queue.clear();
-        self.work.notify_all();
+        self.started.close();
+        self.wire.close();
         self.progress.notify_all();
-    }
-
-    fn run(&self, session: &SharedSession) {
-        loop {
-            let job = {
-                let mut state = self.lock();
-                loop {
-                    if state.shut_down {
-                        return;
-                    }
-                    if let Some(job) = state.queue.pop_front() {
-                        break job;
-                    }
-                    state = self.work.wait(state).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            self.progress.notify_all(); // room in the queue
-            let result = with_session(session, |s| {
-                s.upload_chunk(&job.digest, &job.raw_blob, job.plain_size)
-            });
-            let mut state = self.lock();
-            if let Err(err) = result {
-                if state.failed.is_none() {
-                    state.failed = Some(format!(
-                        "upload of chunk {} failed: {err:#}",
-                        digest_to_hex(&job.digest)
-                    ));
-                }
-            }
-            state.pending.remove(&job.digest);
-            drop(state);
-            self.progress.notify_all();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_closed_pool_refuses_work_and_waits_end() {
-        let uploads = Arc::new(Uploads {
-            state: Mutex::new(UploadState::default()),
-            work: Condvar::new(),
-            progress: Condvar::new(),
-        });
-        // No threads: a queued job stays pending until the pool is shut down.
-        assert!(uploads.submit(&[1; 32], vec![0; 10], 10).unwrap());
-        assert!(!uploads.submit(&[1; 32], vec![0; 10], 10).unwrap());
-        uploads.lock().failed = Some("boom".into());
-        assert!(uploads.wait_for(&[1; 32]).is_err());
-        assert!(uploads.wait_idle().is_err());
-        uploads.shut_down();
-        assert!(uploads.submit(&[2; 32], vec![0; 10], 10).is_err());
     }
 }

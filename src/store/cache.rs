@@ -14,14 +14,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use anyhow::{anyhow, Result};
 use lru::LruCache;
 
 use super::chunk_reader::ChunkReader;
+use super::worker_pool::WorkerPool;
 use crate::format::Digest;
 
 const SHARDS: usize = 16;
@@ -208,7 +207,7 @@ impl Inner {
 /// The cache; cheap to share through `Arc`.
 pub struct ChunkCache {
     inner: Arc<Inner>,
-    prefetch: Option<Mutex<SyncSender<Prefetch>>>,
+    prefetch: Option<WorkerPool<Prefetch>>,
 }
 
 impl ChunkCache {
@@ -230,19 +229,16 @@ impl ChunkCache {
             clock: AtomicU64::new(0),
             queued: Mutex::new(HashSet::new()),
         });
-        let prefetch = (prefetch_workers > 0).then(|| {
-            let (sender, receiver) = sync_channel(PREFETCH_QUEUE);
-            let receiver = Arc::new(Mutex::new(receiver));
-            for number in 0..prefetch_workers {
-                let inner = Arc::downgrade(&inner);
-                let receiver = receiver.clone();
-                thread::Builder::new()
-                    .name(format!("pbsfs-prefetch-{number}"))
-                    .spawn(move || prefetch_worker(inner, receiver))
-                    .expect("spawn read-ahead thread");
-            }
-            Mutex::new(sender)
-        });
+        // Without its threads the cache still works, only without read-ahead.
+        let prefetch = (prefetch_workers > 0)
+            .then(|| {
+                WorkerPool::new("pbsfs-prefetch", prefetch_workers, PREFETCH_QUEUE, |_| {
+                    prefetch_worker(Arc::downgrade(&inner))
+                })
+                .map_err(|err| log::warn!("no chunk read-ahead: {err}"))
+                .ok()
+            })
+            .flatten();
         ChunkCache { inner, prefetch }
     }
 
@@ -265,41 +261,43 @@ impl ChunkCache {
 /// Nice value of read-ahead threads (see [`prefetch_worker`]).
 const PREFETCH_NICE: libc::c_int = 10;
 
-fn prefetch_worker(inner: std::sync::Weak<Inner>, receiver: Arc<Mutex<Receiver<Prefetch>>>) {
-    // Read-ahead yields to the threads that hand data to readers: with the cores busy
-    // decoding chunks needed later, a reader whose data is ready would otherwise wait its
-    // turn behind all of them. The workers still get every cycle nobody else wants. (On
-    // Linux the nice value is per thread; best effort.)
-    // SAFETY: plain syscalls on this thread's own id.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_NICE);
-    }
-    loop {
-        let next = receiver.lock().unwrap().recv();
-        let Ok((digest, len, source)) = next else {
-            return;
-        }; // the cache is gone
-        let Some(inner) = inner.upgrade() else { return };
+/// One read-ahead worker: fetches each queued chunk that is still wanted into the cache.
+fn prefetch_worker(inner: Weak<Inner>) -> impl FnMut(Prefetch) + Send + 'static {
+    let mut niced = false;
+    move |(digest, len, source)| {
+        if !niced {
+            niced = true;
+            lower_priority();
+        }
+        let Some(inner) = inner.upgrade() else { return }; // the cache is gone
         if !inner.queued.lock().unwrap().remove(&digest) {
-            continue; // released since it was queued
+            return; // released since it was queued
         }
         // A failed read-ahead is not reported: the real read will fetch again and report it.
         let _ = inner.read(&digest, len, source.as_deref(), Fetch::Streaming);
     }
 }
 
+/// Read-ahead yields to the threads that hand data to readers: with the cores busy decoding
+/// chunks needed later, a reader whose data is ready would otherwise wait its turn behind
+/// all of them. The workers still get every cycle nobody else wants. (On Linux the nice
+/// value is per thread; best effort.)
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_NICE);
+    }
+}
+
 impl ChunkCache {
     fn queue_prefetch(&self, digest: &Digest, len: u64, source: Option<Arc<dyn ChunkReader>>) {
-        let Some(sender) = &self.prefetch else { return };
+        let Some(pool) = &self.prefetch else { return };
         if self.inner.contains(digest) || !self.inner.queued.lock().unwrap().insert(*digest) {
             return;
         }
-        match sender.lock().unwrap().try_send((*digest, len, source)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.inner.queued.lock().unwrap().remove(digest);
-            }
+        if pool.try_submit((*digest, len, source)).is_err() {
+            self.inner.queued.lock().unwrap().remove(digest);
         }
     }
 }
@@ -377,7 +375,24 @@ pub const DEFAULT_CACHE_SIZE: usize = 256 << 20;
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
     use std::time::Duration;
+
+    /// Whether each of the chunks `digest(n)` is cached.
+    fn cached<const N: usize>(cache: &ChunkCache, numbers: [u8; N]) -> [bool; N] {
+        numbers.map(|n| cache.contains(&digest(n)))
+    }
+
+    /// Reads `digest` from `threads` threads at once; their results.
+    fn read_at_once(cache: &Arc<ChunkCache>, threads: usize, digest: Digest) -> Vec<Result<Chunk>> {
+        let threads: Vec<_> = (0..threads)
+            .map(|_| {
+                let cache = cache.clone();
+                thread::spawn(move || cache.read_chunk(&digest, 10))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
 
     /// Makes chunk data from the digest's first byte; counts and optionally slows fetches.
     struct FakeSource {
@@ -463,9 +478,7 @@ mod tests {
         cache.read_chunk(&digest(2), 400).unwrap();
         cache.read_chunk(&digest(1), 400).unwrap(); // 2 is now the oldest
         cache.read_chunk(&digest(3), 400).unwrap();
-        assert!(cache.contains(&digest(1)));
-        assert!(!cache.contains(&digest(2)));
-        assert!(cache.contains(&digest(3)));
+        assert_eq!(cached(&cache, [1, 2, 3]), [true, false, true]);
         assert_eq!(cache.cached_bytes(), 800);
     }
 
@@ -473,14 +486,8 @@ mod tests {
     fn concurrent_readers_share_one_fetch() {
         let src = source(200, None);
         let cache = Arc::new(ChunkCache::new(src.clone(), 1 << 20, 0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let cache = cache.clone();
-                thread::spawn(move || cache.read_chunk(&digest(3), 10).unwrap())
-            })
-            .collect();
-        for t in threads {
-            assert_eq!(*t.join().unwrap(), vec![3u8; 10]);
+        for chunk in read_at_once(&cache, 8, digest(3)) {
+            assert_eq!(*chunk.unwrap(), vec![3u8; 10]);
         }
         assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
     }
@@ -489,15 +496,9 @@ mod tests {
     fn errors_reach_every_waiter_and_are_not_cached() {
         let src = source(100, Some(9));
         let cache = Arc::new(ChunkCache::new(src.clone(), 1 << 20, 0));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let cache = cache.clone();
-                thread::spawn(move || cache.read_chunk(&digest(9), 10).is_err())
-            })
-            .collect();
-        for t in threads {
-            assert!(t.join().unwrap());
-        }
+        assert!(read_at_once(&cache, 4, digest(9))
+            .iter()
+            .all(|chunk| chunk.is_err()));
         let before = src.fetches.load(Ordering::SeqCst);
         assert!(cache.read_chunk(&digest(9), 10).is_err());
         assert_eq!(src.fetches.load(Ordering::SeqCst), before + 1);
@@ -538,8 +539,7 @@ mod tests {
         cache.read_chunk(&digest(2), 200).unwrap();
         cache.release(&digest(1));
         cache.release(&digest(3)); // never cached: nothing happens
-        assert!(!cache.contains(&digest(1)));
-        assert!(cache.contains(&digest(2)));
+        assert_eq!(cached(&cache, [1, 2]), [false, true]);
         assert_eq!(cache.cached_bytes(), 200);
     }
 

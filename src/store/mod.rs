@@ -22,6 +22,7 @@ pub mod snapshot;
 pub mod target;
 pub use crate::format::time;
 pub mod verify;
+pub mod worker_pool;
 pub mod writer;
 
 pub use chunk_source::ChunkSource;

@@ -73,7 +73,8 @@ pub trait BackupSession: Send + Sync {
     fn snapshot(&self) -> &BackupDir;
 
     /// True if the store already has this chunk; it then counts as used by this snapshot
-    /// (so garbage collection keeps it) and need not be uploaded.
+    /// (so garbage collection keeps it) and need not be uploaded. False means the caller
+    /// uploads it (a store may count the chunk as claimed by that caller from then on).
     fn is_known_chunk(&self, digest: &Digest) -> Result<bool>;
 
     /// Uploads an encoded chunk (`raw_blob`, `plain_size` bytes of data). Returns true if

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use pbsfs::format::ReadAt;
-use pbsfs::pxar::encoder::{Encoder, LinkOffset};
+use pbsfs::pxar::encoder::{Encoder, LinkOffset, PayloadSink};
 use pbsfs::pxar::format::{mode, MTime, Stat, ACL_NO_MASK};
 use pbsfs::pxar::metadata::{AclDefault, AclEntry, Device};
 use pbsfs::pxar::{Accessor, Acl, Decoder, Entry, EntryKind, Metadata};
@@ -84,14 +84,14 @@ struct Built {
     payload: Option<Vec<u8>>,
 }
 
-struct Writer<'a, W: std::io::Write, P: std::io::Write> {
+struct Writer<'a, W: std::io::Write, P: PayloadSink> {
     encoder: &'a mut Encoder<W, P>,
     expected: Vec<Expected>,
     /// Files encoded so far: (path, link offset, contents).
     files: Vec<(Vec<u8>, LinkOffset, Vec<u8>)>,
 }
 
-impl<W: std::io::Write, P: std::io::Write> Writer<'_, W, P> {
+impl<W: std::io::Write, P: PayloadSink> Writer<'_, W, P> {
     fn children(&mut self, parent_path: &[u8], children: &[Node]) {
         for child in children {
             self.node(parent_path, child);
@@ -160,7 +160,7 @@ impl<W: std::io::Write, P: std::io::Write> Writer<'_, W, P> {
     }
 }
 
-fn encode<W: std::io::Write, P: std::io::Write>(
+fn encode<W: std::io::Write, P: PayloadSink>(
     mut encoder: Encoder<W, P>,
     root: &Metadata,
     children: &[Node],
