@@ -5,7 +5,7 @@
 //! Prints, one per line, then serves: `port=N`, `fingerprint=aa:bb:…`, `auth-id=…`,
 //! `secret=…` (the test server's fixed token secret, not a real one), `store=…`.
 
-#[path = "../tests/it/common/pbs_server.rs"]
+#[path = "../tests/it/common/pbs_server/mod.rs"]
 mod pbs_server;
 
 use std::io::Write;

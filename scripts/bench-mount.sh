@@ -53,6 +53,22 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 best() { printf '%s\n' "$@" | sort -g | head -1; }
 rounds_of() { printf '%.3f ' "$@"; }
 
+# make_files ROOT COUNT DIGITS SIZES: COUNT files, 1000 to a directory, named f + DIGITS digits;
+# file i holds i % SIZES bytes (SIZES 0: all empty).
+make_files() {
+    python3 - "$@" <<'PY'
+import os, sys
+root, count, digits, sizes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+per_dir = 1000
+for i in range(count):
+    d = os.path.join(root, "d%04d" % (i // per_dir))
+    if i % per_dir == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%0*d" % (digits, i)), "w") as f:
+        f.write("x" * (i % sizes if sizes else 0))
+PY
+}
+
 # Time to a ready mount (`pbsfs mount` returns once the mount answers) of a legacy archive
 # of 1M empty files in 1000 directories, against one of 1k: opening must not walk the tree.
 ready_cache=${BENCH_CACHE:-/var/tmp/pbsfs-bench-cache}/legacy-ds
@@ -61,16 +77,7 @@ legacy_snapshot() { # ENTRIES: makes host/legacy-ENTRIES in the cached datastore
     [ -d "$ready_cache/host/legacy-$n" ] && return
     echo "generating: a legacy archive of $n empty files (kept in $ready_cache)"
     rm -rf "$src"
-    python3 - "$src" "$n" <<'PY'
-import os, sys
-root, count = sys.argv[1], int(sys.argv[2])
-per_dir = 1000
-for i in range(count):
-    d = os.path.join(root, "d%04d" % (i // per_dir))
-    if i % per_dir == 0:
-        os.makedirs(d)
-    open(os.path.join(d, "f%07d" % i), "w").close()
-PY
+    make_files "$src" "$n" 7 0
     mkdir -p "$ready_cache"
     "$bin" -r "$ready_cache" push "root.pxar:$src" --backup-id "legacy-$n" \
         --change-detection-mode legacy --quiet
@@ -117,17 +124,7 @@ fi
 mib() { echo "scale=1; $bytes / 1048576 / $1" | bc -l; }
 if part find; then
     echo "generating: $entries small files"
-    python3 - "$work/many" "$entries" <<'PY'
-import os, sys
-root, count = sys.argv[1], int(sys.argv[2])
-per_dir = 1000
-for i in range(count):
-    d = os.path.join(root, "d%04d" % (i // per_dir))
-    if i % per_dir == 0:
-        os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%06d" % i), "w") as f:
-        f.write("x" * (i % 200))
-PY
+    make_files "$work/many" "$entries" 6 200
     "$bin" -r "$ds" push "many.pxar:$work/many" --backup-id many --change-detection-mode data --quiet
 fi
 

@@ -18,8 +18,12 @@ SIZE_MIB=${1:-2048}
 WORK=${2:-target/bench-push}
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-BIN=${BENCH_BIN:-$PWD/target/release/pbsfs}
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+else
+    cargo build --release --quiet
+    BIN=$PWD/target/release/pbsfs
+fi
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)

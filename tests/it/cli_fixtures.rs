@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::common::cli::{ok, ok_json, pbsfs_local, stderr};
-use crate::common::copy_fixture_datastore;
+use crate::common::{copy_fixture_datastore, UNENCRYPTED_ARCHIVES};
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
@@ -29,76 +29,6 @@ const ROOT_SNAPSHOTS: [&str; 7] = [
     "host/fixture-meta/2026-11-25T08:28:43Z",
     "host/fixture-meta/2026-11-25T08:28:55Z",
     "vm/100/2026-11-25T08:29:01Z",
-];
-
-/// (namespace, snapshot, archive, sha256) of every unencrypted archive in the fixtures README.
-const ARCHIVES: [(&str, &str, &str, &str); 11] = [
-    (
-        "",
-        "host/fixture-legacy/2026-11-25T08:28:42Z",
-        "root.pxar",
-        "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
-    ),
-    (
-        "",
-        "host/fixture-legacy/2026-11-25T08:28:42Z",
-        "catalog.pcat1",
-        "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
-    ),
-    (
-        "",
-        "host/fixture-data/2026-11-25T08:28:43Z",
-        "root.mpxar",
-        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
-    ),
-    (
-        "",
-        "host/fixture-data/2026-11-25T08:28:43Z",
-        "root.ppxar",
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:43Z",
-        "root.mpxar",
-        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:43Z",
-        "root.ppxar.didx",
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:55Z",
-        "root.mpxar",
-        "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:55Z",
-        "root.ppxar",
-        "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094",
-    ),
-    (
-        "team",
-        "host/fixture-ns/2026-11-25T08:29:01Z",
-        "root.pxar",
-        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
-    ),
-    (
-        "team",
-        "host/fixture-ns/2026-11-25T08:29:01Z",
-        "catalog.pcat1.didx",
-        "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc",
-    ),
-    (
-        "",
-        "vm/100/2026-11-25T08:29:01Z",
-        "drive-scsi0.img",
-        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
-    ),
 ];
 
 fn snapshot_names(list: &Value) -> Vec<String> {
@@ -226,7 +156,7 @@ fn verify_passes_on_the_official_datastore() {
 #[test]
 fn restore_to_stdout_gives_the_official_archive_bytes() {
     let store = datastore();
-    for (ns, snapshot, archive, sha) in ARCHIVES {
+    for (ns, snapshot, archive, sha) in UNENCRYPTED_ARCHIVES {
         let out = on(&store, &["--ns", ns, "restore", snapshot, archive, "-"]);
         let data = ok(&out);
         assert_eq!(
@@ -291,7 +221,10 @@ fn restore_to_a_file_and_refuse_to_overwrite() {
     ];
     ok(&on(&datastore(), &args));
     let data = std::fs::read(&target).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&data)), ARCHIVES[1].3);
+    assert_eq!(
+        hex::encode(Sha256::digest(&data)),
+        UNENCRYPTED_ARCHIVES[1].3
+    );
     let again = on(&datastore(), &args);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("already exists"));
@@ -556,7 +489,7 @@ fn other_snapshots_read_as_if_the_damaged_one_were_not_there() {
         .success());
     // Every readable snapshot by `latest` of its group: each is its group's newest readable
     // one now (vm/100's newest directory has no manifest).
-    for (ns, snapshot, archive, sha) in ARCHIVES {
+    for (ns, snapshot, archive, sha) in UNENCRYPTED_ARCHIVES {
         if snapshot == DAMAGED_LEGACY || snapshot == DAMAGED_META {
             continue;
         }

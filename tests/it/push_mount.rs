@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use common::cli::{ok, pbsfs_local, umount};
 use common::disk_tree::{assert_same_tree, c_path, tree_from_disk};
-use common::source_tree::{mknod, set_mtime, set_xattr};
+use common::source_tree::{make_special_files, mknod, set_mtime, set_xattr};
 use common::{wait_until_counted, Expected};
 
 /// One datastore per test module (creating 65536 chunk directories is slow).
@@ -48,17 +48,7 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("../one", root.join("dir/link")).unwrap();
     std::os::unix::fs::symlink("/does/not/exist", root.join("dangling")).unwrap();
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
-    mknod(
-        &root.join("chardev"),
-        libc::S_IFCHR | 0o600,
-        libc::makedev(1, 7),
-    );
-    mknod(
-        &root.join("blockdev"),
-        libc::S_IFBLK | 0o660,
-        libc::makedev(259, 300),
-    );
-    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+    make_special_files(root);
     std::fs::set_permissions(
         root.join("dir/text"),
         std::fs::Permissions::from_mode(0o4755),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
-use common::HashWriter;
+use common::{index_file_name, HashWriter, UNENCRYPTED_ARCHIVES};
 use pbsfs::format::index::ChunkIndex;
 use pbsfs::remote::access::RemoteAccess;
 use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteDatastore, RemoteError, Secret};
@@ -21,35 +21,6 @@ use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::open::open_index_reader;
 use pbsfs::store::ChunkSource;
 
-fn repo(server: &TestServer, auth_id: &str) -> RemoteRepository {
-    RemoteRepository {
-        auth_id: auth_id.to_string(),
-        host: "127.0.0.1".into(),
-        port: server.addr.port(),
-        datastore: server.config.store_name.clone(),
-    }
-}
-
-fn token_options(server: &TestServer) -> ConnectOptions {
-    let mut options = ConnectOptions::new(
-        "127.0.0.1",
-        server.addr.port(),
-        &server.config.token_id,
-        Secret::new(server.config.token_secret.clone()),
-    );
-    options.fingerprint = Some(Fingerprint::parse(&server.fingerprint).unwrap());
-    options.request_timeout = Duration::from_secs(20);
-    options
-}
-
-fn connect(server: &TestServer) -> RemoteDatastore {
-    RemoteDatastore::connect(
-        &repo(server, &server.config.token_id),
-        token_options(server),
-    )
-    .unwrap()
-}
-
 fn remote_error(err: &anyhow::Error) -> &RemoteError {
     err.chain()
         .find_map(|e| e.downcast_ref::<RemoteError>())
@@ -59,7 +30,7 @@ fn remote_error(err: &anyhow::Error) -> &RemoteError {
 #[test]
 fn listing_matches_the_local_store() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = connect(&server);
+    let remote = server.connect();
     let local = LocalDatastore::open(&fixture_datastore()).unwrap();
     let root = BackupNamespace::root();
 
@@ -107,74 +78,17 @@ fn listing_matches_the_local_store() {
     assert!(list[0].entry.dir.time < list[1].entry.dir.time);
 }
 
-/// Unencrypted archives of the fixture README with their stream sha256.
-const ARCHIVES: &[(&str, &str, &str, &str)] = &[
-    (
-        "",
-        "host/fixture-legacy/2026-11-25T08:28:42Z",
-        "root.pxar.didx",
-        "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
-    ),
-    (
-        "",
-        "host/fixture-legacy/2026-11-25T08:28:42Z",
-        "catalog.pcat1.didx",
-        "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
-    ),
-    (
-        "",
-        "host/fixture-data/2026-11-25T08:28:43Z",
-        "root.mpxar.didx",
-        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
-    ),
-    (
-        "",
-        "host/fixture-data/2026-11-25T08:28:43Z",
-        "root.ppxar.didx",
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:43Z",
-        "root.ppxar.didx",
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:55Z",
-        "root.mpxar.didx",
-        "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba",
-    ),
-    (
-        "",
-        "host/fixture-meta/2026-11-25T08:28:55Z",
-        "root.ppxar.didx",
-        "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094",
-    ),
-    (
-        "team",
-        "host/fixture-ns/2026-11-25T08:29:01Z",
-        "root.pxar.didx",
-        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
-    ),
-    (
-        "",
-        "vm/100/2026-11-25T08:29:01Z",
-        "drive-scsi0.img.fidx",
-        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
-    ),
-];
-
 #[test]
 fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = RemoteAccess(Arc::new(connect(&server)));
-    for (ns, dir, file, sha) in ARCHIVES {
+    let remote = RemoteAccess(Arc::new(server.connect()));
+    for (ns, dir, archive, sha) in UNENCRYPTED_ARCHIVES {
+        let file = index_file_name(archive);
         let ns = BackupNamespace::parse(ns).unwrap();
         let dir = BackupDir::parse(dir).unwrap();
         let snapshot = remote.open_snapshot(&ns, &dir).unwrap();
         let chunks = Arc::new(VerifyingChunkReader::new(snapshot.chunk_source()));
-        let archive = open_index_reader(&*snapshot, file, chunks).unwrap();
+        let archive = open_index_reader(&*snapshot, &file, chunks).unwrap();
         let mut hash = HashWriter(Sha256::new());
         let written = archive.copy_to(&mut hash).unwrap();
         assert_eq!(written, archive.index().total_size());
@@ -185,7 +99,7 @@ fn every_unencrypted_fixture_archive_reassembles_through_the_reader_protocol() {
 #[test]
 fn many_concurrent_chunk_reads_share_one_session() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = RemoteAccess(Arc::new(connect(&server)));
+    let remote = RemoteAccess(Arc::new(server.connect()));
     let dir = BackupDir::parse("host/fixture-meta/2026-11-25T08:28:55Z").unwrap();
     let snapshot = remote
         .open_snapshot(&BackupNamespace::root(), &dir)
@@ -229,7 +143,7 @@ fn many_concurrent_chunk_reads_share_one_session() {
 #[test]
 fn a_chunk_outside_the_downloaded_indexes_is_refused() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = connect(&server);
+    let remote = server.connect();
     let legacy = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
     let vm = BackupDir::parse("vm/100/2026-11-25T08:29:01Z").unwrap();
     let root = BackupNamespace::root();
@@ -251,33 +165,29 @@ fn a_chunk_outside_the_downloaded_indexes_is_refused() {
 #[test]
 fn ticket_login_is_done_once_and_reused() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let mut options = token_options(&server);
+    let mut options = server.token_options();
     options.auth_id = server.config.user.clone();
     options.secret = Secret::new(server.config.password.clone());
-    let remote = RemoteDatastore::connect(&repo(&server, &server.config.user), options).unwrap();
+    let remote =
+        RemoteDatastore::connect(&server.repository(&server.config.user), options).unwrap();
     let root = BackupNamespace::root();
     assert!(!remote.list_snapshots(&root, None).unwrap().is_empty());
     let dir = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
     let reader = remote.open_reader(&root, &dir).unwrap();
     assert_eq!(reader.read_manifest().unwrap().files.len(), 2);
-    assert_eq!(
-        server
-            .counters
-            .logins
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(server.logins(), 1);
 }
 
 #[test]
 fn an_old_ticket_is_renewed_with_itself() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let mut options = token_options(&server);
+    let mut options = server.token_options();
     options.auth_id = server.config.user.clone();
     options.secret = Secret::new(server.config.password.clone());
     // Every ticket counts as old: each request after the first login renews it.
     options.ticket_renew_after = std::time::Duration::ZERO;
-    let remote = RemoteDatastore::connect(&repo(&server, &server.config.user), options).unwrap();
+    let remote =
+        RemoteDatastore::connect(&server.repository(&server.config.user), options).unwrap();
     let root = BackupNamespace::root();
     for _ in 0..3 {
         assert!(!remote.list_snapshots(&root, None).unwrap().is_empty());
@@ -305,11 +215,11 @@ fn a_wrong_secret_is_a_clear_authentication_error() {
         ),
         (server.config.user.clone(), "wrong-password"),
     ] {
-        let mut options = token_options(&server);
+        let mut options = server.token_options();
         options.auth_id = auth_id.clone();
         options.secret = Secret::new(secret);
         let started = Instant::now();
-        let err = RemoteDatastore::connect(&repo(&server, &auth_id), options)
+        let err = RemoteDatastore::connect(&server.repository(&auth_id), options)
             .err()
             .expect("must fail");
         assert!(
@@ -332,9 +242,9 @@ fn a_wrong_secret_is_a_clear_authentication_error() {
 #[test]
 fn a_wrong_fingerprint_is_refused_and_the_real_one_shown() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let mut options = token_options(&server);
+    let mut options = server.token_options();
     options.fingerprint = Some(Fingerprint([0x11; 32]));
-    let err = RemoteDatastore::connect(&repo(&server, &server.config.token_id), options)
+    let err = RemoteDatastore::connect(&server.repository(&server.config.token_id), options)
         .err()
         .expect("must fail");
     assert!(
@@ -343,9 +253,9 @@ fn a_wrong_fingerprint_is_refused_and_the_real_one_shown() {
     );
     assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
     // Without a pin, the self-signed certificate is untrusted; its fingerprint is shown.
-    let mut options = token_options(&server);
+    let mut options = server.token_options();
     options.fingerprint = None;
-    let err = RemoteDatastore::connect(&repo(&server, &server.config.token_id), options)
+    let err = RemoteDatastore::connect(&server.repository(&server.config.token_id), options)
         .err()
         .expect("must fail");
     assert!(
@@ -353,13 +263,7 @@ fn a_wrong_fingerprint_is_refused_and_the_real_one_shown() {
         "{err:#}"
     );
     assert!(format!("{err:#}").contains(&server.fingerprint), "{err:#}");
-    assert_eq!(
-        server
-            .counters
-            .logins
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(server.logins(), 0);
 }
 
 #[test]
@@ -394,7 +298,7 @@ fn first_chunks(snapshot: &dyn SnapshotAccess, file: &str) -> Vec<pbsfs::format:
 #[test]
 fn reads_recover_after_dropped_connections_and_a_restart() {
     let mut server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let remote = RemoteAccess(Arc::new(connect(&server)));
+    let remote = RemoteAccess(Arc::new(server.connect()));
     let dir = BackupDir::parse("host/fixture-legacy/2026-11-25T08:28:42Z").unwrap();
     let snapshot = remote
         .open_snapshot(&BackupNamespace::root(), &dir)

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
+use common::pbs_server::TestServer;
 use common::source_tree::random_bytes;
 use common::HashWriter;
 use pbsfs::format::blob::{chunk_digest, encode_blob};
 use pbsfs::format::Digest;
 use pbsfs::remote::access::RemoteAccess;
-use pbsfs::remote::{ConnectOptions, Fingerprint, RemoteBackupSession, RemoteDatastore, Secret};
-use pbsfs::repository::RemoteRepository;
+use pbsfs::remote::RemoteBackupSession;
 use pbsfs::store::access::{open_index, DatastoreAccess, LocalSnapshot};
 use pbsfs::store::chunk_reader::{ChunkReader, VerifyingChunkReader};
 use pbsfs::store::local::LocalDatastore;
@@ -26,24 +25,6 @@ use pbsfs::store::open::open_index_reader;
 use pbsfs::store::verify::Verifier;
 
 const MIB: usize = 1024 * 1024;
-
-fn connect(server: &TestServer) -> RemoteDatastore {
-    let repo = RemoteRepository {
-        auth_id: server.config.token_id.clone(),
-        host: "127.0.0.1".into(),
-        port: server.addr.port(),
-        datastore: server.config.store_name.clone(),
-    };
-    let mut options = ConnectOptions::new(
-        "127.0.0.1",
-        server.addr.port(),
-        &server.config.token_id,
-        Secret::new(server.config.token_secret.clone()),
-    );
-    options.fingerprint = Some(Fingerprint::parse(&server.fingerprint).unwrap());
-    options.request_timeout = Duration::from_secs(30);
-    RemoteDatastore::connect(&repo, options).unwrap()
-}
 
 /// Deterministic pseudo-random bytes (incompressible) or text (compressible).
 fn data(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
@@ -114,9 +95,8 @@ fn sha(parts: &[&Chunk]) -> String {
 
 #[test]
 fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
-    let remote = connect(&server);
+    let server = TestServer::start_empty();
+    let remote = server.connect();
     let root = BackupNamespace::root();
     let target = dir("pushed", 1_700_000_000);
 
@@ -195,9 +175,8 @@ fn a_pushed_snapshot_verifies_on_the_server_and_reads_back() {
 
 #[test]
 fn an_incremental_push_uploads_only_new_chunks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
-    let remote = connect(&server);
+    let server = TestServer::start_empty();
+    let remote = server.connect();
     let root = BackupNamespace::root();
     let first = dir("incremental", 1_700_000_000);
     let second = dir("incremental", 1_700_000_100);
@@ -266,9 +245,8 @@ fn an_incremental_push_uploads_only_new_chunks() {
 
 #[test]
 fn an_abandoned_session_leaves_nothing_and_rules_are_enforced() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
-    let remote = connect(&server);
+    let server = TestServer::start_empty();
+    let remote = server.connect();
     let root = BackupNamespace::root();
     let target = dir("abandoned", 1_700_000_000);
     let a = chunk(data(5, 1000, false));

@@ -11,6 +11,18 @@ use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
 use common::{copy_fixture_datastore, expected_tree, sha256_hex, wait_until_counted};
 
+/// `restore` of a payload archive through the server gives the fixture's bytes.
+fn assert_restores_fixture_payload(server: &TestServer) {
+    let raw = pbsfs(
+        server,
+        &["restore", "host/fixture-data/latest", "root.ppxar", "-"],
+    );
+    assert_eq!(
+        sha256_hex(ok(&raw)),
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"
+    );
+}
+
 #[test]
 fn list_files_restore_and_verify_through_the_server() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
@@ -40,14 +52,7 @@ fn list_files_restore_and_verify_through_the_server() {
     assert_eq!(files[0]["filename"], "root.pxar.didx");
     assert_eq!(files[0]["size"], 28269171);
 
-    let raw = pbsfs(
-        &server,
-        &["restore", "host/fixture-data/latest", "root.ppxar", "-"],
-    );
-    assert_eq!(
-        sha256_hex(ok(&raw)),
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"
-    );
+    assert_restores_fixture_payload(&server);
     ok(&pbsfs(&server, &["verify", "host/fixture-legacy/latest"]));
 }
 
@@ -88,14 +93,7 @@ fn a_damaged_manifest_on_the_server_affects_only_its_snapshot() {
         text.starts_with("host/fixture-meta/2026-11-25T08:28:43Z"),
         "{text}"
     );
-    let raw = pbsfs(
-        &server,
-        &["restore", "host/fixture-data/latest", "root.ppxar", "-"],
-    );
-    assert_eq!(
-        sha256_hex(ok(&raw)),
-        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb"
-    );
+    assert_restores_fixture_payload(&server);
 
     let verify = pbsfs(&server, &["verify"]);
     assert!(!verify.status.success());

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use common::cli::{ok, pbsfs, pbsfs_local, umount};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
-use common::source_tree::{make_basic_tree, mknod, random_bytes};
+use common::source_tree::{make_basic_tree, make_special_files, random_bytes};
 use common::wait_until_counted;
 use pbsfs::format::index::AnyIndex;
 use pbsfs::format::Digest;
@@ -25,17 +25,7 @@ fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
     std::fs::write(root.join("dir/sub/big-a"), random_bytes(1, 9 << 20)).unwrap();
     std::fs::write(root.join("big-b"), random_bytes(2, 7 << 20)).unwrap();
-    mknod(
-        &root.join("chr"),
-        libc::S_IFCHR | 0o600,
-        libc::makedev(1, 3),
-    );
-    mknod(
-        &root.join("blk"),
-        libc::S_IFBLK | 0o600,
-        libc::makedev(7, 0),
-    );
-    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+    make_special_files(root);
 }
 
 /// Pushes `tree` as `host/<id>` at `time`; the JSON summary.

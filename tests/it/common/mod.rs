@@ -16,6 +16,89 @@ pub const META1: &str = "host/fixture-meta/2026-11-25T08:28:43Z";
 pub const META2: &str = "host/fixture-meta/2026-11-25T08:28:55Z";
 pub const NS: &str = "ns/team/host/fixture-ns/2026-11-25T08:29:01Z";
 
+/// (namespace, snapshot, archive, sha256 of its stream) of every unencrypted archive in the
+/// fixtures README; archives named as a user would, some with their index suffix.
+pub const UNENCRYPTED_ARCHIVES: [(&str, &str, &str, &str); 11] = [
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "root.pxar",
+        "22223ecd9678f3f18364158f45a0d4a07887de11c30790655406628e38bbdbc8",
+    ),
+    (
+        "",
+        "host/fixture-legacy/2026-11-25T08:28:42Z",
+        "catalog.pcat1",
+        "9b6e6d751ff293c8faeb89610313f443e98423992c9370ddff633b5549f71663",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.mpxar",
+        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
+    ),
+    (
+        "",
+        "host/fixture-data/2026-11-25T08:28:43Z",
+        "root.ppxar",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:43Z",
+        "root.mpxar",
+        "96de96661ab716b713462ba2cee2187ef4562a3ff4fbbee49f7459d84252354a",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:43Z",
+        "root.ppxar.didx",
+        "92b84a1945aafcf4256a483542816483d4050eb15f14cae0f58267f67c7e6ffb",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.mpxar",
+        "aef4cf5f7b8d4d46cb9591a8506305d086ff43440624ca2d92063610d2328fba",
+    ),
+    (
+        "",
+        "host/fixture-meta/2026-11-25T08:28:55Z",
+        "root.ppxar",
+        "5d979561f9139b76ad9f95c8a00fb785a4faf1d76c8082bad2b5eac53419b094",
+    ),
+    (
+        "team",
+        "host/fixture-ns/2026-11-25T08:29:01Z",
+        "root.pxar",
+        "7058cf5ab1a777d8a520744bd4410a5a198773518b9b8c6ab96d5f266c38c58d",
+    ),
+    (
+        "team",
+        "host/fixture-ns/2026-11-25T08:29:01Z",
+        "catalog.pcat1.didx",
+        "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc",
+    ),
+    (
+        "",
+        "vm/100/2026-11-25T08:29:01Z",
+        "drive-scsi0.img",
+        "8aa9ddca4f0968e0f6e9bcf188af4fd83866757cb8ee74b8e38e124d295b57c6",
+    ),
+];
+
+/// The index file of `archive` as a user names it (`root.pxar` → `root.pxar.didx`, an
+/// image → `.fidx`, an index name as it is).
+pub fn index_file_name(archive: &str) -> String {
+    if archive.ends_with(".didx") || archive.ends_with(".fidx") {
+        archive.to_string()
+    } else if archive.ends_with(".img") {
+        format!("{archive}.fidx")
+    } else {
+        format!("{archive}.didx")
+    }
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
 }

@@ -73,6 +73,22 @@ pub fn make_basic_tree(root: &Path) {
     let _ = set_xattr(&root.join("dir/text"), "user.comment", b"a value");
 }
 
+/// A character device, a block device (its minor above 255) and a Unix socket: the special
+/// files a push carries besides a FIFO (devices need root, which the tests have).
+pub fn make_special_files(root: &Path) {
+    mknod(
+        &root.join("chardev"),
+        libc::S_IFCHR | 0o600,
+        libc::makedev(1, 7),
+    );
+    mknod(
+        &root.join("blockdev"),
+        libc::S_IFBLK | 0o660,
+        libc::makedev(259, 300),
+    );
+    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+}
+
 /// A fifo or device node (`mode` includes the file type).
 pub fn mknod(path: &Path, mode: u32, dev: u64) {
     // SAFETY: a valid C string.
