@@ -134,7 +134,7 @@ fn prune_on_a_server_prints_what_the_local_prune_prints() {
         .output()
         .unwrap();
     let remote_text = remote_prune(&dry, false);
-    assert_eq!(stdout(&remote_text), stdout(&ok_output(&local_text)));
+    assert_eq!(stdout(&remote_text), stdout(ok_output(&local_text)));
     assert!(stdout(&remote_text).contains("keep-daily"));
     assert!(stdout(&remote_text).contains("protected"));
     assert_eq!(snapshots_json(&server).as_array().unwrap().len(), 12);

@@ -156,7 +156,7 @@ pub(super) fn create_namespace(
 ) -> Result<HttpResponse, String> {
     let parent = param_ns(params, "parent")?;
     let name = required(params, "name")?;
-    let ns = BackupNamespace::parse(&format!("{parent}/{name}").trim_start_matches('/'))
+    let ns = BackupNamespace::parse(format!("{parent}/{name}").trim_start_matches('/'))
         .map_err(|e| format!("parameter verification failed - 'name': {e}"))?;
     if !state.store.namespace_exists(&parent) {
         return Err(format!(
