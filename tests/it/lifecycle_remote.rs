@@ -211,6 +211,16 @@ fn gc_on_a_server_follows_its_task_and_removes_the_chunks_of_a_forgotten_snapsho
 }
 
 #[test]
+fn gc_on_a_server_fails_when_its_task_fails() {
+    let server = TestServer::start_empty();
+    // Without a chunk store the server's atime check cannot even start.
+    std::fs::remove_dir_all(server.store().root().join(".chunks")).unwrap();
+    let out = pbsfs(&server, &["gc"]);
+    failed_with(&out, "the server's task failed");
+    assert!(stderr(&out).contains("TASK ERROR"), "{}", stderr(&out));
+}
+
+#[test]
 fn namespaces_on_a_server_are_created_and_deleted() {
     let server = TestServer::start_empty();
     let store = server.store();
