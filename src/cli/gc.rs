@@ -1,4 +1,5 @@
-//! `pbsfs gc`: garbage collection of a local datastore (`store::gc`).
+//! `pbsfs gc`: garbage collection of a local datastore (`store::gc`) or, on a server, its
+//! garbage collection task followed to the end.
 
 use std::io::{IsTerminal, Write};
 
@@ -29,6 +30,13 @@ pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
     let show = !quiet && std::io::stderr().is_terminal();
     let mut last = String::new();
     let mut progress = |step: GcProgress| {
+        if let GcProgress::ServerLog(line) = &step {
+            // A server's task log is worth keeping (cron mails): every line, terminal or not.
+            if !quiet {
+                eprintln!("{line}");
+            }
+            return;
+        }
         if !show {
             return;
         }
@@ -38,6 +46,7 @@ pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
                 format!("phase 1: marking chunks of {done}/{total} index files")
             }
             GcProgress::Sweeping { percent } => format!("phase 2: sweeping {percent}%"),
+            GcProgress::ServerLog(_) => return,
         };
         if line != last {
             eprint!("\r\x1b[K{line}");
@@ -74,12 +83,17 @@ pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
     } else {
         "removed"
     };
+    // A server does not count the temporary files it removes.
+    let tmp_files = if report.by_server {
+        String::new()
+    } else {
+        format!(", {} temporary files", report.removed_tmp_files)
+    };
     outln!(
-        "{verb} {} chunks ({}), {} bad chunks, {} temporary files",
+        "{verb} {} chunks ({}), {} bad chunks{tmp_files}",
         report.removed_chunks,
         human_size(report.removed_bytes),
         report.removed_bad,
-        report.removed_tmp_files
     );
     outln!(
         "kept {} chunks too young to remove ({}; not used now, older than the cutoff {} next \

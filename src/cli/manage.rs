@@ -1,5 +1,6 @@
 //! `pbsfs init`, `forget`, `protect`, `notes` and `namespaces --create/--delete`: changing a
-//! local datastore (the library side is `store::manage`).
+//! datastore through the `DatastoreAdmin` seam (`store::manage` locally, the admin API on a
+//! server).
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `pbsfs prune GROUP|--all`: PBS's retention on a local datastore.
+//! `pbsfs prune GROUP|--all`: PBS's retention, on a local datastore or by a server.
 
 use anyhow::{bail, Result};
 use clap::Args;

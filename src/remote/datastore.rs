@@ -116,7 +116,8 @@ impl RemoteDatastore {
         &self.client
     }
 
-    fn path(&self, call: &str) -> String {
+    /// The admin API path of `call` on this datastore.
+    pub(super) fn path(&self, call: &str) -> String {
         format!(
             "/api2/json/admin/datastore/{}/{call}",
             encode_component(&self.store)

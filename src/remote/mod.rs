@@ -3,6 +3,7 @@
 //! [`ChunkSource`](crate::store::ChunkSource) and the backup protocol for writing snapshots.
 
 pub mod access;
+pub mod admin;
 pub mod backup;
 pub mod client;
 pub mod datastore;
@@ -16,6 +17,7 @@ pub mod target;
 mod tls;
 pub mod wire;
 
+pub use admin::{RemoteGcStatus, RemotePruneItem, TaskLogPage};
 pub use backup::{RemoteBackupSession, RemoteIndexSummary, RemoteIndexWriter};
 pub use client::HttpClient;
 pub use datastore::{RemoteDatastore, RemoteFile, RemoteGroup, RemoteSnapshot};

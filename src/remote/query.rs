@@ -20,6 +20,23 @@ pub fn encode_query(pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// The query of a JSON object's parameters (strings as they are, other scalars as JSON
+/// writes them), sorted by key like [`encode_query`].
+pub fn json_to_query(params: &serde_json::Value) -> String {
+    let Some(object) = params.as_object() else {
+        return String::new();
+    };
+    let pairs: Vec<(&str, String)> = object
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => (key.as_str(), text.clone()),
+            other => (key.as_str(), other.to_string()),
+        })
+        .collect();
+    encode_query(&pairs)
+}
+
 /// Percent-encodes everything but unreserved characters.
 pub fn encode_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -105,6 +122,12 @@ mod tests {
             ("encoded-size", "17".into()),
         ]);
         assert_eq!(query, "digest=ab&encoded-size=17&size=5&wid=1");
+    }
+
+    #[test]
+    fn json_parameters_become_a_sorted_query() {
+        let params = serde_json::json!({"ns": "a/b", "dry-run": true, "keep-last": 3, "x": null});
+        assert_eq!(json_to_query(&params), "dry-run=true&keep-last=3&ns=a%2Fb");
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Default for GcOptions {
 }
 
 /// Where a running gc is, for a progress display.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GcProgress {
     CheckingAtime,
     Marking {
@@ -67,6 +67,8 @@ pub enum GcProgress {
     Sweeping {
         percent: u32,
     },
+    /// A line of a server's garbage collection task log.
+    ServerLog(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub struct GcReport {
     pub kept_chunks: u64,
     pub kept_bytes: u64,
     pub elapsed: Duration,
+    /// Done by a PBS server: `removed_tmp_files` is unknown (0), `missing_chunks` counted
+    /// from its log's warnings.
+    pub by_server: bool,
 }
 
 fn epoch_now() -> i64 {

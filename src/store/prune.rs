@@ -81,6 +81,8 @@ pub enum PruneMark {
     KeptPartial,
     /// No option keeps anything, so everything is kept.
     KeptAll,
+    /// A server kept it without saying why (its answer has only keep and protected).
+    KeptByServer,
     Remove,
 }
 
@@ -100,6 +102,7 @@ impl PruneMark {
             PruneMark::Kept(rule) => rule.as_str(),
             PruneMark::KeptPartial => "keep-partial",
             PruneMark::KeptAll => "keep (no keep options)",
+            PruneMark::KeptByServer => "keep",
             PruneMark::Remove => "remove",
         }
     }

@@ -16,10 +16,10 @@ use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace};
 use pbsfs::store::writer::SnapshotWriter;
 
-const TWO_DAYS: i64 = 2 * 24 * 3600;
+pub(crate) const TWO_DAYS: i64 = 2 * 24 * 3600;
 
 /// A tree of a few random files (chunks of their own) under `dir/name`.
-fn tree(dir: &Path, name: &str, seeds: &[u64]) -> PathBuf {
+pub(crate) fn tree(dir: &Path, name: &str, seeds: &[u64]) -> PathBuf {
     let root = dir.join(name);
     std::fs::create_dir_all(&root).unwrap();
     for seed in seeds {
@@ -32,7 +32,7 @@ fn tree(dir: &Path, name: &str, seeds: &[u64]) -> PathBuf {
     root
 }
 
-fn push(store: &Path, id: &str, time: i64, source: &Path) -> Output {
+pub(crate) fn push(store: &Path, id: &str, time: i64, source: &Path) -> Output {
     local_command(store)
         .args(["push", "--quiet", "--crypt-mode", "none", "--backup-id", id])
         .args(["--backup-time", &time.to_string()])
@@ -42,7 +42,7 @@ fn push(store: &Path, id: &str, time: i64, source: &Path) -> Output {
 }
 
 /// Every chunk file (by name) in the chunk store.
-fn chunk_files(store: &Path) -> BTreeSet<String> {
+pub(crate) fn chunk_files(store: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for prefix in std::fs::read_dir(store.join(".chunks")).unwrap() {
         for entry in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
@@ -54,7 +54,7 @@ fn chunk_files(store: &Path) -> BTreeSet<String> {
 }
 
 /// The digests (hex) any index file in the datastore refers to, found by a walk of our own.
-fn referenced(store: &Path) -> BTreeSet<String> {
+pub(crate) fn referenced(store: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut dirs = vec![store.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -100,7 +100,7 @@ fn now() -> i64 {
 }
 
 /// Sets the atime of every chunk file two days back, as if the chunks were last used then.
-fn age_all_chunks(store: &Path) {
+pub(crate) fn age_all_chunks(store: &Path) {
     for name in chunk_files(store) {
         set_atime(
             &store.join(".chunks").join(&name[..4]).join(&name),
@@ -109,7 +109,7 @@ fn age_all_chunks(store: &Path) {
     }
 }
 
-fn verify_all(store: &Path) {
+pub(crate) fn verify_all(store: &Path) {
     let out = pbsfs_local(store, &["verify"]);
     assert!(
         out.status.success(),
@@ -119,7 +119,7 @@ fn verify_all(store: &Path) {
     );
 }
 
-fn new_store() -> (tempfile::TempDir, Arc<LocalDatastore>) {
+pub(crate) fn new_store() -> (tempfile::TempDir, Arc<LocalDatastore>) {
     common::new_datastore()
 }
 
@@ -410,7 +410,12 @@ fn forget_protect_and_notes_round_trip() {
 }
 
 /// A snapshot without files at `time` (prune only looks at times and markers).
-fn empty_snapshot(store: &Arc<LocalDatastore>, ns: &BackupNamespace, id: &str, time: i64) {
+pub(crate) fn empty_snapshot(
+    store: &Arc<LocalDatastore>,
+    ns: &BackupNamespace,
+    id: &str,
+    time: i64,
+) {
     let dir = BackupDir::new(BackupGroup::parse(&format!("host/{id}")).unwrap(), time).unwrap();
     SnapshotWriter::begin(store.clone(), ns, &dir, "test@pbs")
         .unwrap()
@@ -418,7 +423,7 @@ fn empty_snapshot(store: &Arc<LocalDatastore>, ns: &BackupNamespace, id: &str, t
         .unwrap();
 }
 
-fn prune_json(store: &Path, tz: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn prune_json(store: &Path, tz: &str, args: &[&str]) -> serde_json::Value {
     let out = local_command(store)
         .env("TZ", tz)
         .args(["prune", "--output-format", "json"])
@@ -543,27 +548,6 @@ fn namespaces_are_created_and_deleted_empty_or_recursively() {
         &["namespaces", "--output-format", "json"],
     ));
     assert_eq!(list, serde_json::json!([""]));
-}
-
-#[test]
-fn changes_on_a_server_repository_are_refused_for_now() {
-    let server = common::pbs_server::TestServer::start(
-        &common::pbs_server::fixture_datastore(),
-        common::pbs_server::ServerConfig::default(),
-    );
-    for args in [
-        vec!["forget", "host/fixture-legacy/latest"],
-        vec!["gc"],
-        vec!["prune", "host/fixture-legacy", "--keep-last", "1"],
-    ] {
-        let out = common::cli::pbsfs(&server, &args);
-        assert!(!out.status.success());
-        assert!(
-            stderr(&out).contains("not supported on a server yet"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
 }
 
 #[test]

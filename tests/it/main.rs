@@ -12,6 +12,7 @@ mod crypto_cli;
 mod crypto_fixtures;
 mod format_fixtures;
 mod lifecycle;
+mod lifecycle_remote;
 mod mount_fixtures;
 mod push_encrypted;
 mod push_fixtures;

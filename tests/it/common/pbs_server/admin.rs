@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::http1::*;
 use super::state::*;
+use super::{manage, tasks};
 use pbsfs::format::manifest::{CryptMode, Manifest, MANIFEST_BLOB_NAME};
 use pbsfs::store::archive::ArchiveKind;
 use pbsfs::store::local::LocalDatastore;
@@ -90,25 +91,41 @@ pub(super) fn route(
             ),
         );
     };
-    handler(&state.store, params).unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, &message))
+    handler(state, params).unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, &message))
 }
 
-/// An admin call: the datastore and the call's parameters; `Err` is a 400 with that text.
-type Handler = fn(&LocalDatastore, &HashMap<String, String>) -> Result<HttpResponse, String>;
+/// An admin call: the server and the call's parameters; `Err` is a 400 with that text.
+type Handler = fn(&State, &HashMap<String, String>) -> Result<HttpResponse, String>;
 
 /// Every admin call the server answers: a new call is one line here and one function.
-static ROUTES: [(Method, &str, Handler); 5] = [
+static ROUTES: [(Method, &str, Handler); 15] = [
     (Method::GET, "namespace", namespaces),
+    (Method::POST, "namespace", manage::create_namespace),
+    (Method::DELETE, "namespace", manage::delete_namespace),
     (Method::GET, "groups", groups),
     (Method::GET, "snapshots", snapshots),
+    (Method::DELETE, "snapshots", manage::forget),
     (Method::GET, "files", files),
     (Method::GET, "download", download),
+    (Method::GET, "protected", manage::get_protected),
+    (Method::PUT, "protected", manage::set_protected),
+    (Method::GET, "notes", manage::get_notes),
+    (Method::PUT, "notes", manage::set_notes),
+    (Method::POST, "prune", manage::prune),
+    (Method::POST, "gc", start_gc),
+    (Method::GET, "gc", gc_status),
 ];
 
-fn namespaces(
-    store: &LocalDatastore,
-    params: &HashMap<String, String>,
-) -> Result<HttpResponse, String> {
+fn start_gc(state: &State, _: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    tasks::start_gc(&state.tasks, &state.store, &state.config.store_name)
+}
+
+fn gc_status(state: &State, _: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    Ok(tasks::gc_job_status(&state.tasks, &state.config.store_name))
+}
+
+fn namespaces(state: &State, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    let store = &*state.store;
     let parent = param_ns(params, "parent")?;
     let list = store.list_namespaces(&parent).map_err(|e| e.to_string())?;
     Ok(data_response(Value::Array(
@@ -118,10 +135,8 @@ fn namespaces(
     )))
 }
 
-fn groups(
-    store: &LocalDatastore,
-    params: &HashMap<String, String>,
-) -> Result<HttpResponse, String> {
+fn groups(state: &State, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    let store = &*state.store;
     let ns = param_ns(params, "ns")?;
     let mut out = Vec::new();
     for group in store.list_groups(&ns).map_err(|e| e.to_string())? {
@@ -155,10 +170,8 @@ fn groups(
     Ok(data_response(Value::Array(out)))
 }
 
-fn snapshots(
-    store: &LocalDatastore,
-    params: &HashMap<String, String>,
-) -> Result<HttpResponse, String> {
+fn snapshots(state: &State, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    let store = &*state.store;
     let ns = param_ns(params, "ns")?;
     let group = match (params.get("backup-type"), params.get("backup-id")) {
         (Some(t), Some(id)) => Some(
@@ -186,12 +199,20 @@ fn snapshots(
             "owner": store.group_owner(&ns, &entry.dir.group).ok(),
             "protected": entry.protected,
         }));
+        // PBS: the first line of the notes, for a snapshot whose manifest reads.
+        if entry.is_readable() {
+            let notes = pbsfs::store::manage::notes(store, &ns, &entry.dir).unwrap_or_default();
+            if let Some(comment) = notes.lines().next().filter(|line| !line.is_empty()) {
+                out.last_mut().unwrap()["comment"] = json!(comment);
+            }
+        }
     }
     out.reverse();
     Ok(data_response(Value::Array(out)))
 }
 
-fn files(store: &LocalDatastore, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+fn files(state: &State, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    let store = &*state.store;
     let ns = param_ns(params, "ns")?;
     let dir = param_dir(params)?;
     if !store
@@ -206,10 +227,8 @@ fn files(store: &LocalDatastore, params: &HashMap<String, String>) -> Result<Htt
     ))))
 }
 
-fn download(
-    store: &LocalDatastore,
-    params: &HashMap<String, String>,
-) -> Result<HttpResponse, String> {
+fn download(state: &State, params: &HashMap<String, String>) -> Result<HttpResponse, String> {
+    let store = &*state.store;
     let ns = param_ns(params, "ns")?;
     let dir = param_dir(params)?;
     let name = params.get("file-name").cloned().unwrap_or_default();

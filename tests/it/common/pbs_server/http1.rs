@@ -16,9 +16,9 @@ use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::admin;
 use super::session::upgrade;
 use super::state::*;
+use super::{admin, tasks};
 use super::{BACKUP_PROTOCOL, READER_PROTOCOL};
 use pbsfs::remote::query::parse_query;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
@@ -160,20 +160,34 @@ pub(super) async fn handle_http1(state: Arc<State>, req: Request<Incoming>) -> H
     let Some(auth_id) = authenticate(&state, req.method(), req.headers()) else {
         return unauthorized(&state, "authentication failed", None).await;
     };
-    let Some(params) = query_map(req.uri()) else {
+    let Some(mut params) = query_map(req.uri()) else {
         return text_response(StatusCode::BAD_REQUEST, None, "unable to parse query");
     };
     let admin_prefix = format!("/api2/json/admin/datastore/{}/", state.config.store_name);
-    match (req.method().clone(), path.as_str()) {
+    let method = req.method().clone();
+    match (method.clone(), path.as_str()) {
         (Method::GET, "/api2/json/version") => {
-            data_response(json!({"version": "4.2.3", "release": "1", "repoid": "pbsfs-test"}))
+            return data_response(
+                json!({"version": "4.2.3", "release": "1", "repoid": "pbsfs-test"}),
+            )
         }
         (Method::GET, "/api2/json/reader") => {
-            upgrade(state, req, params, auth_id, READER_PROTOCOL).await
+            return upgrade(state, req, params, auth_id, READER_PROTOCOL).await
         }
         (Method::GET, "/api2/json/backup") => {
-            upgrade(state, req, params, auth_id, BACKUP_PROTOCOL).await
+            return upgrade(state, req, params, auth_id, BACKUP_PROTOCOL).await
         }
+        _ => {}
+    }
+    // Like PBS, parameters may come in the body too (the official client posts JSON).
+    if method == Method::POST || method == Method::PUT {
+        let (parts, body) = req.into_parts();
+        match body_params(&parts.headers, body).await {
+            Ok(fields) => params.extend(fields),
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        }
+    }
+    match (method, path.as_str()) {
         (method, p) if p.starts_with(&admin_prefix) => {
             admin::route(&state, &method, &p[admin_prefix.len()..], &params)
         }
@@ -181,7 +195,48 @@ pub(super) async fn handle_http1(state: Arc<State>, req: Request<Incoming>) -> H
             StatusCode::BAD_REQUEST,
             "datastore does not exist or is not available",
         ),
+        (Method::GET, p) if p.starts_with(TASKS_PREFIX) => {
+            tasks::route(&state.tasks, &p[TASKS_PREFIX.len()..], &params)
+        }
         _ => error(StatusCode::NOT_FOUND, &format!("Path '{path}' not found.")),
+    }
+}
+
+const TASKS_PREFIX: &str = "/api2/json/nodes/localhost/tasks/";
+
+/// The parameters of a request body: a JSON object (values as strings) or a form.
+async fn body_params(
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<HashMap<String, String>, String> {
+    let json_body = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let body = Limited::new(body, 512 * 1024)
+        .collect()
+        .await
+        .map_err(|_| "request body too large".to_string())?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(HashMap::new());
+    }
+    if json_body {
+        let object: HashMap<String, Value> =
+            serde_json::from_slice(&body).map_err(|e| format!("unable to parse body - {e}"))?;
+        Ok(object
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                Value::String(text) => (k, text),
+                other => (k, other.to_string()),
+            })
+            .collect())
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|_| "body is not UTF-8".to_string())?;
+        Ok(parse_query(text)
+            .ok_or_else(|| "unable to parse body".to_string())?
+            .into_iter()
+            .collect())
     }
 }
 

@@ -10,9 +10,11 @@ mod admin;
 mod backup;
 mod client;
 mod http1;
+mod manage;
 mod reader;
 mod session;
 mod state;
+mod tasks;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -80,6 +82,7 @@ impl TestServer {
             tickets: Mutex::new(HashSet::new()),
             counters: counters.clone(),
             kill: watch::channel(0).0,
+            tasks: Default::default(),
         });
         let mut server = TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),

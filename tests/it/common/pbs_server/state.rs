@@ -50,4 +50,5 @@ pub(super) struct State {
     pub(super) tickets: Mutex<HashSet<String>>,
     pub(super) counters: Arc<Counters>,
     pub(super) kill: watch::Sender<u64>,
+    pub(super) tasks: Arc<super::tasks::Tasks>,
 }
