@@ -29,6 +29,9 @@ cache=256M
 cargo build --release -q --bin pbsfs --example bench_chunk_read
 bin=${BENCH_BIN:-$PWD/target/release/pbsfs}
 only=${BENCH_ONLY:-}
+# A datastore must exist before a push names it (`pbsfs init`); a binary from before `init`
+# existed creates it on the first push instead, so a failing init is not an error here.
+new_datastore() { "$bin" init "$1" >/dev/null 2>&1 || true; }
 case "$only" in
     "" | ready | reads | find) ;;
     *) echo "BENCH_ONLY must be ready, reads or find" >&2; exit 2 ;;
@@ -78,7 +81,8 @@ legacy_snapshot() { # ENTRIES: makes host/legacy-ENTRIES in the cached datastore
     echo "generating: a legacy archive of $n empty files (kept in $ready_cache)"
     rm -rf "$src"
     make_files "$src" "$n" 7 0
-    mkdir -p "$ready_cache"
+    mkdir -p "$(dirname "$ready_cache")"
+    new_datastore "$ready_cache"
     "$bin" -r "$ready_cache" push "root.pxar:$src" --backup-id "legacy-$n" \
         --change-detection-mode legacy --quiet
     rm -rf "$src"
@@ -118,6 +122,7 @@ if part reads; then
     head -c $((size_mib / 2))M /dev/urandom > "$work/big/file.bin"
     # (yes ends with SIGPIPE when head has enough: not an error)
     { yes "pbsfs benchmark line of fairly compressible text" || true; } | head -c $((size_mib / 2))M >> "$work/big/file.bin"
+    new_datastore "$ds"
     "$bin" -r "$ds" push "big.pxar:$work/big" --backup-id big --change-detection-mode data --quiet
     bytes=$(stat -c %s "$work/big/file.bin")
 fi
@@ -125,6 +130,7 @@ mib() { echo "scale=1; $bytes / 1048576 / $1" | bc -l; }
 if part find; then
     echo "generating: $entries small files"
     make_files "$work/many" "$entries" 6 200
+    new_datastore "$ds"
     "$bin" -r "$ds" push "many.pxar:$work/many" --backup-id many --change-detection-mode data --quiet
 fi
 

@@ -40,11 +40,15 @@ BYTES=$(du -sb "$TREE" | cut -f1)
 MIB=$(awk "BEGIN{print $BYTES/1048576}")
 echo "tree: $MIB MiB, $(find "$TREE" -type f | wc -l) files; $(nproc) cores"
 
+# A datastore must exist before a push names it (`pbsfs init`); a binary from before `init`
+# existed creates it on the first push instead, so a failing init is not an error here.
+new_datastore() { "$BIN" init "$1" >/dev/null 2>&1 || true; }
 # The datastores are created outside the measurement: the first push of each round goes
 # into a fresh one (every chunk new), later pushes into the last.
 ROUNDS=${ROUNDS:-2}
 for round in $(seq "$ROUNDS"); do
     rm -rf "$DS.$round"
+    new_datastore "$DS.$round"
     "$BIN" -r "$DS.$round" push --quiet --backup-id warmup --exclude '*' "$TREE" >/dev/null
 done
 

@@ -45,6 +45,11 @@ MIB=$(awk "BEGIN{printf \"%.1f\", $BYTES/1048576}")
 echo "tree: $MIB MiB, $(find "$TREE" -type f | wc -l) files; $(nproc) cores"
 
 # Both datastores are created outside the measurement (65536 chunk directories each).
+# A datastore must exist before a push names it (`pbsfs init`); a binary from before `init`
+# existed creates it on the first push instead, so a failing init is not an error here.
+new_datastore() { "$BIN" init "$1" >/dev/null 2>&1 || true; }
+new_datastore "$LOCAL"
+new_datastore "$REMOTE"
 "$BIN" -r "$LOCAL" push --quiet --backup-id warmup --exclude '*' "$TREE" >/dev/null
 "$BIN" -r "$REMOTE" push --quiet --backup-id warmup --exclude '*' "$TREE" >/dev/null
 
