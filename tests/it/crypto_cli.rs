@@ -126,19 +126,7 @@ fn wrong_or_missing_keys_and_passwords_are_clear_errors() {
 
 #[test]
 fn an_encrypted_snapshot_mounts_with_its_key() {
-    let (_tmp, point) = mount_point();
-    let out = pbsfs(
-        &[
-            "mount",
-            "host/fixture-enc/latest",
-            point.to_str().unwrap(),
-            "--keyfile",
-            &key("fixture.key"),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let tree = read_mounted_tree(&point);
+    let tree = mounted_with_key("host/fixture-enc/latest", "fixture.key", None);
     assert_same_tree(&tree, &expected_tree("tree1.json"), "fixture-enc");
 }
 
@@ -211,19 +199,11 @@ fn key_create_writes_a_key_that_show_and_unlock_agree_on() {
 
 #[test]
 fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
-    let (_tmp, point) = mount_point();
-    let out = pbsfs(
-        &[
-            "mount",
-            "host/fixture-enc-scrypt/latest",
-            point.to_str().unwrap(),
-            "--keyfile",
-            &key("fixture-scrypt.key"),
-        ],
+    let tree = mounted_with_key(
+        "host/fixture-enc-scrypt/latest",
+        "fixture-scrypt.key",
         Some("fixture-password"),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let tree = read_mounted_tree(&point);
     // The archive was made from TREE/links: compare with that part of tree1.json.
     let mut expected = std::collections::BTreeMap::new();
     for (path, mut record) in expected_tree("tree1.json") {
@@ -242,4 +222,25 @@ fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
         expected.insert(rel, record);
     }
     assert_same_tree(&tree, &expected, "fixture-enc-scrypt");
+}
+
+/// Mounts an encrypted fixture snapshot with the key file `keyfile` and reads it back.
+fn mounted_with_key(
+    snapshot: &str,
+    keyfile: &str,
+    password: Option<&str>,
+) -> std::collections::BTreeMap<Vec<u8>, Expected> {
+    let (_tmp, point) = mount_point();
+    let out = pbsfs(
+        &[
+            "mount",
+            snapshot,
+            point.to_str().unwrap(),
+            "--keyfile",
+            &key(keyfile),
+        ],
+        password,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    read_mounted_tree(&point)
 }

@@ -356,16 +356,11 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
     small_tree(&tree);
     for umask in ["000", "077"] {
         let store = dir.path().join(format!("ds-{umask}"));
-        let init = pbsfs_with_umask(umask)
+        ok(&pbsfs_with_umask(umask)
             .arg("init")
             .arg(&store)
             .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+            .unwrap());
         // Twice: the first push creates the group, the second adds to it.
         for id in ["a", "a"] {
             let output = pbsfs_with_umask(umask)
@@ -382,11 +377,7 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
                 .arg(format!("root.pxar:{}", tree.display()))
                 .output()
                 .unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            ok(&output);
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         let wrong = modes_unlike_pbs(&store);
