@@ -12,6 +12,7 @@
 //! the matching file system features).
 
 mod apply_meta;
+mod options;
 mod safe_fs;
 
 use std::collections::HashMap;
@@ -33,64 +34,10 @@ use super::items::ItemSource;
 use super::metadata::Metadata;
 use super::pattern::PatternSet;
 use super::table_walk::TableWalk;
-use safe_fs::{c_name, cvt, link_at, make_node, materialize, open_dir_path, replacing, TempFile};
-
-/// How to extract.
-#[derive(Clone, Debug)]
-pub struct ExtractOptions {
-    /// Replace existing non-directories.
-    pub overwrite: bool,
-    /// Accept directories that already exist (and restore their metadata).
-    pub allow_existing_dirs: bool,
-    /// Only entries matching one of these (or inside a matching directory) are extracted,
-    /// with the directories leading to them; empty selects everything.
-    pub patterns: Vec<String>,
-    /// chown to the archived owner (needs root). Without it, setuid and setgid are cleared
-    /// on everything but directories, as GNU tar does: the bits would otherwise apply to
-    /// whoever restores.
-    pub restore_owner: bool,
-    /// Go on past entries that cannot be read or written, and list them in
-    /// [`ExtractStats::failed`], instead of stopping at the first.
-    pub ignore_errors: bool,
-}
-
-impl Default for ExtractOptions {
-    fn default() -> Self {
-        ExtractOptions {
-            overwrite: false,
-            allow_existing_dirs: false,
-            patterns: Vec::new(),
-            restore_owner: true,
-            ignore_errors: false,
-        }
-    }
-}
-
-/// What an extraction did.
-#[derive(Debug, Default)]
-pub struct ExtractStats {
-    pub entries: u64,
-    pub bytes: u64,
-    /// Entries whose setuid/setgid bits were dropped because their owner was not restored.
-    pub setid_cleared: u64,
-    /// With `ignore_errors`: the entries not restored (or not completely), in archive order.
-    pub failed: Vec<Failure>,
-}
-
-/// An entry that could not be restored.
-#[derive(Debug)]
-pub struct Failure {
-    /// Path in the archive (lossy UTF-8).
-    pub path: String,
-    pub error: anyhow::Error,
-}
-
-/// The error's chain, which names the entry.
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.error)
-    }
-}
+pub use options::{ExtractOptions, ExtractStats, Failure};
+use safe_fs::{
+    c_name, cvt, link_at, make_dir, make_node, open_dir_path, replacing, show, TempFile,
+};
 
 /// A directory on the way down: created lazily, finished (metadata) when left.
 struct OpenDir {
@@ -451,6 +398,13 @@ fn show_dir(path: &[u8]) -> String {
     }
 }
 
-fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+/// Creates (or, if allowed, reuses) every selected directory on the stack not created yet.
+fn materialize(stack: &mut [OpenDir], options: &ExtractOptions) -> io::Result<()> {
+    for i in 1..stack.len() {
+        if stack[i].fd.is_none() {
+            let parent = stack[i - 1].fd.as_ref().unwrap().as_raw_fd();
+            stack[i].fd = Some(make_dir(parent, &stack[i].name, options)?);
+        }
+    }
+    Ok(())
 }

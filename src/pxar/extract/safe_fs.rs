@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::{show, ExtractOptions, OpenDir};
+use super::options::ExtractOptions;
 use crate::pxar::items::is_valid_name;
 
 /// A regular file being written under a temporary name in its directory
@@ -175,32 +175,30 @@ pub(super) fn make_node(
     Ok(())
 }
 
-/// Creates (or, if allowed, reuses) every selected directory on the stack not created yet.
-pub(super) fn materialize(stack: &mut [OpenDir], options: &ExtractOptions) -> io::Result<()> {
-    for i in 1..stack.len() {
-        if stack[i].fd.is_some() {
-            continue;
-        }
-        let parent = stack[i - 1].fd.as_ref().unwrap().as_raw_fd();
-        let name = c_name(&stack[i].name).map_err(io::Error::other)?;
-        match cvt(unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) }) {
-            Ok(_) => {}
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                if !(options.allow_existing_dirs || options.overwrite) {
-                    return Err(err);
-                }
+/// Creates directory `name` in `parent` (or, if allowed, reuses an existing one) and opens
+/// it.
+pub(super) fn make_dir(
+    parent: RawFd,
+    name: &[u8],
+    options: &ExtractOptions,
+) -> io::Result<OwnedFd> {
+    let name = c_name(name).map_err(io::Error::other)?;
+    match cvt(unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) }) {
+        Ok(_) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+            if !(options.allow_existing_dirs || options.overwrite) {
+                return Err(err);
             }
-            Err(err) => return Err(err),
         }
-        // O_NOFOLLOW: an existing symlink in place of the directory is refused.
-        stack[i].fd = Some(open_at(
-            parent,
-            &name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?);
+        Err(err) => return Err(err),
     }
-    Ok(())
+    // O_NOFOLLOW: an existing symlink in place of the directory is refused.
+    open_at(
+        parent,
+        &name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
 }
 
 /// Hardlinks `name` in `parent` to `path` (relative to the extraction root).
@@ -246,4 +244,9 @@ fn walk_to_parent(root: RawFd, path: &[u8]) -> io::Result<(OwnedFd, CString)> {
         )?;
     }
     Ok((current, c_name(last).map_err(|_| invalid())?))
+}
+
+/// A path or name for messages (lossy UTF-8).
+pub(super) fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
