@@ -238,12 +238,8 @@ impl Accessor {
             ));
         }
         Ok(Entry {
-            name: Vec::new(),
-            kind: body.kind,
-            metadata: body.metadata,
-            filename_offset: None,
-            entry_offset: body.entry_offset,
             dir_end: Some(end),
+            ..body.into_entry(Vec::new(), None)
         })
     }
 
@@ -260,14 +256,7 @@ impl Accessor {
         let mut src = AtSource::new(&*self.meta, filename_offset, source_end);
         let name = items::read_filename(&mut src)?;
         let body = items::read_body(&mut src, self.layout(), Some(filename_offset))?;
-        let mut entry = Entry {
-            name,
-            kind: body.kind,
-            metadata: body.metadata,
-            filename_offset: Some(filename_offset),
-            entry_offset: body.entry_offset,
-            dir_end: None,
-        };
+        let mut entry = body.into_entry(name, Some(filename_offset));
         match entry.kind {
             EntryKind::Directory => {
                 let extent = dir_extent.ok_or_else(|| {

@@ -167,14 +167,7 @@ impl<S: ItemSource> Decoder<S> {
         Ok(DecodedEntry {
             path: Vec::new(),
             depth: 0,
-            entry: Entry {
-                name: Vec::new(),
-                kind: body.kind,
-                metadata: body.metadata,
-                filename_offset: None,
-                entry_offset: body.entry_offset,
-                dir_end: None,
-            },
+            entry: body.into_entry(Vec::new(), None),
         })
     }
 
@@ -214,14 +207,7 @@ impl<S: ItemSource> Decoder<S> {
         Ok(DecodedEntry {
             path: self.path.clone(),
             depth,
-            entry: Entry {
-                name,
-                kind: body.kind,
-                metadata: body.metadata,
-                filename_offset: Some(filename_offset),
-                entry_offset: body.entry_offset,
-                dir_end: None,
-            },
+            entry: body.into_entry(name, Some(filename_offset)),
         })
     }
 

@@ -173,27 +173,7 @@ fn read_item(reader: &dyn ReadAt, offset: u64) -> Result<GoodbyeItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Builds the reference BST layout of sorted hashes (pxar.md §7.4) to test the search.
-    fn bst_order(n: usize) -> Vec<usize> {
-        fn place(out: &mut [usize], n: usize, o: usize, e: u32, i: usize) {
-            let p = 1usize << e;
-            let t = p + p / 2 - 1;
-            let m = if n > t { p - 1 } else { p - 1 - (t - n) };
-            out[i] = o + m;
-            if m > 0 {
-                place(out, m, o, e.saturating_sub(1), 2 * i + 1);
-            }
-            if m + 1 < n {
-                place(out, n - m - 1, o + m + 1, e.saturating_sub(1), 2 * i + 2);
-            }
-        }
-        let mut out = vec![usize::MAX; n];
-        if n > 0 {
-            place(&mut out, n, 0, n.ilog2(), 0);
-        }
-        out
-    }
+    use crate::pxar::test_archive::bst_order;
 
     fn table_bytes(hashes: &[u64]) -> (Vec<u8>, u64) {
         // A fake directory: 100 filler bytes, then GOODBYE with the given items + tail.

@@ -11,83 +11,33 @@
 //! Not restored: chattr flags and quota project ids (as with the official tools without
 //! the matching file system features).
 
+mod apply_meta;
+mod options;
+mod safe_fs;
+
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{bail, Context};
 
 use super::accessor::Accessor;
-use super::acl;
 use super::decode_error::DecodeError;
 use super::decoder::{DecodedEntry, Decoder};
 use super::entry::Entry;
 use super::entry::EntryKind;
 use super::format::join_dev;
-use super::items::{is_valid_name, ItemSource};
+use super::items::ItemSource;
 use super::metadata::Metadata;
 use super::pattern::PatternSet;
 use super::table_walk::TableWalk;
-
-/// How to extract.
-#[derive(Clone, Debug)]
-pub struct ExtractOptions {
-    /// Replace existing non-directories.
-    pub overwrite: bool,
-    /// Accept directories that already exist (and restore their metadata).
-    pub allow_existing_dirs: bool,
-    /// Only entries matching one of these (or inside a matching directory) are extracted,
-    /// with the directories leading to them; empty selects everything.
-    pub patterns: Vec<String>,
-    /// chown to the archived owner (needs root). Without it, setuid and setgid are cleared
-    /// on everything but directories, as GNU tar does: the bits would otherwise apply to
-    /// whoever restores.
-    pub restore_owner: bool,
-    /// Go on past entries that cannot be read or written, and list them in
-    /// [`ExtractStats::failed`], instead of stopping at the first.
-    pub ignore_errors: bool,
-}
-
-impl Default for ExtractOptions {
-    fn default() -> Self {
-        ExtractOptions {
-            overwrite: false,
-            allow_existing_dirs: false,
-            patterns: Vec::new(),
-            restore_owner: true,
-            ignore_errors: false,
-        }
-    }
-}
-
-/// What an extraction did.
-#[derive(Debug, Default)]
-pub struct ExtractStats {
-    pub entries: u64,
-    pub bytes: u64,
-    /// Entries whose setuid/setgid bits were dropped because their owner was not restored.
-    pub setid_cleared: u64,
-    /// With `ignore_errors`: the entries not restored (or not completely), in archive order.
-    pub failed: Vec<Failure>,
-}
-
-/// An entry that could not be restored.
-#[derive(Debug)]
-pub struct Failure {
-    /// Path in the archive (lossy UTF-8).
-    pub path: String,
-    pub error: anyhow::Error,
-}
-
-/// The error's chain, which names the entry.
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.error)
-    }
-}
+pub use options::{ExtractOptions, ExtractStats, Failure};
+use safe_fs::{
+    c_name, cvt, link_at, make_dir, make_node, open_dir_path, replacing, show, TempFile,
+};
 
 /// A directory on the way down: created lazily, finished (metadata) when left.
 struct OpenDir {
@@ -412,185 +362,6 @@ impl Extractor<'_> {
         file.commit(self.options)?;
         Ok(written)
     }
-
-    /// The mode to set: the archived one, without setuid/setgid on a non-directory whose
-    /// owner is not restored.
-    fn mode_for(&mut self, meta: &Metadata, is_dir: bool) -> libc::mode_t {
-        let mode = (meta.stat.mode & 0o7777) as libc::mode_t;
-        let setid = libc::S_ISUID | libc::S_ISGID;
-        if self.options.restore_owner || is_dir || mode & setid == 0 {
-            return mode;
-        }
-        self.stats.setid_cleared += 1;
-        mode & !setid
-    }
-
-    /// Restores metadata through an open descriptor (files, directories), in the order that
-    /// keeps everything: owner first (chown drops setuid and capabilities), mode after the
-    /// ACLs, mtime last.
-    fn apply_to_fd(&mut self, fd: RawFd, meta: &Metadata, is_dir: bool) -> io::Result<()> {
-        let stat = &meta.stat;
-        if self.options.restore_owner {
-            cvt(unsafe { libc::fchown(fd, stat.uid, stat.gid) })?;
-        }
-        for (name, value) in attribute_xattrs(meta, is_dir) {
-            let name = CString::new(name).map_err(io::Error::other)?;
-            cvt(unsafe {
-                libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
-            })?;
-        }
-        let mode = self.mode_for(meta, is_dir);
-        cvt(unsafe { libc::fchmod(fd, mode) })?;
-        let times = mtime_spec(meta);
-        cvt(unsafe { libc::futimens(fd, times.as_ptr()) })?;
-        Ok(())
-    }
-
-    /// Restores metadata of a node that cannot be opened for writing (symlink, device, fifo,
-    /// socket) by name relative to its parent, never following a final symlink.
-    fn apply_to_node(
-        &mut self,
-        parent: RawFd,
-        name: &CString,
-        meta: &Metadata,
-        is_symlink: bool,
-    ) -> io::Result<()> {
-        let stat = &meta.stat;
-        if self.options.restore_owner {
-            cvt(unsafe {
-                libc::fchownat(
-                    parent,
-                    name.as_ptr(),
-                    stat.uid,
-                    stat.gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
-        }
-        let xattrs = attribute_xattrs(meta, false);
-        if !xattrs.is_empty() {
-            // The descriptor's /proc link is followed; the final name is not.
-            let mut path = format!("/proc/self/fd/{parent}/").into_bytes();
-            path.extend_from_slice(name.as_bytes());
-            let path = CString::new(path).map_err(io::Error::other)?;
-            for (xname, value) in xattrs {
-                let xname = CString::new(xname).map_err(io::Error::other)?;
-                cvt(unsafe {
-                    libc::lsetxattr(
-                        path.as_ptr(),
-                        xname.as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        0,
-                    )
-                })?;
-            }
-        }
-        if !is_symlink {
-            let mode = self.mode_for(meta, false);
-            cvt(unsafe { libc::fchmodat(parent, name.as_ptr(), mode, 0) })?;
-        }
-        let times = mtime_spec(meta);
-        cvt(unsafe {
-            libc::utimensat(
-                parent,
-                name.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        Ok(())
-    }
-}
-
-/// A regular file being written under a temporary name in its directory
-/// (`.NAME.pbsfs-tmp-XXXXXXXX`, created exclusively); removed unless committed.
-struct TempFile {
-    parent: RawFd,
-    temp_name: CString,
-    name: CString,
-    file: File,
-    committed: bool,
-}
-
-const TEMP_SUFFIX: &str = ".pbsfs-tmp-";
-
-impl TempFile {
-    /// Fails early when `name` exists and may not be replaced (or is a directory).
-    fn create(parent: RawFd, name: &CString, options: &ExtractOptions) -> io::Result<TempFile> {
-        check_replaceable(parent, name, options)?;
-        // The dot, the suffix and 8 hex digits must fit in a 255-byte name.
-        const KEEP: usize = 255 - 1 - TEMP_SUFFIX.len() - 8;
-        let stem = &name.as_bytes()[..name.as_bytes().len().min(KEEP)];
-        for _ in 0..100 {
-            let mut temp = b".".to_vec();
-            temp.extend_from_slice(stem);
-            temp.extend_from_slice(TEMP_SUFFIX.as_bytes());
-            temp.extend_from_slice(format!("{:08x}", rand::random::<u32>()).as_bytes());
-            let temp_name = CString::new(temp).map_err(io::Error::other)?;
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
-            match open_at(parent, &temp_name, flags, 0o600) {
-                Ok(fd) => {
-                    return Ok(TempFile {
-                        parent,
-                        temp_name,
-                        name: name.clone(),
-                        file: File::from(fd),
-                        committed: false,
-                    })
-                }
-                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => continue,
-                Err(err) => return Err(err),
-            }
-        }
-        Err(io::Error::other("cannot find a free temporary file name"))
-    }
-
-    /// Gives the complete file its real name: replacing a non-directory only with
-    /// `overwrite`, never a directory.
-    fn commit(mut self, options: &ExtractOptions) -> io::Result<()> {
-        let (parent, from, to) = (self.parent, self.temp_name.as_ptr(), self.name.as_ptr());
-        if options.overwrite {
-            cvt(unsafe { libc::renameat(parent, from, parent, to) })?;
-        } else {
-            let flags = libc::RENAME_NOREPLACE;
-            match cvt(unsafe { libc::renameat2(parent, from, parent, to, flags) }) {
-                // File systems without RENAME_NOREPLACE: a hardlink refuses existing names too.
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    cvt(unsafe { libc::linkat(parent, from, parent, to, 0) })?;
-                    cvt(unsafe { libc::unlinkat(parent, from, 0) })?;
-                }
-                other => {
-                    other?;
-                }
-            }
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            unsafe { libc::unlinkat(self.parent, self.temp_name.as_ptr(), 0) };
-        }
-    }
-}
-
-/// `EEXIST` if `name` exists and `overwrite` is off; `EISDIR` if it is a directory.
-fn check_replaceable(parent: RawFd, name: &CString, options: &ExtractOptions) -> io::Result<()> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_SYMLINK_NOFOLLOW;
-    match cvt(unsafe { libc::fstatat(parent, name.as_ptr(), &mut st, flags) }) {
-        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(err) => Err(err),
-        Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            Err(io::Error::from_raw_os_error(libc::EISDIR))
-        }
-        Ok(_) if !options.overwrite => Err(io::Error::from_raw_os_error(libc::EEXIST)),
-        Ok(_) => Ok(()),
-    }
 }
 
 /// Copies a file's contents from `read` into `file`, leaving holes for zero blocks.
@@ -627,176 +398,13 @@ fn show_dir(path: &[u8]) -> String {
     }
 }
 
-fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
-
-fn c_name(name: &[u8]) -> anyhow::Result<CString> {
-    if !is_valid_name(name) {
-        bail!("refusing file name {:?}", show(name));
-    }
-    Ok(CString::new(name.to_vec())?)
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn open_at(
-    dir: RawFd,
-    name: &CString,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> io::Result<OwnedFd> {
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    open_at(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-}
-
-/// Runs `create`; if the name exists and `overwrite` is set, removes the old non-directory
-/// and tries once more.
-fn replacing<T>(
-    parent: RawFd,
-    name: &CString,
-    options: &ExtractOptions,
-    create: impl Fn() -> io::Result<T>,
-) -> io::Result<T> {
-    match create() {
-        Err(err) if err.raw_os_error() == Some(libc::EEXIST) && options.overwrite => {
-            cvt(unsafe { libc::unlinkat(parent, name.as_ptr(), 0) })?;
-            create()
-        }
-        other => other,
-    }
-}
-
-fn make_node(
-    parent: RawFd,
-    name: &CString,
-    kind: libc::mode_t,
-    dev: u64,
-    options: &ExtractOptions,
-) -> io::Result<()> {
-    replacing(parent, name, options, || {
-        cvt(unsafe { libc::mknodat(parent, name.as_ptr(), kind | 0o600, dev as libc::dev_t) })
-    })?;
-    Ok(())
-}
-
 /// Creates (or, if allowed, reuses) every selected directory on the stack not created yet.
 fn materialize(stack: &mut [OpenDir], options: &ExtractOptions) -> io::Result<()> {
     for i in 1..stack.len() {
-        if stack[i].fd.is_some() {
-            continue;
+        if stack[i].fd.is_none() {
+            let parent = stack[i - 1].fd.as_ref().unwrap().as_raw_fd();
+            stack[i].fd = Some(make_dir(parent, &stack[i].name, options)?);
         }
-        let parent = stack[i - 1].fd.as_ref().unwrap().as_raw_fd();
-        let name = c_name(&stack[i].name).map_err(io::Error::other)?;
-        match cvt(unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) }) {
-            Ok(_) => {}
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                if !(options.allow_existing_dirs || options.overwrite) {
-                    return Err(err);
-                }
-            }
-            Err(err) => return Err(err),
-        }
-        // O_NOFOLLOW: an existing symlink in place of the directory is refused.
-        stack[i].fd = Some(open_at(
-            parent,
-            &name,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?);
     }
     Ok(())
-}
-
-/// The xattrs to set: plain ones, then ACLs (kernel format), then file capabilities.
-fn attribute_xattrs(meta: &Metadata, is_dir: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = meta
-        .xattrs
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    if let Some(entries) = acl::access_entries(meta) {
-        out.push((acl::XATTR_ACCESS.into(), acl::to_xattr(&entries)));
-    }
-    if is_dir {
-        if let Some(entries) = acl::default_entries(meta) {
-            out.push((acl::XATTR_DEFAULT.into(), acl::to_xattr(&entries)));
-        }
-    }
-    if let Some(fcaps) = &meta.fcaps {
-        out.push((b"security.capability".to_vec(), fcaps.clone()));
-    }
-    out
-}
-
-fn mtime_spec(meta: &Metadata) -> [libc::timespec; 2] {
-    let mtime = libc::timespec {
-        tv_sec: meta.stat.mtime.secs as libc::time_t,
-        tv_nsec: meta.stat.mtime.nanos as libc::c_long,
-    };
-    [mtime, mtime]
-}
-
-/// Hardlinks `name` in `parent` to `path` (relative to the extraction root).
-fn link_at(
-    root: RawFd,
-    path: &[u8],
-    parent: RawFd,
-    name: &CString,
-    options: &ExtractOptions,
-) -> io::Result<()> {
-    let (dir, last) = walk_to_parent(root, path)?;
-    replacing(parent, name, options, || {
-        cvt(unsafe { libc::linkat(dir.as_raw_fd(), last.as_ptr(), parent, name.as_ptr(), 0) })
-    })?;
-    Ok(())
-}
-
-/// Opens the directory holding a hardlink target (path relative to the archive root)
-/// without following symlinks; returns it and the final name.
-fn walk_to_parent(root: RawFd, path: &[u8]) -> io::Result<(OwnedFd, CString)> {
-    let invalid = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad hardlink target {:?}", show(path)),
-        )
-    };
-    let components: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    let Some((last, dirs)) = components.split_last() else {
-        return Err(invalid());
-    };
-    let dot = CString::new(".").unwrap();
-    let mut current = open_at(root, &dot, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for dir in dirs {
-        let name = c_name(dir).map_err(|_| invalid())?;
-        current = open_at(
-            current.as_raw_fd(),
-            &name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-    }
-    Ok((current, c_name(last).map_err(|_| invalid())?))
 }

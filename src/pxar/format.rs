@@ -170,34 +170,32 @@ impl Stat {
     }
 
     pub fn from_bytes(bytes: &[u8; 40]) -> Self {
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
-        Stat {
-            mode: u64_at(0),
-            flags: u64_at(8),
-            uid: u32_at(16),
-            gid: u32_at(20),
-            mtime: MTime {
-                secs: u64_at(24) as i64,
-                nanos: u32_at(32),
-            },
-        }
+        let nanos = u32::from_le_bytes(bytes[32..36].try_into().unwrap());
+        Self::with_mtime(bytes, |secs| MTime {
+            secs: secs as i64,
+            nanos,
+        })
     }
 
     /// Converts the legacy 32-byte ENTRY_V1 (mtime in nanoseconds since the epoch).
     pub fn from_v1_bytes(bytes: &[u8; 32]) -> Self {
+        Self::with_mtime(bytes, |mtime_ns| MTime {
+            secs: (mtime_ns / 1_000_000_000) as i64,
+            nanos: (mtime_ns % 1_000_000_000) as u32,
+        })
+    }
+
+    /// The fields both layouts share (mode, flags, uid, gid), with the mtime made from the
+    /// 64-bit word at offset 24.
+    fn with_mtime(bytes: &[u8], mtime: impl FnOnce(u64) -> MTime) -> Self {
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
-        let mtime_ns = u64_at(24);
         Stat {
             mode: u64_at(0),
             flags: u64_at(8),
             uid: u32_at(16),
             gid: u32_at(20),
-            mtime: MTime {
-                secs: (mtime_ns / 1_000_000_000) as i64,
-                nanos: (mtime_ns % 1_000_000_000) as u32,
-            },
+            mtime: mtime(u64_at(24)),
         }
     }
 

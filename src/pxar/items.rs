@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use super::decode_error::{DecodeError, Result};
-use super::entry::{EntryKind, FileData};
+use super::entry::{Entry, EntryKind, FileData};
 use super::format::*;
 use super::metadata::{AclDefault, AclEntry, Metadata};
 use crate::format::ReadAt;
@@ -322,6 +322,21 @@ pub struct Body {
     /// For directories, fifos and sockets: the FILENAME or GOODBYE header that ended the
     /// body (already consumed from the source), with its offset and content size.
     pub next: Option<(u64, Header, u64)>,
+}
+
+impl Body {
+    /// The entry this body describes, named `name` by the FILENAME at `filename_offset`
+    /// (none for the root). A directory's end is not known yet.
+    pub fn into_entry(self, name: Vec<u8>, filename_offset: Option<u64>) -> Entry {
+        Entry {
+            name,
+            kind: self.kind,
+            metadata: self.metadata,
+            filename_offset,
+            entry_offset: self.entry_offset,
+            dir_end: None,
+        }
+    }
 }
 
 /// Which stream layout the body belongs to: decides whether PAYLOAD or PAYLOAD_REF is legal.

@@ -105,40 +105,33 @@ impl RemoteBackupSession {
         dir: &BackupDir,
         chunk_key: Option<&Fingerprint>,
     ) -> Result<Self> {
-        block_on(Self::start_async(client, store, ns, dir, chunk_key))
-            .with_context(|| format!("cannot start backup {dir} on {}", client.options().server()))
-    }
-
-    async fn start_async(
-        client: &HttpClient,
-        store: &str,
-        ns: &BackupNamespace,
-        dir: &BackupDir,
-        chunk_key: Option<&Fingerprint>,
-    ) -> Result<Self> {
-        let mut params = snapshot_params(ns, dir);
-        params.push(("store", store.to_string()));
-        params.push(("benchmark", "false".to_string()));
-        let session = client
-            .upgrade("/api2/json/backup", &encode_query(&params), BACKUP_PROTOCOL)
-            .await?;
-        let shared = Arc::new(Shared {
-            session,
-            dir: dir.clone(),
-            known: Mutex::new(HashSet::new()),
-            uploading: Mutex::new(HashMap::new()),
-            open: Mutex::new(OpenWriters::default()),
-            files: Mutex::new(Vec::new()),
-            writers_created: Mutex::new(0),
-        });
-        let previous_time = shared
-            .call(Method::GET, "/previous_backup_time", &[], FORM, None)
-            .await?;
-        let previous = match previous_time.as_i64() {
-            Some(time) => Some(register_previous(&shared, dir, time, chunk_key).await?),
-            None => None,
+        let opened = async {
+            let mut params = snapshot_params(ns, dir);
+            params.push(("store", store.to_string()));
+            params.push(("benchmark", "false".to_string()));
+            let session = client
+                .upgrade("/api2/json/backup", &encode_query(&params), BACKUP_PROTOCOL)
+                .await?;
+            let shared = Arc::new(Shared {
+                session,
+                dir: dir.clone(),
+                known: Mutex::new(HashSet::new()),
+                uploading: Mutex::new(HashMap::new()),
+                open: Mutex::new(OpenWriters::default()),
+                files: Mutex::new(Vec::new()),
+                writers_created: Mutex::new(0),
+            });
+            let previous_time = shared
+                .call(Method::GET, "/previous_backup_time", &[], FORM, None)
+                .await?;
+            let previous = match previous_time.as_i64() {
+                Some(time) => Some(register_previous(&shared, dir, time, chunk_key).await?),
+                None => None,
+            };
+            Ok::<_, anyhow::Error>(RemoteBackupSession { shared, previous })
         };
-        Ok(RemoteBackupSession { shared, previous })
+        block_on(opened)
+            .with_context(|| format!("cannot start backup {dir} on {}", client.options().server()))
     }
 
     /// The snapshot this session writes.

@@ -522,6 +522,16 @@ mod tests {
         assert_eq!(own.fetches.load(Ordering::SeqCst), 0);
     }
 
+    /// A cache with one read-ahead worker, busy fetching chunk 1 (a fetch takes
+    /// `delay_ms`).
+    fn one_worker_busy_with_chunk_1(delay_ms: u64) -> (Arc<FakeSource>, ChunkCache) {
+        let src = source(delay_ms, None);
+        let cache = ChunkCache::new(src.clone(), 1 << 20, 1);
+        cache.prefetch(&digest(1), 10);
+        wait_until(|| src.fetches.load(Ordering::SeqCst) == 1);
+        (src, cache)
+    }
+
     fn wait_until(what: impl Fn() -> bool) {
         for _ in 0..500 {
             if what() {
@@ -547,10 +557,7 @@ mod tests {
     fn read_ahead_skips_a_chunk_released_while_it_waited() {
         // One worker, busy with chunk 1; chunk 2 waits in the queue and is released (its
         // reader fetched it and moved on): fetching it now would be for nobody.
-        let src = source(300, None);
-        let cache = ChunkCache::new(src.clone(), 1 << 20, 1);
-        cache.prefetch(&digest(1), 10);
-        wait_until(|| src.fetches.load(Ordering::SeqCst) == 1);
+        let (src, cache) = one_worker_busy_with_chunk_1(300);
         cache.prefetch(&digest(2), 10);
         cache.release(&digest(2));
         wait_until(|| cache.contains(&digest(1)));
@@ -563,10 +570,7 @@ mod tests {
     fn a_chunk_is_queued_for_read_ahead_once() {
         // Every read of a sequential reader asks for the whole window ahead. Were each ask
         // queued, the queue would fill with repeats and further chunks would be dropped.
-        let src = source(200, None);
-        let cache = ChunkCache::new(src.clone(), 1 << 20, 1);
-        cache.prefetch(&digest(1), 10);
-        wait_until(|| src.fetches.load(Ordering::SeqCst) == 1);
+        let (src, cache) = one_worker_busy_with_chunk_1(200);
         for _ in 0..2 * PREFETCH_QUEUE {
             cache.prefetch(&digest(2), 10);
         }

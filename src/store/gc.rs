@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use super::chunk_tmp;
-use super::local::LocalDatastore;
+use super::local::{touch_atime, LocalDatastore};
 use super::process_lock;
 use crate::format::index::AnyIndex;
 use crate::format::{digest_to_hex, Digest};
@@ -268,39 +268,6 @@ fn bad_path(chunk: &Path, n: u32) -> PathBuf {
     let mut name = chunk.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{n}.bad"));
     chunk.with_file_name(name)
-}
-
-/// Sets the atime of `path` to now (mtime unchanged), as PBS does; false if it does not exist.
-pub(crate) fn touch_atime(path: &Path) -> Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-    ];
-    // SAFETY: a valid C string and two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.kind() == ErrorKind::NotFound {
-        return Ok(false);
-    }
-    Err(err).with_context(|| format!("cannot update the access time of {}", path.display()))
 }
 
 /// Refuses a file system on which setting the atime (with `touch`) does not work: gc would

@@ -314,7 +314,9 @@ impl LocalDatastore {
         if !path.is_file() {
             return false;
         }
-        touch_atime(&path);
+        // Best effort: a read-only datastore cannot be touched, and that must not fail a
+        // backup that found its chunk present.
+        let _ = touch_atime(&path);
         true
     }
 
@@ -325,7 +327,7 @@ impl LocalDatastore {
         let path = self.chunk_path(digest);
         if let Ok(meta) = fs::metadata(&path) {
             if meta.len() == raw_blob.len() as u64 {
-                touch_atime(&path);
+                let _ = touch_atime(&path); // best effort, as in `mark_chunk_used`
                 return Ok(false);
             }
         }
@@ -619,11 +621,10 @@ fn dir_names(path: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn touch_atime(path: &Path) {
+/// Sets the atime of `path` to now (mtime unchanged), as PBS does; false if it does not exist.
+pub(crate) fn touch_atime(path: &Path) -> Result<bool> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let times = [
         libc::timespec {
             tv_sec: 0,
@@ -634,16 +635,23 @@ fn touch_atime(path: &Path) {
             tv_nsec: libc::UTIME_OMIT,
         },
     ];
-    // Best effort: a read-only datastore cannot be touched, and that must not fail a write
-    // that found its chunk present.
-    unsafe {
+    // SAFETY: a valid C string and two timespecs.
+    let rc = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
             c_path.as_ptr(),
             times.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
-        );
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
     }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == ErrorKind::NotFound {
+        return Ok(false);
+    }
+    Err(err).with_context(|| format!("cannot update the access time of {}", path.display()))
 }
 
 fn random_suffix() -> String {

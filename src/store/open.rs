@@ -332,22 +332,14 @@ pub(crate) mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(
-            resolve_archive_name("root.pxar", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("root.pxar.didx", &files).unwrap(),
-            "root.pxar.didx"
-        );
-        assert_eq!(
-            resolve_archive_name("drive-scsi0.img", &files).unwrap(),
-            "drive-scsi0.img.fidx"
-        );
-        assert_eq!(
-            resolve_archive_name("qemu.conf", &files).unwrap(),
-            "qemu.conf.blob"
-        );
+        for (typed, stored) in [
+            ("root.pxar", "root.pxar.didx"),
+            ("root.pxar.didx", "root.pxar.didx"),
+            ("drive-scsi0.img", "drive-scsi0.img.fidx"),
+            ("qemu.conf", "qemu.conf.blob"),
+        ] {
+            assert_eq!(resolve_archive_name(typed, &files).unwrap(), stored);
+        }
         assert!(resolve_archive_name("root", &files).is_err());
         let split: Vec<String> = ["root.mpxar.didx", "root.ppxar.didx"]
             .iter()

@@ -136,6 +136,12 @@ mod tests {
         .collect()
     }
 
+    /// Asserts that `spec` is refused with an error naming every one of `words`.
+    fn assert_refused(spec: &str, candidates: &[SnapshotEntry], words: &[&str]) {
+        let err = resolve_snapshot(spec, candidates).unwrap_err().to_string();
+        assert!(words.iter().all(|word| err.contains(word)), "{err}");
+    }
+
     fn damaged(name: &str) -> SnapshotEntry {
         SnapshotEntry {
             damaged: Some("index.json.blob: manifest blob: too short".into()),
@@ -181,12 +187,10 @@ mod tests {
         }
         // A group of nothing but damaged snapshots has no latest.
         let only = vec![damaged("host/b/2026-04-15T10:00:00Z")];
-        let err = resolve_snapshot("host/b/latest", &only)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no readable snapshot") && err.contains("too short"),
-            "{err}"
+        assert_refused(
+            "host/b/latest",
+            &only,
+            &["no readable snapshot", "too short"],
         );
     }
 
@@ -208,21 +212,10 @@ mod tests {
     #[test]
     fn ambiguous_and_unknown_list_candidates() {
         let all = dirs();
-        let err = resolve_snapshot("host/a/2026-04-13", &all)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("ambiguous") && err.contains("2026-04-13T12:00:00Z"),
-            "{err}"
-        );
-        let err = resolve_snapshot("host/a/2027", &all)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("2026-04-14T10:00:00Z"), "{err}");
-        let err = resolve_snapshot("host/b/latest", &all)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("vm/100"), "{err}");
+        let ambiguous = ["ambiguous", "2026-04-13T12:00:00Z"];
+        assert_refused("host/a/2026-04-13", &all, &ambiguous);
+        assert_refused("host/a/2027", &all, &["2026-04-14T10:00:00Z"]);
+        assert_refused("host/b/latest", &all, &["vm/100"]);
         assert!(resolve_snapshot("nonsense", &all).is_err());
     }
 }

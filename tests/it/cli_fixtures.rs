@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::common::cli::{ok, ok_json, pbsfs_local, stderr};
+use crate::common::cli::{fails_with, ok, ok_json, pbsfs_local, stderr};
 use crate::common::{copy_fixture_datastore, UNENCRYPTED_ARCHIVES};
 use sha2::{Digest, Sha256};
 
@@ -136,12 +136,7 @@ fn snapshot_selection_forms_and_errors() {
         "{err}"
     );
     let unknown = resolve("host/nosuch/latest");
-    assert!(!unknown.status.success());
-    assert!(
-        stderr(&unknown).contains("host/fixture-legacy"),
-        "{}",
-        stderr(&unknown)
-    );
+    fails_with(&unknown, "host/fixture-legacy");
 }
 
 #[test]
@@ -226,8 +221,7 @@ fn restore_to_a_file_and_refuse_to_overwrite() {
         UNENCRYPTED_ARCHIVES[1].3
     );
     let again = on(&datastore(), &args);
-    assert!(!again.status.success());
-    assert!(stderr(&again).contains("already exists"));
+    fails_with(&again, "already exists");
 }
 
 #[test]
@@ -236,12 +230,7 @@ fn restoring_an_encrypted_archive_without_a_key_is_a_clear_error() {
         &datastore(),
         &["restore", "host/fixture-enc/latest", "root.pxar", "-"],
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("encrypted: key needed"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "encrypted: key needed");
 }
 
 #[test]
@@ -254,8 +243,7 @@ fn a_remote_repository_without_credentials_is_a_clear_error() {
         .env_remove("PBS_PASSWORD_CMD")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("PBS_PASSWORD"), "{}", stderr(&out));
+    fails_with(&out, "PBS_PASSWORD");
 }
 
 #[test]

@@ -3,11 +3,10 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::process::Output;
 
-use common::cli::{local_command, stderr, umount};
-use common::disk_tree::{assert_same_tree, tree_from_disk};
+use common::cli::{fails_with, local_command, mount_point, read_mounted_tree, stderr};
+use common::disk_tree::assert_same_tree;
 use common::*;
 
 fn key(name: &str) -> String {
@@ -96,12 +95,7 @@ fn wrong_or_missing_keys_and_passwords_are_clear_errors() {
         &["restore", "host/fixture-enc/latest", "root.pxar", "-"],
         None,
     );
-    assert!(!no_key.status.success());
-    assert!(
-        stderr(&no_key).contains("key needed"),
-        "{}",
-        stderr(&no_key)
-    );
+    fails_with(&no_key, "key needed");
 
     let wrong_key = pbsfs(
         &[
@@ -114,12 +108,7 @@ fn wrong_or_missing_keys_and_passwords_are_clear_errors() {
         ],
         None,
     );
-    assert!(!wrong_key.status.success());
-    assert!(
-        stderr(&wrong_key).contains("wrong key"),
-        "{}",
-        stderr(&wrong_key)
-    );
+    fails_with(&wrong_key, "wrong key");
 
     let wrong_password = pbsfs(
         &[
@@ -132,33 +121,12 @@ fn wrong_or_missing_keys_and_passwords_are_clear_errors() {
         ],
         Some("not-the-password"),
     );
-    assert!(!wrong_password.status.success());
-    assert!(
-        stderr(&wrong_password).contains("wrong password"),
-        "{}",
-        stderr(&wrong_password)
-    );
+    fails_with(&wrong_password, "wrong password");
 }
 
 #[test]
 fn an_encrypted_snapshot_mounts_with_its_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let point: PathBuf = tmp.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
-    let out = pbsfs(
-        &[
-            "mount",
-            "host/fixture-enc/latest",
-            point.to_str().unwrap(),
-            "--keyfile",
-            &key("fixture.key"),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_until_counted(&point);
-    let tree = tree_from_disk(&point);
-    umount(&point);
+    let tree = mounted_with_key("host/fixture-enc/latest", "fixture.key", None);
     assert_same_tree(&tree, &expected_tree("tree1.json"), "fixture-enc");
 }
 
@@ -231,23 +199,11 @@ fn key_create_writes_a_key_that_show_and_unlock_agree_on() {
 
 #[test]
 fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
-    let tmp = tempfile::tempdir().unwrap();
-    let point: PathBuf = tmp.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
-    let out = pbsfs(
-        &[
-            "mount",
-            "host/fixture-enc-scrypt/latest",
-            point.to_str().unwrap(),
-            "--keyfile",
-            &key("fixture-scrypt.key"),
-        ],
+    let tree = mounted_with_key(
+        "host/fixture-enc-scrypt/latest",
+        "fixture-scrypt.key",
         Some("fixture-password"),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_until_counted(&point);
-    let tree = tree_from_disk(&point);
-    umount(&point);
     // The archive was made from TREE/links: compare with that part of tree1.json.
     let mut expected = std::collections::BTreeMap::new();
     for (path, mut record) in expected_tree("tree1.json") {
@@ -266,4 +222,25 @@ fn the_scrypt_snapshot_mounts_as_the_links_subtree() {
         expected.insert(rel, record);
     }
     assert_same_tree(&tree, &expected, "fixture-enc-scrypt");
+}
+
+/// Mounts an encrypted fixture snapshot with the key file `keyfile` and reads it back.
+fn mounted_with_key(
+    snapshot: &str,
+    keyfile: &str,
+    password: Option<&str>,
+) -> std::collections::BTreeMap<Vec<u8>, Expected> {
+    let (_tmp, point) = mount_point();
+    let out = pbsfs(
+        &[
+            "mount",
+            snapshot,
+            point.to_str().unwrap(),
+            "--keyfile",
+            &key(keyfile),
+        ],
+        password,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    read_mounted_tree(&point)
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cli::mount_point;
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::*;
 
@@ -20,9 +21,7 @@ struct Mounted {
 impl Mounted {
     /// `snapshot` "" mounts the whole datastore.
     fn new(store: &Path, ns: &str, snapshot: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let point = dir.path().join("mnt");
-        std::fs::create_dir(&point).unwrap();
+        let (dir, point) = mount_point();
         let snapshot: &[&str] = if snapshot.is_empty() {
             &[]
         } else {
@@ -177,9 +176,7 @@ fn a_corrupt_chunk_gives_eio_for_its_files_only() {
 fn mount_fuse3_helper_form_works() {
     // What `mount -t fuse.pbsfs SOURCE DIR` and fstab lines run: mount.fuse3 calls
     // `pbsfs SOURCE DIR -o OPTIONS`, finding pbsfs on the PATH.
-    let dir = tempfile::tempdir().unwrap();
-    let point = dir.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
+    let (dir, point) = mount_point();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_pbsfs"))
         .parent()
         .unwrap()

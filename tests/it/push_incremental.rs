@@ -356,27 +356,14 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
     small_tree(&tree);
     for umask in ["000", "077"] {
         let store = dir.path().join(format!("ds-{umask}"));
-        let init = Command::new("sh")
-            .arg("-c")
-            .arg(format!("umask {umask} && exec \"$@\""))
-            .arg("sh")
-            .arg(env!("CARGO_BIN_EXE_pbsfs"))
+        ok(&pbsfs_with_umask(umask)
             .arg("init")
             .arg(&store)
             .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+            .unwrap());
         // Twice: the first push creates the group, the second adds to it.
         for id in ["a", "a"] {
-            let output = Command::new("sh")
-                .arg("-c")
-                .arg(format!("umask {umask} && exec \"$@\""))
-                .arg("sh")
-                .arg(env!("CARGO_BIN_EXE_pbsfs"))
+            let output = pbsfs_with_umask(umask)
                 .arg("-r")
                 .arg(&store)
                 .args([
@@ -390,11 +377,7 @@ fn a_new_datastore_gets_the_modes_pbs_uses_whatever_the_umask() {
                 .arg(format!("root.pxar:{}", tree.display()))
                 .output()
                 .unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            ok(&output);
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         let wrong = modes_unlike_pbs(&store);
@@ -629,4 +612,15 @@ fn log_levels_follow_the_flags_and_pbsfs_log() {
         !only_errors.contains("skipping mount point"),
         "{only_errors}"
     );
+}
+
+/// `pbsfs` run under the given umask (through `sh`, which sets it before exec).
+fn pbsfs_with_umask(umask: &str) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_pbsfs"));
+    command
 }

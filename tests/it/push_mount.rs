@@ -5,15 +5,14 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::cli::{ok, pbsfs_local, umount};
+use common::cli::{mount_point, ok, pbsfs_local, read_mounted_tree, umount};
 use common::disk_tree::{assert_same_tree, c_path, tree_from_disk};
-use common::source_tree::{make_special_files, mknod, set_mtime, set_xattr};
-use common::{wait_until_counted, Expected};
+use common::source_tree::{chmod, make_special_files, mknod, set_mtime, set_xattr};
+use common::Expected;
 
 /// One datastore per test module (creating 65536 chunk directories is slow).
 fn datastore() -> &'static Path {
@@ -49,16 +48,8 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("/does/not/exist", root.join("dangling")).unwrap();
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
     make_special_files(root);
-    std::fs::set_permissions(
-        root.join("dir/text"),
-        std::fs::Permissions::from_mode(0o4755),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        root.join("dir/deeper"),
-        std::fs::Permissions::from_mode(0o1777),
-    )
-    .unwrap();
+    chmod(&root.join("dir/text"), 0o4755);
+    chmod(&root.join("dir/deeper"), 0o1777);
     let rc = unsafe { libc::lchown(c_path(&root.join("dir/text")).as_ptr(), 1234, 5678) };
     assert_eq!(rc, 0);
     set_xattr(&root.join("dir/text"), "user.note", b"value").unwrap();
@@ -85,18 +76,13 @@ fn make_tree(root: &Path) {
 
 /// The latest snapshot of group host/`id`, mounted and read through the kernel.
 fn mounted_tree(id: &str) -> BTreeMap<Vec<u8>, Expected> {
-    let mnt = tempfile::tempdir().unwrap();
-    let point = mnt.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
+    let (_mnt, point) = mount_point();
     ok(&pbsfs(&[
         "mount",
         &format!("host/{id}/latest"),
         point.to_str().unwrap(),
     ]));
-    wait_until_counted(&point);
-    let mounted = tree_from_disk(&point);
-    umount(&point);
-    mounted
+    read_mounted_tree(&point)
 }
 
 fn check_mode(source: &Path, mode: &str, id: &str, time: i64) {
@@ -191,10 +177,10 @@ fn may_read_as(id: u32, path: &Path) -> bool {
 #[test]
 fn allow_other_mounts_enforce_the_archives_acls() {
     let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(work.path(), 0o755);
     let source = work.path().join("acls");
     std::fs::create_dir(&source).unwrap();
-    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(&source, 0o755);
     let setfacl = |spec: &str, name: &str| {
         let status = Command::new("setfacl")
             .args(["-m", spec])
@@ -205,33 +191,17 @@ fn allow_other_mounts_enforce_the_archives_acls() {
     };
     // Others may read, but an ACL denies user 1234.
     std::fs::write(source.join("denied"), b"x").unwrap();
-    std::fs::set_permissions(
-        source.join("denied"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    chmod(&source.join("denied"), 0o644);
     setfacl("u:1234:---", "denied");
     // Only the owner may read, but an ACL allows user 1235.
     std::fs::write(source.join("allowed"), b"x").unwrap();
-    std::fs::set_permissions(
-        source.join("allowed"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    chmod(&source.join("allowed"), 0o600);
     setfacl("u:1235:r", "allowed");
     // A closed directory that an ACL opens to user 1235.
     std::fs::create_dir(source.join("closed")).unwrap();
     std::fs::write(source.join("closed/inside"), b"x").unwrap();
-    std::fs::set_permissions(
-        source.join("closed/inside"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        source.join("closed"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    chmod(&source.join("closed/inside"), 0o644);
+    chmod(&source.join("closed"), 0o700);
     setfacl("u:1235:rx", "closed");
 
     let expected = [
@@ -258,7 +228,7 @@ fn allow_other_mounts_enforce_the_archives_acls() {
         "--quiet",
     ]));
     let mnt = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(mnt.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(mnt.path(), 0o755);
     let point = mnt.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
     ok(&pbsfs(&[

@@ -215,15 +215,7 @@ fn tree_via_decoder<S: pbsfs::pxar::items::ItemSource>(
         last_path = Some(item.path.clone());
         let rec = match &entry.kind {
             EntryKind::File { size, .. } => {
-                let mut data = Vec::new();
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = decoder.read_contents(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                }
+                let data = decoded_contents(&mut decoder, 1 << 16);
                 assert_eq!(data.len() as u64, *size);
                 record(entry, Some(&data))
             }

@@ -3,6 +3,7 @@
 //! read back through the random-access reader and the sequential decoder. Both must give
 //! exactly the tree that went in.
 
+use crate::common::decoded_contents;
 use crate::common::source_tree::random_bytes;
 
 use std::io::Cursor;
@@ -222,10 +223,16 @@ fn read_all(accessor: &Accessor, file: &Entry) -> Vec<u8> {
 
 /// The model view of an accessor entry (file contents read through `read_file`).
 fn accessor_kind(accessor: &Accessor, entry: &Entry) -> Kind {
-    match &entry.kind {
+    model_kind(&entry.kind, || read_all(accessor, entry))
+}
+
+/// The model view of an entry's kind; a file's contents come from `contents` and must
+/// have the size the entry states.
+fn model_kind(kind: &EntryKind, contents: impl FnOnce() -> Vec<u8>) -> Kind {
+    match kind {
         EntryKind::Directory => Kind::Dir,
         EntryKind::File { size, .. } => {
-            let data = read_all(accessor, entry);
+            let data = contents();
             assert_eq!(data.len() as u64, *size);
             Kind::File(data)
         }
@@ -311,30 +318,7 @@ fn decoded<S: pbsfs::pxar::items::ItemSource>(mut decoder: Decoder<S>) -> Vec<Ex
     let mut dir_stack: Vec<(usize, usize)> = Vec::new(); // (index in out, depth)
     while let Some(item) = decoder.next_entry().unwrap() {
         let entry = item.entry;
-        let kind = match &entry.kind {
-            EntryKind::File { size, .. } => {
-                let mut data = Vec::new();
-                let mut buf = vec![0u8; 5003];
-                loop {
-                    let n = decoder.read_contents(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                }
-                assert_eq!(data.len() as u64, *size);
-                Kind::File(data)
-            }
-            EntryKind::Directory => Kind::Dir,
-            EntryKind::Symlink { target } => Kind::Symlink(target.clone()),
-            EntryKind::Hardlink { target_path, .. } => Kind::Hardlink(target_path.clone()),
-            EntryKind::Device { major, minor } => Kind::Device(Device {
-                major: *major,
-                minor: *minor,
-            }),
-            EntryKind::Fifo => Kind::Fifo,
-            EntryKind::Socket => Kind::Socket,
-        };
+        let kind = model_kind(&entry.kind, || decoded_contents(&mut decoder, 5003));
         // Children of a directory are the following entries one level deeper.
         while dir_stack.last().is_some_and(|&(_, d)| d >= item.depth) {
             dir_stack.pop();

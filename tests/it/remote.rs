@@ -175,9 +175,7 @@ fn a_chunk_outside_the_downloaded_indexes_is_refused() {
 #[test]
 fn ticket_login_is_done_once_and_reused() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let mut options = server.token_options();
-    options.auth_id = server.config.user.clone();
-    options.secret = Secret::new(server.config.password.clone());
+    let options = password_options(&server);
     let remote =
         RemoteDatastore::connect(&server.repository(&server.config.user), options).unwrap();
     let root = BackupNamespace::root();
@@ -191,9 +189,7 @@ fn ticket_login_is_done_once_and_reused() {
 #[test]
 fn an_old_ticket_is_renewed_with_itself() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let mut options = server.token_options();
-    options.auth_id = server.config.user.clone();
-    options.secret = Secret::new(server.config.password.clone());
+    let mut options = password_options(&server);
     // Every ticket counts as old: each request after the first login renews it.
     options.ticket_renew_after = std::time::Duration::ZERO;
     let remote =
@@ -348,4 +344,12 @@ fn reads_recover_after_dropped_connections_and_a_restart() {
         reader.fetch_raw_chunk(&digests[2]).unwrap(),
         local.fetch_raw_chunk(&digests[2]).unwrap()
     );
+}
+
+/// Connection options that log in with the test user's password instead of the token.
+fn password_options(server: &TestServer) -> ConnectOptions {
+    let mut options = server.token_options();
+    options.auth_id = server.config.user.clone();
+    options.secret = Secret::new(server.config.password.clone());
+    options
 }

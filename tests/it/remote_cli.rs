@@ -6,10 +6,10 @@ use crate::common;
 
 use std::process::Command;
 
-use common::cli::{ok, pbsfs, repository, umount};
+use common::cli::{mount_point, ok, pbsfs, read_mounted_tree, repository, umount};
 use common::disk_tree::{assert_same_tree, tree_from_disk};
 use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
-use common::{copy_fixture_datastore, expected_tree, sha256_hex, wait_until_counted};
+use common::{copy_fixture_datastore, expected_tree, sha256_hex};
 
 /// `restore` of a payload archive through the server gives the fixture's bytes.
 fn assert_restores_fixture_payload(server: &TestServer) {
@@ -110,25 +110,19 @@ fn a_damaged_manifest_on_the_server_affects_only_its_snapshot() {
 #[test]
 fn a_snapshot_mounted_from_the_server_is_the_original_tree() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let point = tmp.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
+    let (_tmp, point) = mount_point();
     ok(&pbsfs(
         &server,
         &["mount", "host/fixture-data/latest", point.to_str().unwrap()],
     ));
-    wait_until_counted(&point);
-    let tree = tree_from_disk(&point);
-    umount(&point);
+    let tree = read_mounted_tree(&point);
     assert_same_tree(&tree, &expected_tree("tree1.json"), "remote fixture-data");
 }
 
 #[test]
 fn the_whole_server_datastore_mounts_like_a_local_one() {
     let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let point = tmp.path().join("mnt");
-    std::fs::create_dir(&point).unwrap();
+    let (_tmp, point) = mount_point();
     ok(&pbsfs(&server, &["mount", point.to_str().unwrap()]));
     let names = |dir: &std::path::Path| {
         let mut names: Vec<String> = std::fs::read_dir(dir)

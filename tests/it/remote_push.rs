@@ -80,17 +80,24 @@ impl Drop for Mount {
     }
 }
 
+/// A work directory holding the test tree (`tree`), and an empty datastore (its path)
+/// served by a test server.
+fn tree_and_server() -> (tempfile::TempDir, PathBuf, PathBuf, TestServer) {
+    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = tmp.path().join("tree");
+    make_tree(&tree);
+    let datastore = empty_datastore(tmp.path());
+    let server = TestServer::start(&datastore, ServerConfig::default());
+    (tmp, tree, datastore, server)
+}
+
 fn uploads(server: &TestServer) -> u64 {
     server.counters.chunk_uploads.load(Ordering::SeqCst)
 }
 
 #[test]
 fn a_pushed_tree_verifies_mounts_as_the_source_and_is_pushed_again_without_payload() {
-    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = tmp.path().join("tree");
-    make_tree(&tree);
-    let datastore = empty_datastore(tmp.path());
-    let server = TestServer::start(&datastore, ServerConfig::default());
+    let (tmp, tree, datastore, server) = tree_and_server();
 
     let first = push(&server, &tree, "tree", 1000);
     let uploaded = uploads(&server);
@@ -167,10 +174,7 @@ fn an_image_pushed_to_the_server_restores_byte_for_byte() {
 
 #[test]
 fn mount_reads_fail_with_eio_while_the_server_is_down_and_work_again_after() {
-    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = tmp.path().join("tree");
-    make_tree(&tree);
-    let mut server = TestServer::start(&empty_datastore(tmp.path()), ServerConfig::default());
+    let (tmp, tree, _, mut server) = tree_and_server();
     std::fs::write(tree.join("huge"), random_bytes(3, 48 << 20)).unwrap();
     push(&server, &tree, "tree", 1000);
     let mount = Mount::new(&server, "host/tree/latest", tmp.path().join("mnt"));
@@ -201,11 +205,7 @@ fn mount_reads_fail_with_eio_while_the_server_is_down_and_work_again_after() {
 
 #[test]
 fn an_encrypted_push_to_the_server_is_signed_and_restores_with_the_key() {
-    let tmp = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = tmp.path().join("tree");
-    make_tree(&tree);
-    let datastore = empty_datastore(tmp.path());
-    let server = TestServer::start(&datastore, ServerConfig::default());
+    let (tmp, tree, datastore, server) = tree_and_server();
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/fixtures/fixture.key"

@@ -2,10 +2,13 @@
 //! server, and checking what it printed.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::disk_tree::tree_from_disk;
 use super::pbs_server::TestServer;
+use super::{wait_until_counted, Expected};
 
 /// The `pbsfs` binary without the caller's own PBS settings (repository, namespace,
 /// fingerprint, passwords), so a developer's environment cannot change a test.
@@ -88,4 +91,27 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the command failed with `text` somewhere in its stderr.
+pub fn fails_with(out: &Output, text: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "pbsfs succeeded; stderr: {err}");
+    assert!(err.contains(text), "{err}");
+}
+
+/// A fresh empty directory to mount on, and the temporary directory that holds it.
+pub fn mount_point() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    (tmp, point)
+}
+
+/// The whole tree a mount shows once it is ready; unmounts it afterwards.
+pub fn read_mounted_tree(point: &Path) -> BTreeMap<Vec<u8>, Expected> {
+    wait_until_counted(point);
+    let tree = tree_from_disk(point);
+    umount(point);
+    tree
 }

@@ -307,3 +307,19 @@ pub fn wait_until_counted(point: &std::path::Path) {
     }
     panic!("the mount at {} never finished counting", point.display());
 }
+
+/// The current file's contents, read from `decoder` to the end in pieces of `piece` bytes.
+pub fn decoded_contents<S: pbsfs::pxar::items::ItemSource>(
+    decoder: &mut pbsfs::pxar::Decoder<S>,
+    piece: usize,
+) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; piece];
+    loop {
+        let n = decoder.read_contents(&mut buf).unwrap();
+        if n == 0 {
+            return data;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}

@@ -134,3 +134,9 @@ pub fn set_mtime(path: &Path, secs: i64, nanos: i64) {
     };
     assert_eq!(rc, 0, "utimensat {}", path.display());
 }
+
+/// Sets the permission bits of `path` (setuid, setgid and sticky included).
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
