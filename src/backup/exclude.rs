@@ -5,7 +5,9 @@
 //! `.pxarexclude` file apply to its directory and below; a leading `/` anchors them there.
 
 use anyhow::{Context, Result};
-use pathpatterns::{MatchEntry, MatchFlag, MatchList, MatchPattern, MatchType, PatternFlag};
+use pathpatterns::{MatchEntry, MatchFlag, MatchList, MatchPattern, MatchType};
+
+use crate::pxar::pattern::parse_glob;
 
 /// Patterns in force, command line first, then those of the `.pxarexclude` files of the
 /// directories currently open.
@@ -22,9 +24,8 @@ impl ExcludePatterns {
         let mut entries = Vec::with_capacity(patterns.len());
         for pattern in patterns {
             let pattern = pattern.as_ref();
-            let entry =
-                MatchEntry::parse_pattern(pattern, PatternFlag::PATH_NAME, MatchType::Exclude)
-                    .with_context(|| format!("invalid exclude pattern '{pattern}'"))?;
+            let entry = parse_glob(pattern.as_bytes(), MatchType::Exclude)
+                .with_context(|| format!("invalid exclude pattern '{pattern}'"))?;
             entries.push(entry);
         }
         let cli_count = entries.len();
@@ -90,11 +91,11 @@ impl ExcludePatterns {
                         .to_string(),
                 );
             }
-            match MatchEntry::parse_pattern(&normalized, PatternFlag::PATH_NAME, kind) {
+            match parse_glob(&normalized, kind) {
                 Ok(entry) if anchored => self.entries.push(entry.add_flags(MatchFlag::ANCHORED)),
                 Ok(entry) => self.entries.push(entry),
                 Err(err) => problems.push(format!(
-                    "bad pattern '{}' in .pxarexclude: {err:?}",
+                    "bad pattern '{}' in .pxarexclude: {err:#}",
                     String::from_utf8_lossy(line)
                 )),
             }

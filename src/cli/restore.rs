@@ -36,8 +36,10 @@ pub struct RestoreArgs {
     /// Replace existing files (and extract into an existing, non-empty directory).
     #[arg(long)]
     pub overwrite: bool,
-    /// Extract only what matches this glob (repeatable): a pattern without `/` matches a
-    /// name at any depth, `**` spans directories, a matching directory brings its subtree.
+    /// Extract only what matches this glob (repeatable), as `pxar extract --pattern`: it
+    /// matches at any depth unless it starts with `/`, `**` spans directories, a trailing `/`
+    /// matches directories only, `!GLOB` leaves out what an earlier pattern took; a matching
+    /// directory brings its subtree.
     #[arg(long, value_name = "GLOB")]
     pub pattern: Vec<String>,
     /// Do not restore file owners (the default when not running as root). Setuid and setgid

@@ -78,7 +78,7 @@ pub fn extract_with_accessor<S: ItemSource>(
     let root = decoder.next_entry()?.context("archive has no root entry")?;
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let root_fd = open_dir_path(target).with_context(|| format!("opening {}", target.display()))?;
-    let patterns = PatternSet::new(&options.patterns);
+    let patterns = PatternSet::new(&options.patterns)?;
     let mut extractor = Extractor {
         options,
         accessor,
@@ -221,7 +221,10 @@ impl Extractor<'_> {
         input: &mut Input<'_, S>,
     ) -> anyhow::Result<()> {
         let DecodedEntry { path, depth, entry } = item;
-        let selected = self.stack[depth - 1].matched || self.patterns.matches(&path);
+        let mode = entry.metadata.stat.mode as u32;
+        let selected = self
+            .patterns
+            .selects(&path, mode, self.stack[depth - 1].matched);
         if let EntryKind::Directory = entry.kind {
             self.stack.push(OpenDir {
                 path: path.clone(),

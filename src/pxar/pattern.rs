@@ -1,198 +1,230 @@
-//! Shell-style path patterns for selecting archive entries (`--pattern GLOB`), with the
-//! gitignore conventions the official `pxar extract` follows: a pattern without `/` matches
-//! a file name at any depth, one with `/` is anchored at the archive root (a leading `/` is
-//! optional), `*` and `?` stay within one component, `**` spans components, `[...]` is a set.
+//! Selecting archive entries with `--pattern GLOB`, as the official `pxar extract` does
+//! (PBS4 pbs-client/src/pxar/extract.rs with pxar-bin's `--pattern`): every pattern is a
+//! `pathpatterns` include entry (gitignore-style globs: `*` and `?` stay within a component,
+//! `**` spans components, a trailing `/` matches directories only, `!` turns a pattern into
+//! an exclusion), matched against the entry's path below the archive root with a leading `/`
+//! and its file type. A pattern matches any trailing part of the path at component
+//! boundaries, so only a leading `/` anchors it at the root. The last matching pattern
+//! decides; an entry no pattern matches follows its directory.
 
-/// One compiled pattern.
-#[derive(Clone, Debug)]
-pub struct Pattern {
-    components: Vec<Vec<u8>>,
-    anchored: bool,
+use anyhow::{bail, Context, Result};
+use pathpatterns::{MatchEntry, MatchList, MatchType, PatternFlag};
+
+/// Compiles one gitignore-style glob (`--pattern`, `--exclude`, `.pxarexclude` lines) with
+/// the flags the official tools use. An error, never a panic, for a malformed one.
+pub fn parse_glob(pattern: &[u8], ty: MatchType) -> Result<MatchEntry> {
+    if has_unclosed_class(pattern) {
+        bail!("a '[' character class is not closed with ']' (write \\[ for a literal '[')");
+    }
+    Ok(MatchEntry::parse_pattern(
+        pattern,
+        PatternFlag::PATH_NAME,
+        ty,
+    )?)
 }
 
-impl Pattern {
-    pub fn new(text: &str) -> Pattern {
-        let trimmed = text.trim_end_matches('/');
-        let anchored = trimmed.contains('/');
-        let components = trimmed
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|c| !c.is_empty())
-            .map(|c| c.as_bytes().to_vec())
-            .collect();
-        Pattern {
-            components,
-            anchored,
-        }
-    }
+/// Named classes pathpatterns knows inside `[...]`; each is skipped whole.
+const NAMED_CLASSES: [&[u8]; 12] = [
+    b"[:alnum:]",
+    b"[:alpha:]",
+    b"[:blank:]",
+    b"[:cntrl:]",
+    b"[:digit:]",
+    b"[:graph:]",
+    b"[:lower:]",
+    b"[:print:]",
+    b"[:punct:]",
+    b"[:space:]",
+    b"[:upper:]",
+    b"[:xdigit:]",
+];
 
-    /// Whether the archive path (components joined by `/`, no leading `/`) matches.
-    pub fn matches(&self, path: &[u8]) -> bool {
-        let parts: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        if self.components.is_empty() {
-            return parts.is_empty();
+/// True when a `[...]` class runs to the end of the pattern without its `]`. pathpatterns
+/// 0.1.2 (the only release) indexes past the end of such a pattern and panics; this follows
+/// its scan of a class (escapes, ranges, named classes) to find them first. Patterns it
+/// refuses with an error of its own are left to it.
+fn has_unclosed_class(pattern: &[u8]) -> bool {
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'\\' => i += 1,
+            b'[' => {
+                let mut j = i + 1;
+                if pattern.get(j) == Some(&b'^') {
+                    j += 1;
+                }
+                if j >= pattern.len() {
+                    return false; // refused by pathpatterns itself
+                }
+                let mut prev = false;
+                loop {
+                    if j >= pattern.len() {
+                        return true;
+                    }
+                    let rest = &pattern[j..];
+                    let mut next_prev = true;
+                    if let Some(named) = NAMED_CLASSES.iter().find(|n| rest.starts_with(n)) {
+                        j += named.len() - 1;
+                        next_prev = false;
+                    } else if rest.starts_with(b"[:") {
+                        return false; // a malformed named class: its own error
+                    } else if rest[0] == b']' {
+                        break;
+                    } else if rest[0] == b'\\' || (rest[0] == b'-' && prev) {
+                        j += 1;
+                        if rest[0] == b'-' {
+                            next_prev = false;
+                            if pattern.get(j) == Some(&b'\\') {
+                                j += 1;
+                            }
+                        }
+                        if j >= pattern.len() {
+                            return false; // its own error
+                        }
+                    }
+                    prev = next_prev;
+                    j += 1;
+                }
+                i = j;
+            }
+            _ => {}
         }
-        if self.anchored {
-            match_components(&self.components, &parts)
-        } else {
-            parts
-                .last()
-                .is_some_and(|name| match_component(&self.components[0], name))
-        }
+        i += 1;
     }
+    false
 }
 
-/// A set of patterns; an entry is selected when it or one of its ancestors matches.
+/// The `--pattern` arguments, compiled.
 #[derive(Clone, Debug, Default)]
 pub struct PatternSet {
-    patterns: Vec<Pattern>,
+    entries: Vec<MatchEntry>,
 }
 
 impl PatternSet {
-    pub fn new<S: AsRef<str>>(patterns: &[S]) -> PatternSet {
-        PatternSet {
-            patterns: patterns.iter().map(|p| Pattern::new(p.as_ref())).collect(),
-        }
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet> {
+        let entries = patterns
+            .iter()
+            .map(|pattern| {
+                let pattern = pattern.as_ref();
+                parse_glob(pattern.as_bytes(), MatchType::Include)
+                    .with_context(|| format!("invalid pattern '{pattern}'"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(PatternSet { entries })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.entries.is_empty()
     }
 
-    pub fn matches(&self, path: &[u8]) -> bool {
-        self.patterns.iter().any(|p| p.matches(path))
-    }
-}
-
-fn match_components(pattern: &[Vec<u8>], parts: &[&[u8]]) -> bool {
-    match pattern.split_first() {
-        None => parts.is_empty(),
-        Some((first, rest)) if first == b"**" => {
-            (0..=parts.len()).any(|skip| match_components(rest, &parts[skip..]))
-        }
-        Some((first, rest)) => match parts.split_first() {
-            Some((part, others)) => match_component(first, part) && match_components(rest, others),
-            None => false,
-        },
-    }
-}
-
-/// fnmatch of one component: `*`, `?`, `[set]` (`!`/`^` negates, `a-z` ranges), `\x`.
-fn match_component(pattern: &[u8], name: &[u8]) -> bool {
-    // Iterative matcher with backtracking to the last `*`.
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p + 1, n));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    n += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, next)) = match_set(&pattern[p..], name[n]) {
-                        if matched {
-                            p += next;
-                            n += 1;
-                            continue;
-                        }
-                    } else if name[n] == b'[' {
-                        p += 1;
-                        n += 1;
-                        continue;
-                    }
-                }
-                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == name[n] => {
-                    p += 2;
-                    n += 1;
-                    continue;
-                }
-                b'\\' if p + 1 < pattern.len() => {}
-                c if c == name[n] => {
-                    p += 1;
-                    n += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((star_p, star_n)) => {
-                p = star_p;
-                n = star_n + 1;
-                star = Some((star_p, star_n + 1));
-            }
-            None => return false,
+    /// Whether the entry at `path` (below the archive root, no leading `/`) with file mode
+    /// `mode` is extracted, given whether its directory is.
+    pub fn selects(&self, path: &[u8], mode: u32, parent_selected: bool) -> bool {
+        let mut rooted = Vec::with_capacity(path.len() + 1);
+        rooted.push(b'/');
+        rooted.extend_from_slice(path);
+        match self.entries.matches(&rooted, Some(mode)) {
+            Some(MatchType::Include) => true,
+            Some(MatchType::Exclude) => false,
+            None => parent_selected,
         }
     }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// Matches `[...]` at the start of `pattern`; returns (matched, length of the set) or `None`
-/// when the bracket is not closed (then it is a literal `[`).
-fn match_set(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negated = matches!(pattern.get(i), Some(b'!') | Some(b'^'));
-    if negated {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < pattern.len() {
-        if pattern[i] == b']' && !first {
-            return Some((matched != negated, i + 1));
-        }
-        first = false;
-        let low = pattern[i];
-        if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            matched |= (low..=pattern[i + 2]).contains(&c);
-            i += 3;
-        } else {
-            matched |= low == c;
-            i += 1;
-        }
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn component_globs() {
-        assert!(match_component(b"*.txt", b"a.txt"));
-        assert!(!match_component(b"*.txt", b"a.txt.gz"));
-        assert!(match_component(b"a*b*c", b"aXXbYYc"));
-        assert!(match_component(b"?", b"x"));
-        assert!(!match_component(b"?", b""));
-        assert!(match_component(b"[a-c]x", b"bx"));
-        assert!(!match_component(b"[!a-c]x", b"bx"));
-        assert!(match_component(b"star\\*", b"star*"));
-        assert!(!match_component(b"star\\*", b"starx"));
-        assert!(match_component(b"[", b"["));
+    const FILE: u32 = libc::S_IFREG | 0o644;
+    const DIR: u32 = libc::S_IFDIR | 0o755;
+
+    fn selects(patterns: &[&str], path: &str, mode: u32) -> bool {
+        PatternSet::new(patterns)
+            .unwrap()
+            .selects(path.as_bytes(), mode, false)
     }
 
     #[test]
-    fn anchoring_and_double_star() {
-        let name_only = Pattern::new("*.txt");
-        assert!(name_only.matches(b"links/target.txt"));
-        assert!(name_only.matches(b"a.txt"));
-        let anchored = Pattern::new("/links/*.txt");
-        assert!(anchored.matches(b"links/target.txt"));
-        assert!(!anchored.matches(b"x/links/target.txt"));
-        let deep = Pattern::new("deep/**/bottom.txt");
-        assert!(deep.matches(b"deep/level0/level1/bottom.txt"));
-        assert!(deep.matches(b"deep/bottom.txt"));
-        assert!(!Pattern::new("data/*").matches(b"data/x/y"));
+    fn globs_within_and_across_components() {
+        assert!(selects(&["*.txt"], "a.txt", FILE));
+        assert!(!selects(&["*.txt"], "a.txt.gz", FILE));
+        assert!(selects(&["a*b*c"], "aXXbYYc", FILE));
+        assert!(selects(&["?"], "x", FILE));
+        assert!(selects(&["[a-c]x"], "bx", FILE));
+        assert!(!selects(&["[^a-c]x"], "bx", FILE));
+        assert!(selects(
+            &["deep/**/bottom.txt"],
+            "deep/level0/level1/bottom.txt",
+            FILE
+        ));
+        assert!(!selects(&["data/*"], "data/x/y", FILE));
+    }
+
+    #[test]
+    fn only_a_leading_slash_anchors() {
+        // A name, or a path with `/` inside, matches at any depth, as in the official tools.
+        assert!(selects(&["target.txt"], "links/target.txt", FILE));
+        assert!(selects(&["links/target.txt"], "links/target.txt", FILE));
+        assert!(selects(&["links/target.txt"], "x/links/target.txt", FILE));
+        assert!(selects(&["/links/target.txt"], "links/target.txt", FILE));
+        assert!(!selects(&["/links/target.txt"], "x/links/target.txt", FILE));
+        // Whole components only.
+        assert!(!selects(&["target.txt"], "links/mytarget.txt", FILE));
+    }
+
+    #[test]
+    fn a_trailing_slash_matches_directories_only() {
+        assert!(selects(&["etc/"], "etc", DIR));
+        assert!(!selects(&["etc/"], "etc", FILE));
+    }
+
+    #[test]
+    fn the_last_matching_pattern_decides_and_others_follow_their_directory() {
+        let set = PatternSet::new(&["/data", "!*.tmp"]).unwrap();
+        assert!(set.selects(b"data", DIR, false));
+        assert!(!set.selects(b"data/x.tmp", FILE, true));
+        assert!(
+            set.selects(b"data/x.txt", FILE, true),
+            "follows its directory"
+        );
+        assert!(!set.selects(b"other.txt", FILE, false));
+    }
+
+    /// Every short pattern over the characters that matter to classes either compiles or is
+    /// an error; none panics (pathpatterns alone panics on an unclosed class).
+    #[test]
+    fn malformed_classes_are_errors_not_panics() {
+        let alphabet = b"[]^-\\:a";
+        let mut pattern = Vec::new();
+        for n in 0..alphabet.len().pow(5) {
+            pattern.clear();
+            let mut k = n;
+            for _ in 0..5 {
+                pattern.push(alphabet[k % alphabet.len()]);
+                k /= alphabet.len();
+            }
+            for len in 1..=5 {
+                let text = &pattern[..len];
+                let outcome = std::panic::catch_unwind(|| parse_glob(text, MatchType::Include));
+                assert!(
+                    outcome.is_ok(),
+                    "{:?} panicked",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+        for named in NAMED_CLASSES {
+            let mut text = b"x[".to_vec();
+            text.extend_from_slice(named);
+            assert!(parse_glob(&text, MatchType::Include).is_err());
+            text.push(b']');
+            assert!(parse_glob(&text, MatchType::Include).is_ok());
+        }
+    }
+
+    #[test]
+    fn an_invalid_pattern_is_an_error_that_names_it() {
+        let err = PatternSet::new(&["[unclosed"]).unwrap_err();
+        assert!(format!("{err:#}").contains("[unclosed"), "{err:#}");
     }
 }

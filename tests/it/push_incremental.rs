@@ -624,3 +624,33 @@ fn pbsfs_with_umask(umask: &str) -> Command {
         .arg(env!("CARGO_BIN_EXE_pbsfs"));
     command
 }
+
+/// Exclude patterns are user input, and `.pxarexclude` files belong to whoever owns the tree
+/// being backed up: a malformed one is an error or a warning, never a crash of the push.
+#[test]
+fn malformed_exclude_patterns_do_not_crash_a_push() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("kept"), b"data").unwrap();
+    std::fs::write(src.path().join(".pxarexclude"), b"[unclosed\nkept-not\n").unwrap();
+    let store = store().1.root().to_path_buf();
+    let source = src.path().to_str().unwrap();
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", source, "--backup-id", "malformed-excludes"];
+        args.extend_from_slice(extra);
+        crate::common::cli::pbsfs_local(&store, &args)
+    };
+
+    let out = push(&["--exclude", "a[b"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid exclude pattern 'a[b'"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = push(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bad pattern '[unclosed' in .pxarexclude"),
+        "{stderr}"
+    );
+}

@@ -311,3 +311,60 @@ fn no_owner_clears_setuid_with_one_note_and_owners_keep_it() {
         assert_eq!(on_disk & 0o7777, entry.mode & 0o7777, "{}", show(&path));
     }
 }
+
+/// As `pxar extract --pattern`: a pattern with `/` inside matches at any depth, `!` leaves
+/// out what an earlier pattern took, and what no pattern names follows its directory.
+#[test]
+fn patterns_follow_the_official_extractor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    let out = restore(&[
+        "host/fixture-legacy/latest",
+        "root.pxar",
+        target.to_str().unwrap(),
+        "--pattern",
+        "level22/level23",
+        "--pattern",
+        "!bottom.txt",
+        "--pattern",
+        "/data",
+        "--pattern",
+        "!rand-*",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deep = "deep/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/\
+                level10/level11/level12/level13/level14/level15/level16/level17/level18/\
+                level19/level20/level21/level22/level23";
+    assert!(
+        target.join(deep).is_dir(),
+        "level22/level23 matched deep down"
+    );
+    assert!(
+        !target.join(deep).join("bottom.txt").exists(),
+        "!bottom.txt"
+    );
+    assert!(target.join("data/script.sh").is_file(), "follows /data");
+    assert!(!target.join("data/rand-0").exists(), "!rand-*");
+    assert!(!target.join("links").exists(), "not named");
+}
+
+#[test]
+fn an_invalid_pattern_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    let out = restore(&[
+        "host/fixture-legacy/latest",
+        "root.pxar",
+        target.to_str().unwrap(),
+        "--pattern",
+        "data/[unclosed",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("data/[unclosed"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
