@@ -496,8 +496,9 @@ fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
 /// size; a page is a multiple of it almost everywhere. Anything else is refused (EINVAL).
 const DIRECT_BLOCK: usize = 4096;
 
-/// A read buffer for direct I/O: a vector one block longer than needed, read into from its
-/// first block-aligned byte on, so alignment does not depend on where the allocator put it.
+/// A read buffer for direct I/O, read into from its first block-aligned byte on (one block
+/// longer than needed when the allocator did not align it), so alignment does not depend on
+/// where the allocator put it.
 /// Callers want a plain `Vec<u8>` (decoding takes it over), so the bytes move to the front
 /// at the end, which costs nothing where the allocator already gave an aligned buffer.
 struct AlignedRead {
@@ -513,7 +514,12 @@ struct AlignedRead {
 impl AlignedRead {
     fn new(len: usize) -> Self {
         let padded = len.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let raw: Vec<u8> = Vec::with_capacity(padded + DIRECT_BLOCK);
+        // The program's allocator hands out big buffers page-aligned: then the buffer is
+        // exactly the blocks to read. Elsewhere one block more leaves room to align inside.
+        let mut raw: Vec<u8> = Vec::with_capacity(padded);
+        if !(raw.as_ptr() as usize).is_multiple_of(DIRECT_BLOCK) {
+            raw = Vec::with_capacity(padded + DIRECT_BLOCK);
+        }
         let start = raw.as_ptr().align_offset(DIRECT_BLOCK);
         AlignedRead {
             raw,
