@@ -90,6 +90,25 @@ pub fn open_or_create_file(path: &Path, mode: u32) -> io::Result<File> {
     }
 }
 
+/// Replaces `path` whole with `bytes` (mode [`FILE_MODE`]): written and synced under a
+/// temporary name beside it, then renamed over it, so a reader sees the old file or the new
+/// one, never a part. The caller holds whatever lock keeps other writers of `path` away.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp_{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let write = || -> io::Result<()> {
+        let mut file = create_new_file(&tmp, FILE_MODE)?;
+        io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

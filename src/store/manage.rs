@@ -138,19 +138,7 @@ pub fn set_notes(
     }
     manifest.unprotected["notes"] = serde_json::Value::String(notes.to_string());
     let blob = manifest.to_blob()?;
-    let tmp = path.with_file_name(format!("{MANIFEST_BLOB_NAME}.tmp_{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
-        std::io::Write::write_all(&mut file, &blob)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    if let Err(err) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+    fs_modes::replace_file(&path, &blob).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// One snapshot's prune decision.

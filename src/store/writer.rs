@@ -230,19 +230,8 @@ fn ensure_owner(group_path: &Path, owner: &str) -> Result<()> {
         Err(err) if err.kind() == ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
-    let tmp = group_path.join(format!("owner.tmp_{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
-        std::io::Write::write_all(&mut file, format!("{owner}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    if let Err(err) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+    fs_modes::replace_file(&path, format!("{owner}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Whether `text` has the form of a PBS auth id: `user@realm` or `user@realm!token`.
