@@ -70,20 +70,7 @@ pub fn run(args: &PruneArgs, repo: &RepoArgs) -> Result<()> {
         // What `proxmox-backup-client prune --output-format json` prints: the server's list.
         let list: Vec<_> = items
             .iter()
-            .map(|item| {
-                let dir = &item.entry.dir;
-                let mut value = json!({
-                    "backup-type": dir.group.backup_type.as_str(),
-                    "backup-id": dir.group.backup_id,
-                    "backup-time": dir.time,
-                    "keep": item.mark.keep(),
-                    "protected": item.mark.protected(),
-                });
-                if !ctx.ns.is_root() {
-                    value["ns"] = json!(ctx.ns.to_string());
-                }
-                value
-            })
+            .map(|item| item.api_json(Some(&ctx.ns)))
             .collect();
         ctx.output.print_json(&json!(list));
     } else {

@@ -148,6 +148,25 @@ pub struct PruneItem {
     pub mark: PruneMark,
 }
 
+impl PruneItem {
+    /// The item as PBS's prune call answers it (and the official client prints it), naming
+    /// `ns` when given and not the root.
+    pub fn api_json(&self, ns: Option<&BackupNamespace>) -> serde_json::Value {
+        let dir = &self.entry.dir;
+        let mut value = serde_json::json!({
+            "backup-type": dir.group.backup_type.as_str(),
+            "backup-id": dir.group.backup_id,
+            "backup-time": dir.time,
+            "keep": self.mark.keep(),
+            "protected": self.mark.protected(),
+        });
+        if let Some(ns) = ns.filter(|ns| !ns.is_root()) {
+            value["ns"] = serde_json::json!(ns.to_string());
+        }
+        value
+    }
+}
+
 /// Decides what `options` keep of `group` (oldest first, as PBS lists it) and, unless
 /// `dry_run`, forgets the rest. A snapshot that cannot be removed (in use) is reported in the
 /// returned errors, and the others are still pruned.

@@ -128,23 +128,10 @@ pub(super) fn prune(
     let dry_run = param_bool(params, "dry-run")?.unwrap_or(false);
     let (items, _warnings) = manage::prune_group(&state.store, &ns, &group, &options, dry_run)
         .map_err(|e| format!("{e:#}"))?;
+    // PBS names the namespace in a dry run's answer only.
     let list: Vec<Value> = items
         .iter()
-        .map(|item| {
-            let dir = &item.entry.dir;
-            let mut value = json!({
-                "backup-type": dir.group.backup_type.as_str(),
-                "backup-id": dir.group.backup_id,
-                "backup-time": dir.time,
-                "keep": item.mark.keep(),
-                "protected": item.mark.protected(),
-            });
-            // PBS names the namespace in a dry run's answer only.
-            if dry_run && !ns.is_root() {
-                value["ns"] = json!(ns.to_string());
-            }
-            value
-        })
+        .map(|item| item.api_json(Some(&ns).filter(|_| dry_run)))
         .collect();
     Ok(data_response(Value::Array(list)))
 }
