@@ -410,10 +410,17 @@ fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM, SIGHUP] {
-        // Order matters: the default action is checked before the flag is set, so only a
-        // signal that finds the flag already set ends the process.
-        signal_hook::flag::register_conditional_default(signal, flag.clone())
-            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+        let flag = flag.clone();
+        // One atomic swap decides which signal is the first: two signals handled at the same
+        // time on two threads cannot both see the flag unset.
+        let action = move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            }
+        };
+        // SAFETY: the action only swaps an atomic and calls the async-signal-safe
+        // emulate_default_handler.
+        unsafe { signal_hook::low_level::register(signal, action) }
             .context("cannot install the signal handlers")?;
     }
     Ok(flag)
