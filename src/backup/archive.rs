@@ -30,7 +30,7 @@ use super::exclude::ExcludePatterns;
 use super::file_content::FileContent;
 use super::fs_accessor::{join_name, FileSystemAccessor};
 use super::fs_flags;
-pub use super::lookahead::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
+pub use super::lookahead::{ChunkRun, PreviousArchive, PreviousEntry, PreviousFile, ReusableChunk};
 use super::lookahead::{Flush, Held, ListEntry, Lookahead, Offer};
 use super::payload::{PlainPayload, ReusablePayload};
 use super::read_ahead::ReadAhead;
@@ -132,6 +132,8 @@ struct Walker<'a, 'o, 'h, A: ?Sized> {
     current_dev: u64,
     capture: MetadataCapture,
     stats: ArchiveStats,
+    /// Copying a file from the previous chunks failed once (warned about once).
+    copy_failed: bool,
 }
 
 impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
@@ -162,6 +164,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             current_dev: stat.dev,
             capture: MetadataCapture::new(options.features, fs_magic),
             stats: ArchiveStats::default(),
+            copy_failed: false,
         })
     }
 
@@ -348,32 +351,30 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         encoder: &mut Encoder<W, P>,
         entry: ListEntry,
     ) -> Result<()> {
-        let metadata = match self.capture.metadata(self.fs, &entry.path, &entry.stat) {
-            Ok(metadata) => metadata,
-            Err(err) if is_not_found(&err) => {
-                self.warn(&format!("file vanished while reading: {:?}", entry.path));
-                return Ok(());
-            }
-            Err(err) => {
-                self.leave_out(&entry.path, format_args!("{err:#}"));
-                return Ok(());
-            }
+        // Metadata mode: the previous snapshot's entry of this name decides whether a file
+        // is re-used, and spares reading the attributes of an inode unchanged since.
+        let previous = match self.lookahead.as_mut() {
+            Some(lookahead) => lookahead.previous().lookup(&entry.name)?,
+            None => None,
+        };
+        let Some(metadata) = self.entry_metadata(&entry, previous.as_ref()) else {
+            return Ok(());
         };
         let Some(lookahead) = self.lookahead.as_ref() else {
-            return self.encode_entry(encoder, entry, metadata, None);
+            return self.encode_entry(encoder, entry, metadata, Content::Read);
         };
         if lookahead.is_full() {
             self.flush_cache(encoder, true)?;
         }
         let lookahead = self.lookahead.as_mut().context("no look-ahead")?;
         let (entry, metadata) = if entry.stat.is_regular_file() {
-            match lookahead.offer_file(entry, metadata)? {
+            match lookahead.offer_file(entry, metadata, previous.as_ref())? {
                 Offer::Held => return Ok(()),
-                Offer::NewRun(entry, metadata, range) => {
+                Offer::NewRun(entry, metadata, file) => {
                     // Not contiguous with the held run: settle that one first.
                     self.flush_cache(encoder, true)?;
                     let lookahead = self.lookahead.as_mut().context("no look-ahead")?;
-                    lookahead.start_run(entry, metadata, range);
+                    lookahead.start_run(entry, metadata, file);
                     return Ok(());
                 }
                 Offer::Changed(entry, metadata) => {
@@ -392,7 +393,40 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             (entry, metadata)
         };
         self.encode_held(encoder, None)?;
-        self.encode_entry(encoder, entry, metadata, None)
+        self.encode_entry(encoder, entry, metadata, Content::Read)
+    }
+
+    /// The entry's metadata: the previous snapshot's where the inode did not change since
+    /// that snapshot was made, captured from the file system otherwise. `None` (with a
+    /// warning) for an entry that vanished or cannot be read, which is left out.
+    fn entry_metadata(
+        &mut self,
+        entry: &ListEntry,
+        previous: Option<&PreviousEntry>,
+    ) -> Option<Metadata> {
+        if let (Some(previous), Some(lookahead)) = (previous, self.lookahead.as_mut()) {
+            let unchanged_before = lookahead.previous().unchanged_before();
+            if let Some(metadata) =
+                self.capture
+                    .carry_over(&entry.stat, &previous.metadata, unchanged_before)
+            {
+                return Some(metadata);
+            }
+        }
+        if entry.stat.is_dir() || entry.stat.is_regular_file() {
+            self.stats.attributes_read += 1;
+        }
+        match self.capture.metadata(self.fs, &entry.path, &entry.stat) {
+            Ok(metadata) => Some(metadata),
+            Err(err) if is_not_found(&err) => {
+                self.warn(&format!("file vanished while reading: {:?}", entry.path));
+                None
+            }
+            Err(err) => {
+                self.leave_out(&entry.path, format_args!("{err:#}"));
+                None
+            }
+        }
     }
 
     /// Ends the held run as the look-ahead decides: re-using the previous chunks covering
@@ -453,8 +487,9 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         Ok(())
     }
 
-    /// Encodes the held entries, referencing re-used payloads at `base` + their offset, or
-    /// reading every file when `base` is `None` (official `encode_entries_to_archive`).
+    /// Encodes the held entries, referencing re-used payloads at `base` + their offset in
+    /// the run, or writing their contents anew when `base` is `None` (official
+    /// `encode_entries_to_archive`): copied from the previous chunks, not read.
     fn encode_held<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
@@ -463,18 +498,25 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         let Some(lookahead) = self.lookahead.as_mut() else {
             return Ok(());
         };
+        let run_start = lookahead.run_start();
         let (held_back, entries) = lookahead.take_entries();
         if let Some(last) = held_back {
             self.inject(encoder, &[last])?;
         }
         for held in entries {
             match held {
-                Held::File(entry, metadata, offset) => {
-                    let payload = base.zip(offset).map(|(base, offset)| base + offset);
-                    self.encode_entry(encoder, entry, metadata, payload)?;
+                Held::File(entry, metadata, previous) => {
+                    let content = match (base, previous) {
+                        (Some(base), Some(file)) => {
+                            Content::Reused(base + (file.payload_offset - run_start))
+                        }
+                        (None, Some(file)) => Content::CopiedFromPrevious(file),
+                        (_, None) => Content::Read,
+                    };
+                    self.encode_entry(encoder, entry, metadata, content)?;
                 }
                 Held::Other(entry, metadata) => {
-                    self.encode_entry(encoder, entry, metadata, None)?
+                    self.encode_entry(encoder, entry, metadata, Content::Read)?
                 }
                 Held::DirStart(entry, metadata) => {
                     self.observer.start_directory(&entry.name)?;
@@ -489,18 +531,18 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         Ok(())
     }
 
-    /// Writes one entry (official `add_entry_to_archive`); a regular file's payload is
-    /// referenced at `payload_offset` if given, read otherwise.
+    /// Writes one entry (official `add_entry_to_archive`); a regular file's content comes
+    /// from where `content` says.
     fn encode_entry<W: Write, P: ReusablePayload>(
         &mut self,
         encoder: &mut Encoder<W, P>,
         entry: ListEntry,
         metadata: Metadata,
-        payload_offset: Option<u64>,
+        content: Content,
     ) -> Result<()> {
         let ListEntry { name, path, stat } = &entry;
         match stat.file_type() {
-            libc::S_IFREG => self.encode_file(encoder, &entry, &metadata, payload_offset)?,
+            libc::S_IFREG => self.encode_file(encoder, &entry, &metadata, content)?,
             libc::S_IFDIR => self.add_directory(encoder, &entry, &metadata)?,
             libc::S_IFSOCK => {
                 self.stats.others += 1;
@@ -541,7 +583,7 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         encoder: &mut Encoder<W, P>,
         entry: &ListEntry,
         metadata: &Metadata,
-        payload_offset: Option<u64>,
+        content: Content,
     ) -> Result<()> {
         let ListEntry { name, path, stat } = entry;
         let key = (stat.dev, stat.ino);
@@ -553,15 +595,30 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
                 return Ok(());
             }
         }
-        let offset = match payload_offset {
-            Some(payload_offset) => {
+        let copy = match content {
+            Content::CopiedFromPrevious(file) => self.previous_content(path, &file),
+            _ => None,
+        };
+        let offset = match (content, copy) {
+            (Content::Reused(payload_offset), _) => {
                 self.observer.add_file(name, stat.size, stat.mtime.secs)?;
                 let offset = encoder.add_payload_ref(metadata, name, stat.size, payload_offset)?;
                 self.stats.reused_files += 1;
                 self.stats.reused_bytes += stat.size;
                 offset
             }
-            None => {
+            (_, Some(copy)) => {
+                self.observer.add_file(name, stat.size, stat.mtime.secs)?;
+                let offset = encoder.add_file(metadata, name, stat.size, &mut &copy[..])?;
+                self.stats.copied_files += 1;
+                self.stats.copied_bytes += stat.size;
+                offset
+            }
+            _ => {
+                if matches!(content, Content::CopiedFromPrevious(_)) {
+                    self.stats.reread_files += 1;
+                    self.stats.reread_bytes += stat.size;
+                }
                 // Opened and its first bytes read before anything of it is written, so a
                 // file that vanished or cannot be read is left out cleanly.
                 let opened = self.fs.open_file(path);
@@ -588,6 +645,28 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
             self.hardlinks.insert(key, (target, offset));
         }
         Ok(())
+    }
+
+    /// An unchanged file's content from the previous snapshot's chunks, if it is small
+    /// enough to hold in memory and they can be read; `None` means: read the file.
+    fn previous_content(&mut self, path: &Path, file: &PreviousFile) -> Option<Vec<u8>> {
+        if file.size > COPY_LIMIT {
+            return None;
+        }
+        let lookahead = self.lookahead.as_mut()?;
+        match lookahead.previous().read_content(file) {
+            Ok(content) => Some(content),
+            Err(err) => {
+                if !self.copy_failed {
+                    self.copy_failed = true;
+                    self.warn(&format!(
+                        "cannot copy {path:?} from the previous snapshot, reading it (and \
+                         any further such file) from the disk: {err:#}"
+                    ));
+                }
+                None
+            }
+        }
     }
 
     /// Opens (unless the look-ahead cache holds its start), walks and closes a directory.
@@ -667,6 +746,23 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
     }
 }
 
+/// Where a regular file's content comes from.
+#[derive(Clone, Copy)]
+enum Content {
+    /// Read from the file system.
+    Read,
+    /// Re-used: referenced at this offset of the new payload stream, inside previous
+    /// chunks injected into it.
+    Reused(u64),
+    /// Unchanged, but the chunks around it are not re-used (too much padding): copied from
+    /// the previous snapshot's chunks instead of opening the file.
+    CopiedFromPrevious(PreviousFile),
+}
+
+/// Files up to this size are copied from the previous chunks whole (held in memory, so
+/// a damaged chunk is noticed before anything is written); bigger ones are read.
+const COPY_LIMIT: u64 = 8 << 20;
+
 /// True if the error comes from an entry that disappeared.
 fn is_not_found(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -680,100 +776,9 @@ fn is_not_found(err: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
 
-    use crate::backup::fs_accessor::FileStat;
     use crate::backup::fs_flags::magic;
+    use crate::backup::mem_fs::MemFs;
     use crate::pxar::format::*;
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    /// stat, content or symlink target, xattrs
-    type Node = (FileStat, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
-
-    /// An in-memory tree.
-    #[derive(Default)]
-    struct MemFs {
-        nodes: BTreeMap<PathBuf, Node>,
-        magic_by_dev: HashMap<u64, i64>,
-    }
-
-    impl MemFs {
-        fn add(&mut self, path: &str, mode: u32, ino: u64, data: &[u8]) -> &mut FileStat {
-            let stat = FileStat {
-                mode,
-                ino,
-                dev: 1,
-                nlink: 1,
-                size: data.len() as u64,
-                ..Default::default()
-            };
-            let entry = self.nodes.entry(PathBuf::from(path)).or_default();
-            *entry = (stat, data.to_vec(), Vec::new());
-            &mut entry.0
-        }
-        fn xattr(&mut self, path: &str, name: &[u8], value: &[u8]) {
-            self.nodes
-                .get_mut(Path::new(path))
-                .unwrap()
-                .2
-                .push((name.to_vec(), value.to_vec()));
-        }
-        fn node(&self, path: &Path) -> io::Result<&Node> {
-            self.nodes
-                .get(path)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
-        }
-    }
-
-    impl FileSystemAccessor for MemFs {
-        fn lstat(&self, path: &Path) -> io::Result<FileStat> {
-            Ok(self.node(path)?.0)
-        }
-        fn read_dir(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
-            // Reverse order on purpose: the walker must sort.
-            let mut names: Vec<Vec<u8>> = self
-                .nodes
-                .keys()
-                .filter(|p| p.parent() == Some(path) && !p.as_os_str().is_empty())
-                .map(|p| p.file_name().unwrap().as_bytes().to_vec())
-                .collect();
-            names.reverse();
-            Ok(names)
-        }
-        fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-            let data = &self.node(path)?.1;
-            let start = (offset as usize).min(data.len());
-            let n = buf.len().min(data.len() - start);
-            buf[..n].copy_from_slice(&data[start..start + n]);
-            Ok(n)
-        }
-        fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
-            Ok(self.node(path)?.1.clone())
-        }
-        fn list_xattrs(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
-            Ok(self.node(path)?.2.iter().map(|(n, _)| n.clone()).collect())
-        }
-        fn get_xattr(&self, path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-            Ok(self
-                .node(path)?
-                .2
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone()))
-        }
-        fn fs_magic(&self, path: &Path) -> io::Result<i64> {
-            Ok(self
-                .magic_by_dev
-                .get(&self.node(path)?.0.dev)
-                .copied()
-                .unwrap_or(magic::EXT4))
-        }
-        fn chattr_flags(&self, _: &Path) -> io::Result<Option<u64>> {
-            Ok(Some(0x10 | 0x8_0000)) // immutable + extents
-        }
-        fn quota_project_id(&self, _: &Path) -> io::Result<Option<u64>> {
-            Ok(Some(0))
-        }
-    }
 
     /// (type, content) of every item, in stream order.
     fn items(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {

@@ -97,6 +97,16 @@ pub struct ArchiveStats {
     pub reused_bytes: u64,
     /// Bytes of the previous payload stream injected (re-used files plus padding).
     pub injected_bytes: u64,
+    /// Unchanged files whose previous chunks were not re-used (they would have brought more
+    /// padding than the official rule allows): copied from those chunks, not read...
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    /// ... or, too big to copy or with unreadable previous chunks, read again.
+    pub reread_files: u64,
+    pub reread_bytes: u64,
+    /// Directories and regular files whose attributes (xattrs, ACLs, flags) were read: in
+    /// metadata mode only those changed since the previous snapshot.
+    pub attributes_read: u64,
     pub warnings: u64,
     /// Entries left out because they could not be read (each also counted as a warning).
     pub left_out: u64,
@@ -119,6 +129,11 @@ impl ArchiveStats {
         self.reused_files += walk.reused_files;
         self.reused_bytes += walk.reused_bytes;
         self.injected_bytes += walk.injected_bytes;
+        self.copied_files += walk.copied_files;
+        self.copied_bytes += walk.copied_bytes;
+        self.reread_files += walk.reread_files;
+        self.reread_bytes += walk.reread_bytes;
+        self.attributes_read += walk.attributes_read;
         self.warnings += walk.warnings;
         self.left_out += walk.left_out;
         self.incomplete += walk.incomplete;

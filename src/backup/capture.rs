@@ -67,12 +67,14 @@ impl MetadataCapture {
             return Ok(metadata);
         }
         let features = self.requested & self.fs_features;
-        self.read_xattrs(fs, &mut metadata, path, features)?;
+        // First, as it opens the entry: a local accessor reads the rest through that
+        // descriptor.
         if let Some(attr) =
             optional(fs.chattr_flags(path)).context("failed to read file attributes")?
         {
             metadata.stat.flags |= fs_flags::from_chattr(attr);
         }
+        self.read_xattrs(fs, &mut metadata, path, features)?;
         if fs_flags::has_fat_attributes(self.fs_magic) {
             if let Some(attr) =
                 optional(fs.fat_attributes(path)).context("failed to read fat attributes")?
@@ -88,6 +90,48 @@ impl MetadataCapture {
             metadata.quota_project_id = projid.filter(|&id| id != 0);
         }
         Ok(metadata)
+    }
+
+    /// The previous snapshot's metadata of an entry, if it still holds without reading
+    /// anything: a directory or regular file whose inode did not change (ctime) since
+    /// `unchanged_before`, with the same type, mode, owner and mtime. Every attribute
+    /// change (xattrs, ACLs, file capabilities, chattr flags, project id) updates the
+    /// ctime. What the current capture rules leave out is dropped.
+    pub(super) fn carry_over(
+        &self,
+        stat: &FileStat,
+        previous: &Metadata,
+        unchanged_before: i64,
+    ) -> Option<Metadata> {
+        let same = previous.stat.mode == u64::from(stat.mode)
+            && previous.stat.uid == stat.uid
+            && previous.stat.gid == stat.gid
+            && previous.stat.mtime == stat.mtime;
+        if !same
+            || !(stat.is_dir() || stat.is_regular_file())
+            || stat.ctime.secs >= unchanged_before
+        {
+            return None;
+        }
+        let features = self.requested & self.fs_features;
+        let mut metadata = previous.clone();
+        if features & feature::WITH_XATTRS == 0 {
+            metadata.xattrs.clear();
+            metadata.fcaps = None;
+            metadata.acl = Default::default();
+        }
+        if features & feature::WITH_FCAPS == 0 {
+            metadata.fcaps = None;
+        }
+        if features & feature::WITH_ACL == 0 {
+            metadata.acl = Default::default();
+        }
+        if features & feature::WITH_QUOTA_PROJID == 0
+            || !fs_flags::has_quota_project_ids(self.fs_magic)
+        {
+            metadata.quota_project_id = None;
+        }
+        Some(metadata)
     }
 
     /// XATTR items in listing order; `security.capability` becomes FCAPS and the ACL xattrs

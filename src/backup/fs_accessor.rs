@@ -8,6 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::pxar::format::MTime;
 
@@ -20,6 +21,8 @@ pub struct FileStat {
     pub gid: u32,
     pub size: u64,
     pub mtime: MTime,
+    /// Last change of the inode (content or metadata: xattrs, ACLs, flags, owner, mode).
+    pub ctime: MTime,
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
@@ -113,11 +116,50 @@ pub fn is_unsupported(err: &io::Error) -> bool {
 /// The local file system below `root`, through libc.
 pub struct LocalFileSystem {
     root: PathBuf,
+    /// The last entry opened and its descriptor. The metadata capture asks for flags, the
+    /// project id and xattrs one after another, and the read of a file's content follows:
+    /// one open serves them all, as in the official client.
+    last_opened: Mutex<Option<(PathBuf, File)>>,
 }
 
 impl LocalFileSystem {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalFileSystem { root: root.into() }
+        LocalFileSystem {
+            root: root.into(),
+            last_opened: Mutex::new(None),
+        }
+    }
+
+    /// Runs `call` on the descriptor of `path`, opened once for consecutive calls.
+    fn with_opened<T>(&self, path: &Path, call: impl FnOnce(&File) -> T) -> io::Result<T> {
+        let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
+        let file = match &mut *last {
+            Some((opened, file)) if opened == path => file,
+            slot => {
+                *slot = None;
+                &slot.insert((path.to_path_buf(), self.open(path)?)).1
+            }
+        };
+        Ok(call(file))
+    }
+
+    /// The descriptor of `path` for reading its content: the one the capture opened if it
+    /// is still held, a new one otherwise.
+    fn take_opened(&self, path: &Path) -> io::Result<File> {
+        let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
+        match last.take() {
+            Some((opened, file)) if opened == path => Ok(file),
+            _ => self.open(path),
+        }
+    }
+
+    /// Runs `call` on the descriptor held for `path`, if the capture opened it.
+    fn with_held<T>(&self, path: &Path, call: impl FnOnce(std::os::fd::RawFd) -> T) -> Option<T> {
+        let last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((opened, file)) if opened == path => Some(call(file.as_raw_fd())),
+            _ => None,
+        }
     }
 
     fn full(&self, path: &Path) -> PathBuf {
@@ -152,16 +194,11 @@ impl LocalFileSystem {
     }
 
     fn ioctl_read<T: Default>(&self, path: &Path, request: libc::c_ulong) -> io::Result<Option<T>> {
-        let file = self.open(path)?;
         let mut value = T::default();
         // SAFETY: `request` is a read ioctl whose argument is a `T` the kernel fills in.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                request as _,
-                &mut value as *mut T,
-            )
-        };
+        let rc = self.with_opened(path, |file| unsafe {
+            libc::ioctl(file.as_raw_fd(), request as _, &mut value as *mut T)
+        })?;
         if rc < 0 {
             let err = io::Error::last_os_error();
             return if is_unsupported(&err) {
@@ -221,6 +258,7 @@ impl FileSystemAccessor for LocalFileSystem {
             gid: meta.gid(),
             size: meta.size(),
             mtime: MTime::from_secs_nanos(meta.mtime(), meta.mtime_nsec()),
+            ctime: MTime::from_secs_nanos(meta.ctime(), meta.ctime_nsec()),
             dev: meta.dev(),
             ino: meta.ino(),
             nlink: meta.nlink(),
@@ -253,13 +291,15 @@ impl FileSystemAccessor for LocalFileSystem {
     }
 
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
-        let file = self.open(path)?;
-        // Read front to back: tell the kernel, which then reads ahead twice as far.
-        // SAFETY: a valid open descriptor; advice only.
-        unsafe {
-            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-        }
+        let file = self.take_opened(path)?;
         let meta = file.metadata()?;
+        if meta.size() > 128 * 1024 {
+            // Read front to back: tell the kernel, which then reads ahead twice as far.
+            // SAFETY: a valid open descriptor; advice only.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+            }
+        }
         // Fewer blocks than bytes: the file has holes (or is tiny and inline: harmless).
         if meta.is_file() && meta.blocks().saturating_mul(512) < meta.size() {
             return Ok(Box::new(SparseReader::new(file)));
@@ -274,10 +314,23 @@ impl FileSystemAccessor for LocalFileSystem {
     }
 
     fn list_xattrs(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
-        let c_path = self.c_path(path)?;
-        // SAFETY: the buffer pointer and length come from a live Vec.
-        let list =
-            read_sized(|buf, len| unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) })?;
+        // Through the descriptor the capture holds (no second path walk), by path otherwise
+        // (symlinks and other entries are not opened).
+        let held = self.with_held(path, |fd| {
+            // SAFETY: the buffer pointer and length come from a live Vec; the descriptor
+            // is held open while the lock is.
+            read_sized(|buf, len| unsafe { libc::flistxattr(fd, buf.cast(), len) })
+        });
+        let list = match held {
+            Some(list) => list?,
+            None => {
+                let c_path = self.c_path(path)?;
+                // SAFETY: as above, and the path is a valid C string.
+                read_sized(|buf, len| unsafe {
+                    libc::llistxattr(c_path.as_ptr(), buf.cast(), len)
+                })?
+            }
+        };
         Ok(list
             .split(|&b| b == 0)
             .filter(|name| !name.is_empty())
@@ -286,12 +339,22 @@ impl FileSystemAccessor for LocalFileSystem {
     }
 
     fn get_xattr(&self, path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let c_path = self.c_path(path)?;
         let c_name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: as above.
-        match read_sized(|buf, len| unsafe {
-            libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf, len)
-        }) {
+        let held = self.with_held(path, |fd| {
+            // SAFETY: as in `list_xattrs`.
+            read_sized(|buf, len| unsafe { libc::fgetxattr(fd, c_name.as_ptr(), buf, len) })
+        });
+        let value = match held {
+            Some(value) => value,
+            None => {
+                let c_path = self.c_path(path)?;
+                // SAFETY: as above.
+                read_sized(|buf, len| unsafe {
+                    libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf, len)
+                })
+            }
+        };
+        match value {
             Ok(value) => Ok(Some(value)),
             Err(err) if err.raw_os_error() == Some(libc::ENODATA) => Ok(None),
             Err(err) => Err(err),

@@ -23,10 +23,17 @@ const CHUNK_PADDING_THRESHOLD: f64 = 0.1;
 /// path and metadata, so this bounds memory to some tens of MiB.
 const LOOKAHEAD_CACHE_SIZE: usize = 65536;
 
-/// A regular file as the previous snapshot's metadata archive has it.
+/// An entry as the previous snapshot's metadata archive has it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PreviousFile {
+pub struct PreviousEntry {
     pub metadata: Metadata,
+    /// Present for a regular file whose content is in the previous payload stream.
+    pub file: Option<PreviousFile>,
+}
+
+/// Where a regular file's content is in the previous payload stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreviousFile {
     pub size: u64,
     /// Offset of its PAYLOAD header in the previous payload stream.
     pub payload_offset: u64,
@@ -62,12 +69,18 @@ pub struct ChunkRun {
 pub trait PreviousArchive {
     fn enter_directory(&mut self, name: &[u8]) -> Result<()>;
     fn leave_directory(&mut self);
-    /// A regular file (with a payload reference) of that name in the current directory.
-    fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>>;
+    /// The entry of that name in the current directory.
+    fn lookup(&mut self, name: &[u8]) -> Result<Option<PreviousEntry>>;
     /// The previous payload index entries covering `range`.
     fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun>;
     /// Size of the previous payload stream.
     fn payload_size(&self) -> u64;
+    /// An inode last changed (ctime) before this time, in seconds since the epoch, has the
+    /// attributes the previous snapshot recorded: it was made after that time.
+    fn unchanged_before(&self) -> i64;
+    /// The content of a file the previous snapshot holds (its PAYLOAD item at
+    /// `file.payload_offset`), read from the previous chunks.
+    fn read_content(&self, file: &PreviousFile) -> Result<Vec<u8>>;
 }
 
 /// An entry of a directory listing, as the walker met it.
@@ -80,9 +93,9 @@ pub(super) struct ListEntry {
 
 /// An entry whose encoding waits for the look-ahead's decision.
 pub(super) enum Held {
-    /// A regular file; `Some(offset)` relative to the run's start for a re-usable one,
-    /// `None` for a further name of a multiply-linked file.
-    File(ListEntry, Metadata, Option<u64>),
+    /// A regular file; its copy in the previous snapshot for a re-usable one, `None` for a
+    /// further name of a multiply-linked file.
+    File(ListEntry, Metadata, Option<PreviousFile>),
     DirStart(ListEntry, Metadata),
     DirEnd,
     Other(ListEntry, Metadata),
@@ -94,7 +107,7 @@ pub(super) enum Offer {
     Held,
     /// Re-usable, but not contiguous with the held run: flush that run (keeping its last
     /// chunk), then [`Lookahead::start_run`] with these.
-    NewRun(ListEntry, Metadata, Range<u64>),
+    NewRun(ListEntry, Metadata, PreviousFile),
     /// Changed (or not in the previous snapshot): flush, then encode it.
     Changed(ListEntry, Metadata),
 }
@@ -165,8 +178,14 @@ impl<'h> Lookahead<'h> {
         self.entries.push(held);
     }
 
-    /// Holds a re-usable file, or says why not.
-    pub(super) fn offer_file(&mut self, entry: ListEntry, metadata: Metadata) -> Result<Offer> {
+    /// Holds a re-usable file, or says why not. `previous` is the entry of that name in the
+    /// previous snapshot.
+    pub(super) fn offer_file(
+        &mut self,
+        entry: ListEntry,
+        metadata: Metadata,
+        previous: Option<&PreviousEntry>,
+    ) -> Result<Offer> {
         if entry.stat.nlink > 1 {
             let key = (entry.stat.dev, entry.stat.ino);
             if self.hardlinks.contains(&key) {
@@ -176,38 +195,45 @@ impl<'h> Lookahead<'h> {
             }
             self.hardlinks.insert(key);
         }
-        let Some(range) = self.reusable_range(&entry, &metadata)? else {
+        let Some((file, range)) = self.reusable_range(&entry, &metadata, previous)? else {
             return Ok(Offer::Changed(entry, metadata));
         };
         if self.range.end == 0 {
             self.range = range.start..range.start;
         }
         if self.range.end != range.start {
-            return Ok(Offer::NewRun(entry, metadata, range));
+            return Ok(Offer::NewRun(entry, metadata, file));
         }
         self.range.end = range.end;
-        let offset = range.start - self.range.start;
-        self.hold(Held::File(entry, metadata, Some(offset)));
+        self.hold(Held::File(entry, metadata, Some(file)));
         Ok(Offer::Held)
     }
 
     /// Starts a run with a file [`Offer::NewRun`] returned, after the old run was flushed.
-    pub(super) fn start_run(&mut self, entry: ListEntry, metadata: Metadata, range: Range<u64>) {
-        self.range = range;
-        self.hold(Held::File(entry, metadata, Some(0)));
+    pub(super) fn start_run(&mut self, entry: ListEntry, metadata: Metadata, file: PreviousFile) {
+        // `reusable_range` checked that the end does not overflow.
+        self.range = file.payload_offset..payload_end(&file).unwrap_or(file.payload_offset);
+        self.hold(Held::File(entry, metadata, Some(file)));
     }
 
-    /// The payload range `[PAYLOAD header, end of data)` of the previous snapshot's copy of
-    /// this file, if it is unchanged (official `is_reusable_entry`).
+    /// Where the held run starts in the previous payload stream: a held file's payload is
+    /// referenced at the run's new position plus its offset from here.
+    pub(super) fn run_start(&self) -> u64 {
+        self.range.start
+    }
+
+    /// The previous snapshot's copy of this file and its payload range `[PAYLOAD header,
+    /// end of data)`, if the file is unchanged (official `is_reusable_entry`).
     fn reusable_range(
         &mut self,
         entry: &ListEntry,
         metadata: &Metadata,
-    ) -> Result<Option<Range<u64>>> {
-        let Some(file) = self.previous.lookup_file(&entry.name)? else {
+        previous: Option<&PreviousEntry>,
+    ) -> Result<Option<(PreviousFile, Range<u64>)>> {
+        let Some((previous, file)) = previous.and_then(|p| Some((p, p.file?))) else {
             return Ok(None);
         };
-        if file.metadata != *metadata || file.size != entry.stat.size {
+        if previous.metadata != *metadata || file.size != entry.stat.size {
             return Ok(None);
         }
         // An archive with non-increasing payload offsets cannot be referenced in order.
@@ -218,12 +244,8 @@ impl<'h> Lookahead<'h> {
             return Ok(None);
         }
         self.last_reusable_offset = Some(file.payload_offset);
-        let end = file
-            .payload_offset
-            .checked_add(HEADER_SIZE)
-            .and_then(|v| v.checked_add(file.size))
-            .context("previous payload reference overflows")?;
-        Ok(Some(file.payload_offset..end))
+        let end = payload_end(&file).context("previous payload reference overflows")?;
+        Ok(Some((file, file.payload_offset..end)))
     }
 
     /// Decides how the held run ends: re-use if the padding the previous chunks bring is
@@ -276,9 +298,9 @@ impl<'h> Lookahead<'h> {
     fn reads_no_file<T>(&self, first_names: &HashMap<(u64, u64), T>) -> bool {
         let mut linked: HashSet<(u64, u64)> = HashSet::new();
         self.entries.iter().all(|held| match held {
-            Held::File(entry, _, offset) => {
+            Held::File(entry, _, previous) => {
                 let key = (entry.stat.dev, entry.stat.ino);
-                if offset.is_some() {
+                if previous.is_some() {
                     linked.insert(key);
                     true
                 } else {
@@ -305,4 +327,11 @@ impl<'h> Lookahead<'h> {
     pub(super) fn ends_previous_stream(&self, chunks: &[ReusableChunk]) -> bool {
         chunks.last().map(|c| c.end_offset) == Some(self.previous.payload_size())
     }
+}
+
+/// End of a previous file's payload range: its PAYLOAD header and its content.
+fn payload_end(file: &PreviousFile) -> Option<u64> {
+    file.payload_offset
+        .checked_add(HEADER_SIZE)?
+        .checked_add(file.size)
 }

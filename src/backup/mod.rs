@@ -13,6 +13,10 @@ pub mod fs_accessor;
 pub mod fs_flags;
 mod image;
 mod lookahead;
+#[cfg(test)]
+mod mem_fs;
+#[cfg(test)]
+mod metadata_mode_tests;
 pub mod payload;
 pub mod protection;
 mod pxar_archives;

@@ -4,17 +4,21 @@
 //! (pxar.md §9.4, chunker.md §5.2).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::archive::{ChunkRun, PreviousArchive, PreviousFile, ReusableChunk};
+use super::archive::{ChunkRun, PreviousArchive, PreviousEntry, PreviousFile, ReusableChunk};
 use super::protection::Protection;
 use super::upload::KnownChunk;
 use crate::format::index::{AnyIndex, DynamicIndex};
+use crate::format::read_at::ReadAt;
 use crate::pxar::accessor::Accessor;
 use crate::pxar::entry::{Entry, EntryKind, FileData};
+use crate::pxar::format::{Header, HEADER_SIZE, PXAR_PAYLOAD};
 use crate::store::access::SnapshotAccess;
 use crate::store::open::{open_archive, snapshot_chunks, OpenedArchive};
+use crate::store::range::IndexReader;
 
 /// Decoded chunks of the previous metadata archive kept while walking.
 const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -26,6 +30,11 @@ pub struct PreviousSnapshot {
     /// directory (then nothing below it is re-usable).
     dirs: Vec<Option<Entry>>,
     payload_index: DynamicIndex,
+    /// The payload stream, for contents re-encoded from the previous chunks.
+    payload: Arc<IndexReader>,
+    /// The last entry looked up: the walker enters a directory right after looking it up.
+    last_lookup: Option<(Vec<u8>, Entry)>,
+    unchanged_before: i64,
     lookup_errors: u64,
 }
 
@@ -57,18 +66,30 @@ impl PreviousSnapshot {
         let OpenedArchive::Pxar(archive) = open_archive(previous, &meta_name, chunks)? else {
             bail!("{meta_name} of {dir} is not a pxar archive");
         };
-        let payload_index = match archive.payload.as_ref().map(|p| p.index()) {
-            Some(AnyIndex::Dynamic(index)) => index.clone(),
-            _ => bail!("{payload_name} of {dir} is not a dynamic index"),
+        let (payload_index, payload) = match &archive.payload {
+            Some(payload) => match payload.index() {
+                AnyIndex::Dynamic(index) => (index.clone(), payload.clone()),
+                _ => bail!("{payload_name} of {dir} is not a dynamic index"),
+            },
+            None => bail!("{meta_name} of {dir} has no payload stream"),
         };
         let accessor = archive
             .accessor()
             .with_context(|| format!("cannot open {meta_name} of {dir}"))?;
         let root = accessor.root()?;
+        // Snapshots are named after the time their backup started (the default here and in
+        // the official client), and a push never takes a time in the future: everything
+        // captured for it was read after that time. Bounded by now against a wrong clock.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         Ok(Some(PreviousSnapshot {
             accessor,
             dirs: vec![Some(root)],
             payload_index,
+            payload,
+            last_lookup: None,
+            unchanged_before: dir.time.min(now),
             lookup_errors: 0,
         }))
     }
@@ -78,10 +99,21 @@ impl PreviousSnapshot {
         self.lookup_errors
     }
 
-    fn lookup(&mut self, name: &[u8]) -> Option<Entry> {
+    fn lookup_entry(&mut self, name: &[u8]) -> Option<Entry> {
+        if let Some((last, entry)) = &self.last_lookup {
+            if last == name {
+                return Some(entry.clone());
+            }
+        }
         let dir = self.dirs.last()?.as_ref()?;
         match self.accessor.lookup(dir, name) {
-            Ok(entry) => entry,
+            Ok(entry) => {
+                self.last_lookup = entry
+                    .clone()
+                    .filter(Entry::is_dir)
+                    .map(|e| (name.to_vec(), e));
+                entry
+            }
             Err(err) => {
                 if self.lookup_errors == 0 {
                     log::warn!("previous snapshot unreadable, files are read again: {err:#}");
@@ -95,8 +127,9 @@ impl PreviousSnapshot {
 
 impl PreviousArchive for PreviousSnapshot {
     fn enter_directory(&mut self, name: &[u8]) -> Result<()> {
-        let entry = self.lookup(name).filter(Entry::is_dir);
+        let entry = self.lookup_entry(name).filter(Entry::is_dir);
         self.dirs.push(entry);
+        self.last_lookup = None;
         Ok(())
     }
 
@@ -105,23 +138,52 @@ impl PreviousArchive for PreviousSnapshot {
         if self.dirs.len() > 1 {
             self.dirs.pop();
         }
+        self.last_lookup = None;
     }
 
-    fn lookup_file(&mut self, name: &[u8]) -> Result<Option<PreviousFile>> {
-        let Some(entry) = self.lookup(name) else {
+    fn lookup(&mut self, name: &[u8]) -> Result<Option<PreviousEntry>> {
+        let Some(entry) = self.lookup_entry(name) else {
             return Ok(None);
         };
-        Ok(match entry.kind {
+        let file = match entry.kind {
             EntryKind::File {
                 size,
                 data: FileData::PayloadRef { payload_offset },
             } => Some(PreviousFile {
-                metadata: entry.metadata,
                 size,
                 payload_offset,
             }),
             _ => None,
-        })
+        };
+        Ok(Some(PreviousEntry {
+            metadata: entry.metadata,
+            file,
+        }))
+    }
+
+    fn unchanged_before(&self) -> i64 {
+        self.unchanged_before
+    }
+
+    fn read_content(&self, file: &PreviousFile) -> Result<Vec<u8>> {
+        let mut header = [0u8; HEADER_SIZE as usize];
+        self.payload
+            .read_exact_at(&mut header, file.payload_offset)
+            .context("cannot read the previous payload stream")?;
+        let header = Header::from_bytes(&header);
+        if header.htype != PXAR_PAYLOAD || header.full_size != file.size + HEADER_SIZE {
+            bail!(
+                "the previous payload stream has no PAYLOAD item of {} bytes at offset {}",
+                file.size,
+                file.payload_offset
+            );
+        }
+        let size = usize::try_from(file.size).context("file too large")?;
+        let mut content = vec![0u8; size];
+        self.payload
+            .read_exact_at(&mut content, file.payload_offset + HEADER_SIZE)
+            .context("cannot read the previous payload stream")?;
+        Ok(content)
     }
 
     fn chunks_covering(&self, range: Range<u64>) -> Result<ChunkRun> {

@@ -130,6 +130,10 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
         Some(text) => parse_time(text)?,
         None => now(),
     };
+    if time > now() {
+        // The next metadata-mode push trusts that a snapshot was made after its time.
+        bail!("--backup-time {time} is in the future; a snapshot is named after when it starts");
+    }
     let ns = BackupNamespace::parse(repo.namespace.as_deref().unwrap_or(""))?;
 
     let abort = install_signal_handlers()?;
@@ -289,6 +293,11 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
             "reused-bytes": summary.reused_chunk_bytes + (summary.bytes - summary.new_bytes),
             "reused-files": walk.reused_files,
             "reused-file-bytes": walk.reused_bytes,
+            "copied-files": walk.copied_files,
+            "copied-file-bytes": walk.copied_bytes,
+            "reread-files": walk.reread_files,
+            "reread-file-bytes": walk.reread_bytes,
+            "attributes-read": walk.attributes_read,
             "warnings": walk.warnings,
             "left-out": walk.left_out,
             "incomplete-files": walk.incomplete,
@@ -338,12 +347,31 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
             fingerprint.short()
         );
     }
-    if walk.reused_files > 0 {
+    if walk.reused_files + walk.copied_files > 0 {
         let _ = writeln!(
             out,
             "unchanged files not read: {} ({})",
-            walk.reused_files,
-            human_size(walk.reused_bytes)
+            walk.reused_files + walk.copied_files,
+            human_size(walk.reused_bytes + walk.copied_bytes)
+        );
+    }
+    if walk.copied_files > 0 {
+        let _ = writeln!(
+            out,
+            "  of them copied from the previous snapshot's chunks: {} ({}); re-using those \
+             chunks would have stored more than 10 % unused bytes",
+            walk.copied_files,
+            human_size(walk.copied_bytes)
+        );
+    }
+    if walk.reread_files > 0 {
+        let _ = writeln!(
+            out,
+            "unchanged files read again: {} ({}); re-using their chunks would have stored \
+             more than 10 % unused bytes, and they are over 8 MiB or their previous chunks \
+             could not be read",
+            walk.reread_files,
+            human_size(walk.reread_bytes)
         );
     }
     if walk.warnings > 0 {

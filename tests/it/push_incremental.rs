@@ -4,15 +4,13 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use common::cli::{ok, pbsfs_local};
-use common::sha256_hex;
-use common::source_tree::{make_basic_tree, random_bytes};
+use common::source_tree::{describe_tree, make_basic_tree, random_bytes};
 use pbsfs::backup::client::{ClientProvider, LocalClient};
 use pbsfs::backup::exclude::ExcludePatterns;
 use pbsfs::backup::server::{BackupOptions, BackupSpec, BackupSummary, ChangeDetection, Server};
@@ -33,45 +31,6 @@ fn small_tree(root: &Path) {
     std::fs::write(root.join("dir/sub/random"), random_bytes(1, 300_000)).unwrap();
     std::fs::write(root.join("excluded.tmp"), b"left out").unwrap();
     std::fs::write(root.join("dir/.pxarexclude"), b"sub/random\n").unwrap();
-}
-
-/// (type, mode, size, mtime, content hash or link target) per relative path.
-fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(root).unwrap().to_path_buf();
-            let what = if meta.is_dir() {
-                stack.push(path.clone());
-                String::new()
-            } else if meta.file_type().is_symlink() {
-                std::fs::read_link(&path).unwrap().display().to_string()
-            } else if meta.is_file() {
-                let data = std::fs::read(&path).unwrap();
-                sha256_hex(&data)
-            } else {
-                String::new()
-            };
-            let mtime = if meta.file_type().is_symlink() {
-                0
-            } else {
-                meta.mtime()
-            };
-            out.insert(
-                rel,
-                format!(
-                    "{:o} {} {} {mtime} {what}",
-                    meta.mode(),
-                    meta.len(),
-                    meta.nlink()
-                ),
-            );
-        }
-    }
-    out
 }
 
 fn push(
@@ -123,7 +82,7 @@ fn push_then_restore_gives_the_same_tree_in_every_mode() {
     let work = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let tree = work.path().join("tree");
     small_tree(&tree);
-    let mut expected = describe(&tree);
+    let mut expected = describe_tree(&tree);
     // What the exclude pattern and the .pxarexclude leave out.
     expected.remove(Path::new("excluded.tmp"));
     expected.remove(Path::new("dir/sub/random"));
@@ -148,7 +107,7 @@ fn push_then_restore_gives_the_same_tree_in_every_mode() {
         for (time, snapshot) in [(1000, "1970-01-01T00:16:40Z"), (2000, "latest")] {
             let target = work.path().join(format!("restored-{i}-{time}"));
             restore(&format!("host/{id}/{snapshot}"), &target);
-            let mut restored = describe(&target);
+            let mut restored = describe_tree(&target);
             // The command line's patterns, recorded in v1 archives only.
             let cli_file = restored.remove(Path::new(".pxarexclude-cli"));
             assert_eq!(
@@ -180,10 +139,10 @@ fn a_damaged_previous_manifest_is_passed_by_for_change_detection() {
     assert!(third.walk.reused_files >= 3);
     let target = work.path().join("restored");
     restore(&format!("host/{id}/latest"), &target);
-    let mut expected = describe(&tree);
+    let mut expected = describe_tree(&tree);
     expected.remove(Path::new("excluded.tmp"));
     expected.remove(Path::new("dir/sub/random"));
-    assert_eq!(describe(&target), expected);
+    assert_eq!(describe_tree(&target), expected);
 }
 
 #[test]
@@ -251,7 +210,7 @@ fn unchanged_tree_is_not_read_again_and_adds_no_chunks() {
     assert_eq!(fourth.walk.reused_files, 2008);
     let target = work.path().join("restored");
     restore("host/unchanged/latest", &target);
-    assert_eq!(describe(&target), describe(&tree));
+    assert_eq!(describe_tree(&target), describe_tree(&tree));
 }
 
 /// The sum of the sizes of the regular files below `dir`.
@@ -545,7 +504,7 @@ fn unreadable_entries_are_left_out_and_the_exit_status_says_so() {
     );
     let restored = work.path().join("restored");
     restore(&snapshot, &restored);
-    let mut names: Vec<PathBuf> = describe(&restored).into_keys().collect();
+    let mut names: Vec<PathBuf> = describe_tree(&restored).into_keys().collect();
     names.sort();
     assert_eq!(
         names,

@@ -2,14 +2,15 @@
 //! of `mktree.py`, a basic tree of the common entry kinds, and the metadata setters.
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
 
 use super::disk_tree::c_path;
-use super::fixtures_dir;
+use super::{fixtures_dir, sha256_hex};
 
 /// `len` pseudo-random bytes, the same for the same seed (incompressible content).
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -139,4 +140,44 @@ pub fn set_mtime(path: &Path, secs: i64, nanos: i64) {
 pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Every entry below `root` by relative path: mode, size, link count, mtime and the
+/// content's hash (regular files) or the target (symlinks). Two trees are equal when these are.
+pub fn describe_tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                String::new()
+            } else if meta.file_type().is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                sha256_hex(&data)
+            } else {
+                String::new()
+            };
+            let mtime = if meta.file_type().is_symlink() {
+                0
+            } else {
+                meta.mtime()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {} {} {mtime} {what}",
+                    meta.mode(),
+                    meta.len(),
+                    meta.nlink()
+                ),
+            );
+        }
+    }
+    out
 }
