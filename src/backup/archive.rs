@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -230,6 +230,14 @@ impl<'a, 'o, 'h, A: FileSystemAccessor + ?Sized> Walker<'a, 'o, 'h, A> {
         is_root: bool,
     ) -> Result<()> {
         let list = self.directory_list(dir, names, is_root)?;
+        let subdirs: Vec<PathBuf> = list
+            .iter()
+            .filter(|e| e.stat.is_dir() && e.stat.dev == self.current_dev)
+            .map(|e| e.path.clone())
+            .collect();
+        if !subdirs.is_empty() {
+            self.fs.will_list(&subdirs);
+        }
         // Without a previous snapshot every file is read: have the next ones on their way
         // from disk while this one is encoded. (With one, most are not read at all.)
         let mut read_ahead = self

@@ -109,6 +109,9 @@ impl FileSystemAccessor for LocalClient {
     fn will_read(&self, path: &Path, len: u64) {
         self.fs.will_read(path, len)
     }
+    fn will_list(&self, dirs: &[PathBuf]) {
+        self.fs.will_list(dirs)
+    }
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
         let inner = self.fs.open_file(path)?;
         self.counters.files_opened.fetch_add(1, Ordering::Relaxed);
@@ -206,6 +209,10 @@ impl<C: ClientProvider + ?Sized> FileSystemAccessor for SubTree<'_, C> {
     }
     fn will_read(&self, path: &Path, len: u64) {
         self.client.will_read(&self.full(path), len)
+    }
+    fn will_list(&self, dirs: &[PathBuf]) {
+        let dirs: Vec<PathBuf> = dirs.iter().map(|dir| self.full(dir)).collect();
+        self.client.will_list(&dirs)
     }
     fn open_file<'b>(&'b self, path: &Path) -> io::Result<Box<dyn Read + 'b>> {
         self.client.open_file(&self.full(path))

@@ -10,6 +10,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::dir_warmer::DirWarmer;
 use crate::pxar::format::MTime;
 
 /// What `lstat` reports about an entry, as much as a backup needs.
@@ -56,6 +57,11 @@ pub trait FileSystemAccessor {
     /// A hint that the first `len` bytes of a file will be read soon; a local accessor has
     /// the kernel start reading them, so the disk works while the walker encodes.
     fn will_read(&self, _path: &Path, _len: u64) {}
+
+    /// A hint that these directories will be listed and their entries stat'ed soon, in
+    /// this order; a local accessor warms them on other threads, so a cold disk serves
+    /// several at once.
+    fn will_list(&self, _dirs: &[PathBuf]) {}
 
     /// A sequential reader over a file's contents.
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
@@ -120,6 +126,7 @@ pub struct LocalFileSystem {
     /// project id and xattrs one after another, and the read of a file's content follows:
     /// one open serves them all, as in the official client.
     last_opened: Mutex<Option<(PathBuf, File)>>,
+    warmer: DirWarmer,
 }
 
 impl LocalFileSystem {
@@ -127,6 +134,7 @@ impl LocalFileSystem {
         LocalFileSystem {
             root: root.into(),
             last_opened: Mutex::new(None),
+            warmer: DirWarmer::new(),
         }
     }
 
@@ -288,6 +296,10 @@ impl FileSystemAccessor for LocalFileSystem {
                 );
             }
         }
+    }
+
+    fn will_list(&self, dirs: &[PathBuf]) {
+        self.warmer.warm(dirs.iter().map(|dir| self.full(dir)));
     }
 
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod archive_options;
 mod capture;
 pub mod client;
+mod dir_warmer;
 pub mod exclude;
 mod file_content;
 pub mod fs_accessor;
