@@ -23,6 +23,11 @@ use crate::store::range::IndexReader;
 /// Decoded chunks of the previous metadata archive kept while walking.
 const METADATA_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How far the metadata archive is fetched ahead of the walk: from the start of the
+/// directory entered, into which the walk's lookups go next. Half the cache, so read-ahead
+/// never pushes out what the walk is reading.
+const METADATA_READ_AHEAD: u64 = METADATA_CACHE_BYTES as u64 / 2;
+
 /// The previous snapshot's split archive `<name>.mpxar` / `<name>.ppxar`.
 pub struct PreviousSnapshot {
     accessor: Accessor,
@@ -32,6 +37,8 @@ pub struct PreviousSnapshot {
     payload_index: DynamicIndex,
     /// The payload stream, for contents re-encoded from the previous chunks.
     payload: Arc<IndexReader>,
+    /// The metadata stream, fetched ahead of the walk.
+    meta: Arc<IndexReader>,
     /// The last entry looked up: the walker enters a directory right after looking it up.
     last_lookup: Option<(Vec<u8>, Entry)>,
     unchanged_before: i64,
@@ -61,7 +68,7 @@ impl PreviousSnapshot {
             previous,
             protection.chunk_key().cloned(),
             METADATA_CACHE_BYTES,
-            0,
+            1,
         );
         let OpenedArchive::Pxar(archive) = open_archive(previous, &meta_name, chunks)? else {
             bail!("{meta_name} of {dir} is not a pxar archive");
@@ -73,6 +80,7 @@ impl PreviousSnapshot {
             },
             None => bail!("{meta_name} of {dir} has no payload stream"),
         };
+        archive.meta.prefetch(0, METADATA_READ_AHEAD);
         let accessor = archive
             .accessor()
             .with_context(|| format!("cannot open {meta_name} of {dir}"))?;
@@ -88,6 +96,7 @@ impl PreviousSnapshot {
             dirs: vec![Some(root)],
             payload_index,
             payload,
+            meta: archive.meta.clone(),
             last_lookup: None,
             unchanged_before: dir.time.min(now),
             lookup_errors: 0,
@@ -128,6 +137,15 @@ impl PreviousSnapshot {
 impl PreviousArchive for PreviousSnapshot {
     fn enter_directory(&mut self, name: &[u8]) -> Result<()> {
         let entry = self.lookup_entry(name).filter(Entry::is_dir);
+        if let Some(dir) = &entry {
+            // The walk's next lookups read this directory's items, front to back.
+            let len = dir
+                .dir_end
+                .unwrap_or(u64::MAX)
+                .saturating_sub(dir.entry_offset);
+            self.meta
+                .prefetch(dir.entry_offset, len.min(METADATA_READ_AHEAD));
+        }
         self.dirs.push(entry);
         self.last_lookup = None;
         Ok(())
