@@ -1,8 +1,6 @@
 mod alloc;
 mod cli;
 
-use clap::Parser;
-
 /// Big buffers (1 MiB and up) come from their own huge-page mappings (see `alloc`): the
 /// program's choice, so the library and its tests run on whatever allocator they get.
 #[global_allocator]
@@ -32,8 +30,8 @@ fn main() {
         }
     };
     // Exit statuses (README "Exit statuses"): 0 done, 1 error, 2 usage error (clap),
-    // 3 push snapshot made with entries left out.
-    let parsed = cli::Cli::parse_from(args);
+    // 3 push snapshot made with entries left out, 128 + N stopped by signal N (cleaned up).
+    let parsed = cli::parse_from(args);
     cli::logging::init(&parsed.log);
     match cli::run(parsed) {
         Ok(outcome) => std::process::exit(outcome.exit_status()),
@@ -49,7 +47,8 @@ fn main() {
         }
         Err(err) => {
             eprintln!("pbsfs: error: {err:#}");
-            std::process::exit(1);
+            let interrupted = err.downcast_ref::<cli::Interrupted>();
+            std::process::exit(interrupted.map_or(1, |signal| 128 + signal.0));
         }
     }
 }

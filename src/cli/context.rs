@@ -20,7 +20,11 @@ use pbsfs::store::snapshot::resolve_snapshot;
 use super::keys::{default_key_path, load_crypt_config};
 use super::output::OutputFormat;
 
+/// The help heading of the options that select a datastore.
+pub const DATASTORE_HEADING: &str = "Datastore options";
+
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = DATASTORE_HEADING)]
 pub struct RepoArgs {
     /// Datastore to use: a local datastore directory (starting with /, ./, ../ or ~) or a PBS
     /// repository [[USER@REALM[!TOKEN]@]HOST:][PORT:]DATASTORE. Default: the local datastore
@@ -70,7 +74,8 @@ pub struct RepoArgs {
         value_enum,
         default_value_t,
         global = true,
-        value_name = "FORMAT"
+        value_name = "FORMAT",
+        help_heading = "Output options"
     )]
     pub output_format: OutputFormat,
 }

@@ -11,7 +11,7 @@ use pbsfs::store::gc::{GcOptions, GcProgress};
 use pbsfs::store::time::epoch_to_rfc3339;
 
 use super::context::{Context, RepoArgs};
-use super::output::human_size;
+use super::output::{count, human_size};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -87,26 +87,32 @@ pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
     let tmp_files = if report.by_server {
         String::new()
     } else {
-        format!(", {} temporary files", report.removed_tmp_files)
+        format!(
+            ", {}",
+            count(
+                report.removed_tmp_files,
+                "temporary file",
+                "temporary files"
+            )
+        )
     };
     outln!(
-        "{verb} {} chunks ({}), {} bad chunks{tmp_files}",
-        report.removed_chunks,
+        "{verb} {} ({}), {}{tmp_files}",
+        count(report.removed_chunks, "chunk", "chunks"),
         human_size(report.removed_bytes),
-        report.removed_bad,
+        count(report.removed_bad, "bad chunk", "bad chunks"),
     );
     outln!(
-        "kept {} chunks too young to remove ({}; not used now, older than the cutoff {} next \
-         time)",
-        report.pending_chunks,
+        "kept {} too young to remove ({}; not used now, older than the cutoff {} next time)",
+        count(report.pending_chunks, "chunk", "chunks"),
         human_size(report.pending_bytes),
         epoch_to_rfc3339(report.min_atime).unwrap_or_default()
     );
     outln!(
-        "in use: {} chunks ({}) of {} index files",
-        report.kept_chunks,
+        "in use: {} ({}) of {}",
+        count(report.kept_chunks, "chunk", "chunks"),
         human_size(report.kept_bytes),
-        report.index_files
+        count(report.index_files, "index file", "index files")
     );
     if report.missing_chunks > 0 {
         outln!(

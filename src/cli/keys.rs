@@ -58,7 +58,8 @@ pub fn new_password() -> Result<Zeroizing<Vec<u8>>> {
     Ok(first)
 }
 
-fn encryption_password() -> Result<Zeroizing<Vec<u8>>> {
+/// The password of an existing key: from the environment, or asked on the terminal.
+pub fn encryption_password() -> Result<Zeroizing<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     if let Some(value) = std::env::var_os("PBS_ENCRYPTION_PASSWORD") {
         return Ok(Zeroizing::new(value.as_bytes().to_vec()));

@@ -8,6 +8,7 @@ use log::Level;
 
 /// How much is said on stderr; for every command.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Options")]
 pub struct LogArgs {
     /// Say more: -v shows debug messages of pbsfs, -vv everything, from every library.
     /// PBSFS_LOG (e.g. `debug`, `pbsfs::store=trace`) overrides both flags.

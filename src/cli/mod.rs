@@ -24,7 +24,7 @@ pub mod restore;
 pub mod snapshots;
 pub mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Back up to, browse, mount, verify and restore Proxmox Backup Server snapshots.
 ///
@@ -58,6 +58,7 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Mount a snapshot read-only (FUSE): its pxar archive as a directory tree, or its disk
     /// images as files. Runs in the background unless --foreground; `pbsfs umount` ends it.
+    #[command(override_usage = "pbsfs mount [OPTIONS] [SNAPSHOT] <MOUNTPOINT>")]
     Mount(mount::MountArgs),
     /// Unmount a pbsfs mount (same as `fusermount3 -u`).
     Umount(mount::UmountArgs),
@@ -84,6 +85,28 @@ pub enum Command {
     Gc(gc::GcArgs),
 }
 
+/// Subcommands that use no datastore: their help leaves the datastore options out.
+const WITHOUT_DATASTORE: &[&str] = &["umount", "key"];
+
+/// Parses the command line. The datastore options are global (accepted before or after the
+/// subcommand) and shown under their own heading, in the help of the commands that use a
+/// datastore only.
+pub fn parse_from(args: Vec<std::ffi::OsString>) -> Cli {
+    let mut command = Cli::command();
+    // A subcommand that has an argument of a global's name does not get the global: give
+    // those without a datastore hidden local stand-ins (accepted, shown nowhere, unused).
+    let stand_ins: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.get_help_heading() == Some(context::DATASTORE_HEADING))
+        .map(|arg| arg.clone().global(false).hide(true))
+        .collect();
+    for name in WITHOUT_DATASTORE {
+        command = command.mut_subcommand(name, |sub| sub.args(stand_ins.clone()));
+    }
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
 /// How a command that did not fail ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -92,6 +115,23 @@ pub enum Outcome {
     /// Done, but not everything: a push whose snapshot was made with entries left out
     /// (exit status 3, as restic's).
     Partial,
+}
+
+/// A command stopped by a signal after cleaning up: exit status 128 + the signal's number,
+/// as shells report a process the signal ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Interrupted(pub i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGHUP => "SIGHUP",
+            _ => "a signal",
+        };
+        write!(f, "stopped by {name}")
+    }
 }
 
 impl Outcome {

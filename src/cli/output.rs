@@ -118,6 +118,12 @@ impl Table {
 }
 
 /// `1.5 MiB` style sizes for tables.
+/// A count with its noun in the right number: `count(1, "chunk", "chunks")` is "1 chunk".
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
@@ -130,5 +136,17 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count(1u64, "chunk", "chunks"), "1 chunk");
+        assert_eq!(count(0u64, "chunk", "chunks"), "0 chunks");
+        assert_eq!(count(2u32, "directory", "directories"), "2 directories");
     }
 }

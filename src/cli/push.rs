@@ -2,7 +2,7 @@
 //! datastore, like `proxmox-backup-client backup`.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
 use pbsfs::store::target::BackupTarget;
 
 use super::context::RepoArgs;
-use super::output::human_size;
+use super::output::{count, human_size};
 use super::Outcome;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -170,7 +170,15 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     if let Some(display) = display {
         display.stop();
     }
-    let summary = result?;
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(err) => {
+            return Err(match FIRST_SIGNAL.load(Ordering::SeqCst) {
+                0 => err,
+                signal => err.context(super::Interrupted(signal)),
+            })
+        }
+    };
     if !args.quiet || repo.output_format.is_json() {
         print_summary(&summary, &options, repo);
     }
@@ -310,19 +318,19 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
     for archive in &summary.archives {
         let _ = writeln!(
             out,
-            "{}: {} in {} chunks",
+            "{}: {} in {}",
             archive.filename,
             human_size(archive.size),
-            archive.chunks
+            count(archive.chunks, "chunk", "chunks")
         );
     }
     let _ = writeln!(
         out,
-        "{} files, {} hardlinks, {} directories, {} other entries; {} read ({}/s)",
-        walk.files,
-        walk.hardlinks,
-        walk.directories,
-        walk.others,
+        "{}, {}, {}, {}; {} read ({}/s)",
+        count(walk.files, "file", "files"),
+        count(walk.hardlinks, "hardlink", "hardlinks"),
+        count(walk.directories, "directory", "directories"),
+        count(walk.others, "other entry", "other entries"),
         human_size(summary.bytes_read),
         human_size((summary.bytes_read as f64 / secs.max(1e-6)) as u64)
     );
@@ -331,11 +339,11 @@ fn print_summary(summary: &BackupSummary, options: &BackupOptions, repo: &RepoAr
         let reused_bytes = summary.reused_chunk_bytes + (summary.bytes - summary.new_bytes);
         let _ = writeln!(
             out,
-            "new: {} chunks, {} ({} stored); re-used: {} chunks, {}",
-            summary.new_chunks,
+            "new: {}, {} ({} stored); re-used: {}, {}",
+            count(summary.new_chunks, "chunk", "chunks"),
             human_size(summary.new_bytes),
             human_size(summary.new_stored_bytes),
-            reused_chunks,
+            count(reused_chunks, "chunk", "chunks"),
             human_size(reused_bytes)
         );
     }
@@ -431,6 +439,9 @@ fn hostname() -> Result<String> {
     Ok(name.split('.').next().unwrap_or("localhost").to_string())
 }
 
+/// The signal that interrupted the push (0: none), for its exit status.
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
 /// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
 /// so the backup unwinds and removes its unfinished snapshot; a second signal gets the
 /// default action.
@@ -444,6 +455,8 @@ fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
         let action = move || {
             if flag.swap(true, Ordering::SeqCst) {
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
+            } else {
+                FIRST_SIGNAL.store(signal, Ordering::SeqCst);
             }
         };
         // SAFETY: the action only swaps an atomic and calls the async-signal-safe

@@ -12,15 +12,19 @@ use clap::Args;
 use pbsfs::format::ReadAt;
 use pbsfs::pxar::extract::{extract_with_accessor, ExtractOptions};
 use pbsfs::pxar::{Accessor, Decoder};
-use pbsfs::store::access::read_blob;
+use pbsfs::store::access::{read_blob, read_manifest_json};
 use pbsfs::store::archive::ArchiveKind;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
+use pbsfs::store::local::MANIFEST_BLOB_NAME;
 use pbsfs::store::open::{
     mountables, open_index_reader, open_mountable, resolve_archive_name, select_archive,
     snapshot_chunks, Mountable, OpenedArchive,
 };
 
+use serde_json::json;
+
 use super::context::{Context, RepoArgs};
+use super::output::human_size;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -71,6 +75,7 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
             };
             return extract_tree(
                 args,
+                repo,
                 archive.meta,
                 archive.payload.map(|p| p as Arc<dyn ReadAt>),
             );
@@ -81,13 +86,24 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
         bail!("--ignore-errors applies only when extracting a pxar archive into a directory");
     }
     let names: Vec<String> = manifest.files.iter().map(|f| f.filename.clone()).collect();
-    let filename = resolve_archive_name(&args.archive, &names)?.to_string();
+    // The manifest is listed by `files` but not in itself.
+    let filename = if [MANIFEST_BLOB_NAME, "index.json"].contains(&args.archive.as_str()) {
+        MANIFEST_BLOB_NAME.to_string()
+    } else {
+        resolve_archive_name(&args.archive, &names)?.to_string()
+    };
 
-    let write_all = |out: &mut dyn Write| -> Result<()> {
-        match ArchiveKind::of(&filename) {
+    let write_all = |out: &mut dyn Write| -> Result<u64> {
+        let written = match ArchiveKind::of(&filename) {
+            _ if filename == MANIFEST_BLOB_NAME => {
+                let data = read_manifest_json(&*snapshot)?;
+                out.write_all(&data)?;
+                data.len() as u64
+            }
             Some(ArchiveKind::Blob) => {
                 let data = read_blob(&*snapshot, &filename, crypt.as_deref())?;
                 out.write_all(&data)?;
+                data.len() as u64
             }
             _ => {
                 let mode = manifest
@@ -99,17 +115,18 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
                         .expect_crypt_mode(mode),
                 );
                 let reader = open_index_reader(&*snapshot, &filename, chunks)?;
-                reader.copy_to(out)?;
+                reader.copy_to(out)?
             }
-        }
+        };
         out.flush()?;
-        Ok(())
+        Ok(written)
     };
 
     if args.target == "-" {
         let stdout = io::stdout();
         let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-        return write_all(&mut out).with_context(|| {
+        // Stdout holds the data: no summary there, JSON or not.
+        return write_all(&mut out).map(drop).with_context(|| {
             format!("writing {filename} to stdout stopped part way: the output is incomplete")
         });
     }
@@ -129,9 +146,9 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     // Write next to the target and rename at the end: a failed restore leaves no partial file
     // under the target name.
     let (partial, file) = create_temp_beside(&target)?;
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<u64> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        write_all(&mut out).with_context(|| {
+        let written = write_all(&mut out).with_context(|| {
             format!(
                 "cannot restore {filename} to {} (nothing written)",
                 target.display()
@@ -140,21 +157,40 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&partial, &target)
             .with_context(|| format!("cannot rename to {}", target.display()))?;
-        Ok(())
+        Ok(written)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
+    let written = match result {
+        Ok(written) => written,
+        Err(err) => {
+            let _ = fs::remove_file(&partial);
+            return Err(err);
+        }
+    };
+    if repo.output_format.is_json() {
+        repo.output_format.print_json(&json!({
+            "archive": filename,
+            "target": target,
+            "bytes": written,
+        }));
+    } else {
+        eprintln!(
+            "restored {filename} ({}) to {}",
+            human_size(written),
+            target.display()
+        );
     }
-    result
+    Ok(())
 }
 
 /// Extracts a pxar tree into the target directory.
 fn extract_tree(
     args: &RestoreArgs,
+    repo: &RepoArgs,
     meta: Arc<dyn ReadAt>,
     payload: Option<Arc<dyn ReadAt>>,
 ) -> Result<()> {
     let target = PathBuf::from(&args.target);
+    let created = !target.exists();
     let non_empty = fs::read_dir(&target)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -177,6 +213,26 @@ fn extract_tree(
         ignore_errors: args.ignore_errors,
     };
     let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options)?;
+    if stats.entries == 0 && stats.failed.is_empty() && !args.pattern.is_empty() {
+        if created {
+            // Only if still empty: nothing of ours is in it.
+            let _ = fs::remove_dir(&target);
+        }
+        bail!(
+            "no entry of the archive matches --pattern {}: nothing restored (`pbsfs mount` \
+             or `pbsfs restore SNAPSHOT ARCHIVE -` shows what the archive holds)",
+            args.pattern.join(" --pattern ")
+        );
+    }
+    if repo.output_format.is_json() {
+        repo.output_format.print_json(&json!({
+            "target": target,
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "setid-cleared": stats.setid_cleared,
+            "not-restored": stats.failed.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        }));
+    }
     if stats.setid_cleared > 0 {
         eprintln!(
             "note: setuid/setgid bits cleared on {} files because their owners were not restored",

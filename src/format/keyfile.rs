@@ -231,6 +231,19 @@ impl KeyConfig {
         })
     }
 
+    /// The same key under a new KDF and password (a passphrase change): created when this
+    /// one was, modified now. The old password's hint does not carry over.
+    pub fn rewrapped(
+        &self,
+        key: &[u8; 32],
+        kdf: Kdf,
+        password: Option<&[u8]>,
+    ) -> Result<Self, KeyFileError> {
+        let mut config = KeyConfig::new(key, kdf, password)?;
+        config.created = self.created.clone();
+        Ok(config)
+    }
+
     /// Recovers the key; checks the stored fingerprint against the key's.
     pub fn unlock(
         &self,

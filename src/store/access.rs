@@ -168,6 +168,13 @@ pub fn read_blob(
         .with_context(|| format!("{filename}: cannot decode"))
 }
 
+/// The manifest's JSON text, as stored (manifests are never encrypted).
+pub fn read_manifest_json(snapshot: &dyn SnapshotAccess) -> Result<Vec<u8>> {
+    let raw = snapshot.read_file(MANIFEST_BLOB_NAME)?;
+    decode_blob_with(&raw, MAX_BLOB_SIZE, None)
+        .with_context(|| format!("{MANIFEST_BLOB_NAME}: cannot decode"))
+}
+
 /// A snapshot of a local datastore.
 pub struct LocalSnapshot {
     store: Arc<LocalDatastore>,

@@ -244,3 +244,84 @@ fn mounted_with_key(
     assert!(out.status.success(), "{}", stderr(&out));
     read_mounted_tree(&point)
 }
+
+#[test]
+fn a_changed_passphrase_opens_the_same_backups_and_the_old_one_no_longer_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("copy.key");
+    std::fs::copy(key("fixture-scrypt.key"), &path).unwrap();
+    let new_password = tmp.path().join("new-password");
+    std::fs::write(&new_password, "a new passphrase\n").unwrap();
+    let out = pbsfs(
+        &["key", "change-passphrase", path.to_str().unwrap()]
+            .into_iter()
+            .chain(["--kdf", "pbkdf2", "--new-password-file"])
+            .chain([new_password.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        Some("fixture-password"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let restore = |password: &str| {
+        pbsfs(
+            &["restore", "host/fixture-enc-scrypt/latest", "catalog.pcat1"]
+                .into_iter()
+                .chain(["-", "--keyfile", path.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+            Some(password),
+        )
+    };
+    let out = restore("a new passphrase");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sha256_hex(&out.stdout),
+        "99b914cd233621c2d7a21f796647cea798d0fede963ee0fd1c2990d20c3435cc"
+    );
+    assert!(!restore("fixture-password").status.success());
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(key("fixture-scrypt.key")).unwrap()).unwrap();
+    let changed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(changed["created"], original["created"]);
+    assert_eq!(changed["kdf"]["PBKDF2"]["iter"], 65535, "{changed}");
+}
+
+#[test]
+fn paperkey_prints_the_key_file_and_a_qr_code() {
+    let out = pbsfs(
+        &[
+            "key",
+            "paperkey",
+            &key("fixture-scrypt.key"),
+            "--subject",
+            "my laptop",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("Subject: my laptop\n"), "{text}");
+    let json = text
+        .split("-----BEGIN PROXMOX BACKUP KEY-----\n")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END PROXMOX BACKUP KEY-----").next())
+        .unwrap();
+    // What was printed is the key file: typed back, it is the same key.
+    let printed: serde_json::Value = serde_json::from_str(json).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(key("fixture-scrypt.key")).unwrap()).unwrap();
+    assert_eq!(printed, original);
+    // The QR code: block characters after the END line.
+    let after = text
+        .split("-----END PROXMOX BACKUP KEY-----")
+        .nth(1)
+        .unwrap();
+    assert!(
+        after.lines().filter(|l| l.contains('█')).count() > 20,
+        "{after}"
+    );
+}

@@ -8,6 +8,7 @@ mod common;
 mod catalog_fixtures;
 mod chunker_fixtures;
 mod cli_fixtures;
+mod cli_help;
 mod crypto_cli;
 mod crypto_fixtures;
 mod format_fixtures;

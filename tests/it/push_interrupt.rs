@@ -117,6 +117,8 @@ fn interrupt_with(signal: libc::c_int, id: &str) {
     assert!(!status.success());
     assert_eq!(finished_snapshots(id), 0);
     if signal != libc::SIGKILL {
+        // Cleaned up, then the status shells expect of a process the signal ended.
+        assert_eq!(status.code(), Some(128 + signal), "{status:?}");
         // A clean unwind removes the unfinished snapshot itself.
         assert_eq!(
             snapshot_dirs(id),

@@ -363,3 +363,84 @@ fn an_invalid_pattern_is_refused_before_anything_is_written() {
     assert!(stderr.contains("data/[unclosed"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_pattern_that_matches_nothing_is_an_error_and_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    let out = restore(&[
+        "host/fixture-legacy/latest",
+        "root.pxar",
+        target.to_str().unwrap(),
+        "--pattern",
+        "no-such-entry-anywhere",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no entry of the archive matches --pattern no-such-entry-anywhere"),
+        "{stderr}"
+    );
+    assert!(!target.exists(), "the directory it made is removed again");
+}
+
+#[test]
+fn restore_prints_a_json_summary_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    let out = restore(&[
+        "host/fixture-data/latest",
+        "root.pxar",
+        target.to_str().unwrap(),
+        "--pattern",
+        "/data",
+        "--output-format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn entries_below(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let below = if path.is_dir() && !path.is_symlink() {
+                    entries_below(&path)
+                } else {
+                    0
+                };
+                1 + below
+            })
+            .sum()
+    }
+    assert_eq!(summary["entries"], entries_below(&target), "{summary}");
+    assert!(summary["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(summary["not-restored"], serde_json::json!([]));
+
+    // A raw archive written to a file: its name and size.
+    let image = tmp.path().join("disk.img");
+    let out = local_command(&datastore_dir())
+        .args(["--output-format", "json", "restore", "vm/100/latest"])
+        .args(["drive-scsi0.img", image.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["archive"], "drive-scsi0.img.fidx");
+    assert_eq!(
+        summary["bytes"],
+        std::fs::metadata(&image).unwrap().len(),
+        "{summary}"
+    );
+}
+
+#[test]
+fn the_manifest_that_files_lists_can_be_restored() {
+    for name in ["index.json.blob", "index.json"] {
+        let out = restore(&["host/fixture-data/latest", name, "-"]);
+        assert!(out.status.success(), "{out:?}");
+        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(manifest["backup-type"], "host", "{manifest}");
+        assert!(manifest["files"].as_array().unwrap().len() >= 2);
+    }
+}
