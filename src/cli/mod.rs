@@ -18,6 +18,7 @@ pub mod logging;
 pub mod manage;
 pub mod mount;
 pub mod output;
+pub mod progress;
 pub mod prune;
 pub mod push;
 pub mod restore;

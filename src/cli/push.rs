@@ -1,10 +1,9 @@
 //! `pbsfs push SOURCE...`: back up directories (pxar) and files or devices (images) into a
 //! datastore, like `proxmox-backup-client backup`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
@@ -27,6 +26,7 @@ use pbsfs::store::target::BackupTarget;
 
 use super::context::RepoArgs;
 use super::output::{count, human_size};
+use super::progress::{self, Status, StatusLine};
 use super::Outcome;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,17 +159,26 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     let client = LocalClient::new();
     let progress = Arc::new(Progress::default());
     options.progress = Some(progress.clone());
-    let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let display = show_progress.then(|| ProgressDisplay::start(progress, client.shared_counters()));
+    let counters = client.shared_counters();
+    let display = StatusLine::start(args.quiet, move |elapsed| Status {
+        head: format!(
+            "{}, read {} ",
+            count(progress.entries.load(Ordering::Relaxed), "entry", "entries"),
+            progress::amount(counters.content_bytes(), None, elapsed)
+        ),
+        tail: progress
+            .current
+            .lock()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    });
 
     let server = match &store {
         Some(store) => Server::new(store.clone()),
         None => Server::dry_run_only(),
     };
     let result = server.run_backup(&client, &specs, &options);
-    if let Some(display) = display {
-        display.stop();
-    }
+    progress::stop(display);
     let summary = match result {
         Ok(summary) => summary,
         Err(err) => {
@@ -465,56 +474,4 @@ fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
             .context("cannot install the signal handlers")?;
     }
     Ok(flag)
-}
-
-/// A one-line status on stderr, redrawn a few times a second.
-struct ProgressDisplay {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ProgressDisplay {
-    fn start(
-        progress: Arc<Progress>,
-        counters: Arc<pbsfs::backup::client::ClientCounters>,
-    ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut stderr = std::io::stderr();
-            while !stop_flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                let bytes = counters.content_bytes();
-                let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                let path = progress
-                    .current
-                    .lock()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                let head = format!(
-                    "{} entries, {} read, {}/s ",
-                    progress.entries.load(Ordering::Relaxed),
-                    human_size(bytes),
-                    human_size(rate as u64)
-                );
-                let room = 100usize.saturating_sub(head.chars().count());
-                let tail: String = if path.chars().count() > room {
-                    let skip = path.chars().count() - room + 1;
-                    format!("…{}", path.chars().skip(skip).collect::<String>())
-                } else {
-                    path
-                };
-                let _ = write!(stderr, "\r\x1b[K{head}{tail}");
-                let _ = stderr.flush();
-            }
-            let _ = write!(stderr, "\r\x1b[K");
-        });
-        ProgressDisplay { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
 }

@@ -4,15 +4,17 @@
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::format::index::ChunkIndex as _;
 use pbsfs::format::ReadAt;
 use pbsfs::pxar::extract::{extract_with_accessor, ExtractOptions};
 use pbsfs::pxar::{Accessor, Decoder};
-use pbsfs::store::access::{read_blob, read_manifest_json};
+use pbsfs::store::access::{open_index, read_blob, read_manifest_json, SnapshotAccess};
 use pbsfs::store::archive::ArchiveKind;
 use pbsfs::store::chunk_reader::VerifyingChunkReader;
 use pbsfs::store::local::MANIFEST_BLOB_NAME;
@@ -25,6 +27,7 @@ use serde_json::json;
 
 use super::context::{Context, RepoArgs};
 use super::output::human_size;
+use super::progress::{self, Status, StatusLine};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -73,11 +76,19 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
             let OpenedArchive::Pxar(archive) = open_mountable(&*snapshot, pxar, chunks)? else {
                 unreachable!("images filtered above")
             };
+            // The payload stream (v2) or the whole archive (v1): about what is written.
+            let total = archive
+                .payload
+                .as_ref()
+                .unwrap_or(&archive.meta)
+                .index()
+                .total_size();
             return extract_tree(
                 args,
                 repo,
                 archive.meta,
                 archive.payload.map(|p| p as Arc<dyn ReadAt>),
+                total,
             );
         }
     }
@@ -146,19 +157,39 @@ pub fn run(args: &RestoreArgs, repo: &RepoArgs) -> Result<()> {
     // Write next to the target and rename at the end: a failed restore leaves no partial file
     // under the target name.
     let (partial, file) = create_temp_beside(&target)?;
+    let written = Arc::new(AtomicU64::new(0));
+    let total = archive_size(&*snapshot, &filename);
+    let (counter, label) = (written.clone(), filename.clone());
+    let display = StatusLine::start(quiet(), move |elapsed| Status {
+        head: format!(
+            "restoring {label}: {}",
+            progress::amount(counter.load(Ordering::Relaxed), total, elapsed)
+        ),
+        tail: String::new(),
+    });
     let result = (|| -> Result<u64> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            CountingWriter {
+                inner: file,
+                written: written.clone(),
+            },
+        );
         let written = write_all(&mut out).with_context(|| {
             format!(
                 "cannot restore {filename} to {} (nothing written)",
                 target.display()
             )
         })?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        out.into_inner()
+            .map_err(|e| e.into_error())?
+            .inner
+            .sync_all()?;
         fs::rename(&partial, &target)
             .with_context(|| format!("cannot rename to {}", target.display()))?;
         Ok(written)
     })();
+    progress::stop(display);
     let written = match result {
         Ok(written) => written,
         Err(err) => {
@@ -188,6 +219,7 @@ fn extract_tree(
     repo: &RepoArgs,
     meta: Arc<dyn ReadAt>,
     payload: Option<Arc<dyn ReadAt>>,
+    total: u64,
 ) -> Result<()> {
     let target = PathBuf::from(&args.target);
     let created = !target.exists();
@@ -211,8 +243,19 @@ fn extract_tree(
         patterns: args.pattern.clone(),
         restore_owner: !args.no_owner && unsafe { libc::geteuid() } == 0,
         ignore_errors: args.ignore_errors,
+        bytes_written: Arc::default(),
     };
-    let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options)?;
+    let written = options.bytes_written.clone();
+    let display = StatusLine::start(quiet(), move |elapsed| Status {
+        head: format!(
+            "restoring: {}",
+            progress::amount(written.load(Ordering::Relaxed), Some(total), elapsed)
+        ),
+        tail: String::new(),
+    });
+    let stats = extract_with_accessor(&mut decoder, Some(&accessor), &target, &options);
+    progress::stop(display);
+    let stats = stats?;
     if stats.entries == 0 && stats.failed.is_empty() && !args.pattern.is_empty() {
         if created {
             // Only if still empty: nothing of ours is in it.
@@ -280,4 +323,34 @@ fn create_temp_beside(target: &Path) -> Result<(PathBuf, fs::File)> {
         "cannot find a free temporary name beside {}",
         target.display()
     )
+}
+
+/// -q was given (it sets the log level): no progress display.
+fn quiet() -> bool {
+    log::max_level() < log::LevelFilter::Info
+}
+
+/// Bytes the raw archive holds, when its index tells.
+fn archive_size(snapshot: &dyn SnapshotAccess, filename: &str) -> Option<u64> {
+    match ArchiveKind::of(filename) {
+        Some(ArchiveKind::Blob) | None => None,
+        Some(_) => open_index(snapshot, filename).ok().map(|i| i.total_size()),
+    }
+}
+
+/// Counts what passes through, for the progress display.
+struct CountingWriter<W> {
+    inner: W,
+    written: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }

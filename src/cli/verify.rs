@@ -1,5 +1,8 @@
 //! `pbsfs verify [SNAPSHOT]`: check manifests, indexes and chunks; exit non-zero on a problem.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
@@ -9,6 +12,8 @@ use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::verify::Verifier;
 
 use super::context::{Context, RepoArgs};
+use super::output::count;
+use super::progress::{self, Status, StatusLine};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -54,6 +59,20 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
     // With --keyfile, encrypted chunks are decrypted and their keyed digests checked too.
     let mut verifier = Verifier::with_key(ctx.crypt()?);
     let mut results = Vec::new();
+    let total = targets.len();
+    let done = Arc::new(AtomicUsize::new(0));
+    let (checked, finished) = (verifier.progress.clone(), done.clone());
+    let display = StatusLine::start(log::max_level() < log::LevelFilter::Info, move |elapsed| {
+        Status {
+            head: format!(
+                "verified {} of {}; chunks: {}",
+                finished.load(Ordering::Relaxed),
+                count(total as u64, "snapshot", "snapshots"),
+                progress::amount(checked.load(Ordering::Relaxed), None, elapsed)
+            ),
+            tail: String::new(),
+        }
+    });
     for (ns, entry) in targets {
         let mut outcome = Outcome {
             ns,
@@ -89,10 +108,15 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
             };
         }
         if !ctx.output.is_json() {
-            print_outcome(&outcome);
+            match &display {
+                Some(line) => line.print_above(|| print_outcome(&outcome)),
+                None => print_outcome(&outcome),
+            }
         }
+        done.fetch_add(1, Ordering::Relaxed);
         results.push(outcome);
     }
+    progress::stop(display);
     let failed = results.iter().filter(|o| !o.problems.is_empty()).count();
     let skipped = results.iter().filter(|o| o.skipped.is_some()).count();
     if ctx.output.is_json() {

@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 
@@ -271,8 +272,12 @@ impl Extractor<'_> {
             EntryKind::File { .. } => {
                 let mut file = TempFile::create(parent, &name, self.options).with_context(what)?;
                 let mut buffer = std::mem::take(&mut self.buffer);
-                let written =
-                    write_contents(|buf| input.read_contents(buf), &mut file.file, &mut buffer);
+                let written = write_contents(
+                    |buf| input.read_contents(buf),
+                    &mut file.file,
+                    &mut buffer,
+                    &self.options.bytes_written,
+                );
                 self.buffer = buffer;
                 self.stats.bytes += written.with_context(what)?;
                 self.apply_to_fd(file.file.as_raw_fd(), &entry.metadata, false)
@@ -358,6 +363,7 @@ impl Extractor<'_> {
             },
             &mut file.file,
             &mut buffer,
+            &self.options.bytes_written,
         );
         self.buffer = buffer;
         let written = written?;
@@ -372,6 +378,7 @@ fn write_contents(
     mut read: impl FnMut(&mut [u8]) -> Result<usize, DecodeError>,
     file: &mut File,
     buffer: &mut [u8],
+    progress: &AtomicU64,
 ) -> anyhow::Result<u64> {
     const BLOCK: usize = 4096;
     let mut total = 0u64;
@@ -388,6 +395,7 @@ fn write_contents(
             }
         }
         total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
     }
     file.set_len(total)?;
     Ok(total)

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use super::access::SnapshotAccess;
 use super::archive::{check_blob, check_index, ArchiveKind};
 use super::ChunkSource;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::format::blob::{blob_kind, decode_chunk, decode_chunk_with, parse_blob, BlobKind};
@@ -26,6 +27,9 @@ pub struct Verifier {
     pub chunks_checked: u64,
     /// Bytes of chunk data checked.
     pub bytes_checked: u64,
+    /// Bytes of chunk data read so far (verified or not), for a progress display on
+    /// another thread.
+    pub progress: Arc<AtomicU64>,
 }
 
 impl Verifier {
@@ -107,6 +111,7 @@ impl Verifier {
         let result = check_one_chunk(store, digest, len, encrypted, self.crypt.as_deref())
             .map_err(|e| format!("{e:#}"));
         self.chunks_checked += 1;
+        self.progress.fetch_add(len, Ordering::Relaxed);
         if result.is_ok() {
             self.bytes_checked += len;
         }

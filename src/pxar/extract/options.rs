@@ -1,5 +1,8 @@
 //! What an extraction is asked to do, and what it reports back.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 /// How to extract.
 #[derive(Clone, Debug)]
 pub struct ExtractOptions {
@@ -17,6 +20,9 @@ pub struct ExtractOptions {
     /// Go on past entries that cannot be read or written, and list them in
     /// [`ExtractStats::failed`], instead of stopping at the first.
     pub ignore_errors: bool,
+    /// Bytes of file data written so far, updated while the extraction runs (for a
+    /// progress display on another thread).
+    pub bytes_written: Arc<AtomicU64>,
 }
 
 impl Default for ExtractOptions {
@@ -27,6 +33,7 @@ impl Default for ExtractOptions {
             patterns: Vec::new(),
             restore_owner: true,
             ignore_errors: false,
+            bytes_written: Arc::default(),
         }
     }
 }
