@@ -15,9 +15,10 @@ use super::decode_error::{DecodeError, Result};
 use super::dir_table::{DirTable, GoodbyeItem};
 use super::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use super::format::{
-    pxar_hash, Header, HEADER_SIZE, PXAR_FORMAT_VERSION, PXAR_PAYLOAD, PXAR_PAYLOAD_START_MARKER,
+    mode, pxar_hash, Header, HEADER_SIZE, PXAR_ENTRY, PXAR_ENTRY_V1, PXAR_FILENAME,
+    PXAR_FORMAT_VERSION, PXAR_HARDLINK, PXAR_PAYLOAD, PXAR_PAYLOAD_START_MARKER,
 };
-use super::items::{self, AtSource, Layout};
+use super::items::{self, AtSource, ItemSource, Layout};
 use crate::format::ReadAt;
 
 /// Most path components [`Accessor::lookup_path`] follows.
@@ -47,6 +48,15 @@ pub struct DirEntry {
 
 /// A listed child, or why the child at this FILENAME offset could not be listed.
 pub type ChildResult = std::result::Result<DirEntry, (u64, DecodeError)>;
+
+/// What a walk over the whole archive (counting links) needs of a child: read from the
+/// child's first item after its name, without decoding the entry. Ids as [`Entry::id`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildSketch {
+    Directory { id: u64 },
+    Hardlink { id: u64, target_id: u64 },
+    Other,
+}
 
 /// A random-access reader over a v1 archive or a v2 metadata + payload pair.
 pub struct Accessor {
@@ -252,10 +262,27 @@ impl Accessor {
         bound: u64,
         dir_extent: Option<u64>,
     ) -> Result<Entry> {
-        let source_end = bound.saturating_add(HEADER_SIZE);
-        let mut src = AtSource::new(&*self.meta, filename_offset, source_end);
-        let name = items::read_filename(&mut src)?;
-        let body = items::read_body(&mut src, self.layout(), Some(filename_offset))?;
+        let mut src = self.child_source(bound);
+        self.decode_child_with(&mut src, filename_offset, bound, dir_extent)
+    }
+
+    /// A cursor over the children of the directory whose GOODBYE is at `bound` (a body may
+    /// end at that header).
+    fn child_source(&self, bound: u64) -> AtSource<&dyn ReadAt> {
+        AtSource::new(&*self.meta, 0, bound.saturating_add(HEADER_SIZE))
+    }
+
+    /// [`Self::decode_child`] through `src`, a [`Self::child_source`] for `bound`.
+    fn decode_child_with(
+        &self,
+        src: &mut AtSource<&dyn ReadAt>,
+        filename_offset: u64,
+        bound: u64,
+        dir_extent: Option<u64>,
+    ) -> Result<Entry> {
+        src.seek(filename_offset);
+        let name = items::read_filename(src)?;
+        let body = items::read_body(src, self.layout(), Some(filename_offset))?;
         let mut entry = body.into_entry(name, Some(filename_offset));
         match entry.kind {
             EntryKind::Directory => {
@@ -431,6 +458,62 @@ impl Accessor {
         Ok(listing)
     }
 
+    /// Sketches the children of directory `dir_id` (its [`Entry::id`]) in archive order,
+    /// leaving out those that cannot be read; the first error of those comes with the
+    /// others. A sketched directory lies inside its parent, so a walk following them ends;
+    /// what a sketch does not check (the child directory's own table) fails when the walk
+    /// opens it.
+    pub fn sketch_children(&self, dir_id: u64) -> Result<(Vec<ChildSketch>, Option<DecodeError>)> {
+        let table = self.dir_table(dir_id)?;
+        let mut located = table
+            .all_items(&*self.meta)?
+            .iter()
+            .map(|item| Ok((table.child_filename_offset(item)?, item.size)))
+            .collect::<Result<Vec<_>>>()?;
+        located.sort_unstable();
+        let mut src = AtSource::new(&*self.meta, 0, table.goodbye);
+        let mut failed = None;
+        let mut sketches = Vec::with_capacity(located.len());
+        for (filename_offset, extent) in located {
+            src.seek(filename_offset);
+            match sketch_child(&mut src, filename_offset, extent, table.goodbye) {
+                Ok(sketch) => sketches.push(sketch),
+                Err(err) => {
+                    failed.get_or_insert(err);
+                }
+            }
+        }
+        Ok((sketches, failed))
+    }
+
+    /// Decodes listed children (of [`Self::read_dir`]) in order and hands each to `each`,
+    /// through one cursor per directory: neighbours share its window rather than each
+    /// reading its own. Unlike [`Self::open_dir_entry`] the entries are not cached: whoever
+    /// decodes a whole listing keeps what it needs.
+    pub fn decode_listed(
+        &self,
+        children: &[DirEntry],
+        mut each: impl FnMut(&DirEntry, Result<Entry>),
+    ) {
+        let mut cursor: Option<(u64, AtSource<&dyn ReadAt>)> = None;
+        for child in children {
+            let src = match &mut cursor {
+                Some((bound, src)) if *bound == child.parent_end => src,
+                _ => {
+                    let bound = child.parent_end;
+                    &mut cursor.insert((bound, self.child_source(bound))).1
+                }
+            };
+            let entry = self.decode_child_with(
+                src,
+                child.filename_offset,
+                child.parent_end,
+                Some(child.item_size),
+            );
+            each(child, entry);
+        }
+    }
+
     /// Decodes a listed child.
     pub fn open_dir_entry(&self, child: &DirEntry) -> Result<Entry> {
         let id = child.filename_offset | NON_DIR_ID_TAG;
@@ -542,6 +625,56 @@ impl Accessor {
     }
 }
 
+/// Reads the FILENAME at the cursor and the item after it, the child's HARDLINK or ENTRY.
+fn sketch_child(
+    src: &mut AtSource<&dyn ReadAt>,
+    filename_offset: u64,
+    extent: u64,
+    parent_goodbye: u64,
+) -> Result<ChildSketch> {
+    let (_, header, content) = items::next_header(src)?;
+    if header.htype != PXAR_FILENAME {
+        return Err(DecodeError::invalid(
+            filename_offset,
+            "expected a FILENAME item",
+        ));
+    }
+    src.skip(content)?;
+    let (offset, header, _) = items::next_header(src)?;
+    match header.htype {
+        PXAR_HARDLINK => {
+            let distance = src.read_u64()?;
+            if distance == 0 || distance > filename_offset {
+                return Err(DecodeError::invalid(
+                    offset,
+                    "hardlink offset does not point backwards",
+                ));
+            }
+            Ok(ChildSketch::Hardlink {
+                id: filename_offset | NON_DIR_ID_TAG,
+                target_id: (filename_offset - distance) | NON_DIR_ID_TAG,
+            })
+        }
+        PXAR_ENTRY | PXAR_ENTRY_V1 => {
+            let mode = src.read_u64()?;
+            if mode & mode::IFMT != mode::IFDIR {
+                return Ok(ChildSketch::Other);
+            }
+            // A child directory lies entirely before its parent's GOODBYE.
+            match filename_offset.checked_add(extent) {
+                Some(end) if end > filename_offset && end <= parent_goodbye => {
+                    Ok(ChildSketch::Directory { id: end })
+                }
+                _ => Err(DecodeError::invalid(
+                    filename_offset,
+                    "child directory overlaps its parent's table",
+                )),
+            }
+        }
+        _ => Err(DecodeError::invalid(offset, "expected an ENTRY item")),
+    }
+}
+
 fn read_header_at(reader: &dyn ReadAt, offset: u64) -> Result<Header> {
     let mut raw = [0u8; 16];
     items::read_exact_at(reader, &mut raw, offset)?;
@@ -622,6 +755,102 @@ mod tests {
             accessor.entry_at(56).is_err(),
             "untagged non-directory offset"
         );
+    }
+
+    /// Every directory of `data`, with the entries `open_dir_entry` decodes one by one.
+    fn dirs_and_children(accessor: &Accessor) -> Vec<(Entry, Vec<Entry>)> {
+        let mut out = Vec::new();
+        let mut pending = vec![accessor.root().unwrap()];
+        while let Some(dir) = pending.pop() {
+            let children: Vec<Entry> = accessor
+                .read_dir(&dir)
+                .unwrap()
+                .iter()
+                .map(|child| accessor.open_dir_entry(child).unwrap())
+                .collect();
+            pending.extend(children.iter().filter(|c| c.is_dir()).cloned());
+            out.push((dir, children));
+        }
+        out
+    }
+
+    fn mixed_tree() -> Vec<u8> {
+        use crate::pxar::test_archive::{build, Node};
+        build(vec![
+            (b"a.txt", Node::File(b"hello")),
+            (
+                b"d",
+                Node::Dir(vec![
+                    (b"e", Node::Dir(vec![(b"f", Node::File(b"deep"))])),
+                    (b"l", Node::Symlink(b"a.txt")),
+                    (b"h2", Node::Hardlink(b"a.txt")),
+                ]),
+            ),
+            (b"h", Node::Hardlink(b"a.txt")),
+        ])
+    }
+
+    #[test]
+    fn a_listing_decoded_at_once_matches_entries_decoded_one_by_one() {
+        let accessor = open(mixed_tree()).unwrap();
+        for (dir, expected) in dirs_and_children(&accessor) {
+            let listing = accessor.read_dir(&dir).unwrap();
+            let mut decoded = Vec::new();
+            accessor.decode_listed(&listing, |child, entry| {
+                let entry = entry.unwrap();
+                assert_eq!(entry.name, child.name);
+                decoded.push(entry);
+            });
+            assert_eq!(decoded, expected);
+        }
+        // A child that cannot be decoded is reported in its place; the others still come.
+        let mut data = spec_example();
+        data[78 + 8] = 0xff; // a.txt's ENTRY size
+        let accessor = open(data).unwrap();
+        let listing = accessor.read_dir(&accessor.root().unwrap()).unwrap();
+        let mut results = Vec::new();
+        accessor.decode_listed(&listing, |child, entry| {
+            results.push((child.name.clone(), entry.is_ok()))
+        });
+        let names_ok: Vec<(&[u8], bool)> =
+            results.iter().map(|(n, ok)| (n.as_slice(), *ok)).collect();
+        assert_eq!(
+            names_ok,
+            [(&b"a.txt"[..], false), (b"d", true), (b"h", true)]
+        );
+    }
+
+    #[test]
+    fn sketches_agree_with_the_decoded_entries() {
+        let accessor = open(mixed_tree()).unwrap();
+        for (dir, children) in dirs_and_children(&accessor) {
+            let (sketches, failed) = accessor.sketch_children(dir.id().unwrap()).unwrap();
+            assert!(failed.is_none());
+            let expected: Vec<ChildSketch> = children
+                .iter()
+                .map(|child| match &child.kind {
+                    EntryKind::Directory => ChildSketch::Directory {
+                        id: child.id().unwrap(),
+                    },
+                    EntryKind::Hardlink {
+                        target_filename_offset,
+                        ..
+                    } => ChildSketch::Hardlink {
+                        id: child.id().unwrap(),
+                        target_id: target_filename_offset | NON_DIR_ID_TAG,
+                    },
+                    _ => ChildSketch::Other,
+                })
+                .collect();
+            assert_eq!(sketches, expected);
+        }
+        // A directory whose extent reaches past its parent's table is not followed.
+        let mut data = spec_example();
+        put_u64(&mut data, 477 + 16, 234 + 112);
+        let accessor = open(data).unwrap();
+        let (sketches, failed) = accessor.sketch_children(549).unwrap();
+        assert_eq!(sketches.len(), 2);
+        assert!(failed.is_some());
     }
 
     #[test]
