@@ -510,15 +510,11 @@ mod tests {
         cache.shared.lock().entries
     }
 
+    type Calls = Arc<Mutex<HashMap<u64, usize>>>;
+
     /// A listing function that counts its calls per directory and, for `blocked`, waits
     /// until the returned sender says go.
-    fn counting_tree(
-        blocked: u64,
-    ) -> (
-        Arc<ListFn>,
-        Arc<Mutex<HashMap<u64, usize>>>,
-        std::sync::mpsc::Sender<()>,
-    ) {
+    fn counting_tree(blocked: u64) -> (Arc<ListFn>, Calls, std::sync::mpsc::Sender<()>) {
         let calls = Arc::new(Mutex::new(HashMap::new()));
         let (go, gate) = std::sync::mpsc::channel::<()>();
         let gate = Mutex::new(gate);
