@@ -623,6 +623,22 @@ mod tests {
         attr
     }
 
+    /// Entries below the root, each decoded in full.
+    fn entries_decoded(accessor: &Accessor) -> u64 {
+        let mut count = 0;
+        let mut pending = vec![accessor.root().unwrap()];
+        while let Some(dir) = pending.pop() {
+            for child in accessor.read_dir(&dir).unwrap().iter() {
+                let entry = accessor.open_dir_entry(child).unwrap();
+                count += 1;
+                if entry.is_dir() {
+                    pending.push(entry);
+                }
+            }
+        }
+        count
+    }
+
     fn list_all(fs: &ArchiveFs, ino: u64) {
         fs.readdir(ino, 0, &mut |_| std::ops::ControlFlow::Continue(()))
             .unwrap();
@@ -674,6 +690,9 @@ mod tests {
             // meta (acl-dir, empty-dir, sticky) was never listed: the walk counted it.
             let meta = fs.getattr(meta.ino).unwrap();
             assert_eq!((meta.nlink, meta.provisional), (2 + 3, false), "{snapshot}");
+            // It met every entry, as many as a full decode of the archive finds.
+            let files = fs.statfs().unwrap().files;
+            assert_eq!(files, entries_decoded(&fs.tree.accessor) + 1, "{snapshot}");
         }
     }
 }
