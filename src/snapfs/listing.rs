@@ -15,7 +15,7 @@
 //! while `budget` entries are held (until the reader has used some; so at most about twice
 //! the budget is held), and beyond it the oldest listings go first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -246,14 +246,18 @@ impl ListingCache {
     /// Queues directories (the last one given is listed first) for the background thread.
     pub fn prepare(&self, dirs: impl IntoIterator<Item = u64>) {
         let mut held = self.shared.lock();
-        let before = held.pending.len();
-        for ino in dirs {
-            if !held.listings.contains_key(&ino) && held.making != Some(ino) {
-                held.pending.push_front(ino);
-            }
-        }
-        if held.pending.len() == before {
+        let wanted: Vec<u64> = dirs
+            .into_iter()
+            .filter(|ino| !held.listings.contains_key(ino) && held.making != Some(*ino))
+            .collect();
+        if wanted.is_empty() {
             return;
+        }
+        // Queued again (a directory listed from its start twice): moved to the front.
+        let moved: HashSet<u64> = wanted.iter().copied().collect();
+        held.pending.retain(|ino| !moved.contains(ino));
+        for ino in wanted {
+            held.pending.push_front(ino);
         }
         held.pending.truncate(QUEUE_LEN);
         if !held.worker_running {
@@ -574,6 +578,9 @@ mod tests {
         cache.prepare_subdirectories(&list(11).unwrap());
         // A depth-first reader (find, ls -R) comes to 111 and 112 before 12.
         assert_eq!(cache.shared.lock().pending, [111, 112, 11, 12]);
+        // Queued again, a directory moves to the front rather than being queued twice.
+        cache.prepare([12]);
+        assert_eq!(cache.shared.lock().pending, [12, 111, 112, 11]);
     }
 
     #[test]
