@@ -15,11 +15,13 @@ use super::decode_error::{DecodeError, Result};
 use super::dir_table::{DirTable, GoodbyeItem};
 use super::entry::{Entry, EntryKind, FileData, NON_DIR_ID_TAG};
 use super::format::{
-    mode, pxar_hash, Header, HEADER_SIZE, PXAR_ENTRY, PXAR_ENTRY_V1, PXAR_FILENAME,
-    PXAR_FORMAT_VERSION, PXAR_HARDLINK, PXAR_PAYLOAD, PXAR_PAYLOAD_START_MARKER,
+    pxar_hash, Header, HEADER_SIZE, PXAR_FORMAT_VERSION, PXAR_PAYLOAD, PXAR_PAYLOAD_START_MARKER,
 };
-use super::items::{self, AtSource, ItemSource, Layout};
+use super::items::{self, AtSource, Layout};
 use crate::format::ReadAt;
+
+mod sketch;
+pub use sketch::ChildSketch;
 
 /// Most path components [`Accessor::lookup_path`] follows.
 pub const MAX_PATH_DEPTH: usize = 4096;
@@ -48,15 +50,6 @@ pub struct DirEntry {
 
 /// A listed child, or why the child at this FILENAME offset could not be listed.
 pub type ChildResult = std::result::Result<DirEntry, (u64, DecodeError)>;
-
-/// What a walk over the whole archive (counting links) needs of a child: read from the
-/// child's first item after its name, without decoding the entry. Ids as [`Entry::id`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChildSketch {
-    Directory { id: u64 },
-    Hardlink { id: u64, target_id: u64 },
-    Other,
-}
 
 /// A random-access reader over a v1 archive or a v2 metadata + payload pair.
 pub struct Accessor {
@@ -458,34 +451,6 @@ impl Accessor {
         Ok(listing)
     }
 
-    /// Sketches the children of directory `dir_id` (its [`Entry::id`]) in archive order,
-    /// leaving out those that cannot be read; the first error of those comes with the
-    /// others. A sketched directory lies inside its parent, so a walk following them ends;
-    /// what a sketch does not check (the child directory's own table) fails when the walk
-    /// opens it.
-    pub fn sketch_children(&self, dir_id: u64) -> Result<(Vec<ChildSketch>, Option<DecodeError>)> {
-        let table = self.dir_table(dir_id)?;
-        let mut located = table
-            .all_items(&*self.meta)?
-            .iter()
-            .map(|item| Ok((table.child_filename_offset(item)?, item.size)))
-            .collect::<Result<Vec<_>>>()?;
-        located.sort_unstable();
-        let mut src = AtSource::new(&*self.meta, 0, table.goodbye);
-        let mut failed = None;
-        let mut sketches = Vec::with_capacity(located.len());
-        for (filename_offset, extent) in located {
-            src.seek(filename_offset);
-            match sketch_child(&mut src, filename_offset, extent, table.goodbye) {
-                Ok(sketch) => sketches.push(sketch),
-                Err(err) => {
-                    failed.get_or_insert(err);
-                }
-            }
-        }
-        Ok((sketches, failed))
-    }
-
     /// Decodes listed children (of [`Self::read_dir`]) in order and hands each to `each`,
     /// through one cursor per directory: neighbours share its window rather than each
     /// reading its own. Unlike [`Self::open_dir_entry`] the entries are not cached: whoever
@@ -622,56 +587,6 @@ impl Accessor {
         }
         lock(&self.checked_payloads).put(at, ());
         Ok(())
-    }
-}
-
-/// Reads the FILENAME at the cursor and the item after it, the child's HARDLINK or ENTRY.
-fn sketch_child(
-    src: &mut AtSource<&dyn ReadAt>,
-    filename_offset: u64,
-    extent: u64,
-    parent_goodbye: u64,
-) -> Result<ChildSketch> {
-    let (_, header, content) = items::next_header(src)?;
-    if header.htype != PXAR_FILENAME {
-        return Err(DecodeError::invalid(
-            filename_offset,
-            "expected a FILENAME item",
-        ));
-    }
-    src.skip(content)?;
-    let (offset, header, _) = items::next_header(src)?;
-    match header.htype {
-        PXAR_HARDLINK => {
-            let distance = src.read_u64()?;
-            if distance == 0 || distance > filename_offset {
-                return Err(DecodeError::invalid(
-                    offset,
-                    "hardlink offset does not point backwards",
-                ));
-            }
-            Ok(ChildSketch::Hardlink {
-                id: filename_offset | NON_DIR_ID_TAG,
-                target_id: (filename_offset - distance) | NON_DIR_ID_TAG,
-            })
-        }
-        PXAR_ENTRY | PXAR_ENTRY_V1 => {
-            let mode = src.read_u64()?;
-            if mode & mode::IFMT != mode::IFDIR {
-                return Ok(ChildSketch::Other);
-            }
-            // A child directory lies entirely before its parent's GOODBYE.
-            match filename_offset.checked_add(extent) {
-                Some(end) if end > filename_offset && end <= parent_goodbye => {
-                    Ok(ChildSketch::Directory { id: end })
-                }
-                _ => Err(DecodeError::invalid(
-                    filename_offset,
-                    "child directory overlaps its parent's table",
-                )),
-            }
-        }
-        _ => Err(DecodeError::invalid(offset, "expected an ENTRY item")),
     }
 }
 
