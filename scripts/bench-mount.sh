@@ -6,7 +6,9 @@
 #   warm sequential read (page cache)     vs  reading a tmpfs copy
 #   4 KiB random reads per second         (reported; baseline: the same on the tmpfs copy)
 #   find -ls over 100k entries            vs  find -ls on the source tree (page cache dropped;
-#                                             and with only inodes and dentries dropped), with
+#                                             and with only inodes and dentries dropped; and
+#                                             an in-memory tree of the same shape behind the
+#                                             same FUSE adapter: the floor), with
 #                                             where its time goes: find's own CPU time, the
 #                                             mount process's CPU time, and (root, tracefs with
 #                                             FUSE events) one more traced round counting the
@@ -32,6 +34,7 @@ entries=${2:-100000}
 rounds=${BENCH_ROUNDS:-5}
 cache=256M
 cargo build --release -q --bin pbsfs --example bench_chunk_read
+cargo build --release -q -p pbsfs-mount --example tree_floor
 bin=${BENCH_BIN:-$PWD/target/release/pbsfs}
 only=${BENCH_ONLY:-}
 # A datastore must exist before a push names it (`pbsfs init`); a binary from before `init`
@@ -43,11 +46,13 @@ case "$only" in
 esac
 part() { [ -z "$only" ] || [ "$only" = "$1" ]; } # whether part $1 is measured
 base=$PWD/target/release/examples/bench_chunk_read
+floor=$PWD/target/release/examples/tree_floor
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
     "$bin" umount "$work/big-mnt" 2>/dev/null || true
     "$bin" umount "$work/many-mnt" 2>/dev/null || true
     "$bin" umount "$work/ready-mnt" 2>/dev/null || true
+    umount "$work/floor-mnt" 2>/dev/null || true
     rm -rf "$work" /dev/shm/pbsfs-bench-copy
 }
 trap cleanup EXIT
@@ -263,6 +268,8 @@ PY
 
 if part find; then
     find_first=() find_cpu=() mount_cpu=() find_second=() find_disk=() find_inodes=() rss_many=0
+    find_floor=()
+    mkdir -p "$work/floor-mnt"
     for _ in $(seq "$rounds"); do
         drop_caches
         "$bin" -r "$ds" mount host/many/latest "$work/many-mnt" --cache-size $cache
@@ -287,11 +294,24 @@ if part find; then
         drop_inodes
         start=$(now); find "$work/many" -ls > /dev/null
         find_inodes+=("$(echo "$(now) - $start" | bc -l)")
+        # The floor: the same shape of tree in memory, answered at once by the same adapter.
+        drop_caches
+        "$floor" "$work/floor-mnt" "$entries" &
+        floor_pid=$!
+        until grep -q " $work/floor-mnt " /proc/mounts; do
+            kill -0 "$floor_pid" 2>/dev/null || { echo "tree_floor did not mount" >&2; exit 1; }
+            sleep 0.05
+        done
+        start=$(now); find "$work/floor-mnt" -ls > /dev/null
+        find_floor+=("$(echo "$(now) - $start" | bc -l)")
+        umount "$work/floor-mnt" 2>/dev/null || fusermount3 -u "$work/floor-mnt"
+        wait "$floor_pid"
     done
     t_find=$(best "${find_first[@]}")
     t_find2=$(best "${find_second[@]}")
     t_find_disk=$(best "${find_disk[@]}")
     t_find_inodes=$(best "${find_inodes[@]}")
+    t_find_floor=$(best "${find_floor[@]}")
     find_trace="  (no FUSE trace: needs root and tracefs with the fuse events)"
     if [ -n "$tracing" ] && [ "$(id -u)" = 0 ]; then
         drop_caches
@@ -313,6 +333,7 @@ if part find; then
     echo "    find's CPU        $(rounds_of "${find_cpu[@]}")"
     echo "    mount's CPU       $(rounds_of "${mount_cpu[@]}")"
     echo "  find -ls, source    $(rounds_of "${find_disk[@]}")  (inodes cold: $(rounds_of "${find_inodes[@]}"))"
+    echo "  find -ls, in-memory $(rounds_of "${find_floor[@]}")"
 fi
 if part reads || part find; then echo "best of each:"; fi
 if part reads; then
@@ -329,6 +350,8 @@ if part find; then
     printf '%-44s %9.3f s\n' "mount: find -ls, second (kernel caches)" "$t_find2"
     printf '%-44s %9.3f s\n' "baseline: find -ls on the source tree, cold" "$t_find_disk"
     printf '%-44s %9.3f s\n' "baseline: same, blocks cached, inodes cold" "$t_find_inodes"
+    printf '%-44s %9.3f s      ratio %s (the floor: 1.0)\n' "baseline: in-memory tree, same FUSE adapter" \
+        "$t_find_floor" "$(ratio "$t_find" "$t_find_floor")"
     printf '%-44s %9s KiB\n' "peak RSS, $entries-entry mount" "$rss_many"
     echo "where the first find -ls goes (wall = find's CPU + waits for the mount + time off the CPU):"
     echo "$find_trace"
