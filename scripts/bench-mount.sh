@@ -231,7 +231,11 @@ for t in /sys/kernel/tracing /sys/kernel/debug/tracing; do
     if [ -w "$t/events/fuse/fuse_request_send/enable" ]; then tracing=$t; break; fi
 done
 traced_find() { # DIR: find -ls with the FUSE requests traced; prints them by opcode
-    local old_kb
+    local old_kb connection
+    # The trace names a mount by its device number as the kernel encodes it (major << 20 |
+    # minor); other FUSE mounts on the machine are left out.
+    connection=$(awk -v dir="$1" '$5 == dir { split($3, d, ":"); print d[1] * 1048576 + d[2] }' \
+        /proc/self/mountinfo)
     old_kb=$(cat "$tracing/buffer_size_kb")
     echo 16384 > "$tracing/buffer_size_kb"
     echo > "$tracing/trace"
@@ -240,7 +244,7 @@ traced_find() { # DIR: find -ls with the FUSE requests traced; prints them by op
     read -r t_traced _ < <(timed_find "$1")
     echo 0 > "$tracing/events/fuse/fuse_request_send/enable"
     echo 0 > "$tracing/events/fuse/fuse_request_end/enable"
-    python3 - "$tracing/trace" "$t_traced" <<'PY'
+    python3 - "$tracing/trace" "$t_traced" "$connection" <<'PY'
 import re, sys
 sent, waits = {}, {}
 pattern = re.compile(r" (\d+\.\d+): fuse_request_(send|end): connection (\d+) req (\d+)"
@@ -248,6 +252,8 @@ pattern = re.compile(r" (\d+\.\d+): fuse_request_(send|end): connection (\d+) re
 for line in open(sys.argv[1]):
     m = pattern.search(line)
     if not m:
+        continue
+    if m[3] != sys.argv[3]:
         continue
     t, kind, key = float(m[1]), m[2], (m[3], m[4])
     if kind == "send":
