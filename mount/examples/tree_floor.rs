@@ -18,8 +18,7 @@ const PER_DIR: usize = 1000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(mountpoint), Some(Ok(count))) = (args.get(1), args.get(2).map(|c| c.parse()))
-    else {
+    let (Some(mountpoint), Some(Ok(count))) = (args.get(1), args.get(2).map(|c| c.parse())) else {
         eprintln!("usage: tree_floor MOUNTPOINT COUNT");
         return ExitCode::from(2);
     };
