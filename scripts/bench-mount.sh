@@ -6,7 +6,14 @@
 #   warm sequential read (page cache)     vs  reading a tmpfs copy
 #   4 KiB random reads per second         (reported; baseline: the same on the tmpfs copy)
 #   find -ls over 100k entries            vs  find -ls on the source tree (page cache dropped;
-#                                             and with only inodes and dentries dropped)
+#                                             and with only inodes and dentries dropped; and
+#                                             an in-memory tree of the same shape behind the
+#                                             same FUSE adapter: the floor), with
+#                                             where its time goes: find's own CPU time, the
+#                                             mount process's CPU time, and (root, tracefs with
+#                                             FUSE events) one more traced round counting the
+#                                             FUSE requests by opcode and the time find waited
+#                                             for their answers
 #   peak RSS of the mount process         vs  --cache-size + 64 MiB
 #   time to a ready mount of a legacy     vs  the same for a 1k-entry legacy archive (must
 #   (v1 .pxar) archive of 1M entries          not grow with the entry count: opening reads
@@ -27,6 +34,7 @@ entries=${2:-100000}
 rounds=${BENCH_ROUNDS:-5}
 cache=256M
 cargo build --release -q --bin pbsfs --example bench_chunk_read
+cargo build --release -q -p pbsfs-mount --example tree_floor
 bin=${BENCH_BIN:-$PWD/target/release/pbsfs}
 only=${BENCH_ONLY:-}
 # A datastore must exist before a push names it (`pbsfs init`); a binary from before `init`
@@ -38,11 +46,13 @@ case "$only" in
 esac
 part() { [ -z "$only" ] || [ "$only" = "$1" ]; } # whether part $1 is measured
 base=$PWD/target/release/examples/bench_chunk_read
+floor=$PWD/target/release/examples/tree_floor
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 cleanup() {
     "$bin" umount "$work/big-mnt" 2>/dev/null || true
     "$bin" umount "$work/many-mnt" 2>/dev/null || true
     "$bin" umount "$work/ready-mnt" 2>/dev/null || true
+    umount "$work/floor-mnt" 2>/dev/null || true
     rm -rf "$work" /dev/shm/pbsfs-bench-copy
 }
 trap cleanup EXIT
@@ -206,14 +216,75 @@ fi
 # find -ls over the many-files snapshot: first run on a fresh mount after dropping the page
 # cache (kernel inodes and chunk files cold), then a second run on the same mount (kernel
 # caches warm), against the first run on the source tree.
+# timed_find DIR: "wall user sys" seconds of `find DIR -ls`.
+timed_find() {
+    local TIMEFORMAT='%R %U %S'
+    { time find "$1" -ls > /dev/null 2>&1; } 2>&1
+}
+cpu_seconds() { # PID: CPU time (user + system, all threads) the process has used so far
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+# The FUSE tracepoints (kernel 6.14+) time each request from the kernel's send to the
+# daemon's answer: what find waited for, apart from its own work.
+tracing=
+for t in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+    if [ -w "$t/events/fuse/fuse_request_send/enable" ]; then tracing=$t; break; fi
+done
+traced_find() { # DIR: find -ls with the FUSE requests traced; prints them by opcode
+    local old_kb connection
+    # The trace names a mount by its device number as the kernel encodes it (major << 20 |
+    # minor); other FUSE mounts on the machine are left out.
+    connection=$(awk -v dir="$1" '$5 == dir { split($3, d, ":"); print d[1] * 1048576 + d[2] }' \
+        /proc/self/mountinfo)
+    old_kb=$(cat "$tracing/buffer_size_kb")
+    echo 16384 > "$tracing/buffer_size_kb"
+    echo > "$tracing/trace"
+    echo 1 > "$tracing/events/fuse/fuse_request_send/enable"
+    echo 1 > "$tracing/events/fuse/fuse_request_end/enable"
+    read -r t_traced _ < <(timed_find "$1")
+    echo 0 > "$tracing/events/fuse/fuse_request_send/enable"
+    echo 0 > "$tracing/events/fuse/fuse_request_end/enable"
+    python3 - "$tracing/trace" "$t_traced" "$connection" <<'PY'
+import re, sys
+sent, waits = {}, {}
+pattern = re.compile(r" (\d+\.\d+): fuse_request_(send|end): connection (\d+) req (\d+)"
+                     r"(?: opcode \d+ \((\w+)\))?")
+for line in open(sys.argv[1]):
+    m = pattern.search(line)
+    if not m:
+        continue
+    if m[3] != sys.argv[3]:
+        continue
+    t, kind, key = float(m[1]), m[2], (m[3], m[4])
+    if kind == "send":
+        sent[key] = (t, m[5])
+    elif key in sent:
+        start, op = sent.pop(key)
+        waits.setdefault(op, []).append(t - start)
+total = sum(sum(w) for w in waits.values())
+print("  traced round: find -ls %.3f s, of which waiting for FUSE answers %.3f s" % (float(sys.argv[2]), total))
+for op, w in sorted(waits.items(), key=lambda kv: -sum(kv[1])):
+    w.sort()
+    print("    %-18s %7d requests  %.3f s waited  (median %.2f ms, max %.2f ms)"
+          % (op.removeprefix("FUSE_"), len(w), sum(w), 1000 * w[len(w) // 2], 1000 * w[-1]))
+PY
+    echo > "$tracing/trace"
+    echo "$old_kb" > "$tracing/buffer_size_kb"
+}
+
 if part find; then
-    find_first=() find_second=() find_disk=() find_inodes=() rss_many=0
+    find_first=() find_cpu=() mount_cpu=() find_second=() find_disk=() find_inodes=() rss_many=0
+    find_floor=()
+    mkdir -p "$work/floor-mnt"
     for _ in $(seq "$rounds"); do
         drop_caches
         "$bin" -r "$ds" mount host/many/latest "$work/many-mnt" --cache-size $cache
         pid=$(pgrep -n -f "mount host/many/latest $work/many-mnt")
-        start=$(now); find "$work/many-mnt" -ls > /dev/null
-        find_first+=("$(echo "$(now) - $start" | bc -l)")
+        cpu_before=$(cpu_seconds "$pid")
+        read -r t user sys < <(timed_find "$work/many-mnt")
+        find_first+=("$t")
+        find_cpu+=("$(echo "$user + $sys" | bc -l)")
+        mount_cpu+=("$(echo "$(cpu_seconds "$pid") - $cpu_before" | bc -l)")
         start=$(now); find "$work/many-mnt" -ls > /dev/null
         find_second+=("$(echo "$(now) - $start" | bc -l)")
         n=$(find "$work/many-mnt" | wc -l) # counted apart: a pipe would add its own cost
@@ -229,11 +300,31 @@ if part find; then
         drop_inodes
         start=$(now); find "$work/many" -ls > /dev/null
         find_inodes+=("$(echo "$(now) - $start" | bc -l)")
+        # The floor: the same shape of tree in memory, answered at once by the same adapter.
+        drop_caches
+        "$floor" "$work/floor-mnt" "$entries" &
+        floor_pid=$!
+        until grep -q " $work/floor-mnt " /proc/mounts; do
+            kill -0 "$floor_pid" 2>/dev/null || { echo "tree_floor did not mount" >&2; exit 1; }
+            sleep 0.05
+        done
+        start=$(now); find "$work/floor-mnt" -ls > /dev/null
+        find_floor+=("$(echo "$(now) - $start" | bc -l)")
+        umount "$work/floor-mnt" 2>/dev/null || fusermount3 -u "$work/floor-mnt"
+        wait "$floor_pid"
     done
     t_find=$(best "${find_first[@]}")
     t_find2=$(best "${find_second[@]}")
     t_find_disk=$(best "${find_disk[@]}")
     t_find_inodes=$(best "${find_inodes[@]}")
+    t_find_floor=$(best "${find_floor[@]}")
+    find_trace="  (no FUSE trace: needs root and tracefs with the fuse events)"
+    if [ -n "$tracing" ] && [ "$(id -u)" = 0 ]; then
+        drop_caches
+        "$bin" -r "$ds" mount host/many/latest "$work/many-mnt" --cache-size $cache
+        find_trace=$(traced_find "$work/many-mnt")
+        "$bin" umount "$work/many-mnt"
+    fi
 fi
 
 echo "rounds (seconds):"
@@ -245,7 +336,10 @@ if part reads; then
 fi
 if part find; then
     echo "  find -ls, mount     $(rounds_of "${find_first[@]}")"
+    echo "    find's CPU        $(rounds_of "${find_cpu[@]}")"
+    echo "    mount's CPU       $(rounds_of "${mount_cpu[@]}")"
     echo "  find -ls, source    $(rounds_of "${find_disk[@]}")  (inodes cold: $(rounds_of "${find_inodes[@]}"))"
+    echo "  find -ls, in-memory $(rounds_of "${find_floor[@]}")"
 fi
 if part reads || part find; then echo "best of each:"; fi
 if part reads; then
@@ -262,6 +356,10 @@ if part find; then
     printf '%-44s %9.3f s\n' "mount: find -ls, second (kernel caches)" "$t_find2"
     printf '%-44s %9.3f s\n' "baseline: find -ls on the source tree, cold" "$t_find_disk"
     printf '%-44s %9.3f s\n' "baseline: same, blocks cached, inodes cold" "$t_find_inodes"
+    printf '%-44s %9.3f s      ratio %s (the floor: 1.0)\n' "baseline: in-memory tree, same FUSE adapter" \
+        "$t_find_floor" "$(ratio "$t_find" "$t_find_floor")"
     printf '%-44s %9s KiB\n' "peak RSS, $entries-entry mount" "$rss_many"
+    echo "where the first find -ls goes (wall = find's CPU + waits for the mount + time off the CPU):"
+    echo "$find_trace"
 fi
 if part ready; then report_ready; fi

@@ -250,6 +250,44 @@ fn large_directory_lists_completely_without_lookups() {
     assert_eq!(raw, vec![(".".into(), sub), ("..".into(), big)]);
 }
 
+/// A listing is read from the filesystem once and then served by the kernel, across
+/// opens of the directory (by this process and another one), also once the kernel opens
+/// directories without asking the filesystem.
+#[test]
+fn listings_stay_cached_across_opens() {
+    let mut fs = MemFs::new();
+    let dir = fs.add_dir(ROOT_INO, "dir");
+    for i in 0..300 {
+        fs.add_file(dir, &format!("file-{i:03}"), Vec::new());
+    }
+    let m = TestMount::start(fs);
+    let names = || -> BTreeSet<OsString> {
+        fs::read_dir(m.path("dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    assert_eq!(names().len(), 300);
+    let readdirs = m.fs.stats.readdirs.load(Ordering::SeqCst);
+    assert!(readdirs > 0);
+    for _ in 0..3 {
+        assert_eq!(names().len(), 300);
+    }
+    let listed = std::process::Command::new("ls")
+        .arg(m.path("dir"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        listed
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        300
+    );
+    assert_eq!(m.fs.stats.readdirs.load(Ordering::SeqCst), readdirs);
+}
+
 /// Attributes marked provisional are asked for again after the short TTL, whether a lookup
 /// or a readdirplus brought them; final ones (and those that have become final) stay in the
 /// kernel's cache without further requests.

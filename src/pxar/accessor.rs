@@ -20,6 +20,9 @@ use super::format::{
 use super::items::{self, AtSource, Layout};
 use crate::format::ReadAt;
 
+mod sketch;
+pub use sketch::ChildSketch;
+
 /// Most path components [`Accessor::lookup_path`] follows.
 pub const MAX_PATH_DEPTH: usize = 4096;
 
@@ -252,10 +255,27 @@ impl Accessor {
         bound: u64,
         dir_extent: Option<u64>,
     ) -> Result<Entry> {
-        let source_end = bound.saturating_add(HEADER_SIZE);
-        let mut src = AtSource::new(&*self.meta, filename_offset, source_end);
-        let name = items::read_filename(&mut src)?;
-        let body = items::read_body(&mut src, self.layout(), Some(filename_offset))?;
+        let mut src = self.child_source(bound);
+        self.decode_child_with(&mut src, filename_offset, bound, dir_extent)
+    }
+
+    /// A cursor over the children of the directory whose GOODBYE is at `bound` (a body may
+    /// end at that header).
+    fn child_source(&self, bound: u64) -> AtSource<&dyn ReadAt> {
+        AtSource::new(&*self.meta, 0, bound.saturating_add(HEADER_SIZE))
+    }
+
+    /// [`Self::decode_child`] through `src`, a [`Self::child_source`] for `bound`.
+    fn decode_child_with(
+        &self,
+        src: &mut AtSource<&dyn ReadAt>,
+        filename_offset: u64,
+        bound: u64,
+        dir_extent: Option<u64>,
+    ) -> Result<Entry> {
+        src.seek(filename_offset);
+        let name = items::read_filename(src)?;
+        let body = items::read_body(src, self.layout(), Some(filename_offset))?;
         let mut entry = body.into_entry(name, Some(filename_offset));
         match entry.kind {
             EntryKind::Directory => {
@@ -429,6 +449,34 @@ impl Accessor {
             })
             .collect();
         Ok(listing)
+    }
+
+    /// Decodes listed children (of [`Self::read_dir`]) in order and hands each to `each`,
+    /// through one cursor per directory: neighbours share its window rather than each
+    /// reading its own. Unlike [`Self::open_dir_entry`] the entries are not cached: whoever
+    /// decodes a whole listing keeps what it needs.
+    pub fn decode_listed(
+        &self,
+        children: &[DirEntry],
+        mut each: impl FnMut(&DirEntry, Result<Entry>),
+    ) {
+        let mut cursor: Option<(u64, AtSource<&dyn ReadAt>)> = None;
+        for child in children {
+            let src = match &mut cursor {
+                Some((bound, src)) if *bound == child.parent_end => src,
+                _ => {
+                    let bound = child.parent_end;
+                    &mut cursor.insert((bound, self.child_source(bound))).1
+                }
+            };
+            let entry = self.decode_child_with(
+                src,
+                child.filename_offset,
+                child.parent_end,
+                Some(child.item_size),
+            );
+            each(child, entry);
+        }
     }
 
     /// Decodes a listed child.
@@ -622,6 +670,102 @@ mod tests {
             accessor.entry_at(56).is_err(),
             "untagged non-directory offset"
         );
+    }
+
+    /// Every directory of `data`, with the entries `open_dir_entry` decodes one by one.
+    fn dirs_and_children(accessor: &Accessor) -> Vec<(Entry, Vec<Entry>)> {
+        let mut out = Vec::new();
+        let mut pending = vec![accessor.root().unwrap()];
+        while let Some(dir) = pending.pop() {
+            let children: Vec<Entry> = accessor
+                .read_dir(&dir)
+                .unwrap()
+                .iter()
+                .map(|child| accessor.open_dir_entry(child).unwrap())
+                .collect();
+            pending.extend(children.iter().filter(|c| c.is_dir()).cloned());
+            out.push((dir, children));
+        }
+        out
+    }
+
+    fn mixed_tree() -> Vec<u8> {
+        use crate::pxar::test_archive::{build, Node};
+        build(vec![
+            (b"a.txt", Node::File(b"hello")),
+            (
+                b"d",
+                Node::Dir(vec![
+                    (b"e", Node::Dir(vec![(b"f", Node::File(b"deep"))])),
+                    (b"l", Node::Symlink(b"a.txt")),
+                    (b"h2", Node::Hardlink(b"a.txt")),
+                ]),
+            ),
+            (b"h", Node::Hardlink(b"a.txt")),
+        ])
+    }
+
+    #[test]
+    fn a_listing_decoded_at_once_matches_entries_decoded_one_by_one() {
+        let accessor = open(mixed_tree()).unwrap();
+        for (dir, expected) in dirs_and_children(&accessor) {
+            let listing = accessor.read_dir(&dir).unwrap();
+            let mut decoded = Vec::new();
+            accessor.decode_listed(&listing, |child, entry| {
+                let entry = entry.unwrap();
+                assert_eq!(entry.name, child.name);
+                decoded.push(entry);
+            });
+            assert_eq!(decoded, expected);
+        }
+        // A child that cannot be decoded is reported in its place; the others still come.
+        let mut data = spec_example();
+        data[78 + 8] = 0xff; // a.txt's ENTRY size
+        let accessor = open(data).unwrap();
+        let listing = accessor.read_dir(&accessor.root().unwrap()).unwrap();
+        let mut results = Vec::new();
+        accessor.decode_listed(&listing, |child, entry| {
+            results.push((child.name.clone(), entry.is_ok()))
+        });
+        let names_ok: Vec<(&[u8], bool)> =
+            results.iter().map(|(n, ok)| (n.as_slice(), *ok)).collect();
+        assert_eq!(
+            names_ok,
+            [(&b"a.txt"[..], false), (b"d", true), (b"h", true)]
+        );
+    }
+
+    #[test]
+    fn sketches_agree_with_the_decoded_entries() {
+        let accessor = open(mixed_tree()).unwrap();
+        for (dir, children) in dirs_and_children(&accessor) {
+            let (sketches, failed) = accessor.sketch_children(dir.id().unwrap()).unwrap();
+            assert!(failed.is_none());
+            let expected: Vec<ChildSketch> = children
+                .iter()
+                .map(|child| match &child.kind {
+                    EntryKind::Directory => ChildSketch::Directory {
+                        id: child.id().unwrap(),
+                    },
+                    EntryKind::Hardlink {
+                        target_filename_offset,
+                        ..
+                    } => ChildSketch::Hardlink {
+                        id: child.id().unwrap(),
+                        target_id: target_filename_offset | NON_DIR_ID_TAG,
+                    },
+                    _ => ChildSketch::Other,
+                })
+                .collect();
+            assert_eq!(sketches, expected);
+        }
+        // A directory whose extent reaches past its parent's table is not followed.
+        let mut data = spec_example();
+        put_u64(&mut data, 477 + 16, 234 + 112);
+        let accessor = open(data).unwrap();
+        let (sketches, failed) = accessor.sketch_children(549).unwrap();
+        assert_eq!(sketches.len(), 2);
+        assert!(failed.is_some());
     }
 
     #[test]

@@ -3,19 +3,21 @@
 //! `find`, `ls -R` and `rsync` list one directory after another and wait for every answer,
 //! so decoding a listing (each entry's metadata) sits on their critical path while the
 //! other core idles. When a directory is listed from its start, its subdirectories are
-//! listed on a background thread and kept here, and the kernel's requests for them are
-//! answered from memory. A listing is also decoded once rather than once per readdir batch
-//! (the kernel asks for a big directory in several batches).
+//! queued for a background thread, which lists them in the order a depth-first reader
+//! comes to them, and the kernel's requests for them are answered from memory. A listing
+//! is decoded once: not once per readdir batch (the kernel asks for a big directory in
+//! several batches), and not again by a request that comes while the background thread is
+//! making it (the request waits for it).
 //!
 //! Memory stays bounded: listings are dropped as soon as they have been read to the end
 //! (the kernel caches directory contents itself; it asks once more at the end and stops at
-//! the empty answer, which must not decode the listing again), background listings are only made while
-//! fewer than `budget` entries are held, and beyond it the oldest listings go first.
+//! the empty answer, which must not decode the listing again), the background thread waits
+//! while `budget` entries are held (until the reader has used some; so at most about twice
+//! the budget is held), and beyond it the oldest listings go first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pbsfs_mount::{Attr, Errno};
@@ -44,7 +46,7 @@ impl ListedDir {
         }
     }
 
-    fn subdirectories(&self) -> impl Iterator<Item = u64> + '_ {
+    fn subdirectories(&self) -> impl DoubleEndedIterator<Item = u64> + '_ {
         self.entries
             .iter()
             .filter(|e| e.attr.mode & libc::S_IFMT == libc::S_IFDIR)
@@ -62,10 +64,18 @@ const QUEUE_LEN: usize = 1024;
 const WORKER_IDLE: Duration = Duration::from_secs(5);
 
 pub struct ListingCache {
-    held: Arc<Mutex<Held>>,
-    budget: usize,
+    shared: Arc<Shared>,
     list: Arc<ListFn>,
-    worker: Mutex<Option<SyncSender<u64>>>,
+}
+
+/// What the readers and the background thread share: the state, and a signal for each
+/// change a waiter may be waiting for (a listing made, room freed, work queued).
+struct Shared {
+    held: Mutex<Held>,
+    changed: Condvar,
+    budget: usize,
+    /// How long the background thread waits for something to do before it ends.
+    idle: Duration,
 }
 
 #[derive(Default)]
@@ -74,6 +84,11 @@ struct Held {
     /// Insertion order, for evicting the oldest; may name listings dropped since.
     order: VecDeque<u64>,
     entries: usize,
+    /// Directories to list in the background, the next one first.
+    pending: VecDeque<u64>,
+    /// The directory the background thread is listing now.
+    making: Option<u64>,
+    worker_running: bool,
 }
 
 impl Held {
@@ -113,14 +128,36 @@ impl Held {
     }
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait<'a>(&self, held: MutexGuard<'a, Held>, timeout: Duration) -> MutexGuard<'a, Held> {
+        match self.changed.wait_timeout(held, timeout) {
+            Ok((held, _)) => held,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+}
+
 impl ListingCache {
     /// A cache holding about `budget` entries at most, filled by `list`.
     pub fn new(budget: usize, list: Arc<ListFn>) -> Self {
+        Self::with_idle(budget, list, WORKER_IDLE)
+    }
+
+    fn with_idle(budget: usize, list: Arc<ListFn>, idle: Duration) -> Self {
         ListingCache {
-            held: Arc::new(Mutex::new(Held::default())),
-            budget,
+            shared: Arc::new(Shared {
+                held: Mutex::default(),
+                changed: Condvar::new(),
+                budget,
+                idle,
+            }),
             list,
-            worker: Mutex::new(None),
         }
     }
 
@@ -133,7 +170,7 @@ impl ListingCache {
         offset: u64,
         add: &mut dyn FnMut(&ListedEntry) -> ControlFlow<()>,
     ) -> Result<(), Errno> {
-        let (listing, held) = match self.get(ino) {
+        let (listing, held) = match self.held_or_claimed(ino) {
             Some(listing) => (listing, true),
             None => {
                 let listing = (self.list)(ino).unwrap_or_else(|| ListedDir::failed(Errno::EIO));
@@ -163,74 +200,143 @@ impl ListingCache {
         }
     }
 
+    /// The listing held for `ino`, waiting for it if the background thread is making it;
+    /// otherwise takes `ino` off the background queue, as the caller lists it now.
+    fn held_or_claimed(&self, ino: u64) -> Option<Arc<ListedDir>> {
+        let mut held = self.shared.lock();
+        while held.making == Some(ino) {
+            held = self.shared.wait(held, self.shared.idle);
+        }
+        if let Some(listing) = held.listings.get(&ino) {
+            return Some(listing.clone());
+        }
+        if let Some(at) = held.pending.iter().position(|&queued| queued == ino) {
+            held.pending.remove(at);
+        }
+        None
+    }
+
     /// The listing held for `ino`, if any.
-    pub fn get(&self, ino: u64) -> Option<Arc<ListedDir>> {
-        self.held.lock().unwrap().listings.get(&ino).cloned()
+    #[cfg(test)]
+    fn get(&self, ino: u64) -> Option<Arc<ListedDir>> {
+        self.shared.lock().listings.get(&ino).cloned()
     }
 
     /// Keeps a listing that the kernel has not read to the end yet. It stays even if it is
     /// bigger than the budget alone: the kernel is about to ask for the rest, and decoding a
     /// huge directory again for every batch would take time quadratic in its size.
     pub fn keep(&self, ino: u64, listing: Arc<ListedDir>) {
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.shared.lock();
         held.insert(ino, listing);
-        held.evict_to(self.budget, ino);
+        held.evict_to(self.shared.budget, ino);
     }
 
-    /// Drops a listing read to its end.
+    /// Drops a listing read to its end, making room for the background thread.
     pub fn finished(&self, ino: u64) {
-        self.held.lock().unwrap().remove(ino);
+        self.shared.lock().remove(ino);
+        self.shared.changed.notify_all();
     }
 
-    /// Lists the subdirectories of `listing` in the background.
+    /// Lists the subdirectories of `listing` in the background, ahead of those queued
+    /// before: a depth-first reader comes to them first.
     pub fn prepare_subdirectories(&self, listing: &ListedDir) {
-        let mut worker = self.worker.lock().unwrap();
-        for ino in listing.subdirectories() {
-            let sender = worker.get_or_insert_with(|| self.spawn_worker());
-            match sender.try_send(ino) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => return,
-                // The idle worker has ended: start another.
-                Err(TrySendError::Disconnected(ino)) => {
-                    let sender = self.spawn_worker();
-                    let _ = sender.try_send(ino);
-                    *worker = Some(sender);
-                }
-            }
-        }
+        self.prepare(listing.subdirectories().rev());
     }
 
-    fn spawn_worker(&self) -> SyncSender<u64> {
-        let (sender, receiver) = sync_channel(QUEUE_LEN);
-        let held = Arc::downgrade(&self.held);
+    /// Queues directories (the last one given is listed first) for the background thread.
+    pub fn prepare(&self, dirs: impl IntoIterator<Item = u64>) {
+        let mut held = self.shared.lock();
+        let wanted: Vec<u64> = dirs
+            .into_iter()
+            .filter(|ino| !held.listings.contains_key(ino) && held.making != Some(*ino))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Queued again (a directory listed from its start twice): moved to the front.
+        let moved: HashSet<u64> = wanted.iter().copied().collect();
+        held.pending.retain(|ino| !moved.contains(ino));
+        for ino in wanted {
+            held.pending.push_front(ino);
+        }
+        held.pending.truncate(QUEUE_LEN);
+        if !held.worker_running {
+            held.worker_running = self.spawn_worker();
+        }
+        drop(held);
+        self.shared.changed.notify_all();
+    }
+
+    /// Starts the background thread; false when it cannot be (out of resources: listings
+    /// are then decoded when asked for).
+    fn spawn_worker(&self) -> bool {
+        let shared = Arc::downgrade(&self.shared);
         let list = self.list.clone();
-        let budget = self.budget;
-        // Without the thread (out of resources) listings are decoded when asked for.
-        let _ = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("pbsfs-listing".into())
-            .spawn(move || prepare_listings(receiver, held, list, budget));
-        sender
+            .spawn(move || prepare_listings(shared, list))
+            .is_ok()
     }
 }
 
-fn prepare_listings(
-    receiver: Receiver<u64>,
-    held: std::sync::Weak<Mutex<Held>>,
-    list: Arc<ListFn>,
-    budget: usize,
-) {
-    while let Ok(ino) = receiver.recv_timeout(WORKER_IDLE) {
-        let Some(held) = held.upgrade() else { return };
-        {
-            let held = held.lock().unwrap();
-            if held.listings.contains_key(&ino) || held.entries >= budget {
-                continue;
+/// The background thread: lists queued directories while fewer than the budget's entries
+/// are held, until the cache is gone, or nothing could be done for a while (nothing
+/// queued, or no room because the reader stopped using what was listed for it: the queue is
+/// dropped then, and the reader lists what it still asks for itself).
+fn prepare_listings(shared: std::sync::Weak<Shared>, list: Arc<ListFn>) {
+    while let Some(shared) = shared.upgrade() {
+        let Some(ino) = next_to_list(&shared) else {
+            return;
+        };
+        let listing = list(ino);
+        let mut held = shared.lock();
+        held.making = None;
+        let gone = listing.is_none();
+        match listing {
+            // A directory bigger than the whole budget is left to the reader.
+            Some(listing) if listing.entries.len() <= shared.budget => {
+                held.insert(ino, Arc::new(listing))
+            }
+            _ => {}
+        }
+        held.worker_running &= !gone;
+        drop(held);
+        shared.changed.notify_all();
+        if gone {
+            return;
+        }
+    }
+}
+
+/// Waits for a queued directory and room for its listing, and marks it as being made;
+/// `None` when the thread should end.
+fn next_to_list(shared: &Shared) -> Option<u64> {
+    let mut held = shared.lock();
+    loop {
+        while let Some(&front) = held.pending.front() {
+            if !held.listings.contains_key(&front) {
+                break;
+            }
+            held.pending.pop_front();
+        }
+        if held.entries < shared.budget {
+            if let Some(ino) = held.pending.pop_front() {
+                held.making = Some(ino);
+                return Some(ino);
             }
         }
-        let Some(listing) = list(ino) else { return };
-        let mut held = held.lock().unwrap();
-        if held.entries + listing.entries.len() <= budget {
-            held.insert(ino, Arc::new(listing));
+        let timed_out;
+        (held, timed_out) = match shared.changed.wait_timeout(held, shared.idle) {
+            Ok((held, result)) => (held, result.timed_out()),
+            Err(poisoned) => {
+                let (held, result) = poisoned.into_inner();
+                (held, result.timed_out())
+            }
+        };
+        if timed_out {
+            held.pending.clear();
+            held.worker_running = false;
+            return None;
         }
     }
 }
@@ -376,7 +482,7 @@ mod tests {
         for ino in 1..=4 {
             cache.keep(ino, Arc::new(list(ino).unwrap()));
         }
-        assert!(cache.held.lock().unwrap().entries <= 25);
+        assert!(held_entries(&cache) <= 25);
         assert!(cache.get(1).is_none(), "the oldest listing goes first");
         assert!(cache.get(4).is_some());
         // A listing bigger than the whole budget is kept while it is being read.
@@ -388,27 +494,110 @@ mod tests {
         assert_eq!(cache.get(9).unwrap().entries.len(), 40);
         assert!(cache.get(4).is_none());
         cache.finished(9);
-        assert_eq!(cache.held.lock().unwrap().entries, 0);
-        // A full cache prepares nothing more in the background.
+        assert_eq!(held_entries(&cache), 0);
+        // The background thread starts a listing only while fewer entries than the budget
+        // are held: 51 goes over it, 52 waits for room.
         for ino in 6..=7 {
             cache.keep(ino, Arc::new(list(ino).unwrap()));
         }
         cache.prepare_subdirectories(&list(5).unwrap());
+        wait_for(&cache, 51);
         std::thread::sleep(Duration::from_millis(100));
-        assert!(cache.get(51).is_none() && cache.get(52).is_none());
-        assert!(cache.held.lock().unwrap().entries <= 25);
+        assert!(cache.get(52).is_none());
+        assert!(held_entries(&cache) <= 2 * 25);
+        // Room made by a listing read to its end lets the queue go on.
+        cache.finished(6);
+        wait_for(&cache, 52);
+    }
+
+    fn held_entries(cache: &ListingCache) -> usize {
+        cache.shared.lock().entries
+    }
+
+    type Calls = Arc<Mutex<HashMap<u64, usize>>>;
+
+    /// A listing function that counts its calls per directory and, for `blocked`, waits
+    /// until the returned sender says go.
+    fn counting_tree(blocked: u64) -> (Arc<ListFn>, Calls, std::sync::mpsc::Sender<()>) {
+        let calls = Arc::new(Mutex::new(HashMap::new()));
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let counted = calls.clone();
+        let list: Arc<ListFn> = Arc::new(move |ino| {
+            *counted.lock().unwrap().entry(ino).or_insert(0) += 1;
+            if ino == blocked {
+                let _ = gate.lock().unwrap().recv();
+            }
+            let entries = (1..=10).map(|i| entry(ino * 10 + i, i <= 2)).collect();
+            Some(ListedDir {
+                entries,
+                error: None,
+            })
+        });
+        (list, calls, go)
+    }
+
+    #[test]
+    fn a_listing_being_made_in_the_background_is_waited_for_not_made_again() {
+        let (list, calls, go) = counting_tree(11);
+        let cache = Arc::new(ListingCache::new(1000, list));
+        cache.prepare([11]);
+        for _ in 0..500 {
+            if cache.shared.lock().making == Some(11) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(cache.shared.lock().making, Some(11));
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || read_all(&cache, 11, 4).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        go.send(()).unwrap();
+        assert_eq!(reader.join().unwrap().len(), 10);
+        assert_eq!(calls.lock().unwrap()[&11], 1, "listed once");
+    }
+
+    #[test]
+    fn a_directory_listed_by_the_reader_leaves_the_queue() {
+        // Budget 0: the background thread lists nothing, the queue stays as it is.
+        let (list, calls, _go) = counting_tree(0);
+        let cache = ListingCache::new(0, list);
+        cache.prepare([12, 11]);
+        read_all(&cache, 11, 100).unwrap();
+        assert_eq!(cache.shared.lock().pending, [111, 112, 12]);
+        assert_eq!(calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn subdirectories_are_queued_ahead_of_those_queued_before() {
+        let (list, _, _go) = counting_tree(0);
+        let cache = ListingCache::new(0, list.clone());
+        cache.prepare_subdirectories(&list(1).unwrap());
+        cache.prepare_subdirectories(&list(11).unwrap());
+        // A depth-first reader (find, ls -R) comes to 111 and 112 before 12.
+        assert_eq!(cache.shared.lock().pending, [111, 112, 11, 12]);
+        // Queued again, a directory moves to the front rather than being queued twice.
+        cache.prepare([12]);
+        assert_eq!(cache.shared.lock().pending, [12, 111, 112, 11]);
     }
 
     #[test]
     fn an_idle_worker_ends_and_another_starts_when_needed() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let list = tree(calls);
-        let cache = ListingCache::new(1000, list.clone());
-        // A worker whose receiver is gone stands for one that ended while idle.
-        let (dead, receiver) = sync_channel(1);
-        drop(receiver);
-        *cache.worker.lock().unwrap() = Some(dead);
-        cache.prepare_subdirectories(&list(3).unwrap());
-        assert_eq!(wait_for(&cache, 31).entries.len(), 10);
+        let (list, calls, _go) = counting_tree(0);
+        let cache = ListingCache::with_idle(1000, list, Duration::from_millis(20));
+        cache.prepare([3]);
+        wait_for(&cache, 3);
+        for _ in 0..500 {
+            if !cache.shared.lock().worker_running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!cache.shared.lock().worker_running, "the idle worker ended");
+        cache.prepare([4]);
+        wait_for(&cache, 4);
+        assert_eq!(calls.lock().unwrap().len(), 2);
     }
 }

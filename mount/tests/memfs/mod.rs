@@ -42,6 +42,7 @@ pub struct Stats {
     pub max_read_size: AtomicU64,
     pub opens: AtomicUsize,
     pub releases: AtomicUsize,
+    pub readdirs: AtomicUsize,
 }
 
 pub struct MemFs {
@@ -224,6 +225,7 @@ impl ReadOnlyFs for MemFs {
     }
 
     fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
+        self.stats.readdirs.fetch_add(1, Ordering::SeqCst);
         let Data::Dir { entries, .. } = &self.get(ino)?.data else {
             return Err(Errno::ENOTDIR);
         };
