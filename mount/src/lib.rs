@@ -14,6 +14,7 @@ mod adapter;
 mod errno;
 mod fs;
 mod kernel_attr;
+mod mount_table;
 mod options;
 mod readahead;
 mod session;
@@ -23,6 +24,7 @@ pub use errno::Errno;
 pub use fs::{
     readdir_from, AddDirItem, Attr, DirItem, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
 };
+pub use mount_table::{mount_at, MountEntry};
 pub use options::MountOptions;
 pub use session::{
     mount, mount_background, mount_foreground, unmount, unmount_lazy, BackgroundMount, MountedFs,

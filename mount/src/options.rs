@@ -97,7 +97,7 @@ impl MountOptions {
                     } else if let Some(name) = other.strip_prefix("subtype=") {
                         subtype = Some(name.to_string());
                     } else {
-                        options.push(flag_option(other));
+                        options.push(flag_option(other)?);
                     }
                 }
             }
@@ -114,8 +114,27 @@ impl MountOptions {
     }
 }
 
-fn flag_option(opt: &str) -> MountOption {
-    match opt {
+/// Mount options passed on to the kernel, besides `ro`, `default_permissions`,
+/// `allow_other`, `allow_root`, `fsname=` and `subtype=`.
+pub const KNOWN_FLAGS: &[&str] = &[
+    "auto_unmount",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "sync",
+    "async",
+    "dirsync",
+];
+
+/// A known flag, or an error listing them: the kernel's answer to an unknown one is a bare
+/// EINVAL naming none of them.
+fn flag_option(opt: &str) -> io::Result<MountOption> {
+    Ok(match opt {
         "auto_unmount" => MountOption::AutoUnmount,
         "dev" => MountOption::Dev,
         "nodev" => MountOption::NoDev,
@@ -128,8 +147,18 @@ fn flag_option(opt: &str) -> MountOption {
         "sync" => MountOption::Sync,
         "async" => MountOption::Async,
         "dirsync" => MountOption::DirSync,
-        other => MountOption::CUSTOM(other.to_string()),
-    }
+        other if other.starts_with("max_read=") => MountOption::CUSTOM(other.to_string()),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "unknown mount option '{other}'; known: ro, allow_other, allow_root, \
+                     default_permissions, fsname=NAME, subtype=NAME, max_read=BYTES, {}",
+                    KNOWN_FLAGS.join(", ")
+                ),
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -172,6 +201,18 @@ mod tests {
             .mount_options
             .contains(&MountOption::FSName("snap".into())));
         assert_eq!(c.acl, SessionACL::All);
+    }
+
+    #[test]
+    fn unknown_options_are_refused_with_the_known_ones() {
+        let err = config(&["noexec,bogus"]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains("unknown mount option 'bogus'"), "{text}");
+        assert!(
+            text.contains("allow_other") && text.contains("noexec"),
+            "{text}"
+        );
     }
 
     #[test]

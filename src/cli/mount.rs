@@ -82,11 +82,20 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         [snapshot, mountpoint] => (Some(snapshot.clone()), PathBuf::from(mountpoint)),
         _ => bail!("expected [SNAPSHOT] MOUNTPOINT"),
     };
+    detach_dead_mount(&mountpoint)?;
     let mountpoint = mountpoint
         .canonicalize()
         .with_context(|| format!("mount point {} does not exist", mountpoint.display()))?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    if let Some(entry) = pbsfs_mount::mount_at(&mountpoint)?.filter(is_pbsfs) {
+        bail!(
+            "{} is already mounted ({}); unmount it first: pbsfs umount {}",
+            mountpoint.display(),
+            entry.source,
+            mountpoint.display()
+        );
     }
     // The background process is started before anything else (a PBS connection's threads
     // would not survive the fork); it reports success or the error that stopped it, and this
@@ -256,10 +265,54 @@ fn daemonize() -> Result<Ready> {
 }
 
 pub fn run_umount(args: &UmountArgs) -> Result<()> {
+    // Not canonicalised: the path of a dead mount cannot be resolved.
+    let path = std::path::absolute(&args.mountpoint)?;
+    let path = path.canonicalize().unwrap_or(path);
+    match pbsfs_mount::mount_at(&path)? {
+        None => bail!("{} is not mounted", path.display()),
+        Some(entry) if !is_pbsfs(&entry) => bail!(
+            "{} is not a pbsfs mount (it is {} from {}); use umount(8) for it",
+            path.display(),
+            entry.fstype,
+            entry.source
+        ),
+        Some(_) => {}
+    }
     let result = if args.lazy {
-        pbsfs_mount::unmount_lazy(&args.mountpoint)
+        pbsfs_mount::unmount_lazy(&path)
     } else {
-        pbsfs_mount::unmount(&args.mountpoint)
+        pbsfs_mount::unmount(&path)
     };
-    result.with_context(|| format!("cannot unmount {}", args.mountpoint.display()))
+    result.with_context(|| format!("cannot unmount {}", path.display()))
+}
+
+/// A FUSE mount (pbsfs mounts are `fuse.pbsfs`, or another subtype if `-o subtype=` said so).
+fn is_pbsfs(entry: &pbsfs_mount::MountEntry) -> bool {
+    entry.fstype == "fuse" || entry.fstype.starts_with("fuse.")
+}
+
+/// A FUSE mount whose process died (`kill -9`) leaves its mount point answering ENOTCONN:
+/// detach it, with a note, so that mounting there again works.
+fn detach_dead_mount(mountpoint: &Path) -> Result<()> {
+    let Err(err) = std::fs::metadata(mountpoint) else {
+        return Ok(());
+    };
+    if err.raw_os_error() != Some(libc::ENOTCONN) {
+        return Ok(());
+    }
+    let path = std::path::absolute(mountpoint)?;
+    if pbsfs_mount::mount_at(&path)?.filter(is_pbsfs).is_none() {
+        return Ok(());
+    }
+    pbsfs_mount::unmount_lazy(&path).with_context(|| {
+        format!(
+            "{} holds a mount whose process has ended, and it cannot be detached",
+            path.display()
+        )
+    })?;
+    eprintln!(
+        "note: {} held a mount whose process had ended; detached it",
+        path.display()
+    );
+    Ok(())
 }

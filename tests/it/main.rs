@@ -15,6 +15,7 @@ mod format_fixtures;
 mod lifecycle;
 mod lifecycle_remote;
 mod mount_fixtures;
+mod mount_points;
 mod push_change_detection;
 mod push_encrypted;
 mod push_fixtures;

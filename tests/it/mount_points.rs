@@ -1,0 +1,103 @@
+//! Mount points as a user meets them: a second mount over a live one is refused, a mount
+//! whose process was killed is detached when mounting there again, `umount` removes exactly
+//! one mount and says when there is none, and unknown `-o` options are refused by name.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::cli::{fails_with, local_command, mount_point, ok, umount};
+use common::datastore_dir;
+
+const SNAPSHOT: &str = "host/fixture-data/latest";
+
+fn mount(point: &Path, extra: &[&str]) -> Output {
+    local_command(&datastore_dir())
+        .arg("mount")
+        .args(extra)
+        .arg(SNAPSHOT)
+        .arg(point)
+        .output()
+        .unwrap()
+}
+
+fn pbsfs_umount(point: &Path) -> Output {
+    common::cli::command()
+        .arg("umount")
+        .arg(point)
+        .output()
+        .unwrap()
+}
+
+fn mounts_at(point: &Path) -> usize {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = point.to_str().unwrap();
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some(point))
+        .count()
+}
+
+#[test]
+fn a_mount_over_a_live_one_is_refused_and_umount_removes_exactly_one() {
+    let (_tmp, point) = mount_point();
+    ok(&mount(&point, &[]));
+    let again = mount(&point, &[]);
+    fails_with(&again, "is already mounted");
+    fails_with(&again, "pbsfs umount");
+    assert_eq!(mounts_at(&point), 1);
+    ok(&pbsfs_umount(&point));
+    assert_eq!(mounts_at(&point), 0);
+    let twice = pbsfs_umount(&point);
+    fails_with(&twice, "is not mounted");
+}
+
+#[test]
+fn umount_of_a_directory_that_is_not_mounted_says_so() {
+    let (_tmp, point) = mount_point();
+    fails_with(&pbsfs_umount(&point), "is not mounted");
+    // Nor is a mount of another kind ours to remove.
+    fails_with(&pbsfs_umount(Path::new("/proc")), "is not a pbsfs mount");
+}
+
+#[test]
+fn a_mount_whose_process_was_killed_is_detached_when_mounting_again() {
+    let (_tmp, point) = mount_point();
+    let mut child = local_command(&datastore_dir())
+        .args(["mount", "--foreground", SNAPSHOT])
+        .arg(&point)
+        .spawn()
+        .unwrap();
+    for _ in 0..3000 {
+        if mounts_at(&point) == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(mounts_at(&point), 1, "the mount did not come up");
+    common::wait_until_counted(&point);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = std::fs::metadata(&point).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+
+    let out = mount(&point, &[]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detached"),
+        "{out:?}"
+    );
+    assert!(point.join("data").is_dir() || std::fs::read_dir(&point).unwrap().count() > 0);
+    umount(&point);
+    assert_eq!(mounts_at(&point), 0);
+}
+
+#[test]
+fn unknown_mount_options_are_refused_with_the_known_ones() {
+    let (_tmp, point) = mount_point();
+    let out = mount(&point, &["-o", "noexec,bogus_option"]);
+    fails_with(&out, "unknown mount option 'bogus_option'");
+    fails_with(&out, "allow_other");
+    assert_eq!(mounts_at(&point), 0);
+}
