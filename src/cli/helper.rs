@@ -69,6 +69,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
             ("keyfile", Some(v)) => out.extend(["--keyfile".into(), v.into()]),
             ("archive", Some(v)) => mount_args.extend(["--archive".into(), v.into()]),
             ("cache_size", Some(v)) => mount_args.extend(["--cache-size".into(), v.into()]),
+            ("log_file", Some(v)) => mount_args.extend(["--log-file".into(), v.into()]),
             ("credentials", Some(v)) => load_credentials(v)?,
             ("foreground", None) => mount_args.push("--foreground".into()),
             _ => mount_args.extend(["-o".into(), option.clone().into()]),

@@ -46,6 +46,11 @@ pub struct MountArgs {
     /// Stay in the foreground instead of running in the background.
     #[arg(short, long)]
     pub foreground: bool,
+    /// In the background, log to this file as well as to the system log (journald or
+    /// syslog, identifier `pbsfs`): read errors (a bad chunk: which file, archive, chunk
+    /// and why) and, with -v, more. `-o log_file=PATH` in fstab.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +105,13 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
     // The background process is started before anything else (a PBS connection's threads
     // would not survive the fork); it reports success or the error that stopped it, and this
     // process prints it and exits accordingly.
+    let log_file = match (&args.log_file, args.foreground) {
+        (Some(path), false) => Some(super::logging::open_log_file(path)?),
+        (Some(_), true) => {
+            bail!("--log-file is for background mounts; a foreground one logs to stderr")
+        }
+        (None, _) => None,
+    };
     let ready = if args.foreground {
         None
     } else {
@@ -114,6 +126,13 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
         (Ok(mounted), ready) => {
             if let Some(ready) = ready {
                 ready.report(Ok(()));
+                // stderr is /dev/null from here on.
+                super::logging::detach(log_file);
+                log::info!(
+                    "mounted {} on {}",
+                    mounted_what(&snapshot),
+                    mountpoint.display()
+                );
             }
             mounted
         }
@@ -127,6 +146,10 @@ pub fn run(args: &MountArgs, repo: &RepoArgs) -> Result<()> {
 }
 
 type Mounted = pbsfs_mount::MountedFs<Arc<dyn pbsfs_mount::ReadOnlyFs>>;
+
+fn mounted_what(snapshot: &Option<String>) -> &str {
+    snapshot.as_deref().unwrap_or("the datastore")
+}
 
 /// Opens the datastore, the snapshot (or the whole store) and mounts it.
 fn prepare_mount(

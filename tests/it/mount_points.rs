@@ -101,3 +101,40 @@ fn unknown_mount_options_are_refused_with_the_known_ones() {
     fails_with(&out, "allow_other");
     assert_eq!(mounts_at(&point), 0);
 }
+
+/// Chunk #3 of the fixture's split root.ppxar: file data inside data/big-text only.
+const BIG_TEXT_CHUNK: &str = "92700fb2de25c36cdc12af1c7fe88f8b727777928d23ee0b7f0185d102541b45";
+
+#[test]
+fn a_background_mount_logs_what_it_cannot_read_to_its_log_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("ds");
+    common::copy_fixture_datastore(&store);
+    let chunk = store
+        .join(".chunks")
+        .join(&BIG_TEXT_CHUNK[..4])
+        .join(BIG_TEXT_CHUNK);
+    let mut raw = std::fs::read(&chunk).unwrap();
+    let middle = raw.len() / 2;
+    raw[middle] ^= 1;
+    std::fs::write(&chunk, raw).unwrap();
+    let (_mnt, point) = mount_point();
+    let log = tmp.path().join("pbsfs.log");
+    ok(&local_command(&store)
+        .args(["mount", "--log-file", log.to_str().unwrap(), SNAPSHOT])
+        .arg(&point)
+        .output()
+        .unwrap());
+    let err = std::fs::read(point.join("data/big-text")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Read twice: logged once.
+    let _ = std::fs::read(point.join("data/big-text"));
+    ok(&pbsfs_umount(&point));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("mounted host/fixture-data/latest"), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains(" error: ")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    for needle in ["root.ppxar.didx", BIG_TEXT_CHUNK, "CRC"] {
+        assert!(errors[0].contains(needle), "no {needle} in {text}");
+    }
+}
