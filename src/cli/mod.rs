@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+pub mod completions;
 pub mod context;
 pub mod files;
 pub mod gc;
@@ -24,7 +25,7 @@ pub mod restore;
 pub mod snapshots;
 pub mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Back up to, browse, mount, verify and restore Proxmox Backup Server snapshots.
 ///
@@ -82,6 +83,11 @@ pub enum Command {
     /// Garbage collection: remove the chunks no snapshot uses any more (PBS's algorithm: a
     /// chunk unused for more than a day is removed).
     Gc(gc::GcArgs),
+    /// Print a completion script for bash, zsh or fish.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (pbsfs.1 and one per command) into a directory, e.g.
+    /// ~/.local/share/man/man1.
+    Manpages(completions::ManpagesArgs),
 }
 
 /// How a command that did not fail ended.
@@ -124,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Protect(args) => manage::run_protect(&args, repo),
         Command::Notes(args) => manage::run_notes(&args, repo),
         Command::Gc(args) => gc::run(&args, repo, cli.log.quiet),
+        Command::Completions(args) => completions::run(&args, Cli::command()),
+        Command::Manpages(args) => completions::run_manpages(&args, Cli::command()),
     };
     done.map(|()| Outcome::Done)
 }

@@ -14,6 +14,7 @@ mod format_fixtures;
 mod lifecycle;
 mod lifecycle_remote;
 mod mount_fixtures;
+mod packaging;
 mod push_change_detection;
 mod push_encrypted;
 mod push_fixtures;
