@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+pub mod completions;
 pub mod context;
 pub mod files;
 pub mod gc;
@@ -84,15 +85,26 @@ pub enum Command {
     /// Garbage collection: remove the chunks no snapshot uses any more (PBS's algorithm: a
     /// chunk unused for more than a day is removed).
     Gc(gc::GcArgs),
+    /// Print a completion script for bash, zsh or fish.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (pbsfs.1 and one per command) into a directory, e.g.
+    /// ~/.local/share/man/man1.
+    Manpages(completions::ManpagesArgs),
 }
 
 /// Subcommands that use no datastore: their help leaves the datastore options out.
-const WITHOUT_DATASTORE: &[&str] = &["umount", "key"];
+const WITHOUT_DATASTORE: &[&str] = &["umount", "key", "completions", "manpages"];
 
 /// Parses the command line. The datastore options are global (accepted before or after the
 /// subcommand) and shown under their own heading, in the help of the commands that use a
 /// datastore only.
 pub fn parse_from(args: Vec<std::ffi::OsString>) -> Cli {
+    let matches = command().get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
+/// The command line's definition, as parsing, the man pages and the completions see it.
+pub fn command() -> clap::Command {
     let mut command = Cli::command();
     // A subcommand that has an argument of a global's name does not get the global: give
     // those without a datastore hidden local stand-ins (accepted, shown nowhere, unused).
@@ -104,8 +116,7 @@ pub fn parse_from(args: Vec<std::ffi::OsString>) -> Cli {
     for name in WITHOUT_DATASTORE {
         command = command.mut_subcommand(name, |sub| sub.args(stand_ins.clone()));
     }
-    let matches = command.get_matches_from(args);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    command
 }
 
 /// How a command that did not fail ended.
@@ -165,6 +176,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Protect(args) => manage::run_protect(&args, repo),
         Command::Notes(args) => manage::run_notes(&args, repo),
         Command::Gc(args) => gc::run(&args, repo, cli.log.quiet),
+        Command::Completions(args) => completions::run(&args, command()),
+        Command::Manpages(args) => completions::run_manpages(&args, command()),
     };
     done.map(|()| Outcome::Done)
 }
