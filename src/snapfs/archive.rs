@@ -507,6 +507,8 @@ impl ReadOnlyFs for ArchiveFs {
         let entry = self.tree.entry(ino)?;
         let file_size = entry.file_size();
         let data_start = Self::data_start(&entry);
+        // Logged once per file and cause: which file, then the archive, chunk and why.
+        let failed = || format!("read of {:?} failed", String::from_utf8_lossy(&entry.name));
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         let pattern = self.open_files.read(fh, offset, size, file_size);
         if let Some(start) = data_start {
@@ -523,11 +525,11 @@ impl ReadOnlyFs for ArchiveFs {
             self.tree
                 .accessor
                 .check_file_data(&entry)
-                .map_err(|err| self.tree.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio(&failed(), err))?;
             let shared = self
                 .data
                 .read_shared(start + offset, len)
-                .map_err(|err| self.tree.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio(&failed(), err))?;
             if let Some((chunk, range)) = shared {
                 return Ok(ReadData::shared(chunk, range));
             }
@@ -539,7 +541,7 @@ impl ReadOnlyFs for ArchiveFs {
                 .tree
                 .accessor
                 .read_file(&entry, offset + done as u64, &mut buf[done..])
-                .map_err(|err| self.tree.eio("read failed", err))?;
+                .map_err(|err| self.tree.eio(&failed(), err))?;
             if n == 0 {
                 break;
             }

@@ -132,9 +132,13 @@ fn a_background_mount_logs_what_it_cannot_read_to_its_log_file() {
     ok(&pbsfs_umount(&point));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("mounted host/fixture-data/latest"), "{text}");
+    assert!(
+        !text.contains("warning"),
+        "a clean unmount warns of nothing: {text}"
+    );
     let errors: Vec<&str> = text.lines().filter(|l| l.contains(" error: ")).collect();
     assert_eq!(errors.len(), 1, "{text}");
-    for needle in ["root.ppxar.didx", BIG_TEXT_CHUNK, "CRC"] {
+    for needle in ["big-text", "root.ppxar.didx", BIG_TEXT_CHUNK, "CRC"] {
         assert!(errors[0].contains(needle), "no {needle} in {text}");
     }
 }
