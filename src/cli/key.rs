@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use pbsfs::format::keyfile::{create_key_file, Kdf, KeyConfig};
 
 use super::context::RepoArgs;
-use super::keys::{default_key_path, encryption_password, load_crypt_config, new_password};
+use super::keys::{default_key_path, load_crypt_config, new_password, unlock_key_file};
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -216,24 +216,6 @@ fn paperkey(path: Option<&Path>, subject: Option<&str>) -> Result<()> {
     outln!("-----END PROXMOX BACKUP KEY-----");
     outln!("{picture}");
     Ok(())
-}
-
-/// Unlocks a key file with the current password (environment or prompt).
-fn unlock_key_file(path: &Path) -> Result<(Zeroizing<[u8; 32]>, KeyConfig)> {
-    let json = Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?,
-    );
-    let config = KeyConfig::from_json(&json)
-        .with_context(|| format!("{} is not a PBS key file", path.display()))?;
-    let password = if config.is_protected() {
-        Some(encryption_password()?)
-    } else {
-        None
-    };
-    let (key, _info) = config
-        .unlock(password.as_ref().map(|p| p.as_slice()))
-        .with_context(|| format!("cannot unlock key file {}", path.display()))?;
-    Ok((key, config))
 }
 
 fn password_from_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use zeroize::Zeroizing;
 
 use pbsfs::format::crypto::CryptConfig;
-use pbsfs::format::keyfile::{decrypt_key, KeyConfig};
+use pbsfs::format::keyfile::KeyConfig;
 
 /// The official client's default key location.
 pub fn default_key_path() -> Result<PathBuf> {
@@ -23,8 +23,16 @@ pub fn default_key_path() -> Result<PathBuf> {
 
 /// Reads and unlocks a key file.
 pub fn load_crypt_config(path: &Path) -> Result<Arc<CryptConfig>> {
-    let json =
-        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let (key, _config) = unlock_key_file(path)?;
+    Ok(Arc::new(CryptConfig::from(&key)))
+}
+
+/// Reads a key file and unlocks it with its password (environment or prompt): the key and
+/// the file's key config.
+pub fn unlock_key_file(path: &Path) -> Result<(Zeroizing<[u8; 32]>, KeyConfig)> {
+    let json = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
     let config = KeyConfig::from_json(&json)
         .with_context(|| format!("{} is not a PBS key file", path.display()))?;
     let password = if config.is_protected() {
@@ -32,9 +40,10 @@ pub fn load_crypt_config(path: &Path) -> Result<Arc<CryptConfig>> {
     } else {
         None
     };
-    let (key, _info) = decrypt_key(&json, password.as_ref().map(|p| p.as_slice()))
+    let (key, _info) = config
+        .unlock(password.as_ref().map(|p| p.as_slice()))
         .with_context(|| format!("cannot unlock key file {}", path.display()))?;
-    Ok(Arc::new(CryptConfig::from(&key)))
+    Ok((key, config))
 }
 
 fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
