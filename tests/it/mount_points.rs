@@ -107,17 +107,8 @@ const BIG_TEXT_CHUNK: &str = "92700fb2de25c36cdc12af1c7fe88f8b727777928d23ee0b7f
 
 #[test]
 fn a_background_mount_logs_what_it_cannot_read_to_its_log_file() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::datastore_with_bad_chunk(BIG_TEXT_CHUNK);
     let store = tmp.path().join("ds");
-    common::copy_fixture_datastore(&store);
-    let chunk = store
-        .join(".chunks")
-        .join(&BIG_TEXT_CHUNK[..4])
-        .join(BIG_TEXT_CHUNK);
-    let mut raw = std::fs::read(&chunk).unwrap();
-    let middle = raw.len() / 2;
-    raw[middle] ^= 1;
-    std::fs::write(&chunk, raw).unwrap();
     let (_mnt, point) = mount_point();
     let log = tmp.path().join("pbsfs.log");
     ok(&local_command(&store)

@@ -92,22 +92,6 @@ const BIG_RANDOM_END_CHUNK: &str =
 /// Chunk #1 of the vm/100 image.
 const IMAGE_CHUNK: &str = "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8";
 
-/// A writable copy of the fixture datastore with one byte of a chunk flipped.
-fn datastore_with_bad_chunk(digest: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_fixture_datastore(&tmp.path().join("ds"));
-    let path = tmp
-        .path()
-        .join("ds/.chunks")
-        .join(&digest[..4])
-        .join(digest);
-    let mut raw = std::fs::read(&path).unwrap();
-    let middle = raw.len() / 2;
-    raw[middle] ^= 1;
-    std::fs::write(&path, raw).unwrap();
-    tmp
-}
-
 fn restore_from(store: &Path, args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))
         .args(["--repository", store.to_str().unwrap(), "restore"])

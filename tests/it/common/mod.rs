@@ -323,3 +323,19 @@ pub fn decoded_contents<S: pbsfs::pxar::items::ItemSource>(
         data.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A writable copy of the fixture datastore with one byte of a chunk flipped.
+pub fn datastore_with_bad_chunk(digest: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_fixture_datastore(&tmp.path().join("ds"));
+    let path = tmp
+        .path()
+        .join("ds/.chunks")
+        .join(&digest[..4])
+        .join(digest);
+    let mut raw = std::fs::read(&path).unwrap();
+    let middle = raw.len() / 2;
+    raw[middle] ^= 1;
+    std::fs::write(&path, raw).unwrap();
+    tmp
+}
