@@ -241,12 +241,18 @@ impl<F: ReadOnlyFs> fuser::Filesystem for FuseAdapter<F> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (tuning, ttl) = (self.tuning, self.tuning.ttl);
+        let tuning = self.tuning;
+        let names_may_change = self.guarded("lookup", |fs| Ok(fs.names_may_change(parent.0)));
+        let ttl = if names_may_change.unwrap_or(true) {
+            tuning.provisional_ttl
+        } else {
+            tuning.ttl
+        };
         let found = self.guarded("lookup", |fs| {
             tuning.reply_attr(&fs.lookup(parent.0, name)?)
         });
         match found {
-            // Names never change: only the attributes may be provisional.
+            // The name's TTL is the directory's; the attributes may be provisional apart.
             Ok((attr, attr_ttl)) => reply.entry_with_ttls(&attr_ttl, &ttl, &attr, GENERATION),
             // A zero inode with a TTL lets the kernel cache the absence too.
             Err(Errno::ENOENT) => reply.entry(&ttl, &self.negative_entry(), GENERATION),

@@ -216,6 +216,15 @@ pub trait ReadOnlyFs: Send + Sync + 'static {
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno>;
 
+    /// Whether the names in directory `dir` may change while mounted (entries added or
+    /// removed). The kernel then keeps its answers for them, found or absent, only for the
+    /// short provisional TTL; otherwise for the mount's long one. A directory whose
+    /// listing changes must also change its mtime, which is how the kernel learns to drop
+    /// a listing it has cached, and report provisional attributes so it asks for it.
+    fn names_may_change(&self, _dir: u64) -> bool {
+        false
+    }
+
     /// Lists directory `ino` starting at `offset` (0 = the first entry, otherwise a
     /// `next_offset` handed out earlier), without "." and "..", which the adapter adds.
     /// Calls `add` for each entry in order and stops as soon as it returns
@@ -265,6 +274,9 @@ impl<T: ReadOnlyFs + ?Sized> ReadOnlyFs for Arc<T> {
     }
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
         (**self).getattr(ino)
+    }
+    fn names_may_change(&self, dir: u64) -> bool {
+        (**self).names_may_change(dir)
     }
     fn readdir(&self, ino: u64, offset: u64, add: &mut AddDirItem<'_>) -> Result<(), Errno> {
         (**self).readdir(ino, offset, add)

@@ -70,6 +70,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
             ("archive", Some(v)) => mount_args.extend(["--archive".into(), v.into()]),
             ("cache_size", Some(v)) => mount_args.extend(["--cache-size".into(), v.into()]),
             ("log_file", Some(v)) => mount_args.extend(["--log-file".into(), v.into()]),
+            ("refresh", Some(v)) => mount_args.extend(["--refresh".into(), v.into()]),
             ("credentials", Some(v)) => load_credentials(v)?,
             ("foreground", None) => mount_args.push("--foreground".into()),
             _ => mount_args.extend(["-o".into(), option.clone().into()]),
@@ -223,6 +224,33 @@ mod tests {
                 "allow_other",
                 "--cache-size",
                 "1G"
+            ])
+        );
+    }
+
+    #[test]
+    fn a_whole_datastore_mount_takes_its_refresh_and_log_file() {
+        let out = translate(&args(&[
+            "pbsfs",
+            "/srv/ds#",
+            "/mnt",
+            "-o",
+            "ro,refresh=5,log_file=/var/log/pbsfs.log",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            out,
+            args(&[
+                "pbsfs",
+                "--repository",
+                "/srv/ds",
+                "mount",
+                "/mnt",
+                "--refresh",
+                "5",
+                "--log-file",
+                "/var/log/pbsfs.log"
             ])
         );
     }

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -51,6 +52,11 @@ pub struct MountArgs {
     /// and why) and, with -v, more. `-o log_file=PATH` in fstab.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Whole-datastore mounts: a directory listing older than this many seconds is taken
+    /// again on its next use, so backups made or forgotten since appear or disappear
+    /// without a remount (default 30). `-o refresh=SECONDS` in fstab.
+    #[arg(long, value_name = "SECONDS")]
+    pub refresh: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +177,9 @@ fn prepare_mount(
         }
     }
     let fs: Arc<dyn pbsfs_mount::ReadOnlyFs> = match snapshot {
+        Some(_) if args.refresh.is_some() => {
+            bail!("--refresh is for whole-datastore mounts; a snapshot never changes")
+        }
         Some(spec) => {
             let dir = ctx.resolve(spec)?;
             let (snapshot, crypt) = ctx.open_snapshot(&dir)?;
@@ -188,12 +197,18 @@ fn prepare_mount(
             let crypt = ctx.crypt()?;
             options.fsname = Some(format!("pbsfs:{}", ctx.location));
             let cache = ChunkCache::shared(args.cache_size as usize, PREFETCH_WORKERS);
-            Arc::new(snapfs::StoreFs::new(
-                ctx.access()?.clone(),
-                ctx.ns.clone(),
-                Arc::new(cache),
-                crypt,
-            )?)
+            Arc::new(
+                snapfs::StoreFs::new(
+                    ctx.access()?.clone(),
+                    ctx.ns.clone(),
+                    Arc::new(cache),
+                    crypt,
+                )?
+                .with_refresh(
+                    args.refresh
+                        .map_or(snapfs::store_tree::DEFAULT_REFRESH, Duration::from_secs),
+                ),
+            )
         }
     };
     pbsfs_mount::mount(fs, mountpoint, &options)

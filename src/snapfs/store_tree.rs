@@ -5,9 +5,10 @@
 //! Nothing is opened before it is needed: listing a snapshot reads only its manifest; a
 //! pxar archive is opened (an [`ArchiveFs`]) on the first access inside it and kept in a
 //! small LRU ([`opened`]). Only finished snapshots with a readable manifest are shown (a
-//! damaged one is left out). Directory listings ([`listings`]) are taken once and kept for
-//! the mount's life, so readdir offsets stay stable (backups made later show up after a
-//! remount). Inode numbers are explained in [`inodes`].
+//! damaged one is left out). Directory listings ([`listings`]) are kept and taken again
+//! once older than the refresh interval ([`StoreFs::with_refresh`], 30 s by default), so
+//! backups made and forgotten meanwhile show up without a remount; each group has a
+//! `latest` symlink to its newest snapshot. Inode numbers are explained in [`inodes`].
 
 mod inodes;
 mod listings;
@@ -17,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use pbsfs_mount::{
@@ -37,13 +38,20 @@ use opened::{OpenArchives, Opened};
 
 const DIR_MODE: u32 = libc::S_IFDIR | 0o555;
 const FILE_MODE: u32 = libc::S_IFREG | 0o444;
+const LINK_MODE: u32 = libc::S_IFLNK | 0o777;
+/// The name of each group's symlink to its newest snapshot.
+const LATEST: &str = "latest";
+/// How long a listing that can change is served before it is taken again.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 
 pub struct StoreFs {
     /// Listings, directory times (where the datastore has them; else the mount time) and
     /// snapshots.
     access: Arc<dyn DatastoreAccess>,
     archives: OpenArchives,
-    groups: Mutex<HashMap<BackupNamespace, Vec<BackupGroup>>>,
+    /// The groups of each namespace listed so far, and when.
+    groups: Mutex<HashMap<BackupNamespace, (Vec<BackupGroup>, Instant)>>,
+    refresh: Duration,
     mount_time: Timespec,
     tables: RwLock<Tables>,
     logged: Mutex<HashSet<String>>,
@@ -86,6 +94,7 @@ impl StoreFs {
             archives: OpenArchives::new(access.clone(), chunks, crypt),
             access,
             groups: Mutex::new(HashMap::new()),
+            refresh: DEFAULT_REFRESH,
             mount_time: now,
             tables: RwLock::new(tables),
             logged: Mutex::new(HashSet::new()),
@@ -93,6 +102,12 @@ impl StoreFs {
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
         })
+    }
+
+    /// Takes listings that can change again once they are older than `refresh`.
+    pub fn with_refresh(mut self, refresh: Duration) -> Self {
+        self.refresh = refresh;
+        self
     }
 
     /// Maps an error to EIO, logging each distinct message once.
@@ -129,8 +144,9 @@ impl StoreFs {
             mtime: entry.mtime,
             rdev: 0,
             blksize: if is_dir { 4096 } else { 1 << 20 },
-            // The store's own nodes are known in full.
-            provisional: false,
+            // Everything above the archives can come and go (and a directory's mtime
+            // changes with its listing), so the kernel keeps it only briefly.
+            provisional: !matches!(entry.node, Node::Archive(_) | Node::Image(_)),
         })
     }
 
@@ -209,7 +225,7 @@ impl ReadOnlyFs for StoreFs {
             return self.translate(&slot, slot_index, fs.lookup(local, name)?);
         }
         let (node, _) = self.node(parent)?;
-        let children = self.children(parent, &node)?;
+        let children = self.children(parent, &node, false)?;
         let ino = children
             .iter()
             .find(|(n, _)| OsStr::new(n) == name)
@@ -226,6 +242,7 @@ impl ReadOnlyFs for StoreFs {
         }
         // Archive roots keep their virtual attributes, so a listing of the snapshot
         // (which opens nothing) and a later stat agree.
+        self.refresh_if_due(ino, &self.node(ino)?.0);
         self.virtual_attr(ino)
     }
 
@@ -250,7 +267,7 @@ impl ReadOnlyFs for StoreFs {
             return failed.map_or(Ok(()), Err);
         }
         let (node, _) = self.node(ino)?;
-        let children = self.children(ino, &node)?;
+        let children = self.children(ino, &node, offset > 0)?;
         readdir_from(&children, offset, add, |_, (name, child)| {
             Ok((OsStr::new(name), self.virtual_attr(*child)?))
         })
@@ -276,6 +293,8 @@ impl ReadOnlyFs for StoreFs {
         }
         match self.node(ino)?.0 {
             Node::Image(_) => Ok(self.image_files.open(ino)),
+            // The kernel follows symlinks itself; nothing opens one.
+            Node::Latest(..) => Err(Errno::EINVAL),
             _ => Err(Errno::EISDIR),
         }
     }
@@ -313,9 +332,16 @@ impl ReadOnlyFs for StoreFs {
         })
     }
 
+    fn names_may_change(&self, dir: u64) -> bool {
+        dir & CONTENT_FLAG == 0 && self.node(dir).is_ok_and(|(node, _)| node.may_change())
+    }
+
     fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
         if ino & CONTENT_FLAG == 0 {
-            return Err(Errno::EINVAL);
+            return match self.node(ino)?.0 {
+                Node::Latest(_, newest) => Ok(newest.time_string().into()),
+                _ => Err(Errno::EINVAL),
+            };
         }
         let (slot_index, slot, local) = self.to_local(ino)?;
         self.archive(slot_index, &slot)?.readlink(local)

@@ -16,6 +16,7 @@ mod lifecycle;
 mod lifecycle_remote;
 mod mount_fixtures;
 mod mount_points;
+mod mount_refresh;
 mod packaging;
 mod push_change_detection;
 mod push_encrypted;

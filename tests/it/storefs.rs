@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use common::{datastore_dir, expected_tree, sha256_hex};
@@ -181,8 +181,12 @@ fn top_levels_follow_the_datastore_layout() {
     assert_eq!(names(&fs, "vm"), ["100"]);
     assert_eq!(
         names(&fs, "host/fixture-meta"),
-        ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z"]
+        ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z", "latest"]
     );
+    // `latest` is a symlink to the newest snapshot.
+    let latest = resolve(&fs, "host/fixture-meta/latest").unwrap();
+    assert_eq!(latest.file_type(), libc::S_IFLNK);
+    assert_eq!(fs.readlink(latest.ino).unwrap(), "2026-11-25T08:28:55Z");
     // Snapshot directories carry the backup time.
     let snap = resolve(&fs, DATA_SNAP).unwrap();
     assert!(snap.is_dir());
@@ -467,7 +471,10 @@ fn a_snapshot_with_a_damaged_manifest_is_left_out() {
 
     let (fs, _) = store_fs_at(&copy);
     assert_eq!(names(&fs, ""), ["host", "ns", "vm"]);
-    assert_eq!(names(&fs, "host/fixture-meta"), ["2026-11-25T08:28:43Z"]);
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", "latest"]
+    );
     assert!(names(&fs, "host/fixture-legacy").is_empty());
     assert_eq!(resolve(&fs, LEGACY_SNAP).unwrap_err(), Errno::ENOENT);
     // The rest reads as before.
@@ -478,6 +485,95 @@ fn a_snapshot_with_a_damaged_manifest_is_left_out() {
     );
     let older = "host/fixture-meta/2026-11-25T08:28:43Z/root.pxar";
     assert!(!names(&fs, older).is_empty());
+}
+
+/// Moves `from` to `to` (a rename within the copy, as a backup or a forget would appear).
+fn rename(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::rename(from, to).unwrap();
+}
+
+#[test]
+fn listings_are_taken_again_once_due_and_latest_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ds");
+    common::copy_fixture_datastore(&copy);
+    let group = copy.join("host/fixture-meta");
+    let newer = "2026-11-25T08:28:55Z";
+    let aside = tmp.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    rename(&group.join(newer), &aside.join(newer));
+    rename(&copy.join("vm"), &aside.join("vm"));
+
+    let (fs, _) = store_fs_at(&copy);
+    let fs = fs.with_refresh(Duration::from_millis(200));
+    let group_ino = resolve(&fs, "host/fixture-meta").unwrap().ino;
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", "latest"]
+    );
+    assert_eq!(names(&fs, ""), ["host", "ns"]);
+    let old_latest = resolve(&fs, "host/fixture-meta/latest").unwrap();
+    assert_eq!(fs.readlink(old_latest.ino).unwrap(), "2026-11-25T08:28:43Z");
+    let group_mtime = fs.getattr(group_ino).unwrap().mtime;
+    // Names in the store's own directories may change; a snapshot's archives may not.
+    assert!(fs.names_may_change(group_ino));
+    assert!(fs.getattr(group_ino).unwrap().provisional);
+    let snapshot = resolve(&fs, "host/fixture-meta/2026-11-25T08:28:43Z").unwrap();
+    assert!(!fs.names_may_change(snapshot.ino));
+    let archive = resolve(&fs, "host/fixture-meta/2026-11-25T08:28:43Z/root.pxar").unwrap();
+    assert!(!archive.provisional);
+
+    // A backup and a new group arrive: nothing changes until the listing is due.
+    rename(&aside.join(newer), &group.join(newer));
+    rename(&aside.join("vm"), &copy.join("vm"));
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", "latest"]
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    // The directory's mtime moves with its listing (the kernel drops its cached one then).
+    assert!(fs.getattr(group_ino).unwrap().mtime > group_mtime);
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", newer, "latest"]
+    );
+    assert_eq!(names(&fs, ""), ["host", "ns", "vm"]);
+    // `latest` is a new symlink (the kernel keeps a link's target with its inode).
+    let new_latest = resolve(&fs, "host/fixture-meta/latest").unwrap();
+    assert_ne!(new_latest.ino, old_latest.ino);
+    assert_eq!(fs.readlink(new_latest.ino).unwrap(), newer);
+    assert!(resolve(
+        &fs,
+        &format!("host/fixture-meta/{newer}/root.pxar/links/hard-a")
+    )
+    .is_ok());
+
+    // A readdir resuming at an offset keeps the listing it started on; a new one at 0
+    // sees the snapshot gone.
+    let page = list(&fs, group_ino, 0).unwrap();
+    rename(&group.join(newer), &aside.join(newer));
+    std::thread::sleep(Duration::from_millis(250));
+    let rest: Vec<String> = list(&fs, group_ino, page[0].2)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(rest, [newer, "latest"]);
+    assert_eq!(
+        names(&fs, "host/fixture-meta"),
+        ["2026-11-25T08:28:43Z", "latest"]
+    );
+    assert_eq!(
+        resolve(&fs, &format!("host/fixture-meta/{newer}")).unwrap_err(),
+        Errno::ENOENT
+    );
+    // The last snapshot forgotten: the group has no `latest` left.
+    rename(
+        &group.join("2026-11-25T08:28:43Z"),
+        &aside.join("2026-11-25T08:28:43Z"),
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(names(&fs, "host/fixture-meta").is_empty());
 }
 
 #[test]

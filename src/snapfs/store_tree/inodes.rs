@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use pbsfs_mount::{Errno, Timespec, ROOT_INO};
 
@@ -37,10 +38,24 @@ pub(super) enum Node {
     Type(BackupNamespace, BackupType),
     Group(BackupNamespace, BackupGroup),
     Snapshot(BackupNamespace, BackupDir),
+    /// A group's `latest` symlink while it points to this snapshot: a new target is a new
+    /// node, since the kernel keeps a symlink's target for as long as it keeps the inode.
+    Latest(BackupNamespace, BackupDir),
     /// The root directory of the pxar archive in `slot`.
     Archive(usize),
     /// The disk image in `slot`, a regular file.
     Image(usize),
+}
+
+impl Node {
+    /// Whether the directory's listing can change while mounted (backups made, forgotten).
+    /// A snapshot's archives are fixed when it is finished.
+    pub fn may_change(&self) -> bool {
+        matches!(
+            self,
+            Node::Namespace(_) | Node::NsList(_) | Node::Type(..) | Node::Group(..)
+        )
+    }
 }
 
 pub(super) struct NodeEntry {
@@ -114,8 +129,15 @@ pub(super) struct Tables {
     node_ids: HashMap<Node, u64>,
     slots: Vec<Arc<Slot>>,
     slot_ids: HashMap<(BackupNamespace, BackupDir, String), usize>,
-    /// Listings taken so far: (name, inode) in listing order.
-    pub children: HashMap<u64, Arc<Vec<(String, u64)>>>,
+    /// Listings taken so far.
+    pub children: HashMap<u64, Listing>,
+}
+
+/// A directory's listing: (name, inode) in listing order, and when it was taken.
+#[derive(Clone)]
+pub(super) struct Listing {
+    pub entries: Arc<Vec<(String, u64)>>,
+    pub taken: Instant,
 }
 
 impl Tables {
@@ -155,10 +177,11 @@ impl Tables {
         Some(slot)
     }
 
-    /// Adds a virtual node (or finds it) and returns its inode.
+    /// Adds a virtual node (or finds it, taking a later mtime) and returns its inode.
     pub fn intern(&mut self, entry: NodeEntry) -> u64 {
-        if let Some(ino) = self.node_ids.get(&entry.node) {
-            return *ino;
+        if let Some(&ino) = self.node_ids.get(&entry.node) {
+            self.touch(ino, entry.mtime);
+            return ino;
         }
         let node = entry.node.clone();
         self.nodes.push(entry);
@@ -168,6 +191,17 @@ impl Tables {
         }
         self.node_ids.insert(node, ino);
         ino
+    }
+
+    /// Moves the mtime of node `ino` forward to `mtime` (never back: the kernel drops a
+    /// cached listing when the mtime differs, and tools take an older one for "unchanged").
+    pub fn touch(&mut self, ino: u64, mtime: Timespec) {
+        if let Some(entry) = ino
+            .checked_sub(1)
+            .and_then(|i| self.nodes.get_mut(i as usize))
+        {
+            entry.mtime = entry.mtime.max(mtime);
+        }
     }
 
     /// (slot index, slot, local inode) of a global inode inside an archive.

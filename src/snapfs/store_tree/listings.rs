@@ -1,12 +1,16 @@
 //! The listings of a whole-store mount's own directories (namespaces, types, groups,
-//! snapshots), each taken once and kept for the mount's life so readdir offsets stay stable.
+//! snapshots). Each is kept and served as taken; one that can change (all but a
+//! snapshot's) is taken again on the first access after the refresh interval, except by a
+//! readdir resuming at an offset, so offsets stay valid within one listing. A group also
+//! lists a `latest` symlink to its newest snapshot.
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use pbsfs_mount::{Errno, Timespec};
 
-use super::inodes::{Node, NodeEntry};
-use super::{ns_prefix, timespec, StoreFs, DIR_MODE, FILE_MODE};
+use super::inodes::{Listing, Node, NodeEntry};
+use super::{ns_prefix, timespec, StoreFs, DIR_MODE, FILE_MODE, LATEST, LINK_MODE};
 use crate::store::access::StoreDir;
 use crate::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
 use crate::store::open::{mountables, Mountable};
@@ -21,15 +25,35 @@ struct NewChild {
 }
 
 impl StoreFs {
-    /// The listing of virtual directory `ino`, taken once.
-    pub(super) fn children(&self, ino: u64, node: &Node) -> Result<Arc<Vec<(String, u64)>>, Errno> {
-        if let Some(found) = self.tables.read().unwrap().children.get(&ino) {
-            return Ok(found.clone());
+    /// The listing of virtual directory `ino`: taken on first use, and taken again when
+    /// it is older than the refresh interval and its contents can change, unless
+    /// `resuming` (a readdir continuing at an offset of the listing it started on).
+    pub(super) fn children(
+        &self,
+        ino: u64,
+        node: &Node,
+        resuming: bool,
+    ) -> Result<Arc<Vec<(String, u64)>>, Errno> {
+        let old = self.tables.read().unwrap().children.get(&ino).cloned();
+        if let Some(old) = &old {
+            if resuming || !node.may_change() || old.taken.elapsed() < self.refresh {
+                return Ok(old.entries.clone());
+            }
         }
-        let new = self.list(node)?;
+        let started = Instant::now();
+        let new = match self.list(node) {
+            Ok(new) => new,
+            // A mount keeps serving what it has when the datastore cannot be listed now
+            // (the error is logged); the next access tries again.
+            Err(_) if old.is_some() => return Ok(old.unwrap().entries),
+            Err(err) => return Err(err),
+        };
         let mut tables = self.tables.write().unwrap();
         if let Some(found) = tables.children.get(&ino) {
-            return Ok(found.clone());
+            // Taken by another thread meanwhile.
+            if found.taken >= started {
+                return Ok(found.entries.clone());
+            }
         }
         let mut list = Vec::with_capacity(new.len());
         for child in new {
@@ -42,9 +66,34 @@ impl StoreFs {
             });
             list.push((child.name, child_ino));
         }
+        if old.is_some_and(|old| *old.entries != list) {
+            // The kernel drops its cached listing only when the directory's mtime changes,
+            // and a server reports no mtimes.
+            tables.touch(ino, timespec(SystemTime::now()));
+        }
         let list = Arc::new(list);
-        tables.children.insert(ino, list.clone());
+        let listing = Listing {
+            entries: list.clone(),
+            taken: started,
+        };
+        tables.children.insert(ino, listing);
         Ok(list)
+    }
+
+    /// Takes the listing of `ino` again if it is due, so that its mtime tells whether it
+    /// changed (see [`ReadOnlyFs::names_may_change`](pbsfs_mount::ReadOnlyFs)).
+    pub(super) fn refresh_if_due(&self, ino: u64, node: &Node) {
+        let due = node.may_change()
+            && self
+                .tables
+                .read()
+                .unwrap()
+                .children
+                .get(&ino)
+                .is_some_and(|old| old.taken.elapsed() >= self.refresh);
+        if due {
+            let _ = self.children(ino, node, false);
+        }
     }
 
     fn list(&self, node: &Node) -> Result<Vec<NewChild>, Errno> {
@@ -90,7 +139,9 @@ impl StoreFs {
                 }
             }
             Node::Group(ns, group) => {
-                for snapshot in self.readable_snapshots(ns, group)? {
+                let snapshots = self.readable_snapshots(ns, group)?;
+                let newest = snapshots.iter().max_by_key(|s| s.time).cloned();
+                for snapshot in snapshots {
                     let mtime = Timespec::new(snapshot.time, 0);
                     out.push(dir(
                         snapshot.time_string(),
@@ -98,9 +149,18 @@ impl StoreFs {
                         mtime,
                     ));
                 }
+                if let Some(newest) = newest {
+                    out.push(NewChild {
+                        name: LATEST.into(),
+                        mode: LINK_MODE,
+                        size: newest.time_string().len() as u64,
+                        mtime: Timespec::new(newest.time, 0),
+                        node: Node::Latest(ns.clone(), newest),
+                    });
+                }
             }
             Node::Snapshot(ns, snapshot) => return self.list_snapshot(ns, snapshot),
-            Node::Archive(_) | Node::Image(_) => return Err(Errno::ENOTDIR),
+            Node::Archive(_) | Node::Image(_) | Node::Latest(..) => return Err(Errno::ENOTDIR),
         }
         Ok(out)
     }
@@ -153,17 +213,20 @@ impl StoreFs {
         self.access.dir_mtime(dir).map_or(self.mount_time, timespec)
     }
 
-    /// The groups of a namespace, listed once: both the namespace and its type directories
-    /// need them, and listings are kept for the mount's life anyway.
+    /// The groups of a namespace: both the namespace and its type directories need them,
+    /// so one listing serves both until it is due for a refresh.
     fn groups(&self, ns: &BackupNamespace) -> Result<Vec<BackupGroup>, Errno> {
-        if let Some(found) = self.groups.lock().unwrap().get(ns) {
-            return Ok(found.clone());
+        if let Some((groups, taken)) = self.groups.lock().unwrap().get(ns) {
+            if taken.elapsed() < self.refresh {
+                return Ok(groups.clone());
+            }
         }
+        let taken = Instant::now();
         let groups = self.list_groups(ns)?;
         self.groups
             .lock()
             .unwrap()
-            .insert(ns.clone(), groups.clone());
+            .insert(ns.clone(), (groups.clone(), taken));
         Ok(groups)
     }
 
