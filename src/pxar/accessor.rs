@@ -479,6 +479,36 @@ impl Accessor {
         }
     }
 
+    /// The path from the root (`/dir/file`) of the entry whose FILENAME item is at
+    /// `filename_offset`, found by descending through the directories whose extent holds
+    /// it: for naming an entry known only by its id (in an error message, say). Each step
+    /// moves to a later offset, so even a hostile archive ends the descent.
+    pub fn path_of(&self, filename_offset: u64) -> Result<Vec<u8>> {
+        let not_found = || DecodeError::invalid(filename_offset, "no entry starts here");
+        let mut dir = self.root()?;
+        let mut path = Vec::new();
+        loop {
+            let children = self.read_dir(&dir)?;
+            let after = children.partition_point(|c| c.filename_offset <= filename_offset);
+            let child = after
+                .checked_sub(1)
+                .map(|i| &children[i])
+                .ok_or_else(not_found)?;
+            path.push(b'/');
+            path.extend_from_slice(&child.name);
+            if child.filename_offset == filename_offset {
+                return Ok(path);
+            }
+            if filename_offset - child.filename_offset >= child.item_size {
+                return Err(not_found());
+            }
+            dir = self.open_dir_entry(child)?;
+            if !dir.is_dir() {
+                return Err(not_found());
+            }
+        }
+    }
+
     /// Decodes a listed child.
     pub fn open_dir_entry(&self, child: &DirEntry) -> Result<Entry> {
         let id = child.filename_offset | NON_DIR_ID_TAG;
@@ -733,6 +763,30 @@ mod tests {
             names_ok,
             [(&b"a.txt"[..], false), (b"d", true), (b"h", true)]
         );
+    }
+
+    #[test]
+    fn every_entry_is_found_by_its_filename_offset() {
+        let accessor = open(mixed_tree()).unwrap();
+        let mut seen = 0;
+        let mut pending = vec![(accessor.root().unwrap(), Vec::new())];
+        while let Some((dir, dir_path)) = pending.pop() {
+            for child in accessor.read_dir(&dir).unwrap().iter() {
+                let mut path = dir_path.clone();
+                path.push(b'/');
+                path.extend_from_slice(&child.name);
+                assert_eq!(accessor.path_of(child.filename_offset).unwrap(), path);
+                seen += 1;
+                let entry = accessor.open_dir_entry(child).unwrap();
+                if entry.is_dir() {
+                    pending.push((entry, path));
+                }
+            }
+        }
+        assert_eq!(seen, 7);
+        // An offset where no entry starts (inside a.txt's items) is an error.
+        let a = accessor.read_dir(&accessor.root().unwrap()).unwrap()[0].filename_offset;
+        assert!(accessor.path_of(a + 3).is_err());
     }
 
     #[test]

@@ -139,19 +139,23 @@ pub struct ArchiveFs {
 /// inode, shared with the threads that list directories ahead and walk the archive.
 struct Tree {
     accessor: Accessor,
+    /// What the archive is (snapshot and archive name), for log messages.
+    label: String,
     root_id: u64,
     known: Mutex<Known>,
     logged: Mutex<HashSet<String>>,
 }
 
 impl ArchiveFs {
-    /// Opens a v1 archive or a v2 pair: reads its root, nothing more.
-    pub fn open(archive: PxarArchive) -> Result<Self> {
+    /// Opens a v1 archive or a v2 pair: reads its root, nothing more. `label` names it in
+    /// log messages (`host/a/2026-01-01T00:00:00Z/root.pxar`).
+    pub fn open(archive: PxarArchive, label: String) -> Result<Self> {
         let accessor = archive.accessor()?;
         let data = archive.payload.unwrap_or(archive.meta);
         let root_id = accessor.root()?.id().context("archive root has no id")?;
         let tree = Arc::new(Tree {
             accessor,
+            label,
             root_id,
             known: Mutex::default(),
             logged: Mutex::new(HashSet::new()),
@@ -229,10 +233,30 @@ impl Tree {
 
     /// Maps a reader error to EIO, logging each distinct message once.
     fn eio(&self, what: &str, err: impl std::fmt::Display) -> Errno {
-        let message = format!("{what}: {err}");
+        let message = format!("{}: {what}: {err}", self.label);
         if self.logged.lock().unwrap().insert(message.clone()) {
             log::error!("{message}");
         }
+        Errno::EIO
+    }
+
+    /// Maps a failed read of `file` to EIO, logged once per file and cause with the file's
+    /// path, which is looked up only then (entries do not record their parent).
+    fn read_failed(&self, file: &Entry, err: &dyn std::fmt::Display) -> Errno {
+        let reason = err.to_string();
+        let key = format!("read {:?} {reason}", file.filename_offset);
+        if !self.logged.lock().unwrap().insert(key) {
+            return Errno::EIO;
+        }
+        let path = file
+            .filename_offset
+            .and_then(|at| self.accessor.path_of(at).ok())
+            .unwrap_or_else(|| file.name.clone());
+        log::error!(
+            "{}: read of {:?} failed: {reason}",
+            self.label,
+            String::from_utf8_lossy(&path)
+        );
         Errno::EIO
     }
 
@@ -508,7 +532,7 @@ impl ReadOnlyFs for ArchiveFs {
         let file_size = entry.file_size();
         let data_start = Self::data_start(&entry);
         // Logged once per file and cause: which file, then the archive, chunk and why.
-        let failed = || format!("read of {:?} failed", String::from_utf8_lossy(&entry.name));
+        let failed = |err: &dyn std::fmt::Display| self.tree.read_failed(&entry, err);
         let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
         let pattern = self.open_files.read(fh, offset, size, file_size);
         if let Some(start) = data_start {
@@ -525,11 +549,11 @@ impl ReadOnlyFs for ArchiveFs {
             self.tree
                 .accessor
                 .check_file_data(&entry)
-                .map_err(|err| self.tree.eio(&failed(), err))?;
+                .map_err(|err| failed(&err))?;
             let shared = self
                 .data
                 .read_shared(start + offset, len)
-                .map_err(|err| self.tree.eio(&failed(), err))?;
+                .map_err(|err| failed(&err))?;
             if let Some((chunk, range)) = shared {
                 return Ok(ReadData::shared(chunk, range));
             }
@@ -541,7 +565,7 @@ impl ReadOnlyFs for ArchiveFs {
                 .tree
                 .accessor
                 .read_file(&entry, offset + done as u64, &mut buf[done..])
-                .map_err(|err| self.tree.eio(&failed(), err))?;
+                .map_err(|err| failed(&err))?;
             if n == 0 {
                 break;
             }
@@ -612,7 +636,7 @@ mod tests {
         let snap = fixture(snapshot);
         let chunks = Arc::new(VerifyingChunkReader::new(snap.chunk_source()));
         match open_archive(&snap, "root.pxar", chunks).unwrap() {
-            OpenedArchive::Pxar(pxar) => ArchiveFs::open(pxar).unwrap(),
+            OpenedArchive::Pxar(pxar) => ArchiveFs::open(pxar, "test".into()).unwrap(),
             OpenedArchive::Image(_) => unreachable!("a pxar archive"),
         }
     }

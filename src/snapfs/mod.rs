@@ -55,7 +55,10 @@ pub fn open_snapshot(
     let mut images = Vec::new();
     for what in chosen {
         match open_mountable(snapshot, what, chunks.clone())? {
-            OpenedArchive::Pxar(pxar) => return Ok(Arc::new(ArchiveFs::open(pxar)?)),
+            OpenedArchive::Pxar(pxar) => {
+                let label = format!("{dir}/{}", what.name());
+                return Ok(Arc::new(ArchiveFs::open(pxar, label)?));
+            }
             OpenedArchive::Image(reader) => images.push((what.name().to_string(), reader)),
         }
     }

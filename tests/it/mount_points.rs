@@ -129,7 +129,14 @@ fn a_background_mount_logs_what_it_cannot_read_to_its_log_file() {
     );
     let errors: Vec<&str> = text.lines().filter(|l| l.contains(" error: ")).collect();
     assert_eq!(errors.len(), 1, "{text}");
-    for needle in ["big-text", "root.ppxar.didx", BIG_TEXT_CHUNK, "CRC"] {
+    // The snapshot, the archive, the file's path, the chunk and why.
+    for needle in [
+        "host/fixture-data/2026-11-25T08:28:43Z/root.pxar",
+        "\"/data/big-text\"",
+        "root.ppxar.didx",
+        BIG_TEXT_CHUNK,
+        "CRC",
+    ] {
         assert!(errors[0].contains(needle), "no {needle} in {text}");
     }
 }

@@ -18,6 +18,11 @@ use crate::store::names::{BackupDir, BackupNamespace};
 use crate::store::open::{open_mountable, OpenedArchive};
 use crate::store::range::IndexReader;
 
+/// A namespace as the mount shows it: `ns/a/ns/b/`, empty for the root.
+fn ns_path(ns: &BackupNamespace) -> String {
+    ns.components().iter().map(|c| format!("ns/{c}/")).collect()
+}
+
 /// Archives (and image readers) kept open at once.
 const OPEN_ARCHIVES: usize = 16;
 /// Snapshots (manifest, and on a server a reader session) kept open at once.
@@ -113,7 +118,10 @@ impl OpenArchives {
             )),
         ));
         Ok(match open_mountable(&*snapshot, &slot.what, chunks)? {
-            OpenedArchive::Pxar(pxar) => Opened::Archive(Arc::new(ArchiveFs::open(pxar)?)),
+            OpenedArchive::Pxar(pxar) => {
+                let label = format!("{}{}/{}", ns_path(&slot.ns), slot.dir, slot.what.name());
+                Opened::Archive(Arc::new(ArchiveFs::open(pxar, label)?))
+            }
             OpenedArchive::Image(reader) => Opened::Image(reader),
         })
     }
