@@ -1,7 +1,8 @@
 //! `pbsfs gc`: garbage collection of a local datastore (`store::gc`) or, on a server, its
 //! garbage collection task followed to the end.
 
-use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
@@ -12,6 +13,26 @@ use pbsfs::store::time::epoch_to_rfc3339;
 
 use super::context::{Context, RepoArgs};
 use super::output::{count, human_size};
+use super::progress::{self, Status, StatusLine};
+
+/// A phase of a gc as the status line shows it.
+struct Phase {
+    name: &'static str,
+    done: u64,
+    total: u64,
+    started: Instant,
+}
+
+impl Phase {
+    fn new(name: &'static str, done: u64, total: u64) -> Self {
+        Phase {
+            name,
+            done,
+            total,
+            started: Instant::now(),
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -27,37 +48,53 @@ pub fn run(args: &GcArgs, repo: &RepoArgs, quiet: bool) -> Result<()> {
         dry_run: args.dry_run,
         ..Default::default()
     };
-    let show = !quiet && std::io::stderr().is_terminal();
-    let mut last = String::new();
+    // The phase and how far it is, drawn by the status line (on a terminal only).
+    let phase = Arc::new(Mutex::new(Phase::new("starting", 0, 0)));
+    let display = StatusLine::start(quiet, {
+        let phase = phase.clone();
+        move |_| {
+            let phase = phase.lock().unwrap();
+            let done = match phase.total {
+                0 => String::new(),
+                total => format!(
+                    " {}",
+                    progress::steps(phase.done, total, phase.started.elapsed())
+                ),
+            };
+            Status {
+                head: format!("{}{done}", phase.name),
+                tail: String::new(),
+            }
+        }
+    });
     let mut progress = |step: GcProgress| {
-        if let GcProgress::ServerLog(line) = &step {
-            // A server's task log is worth keeping (cron mails): every line, terminal or not.
-            if !quiet {
-                eprintln!("{line}");
+        let (name, done, total) = match step {
+            GcProgress::ServerLog(line) => {
+                // A server's task log is worth keeping (cron mails): every line, terminal
+                // or not.
+                if !quiet {
+                    match &display {
+                        Some(display) => display.print_above(|| eprintln!("{line}")),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                return;
             }
-            return;
-        }
-        if !show {
-            return;
-        }
-        let line = match step {
-            GcProgress::CheckingAtime => "checking access time updates".to_string(),
+            GcProgress::CheckingAtime => ("checking access time updates", 0u64, 0u64),
             GcProgress::Marking { done, total } => {
-                format!("phase 1: marking chunks of {done}/{total} index files")
+                ("phase 1: marking (index files)", done as u64, total as u64)
             }
-            GcProgress::Sweeping { percent } => format!("phase 2: sweeping {percent}%"),
-            GcProgress::ServerLog(_) => return,
+            GcProgress::Sweeping { percent } => ("phase 2: sweeping (% done)", percent as u64, 100),
         };
-        if line != last {
-            eprint!("\r\x1b[K{line}");
-            let _ = std::io::stderr().flush();
-            last = line;
+        let mut phase = phase.lock().unwrap();
+        if phase.name != name {
+            *phase = Phase::new(name, done, total);
+        } else {
+            phase.done = done;
         }
     };
     let result = store.collect_garbage(&options, &mut progress);
-    if show {
-        eprint!("\r\x1b[K");
-    }
+    progress::stop(display);
     let report = result?;
     if ctx.output.is_json() {
         ctx.output.print_json(&json!({

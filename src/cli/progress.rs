@@ -1,4 +1,4 @@
-//! A one-line status on stderr for long commands (push, restore, verify), redrawn a few
+//! A one-line status on stderr for long commands (push, restore, verify, gc, prune), redrawn a few
 //! times a second and cut to the terminal's width. Shown only when stderr is a terminal and
 //! not with --quiet; cleared when the work ends.
 
@@ -39,12 +39,22 @@ impl StatusLine {
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             let mut stderr = std::io::stderr();
-            while !stop_flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
+            // Drawn at once and then every 250 ms; `stop` wakes the thread, so a command
+            // does not wait out the interval at its end.
+            loop {
                 let line = fit(&status(started.elapsed()), terminal_width());
-                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = write!(stderr, "\r\x1b[K{line}");
-                let _ = stderr.flush();
+                {
+                    let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = write!(stderr, "\r\x1b[K{line}");
+                    let _ = stderr.flush();
+                }
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::park_timeout(Duration::from_millis(250));
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
             }
             let _ = write!(stderr, "\r\x1b[K");
             let _ = stderr.flush();
@@ -69,6 +79,7 @@ impl StatusLine {
 
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
         let _ = self.thread.join();
     }
 }
@@ -102,6 +113,17 @@ pub fn amount(done: u64, total: Option<u64>, elapsed: Duration) -> String {
         }
         _ => format!("{}, {}/s", human_size(done), human_size(rate as u64)),
     }
+}
+
+/// "12/40, 3 s left": steps done of a known total and, once one is done, the time left
+/// at the rate so far (`elapsed` since the first step).
+pub fn steps(done: u64, total: u64, elapsed: Duration) -> String {
+    if done == 0 || done >= total {
+        return format!("{done}/{total}");
+    }
+    let per_step = elapsed.as_secs_f64() / done as f64;
+    let left = per_step * (total - done) as f64;
+    format!("{done}/{total}, {} left", duration(left))
 }
 
 fn duration(secs: f64) -> String {
@@ -167,5 +189,12 @@ mod tests {
         assert!(text.contains("of 1.00 GiB"), "{text}");
         assert!(text.ends_with("4 s left"), "{text}");
         assert!(!amount(10, None, Duration::from_secs(1)).contains("left"));
+    }
+
+    #[test]
+    fn steps_say_how_long_is_left_once_one_is_done() {
+        assert_eq!(steps(0, 40, Duration::from_secs(3)), "0/40");
+        assert_eq!(steps(10, 40, Duration::from_secs(5)), "10/40, 15 s left");
+        assert_eq!(steps(40, 40, Duration::from_secs(9)), "40/40");
     }
 }

@@ -1,5 +1,7 @@
 //! `pbsfs prune GROUP|--all`: PBS's retention, on a local datastore or by a server.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
@@ -10,7 +12,8 @@ use pbsfs::store::prune::KeepOptions;
 use pbsfs::store::time::epoch_to_rfc3339;
 
 use super::context::{Context, RepoArgs};
-use super::output::Table;
+use super::output::{count, Table};
+use super::progress::{self, Status, StatusLine};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -60,12 +63,42 @@ pub fn run(args: &PruneArgs, repo: &RepoArgs) -> Result<()> {
     };
     let mut items: Vec<PruneItem> = Vec::new();
     let mut errors = Vec::new();
-    for group in &groups {
+    // Which group, how many of them are done and how many snapshots went, on a terminal.
+    let state = Arc::new(Mutex::new((0u64, String::new(), 0usize)));
+    let total = groups.len() as u64;
+    let verb = if args.dry_run { "to remove" } else { "removed" };
+    let display = StatusLine::start(log::max_level() < log::LevelFilter::Info, {
+        let state = state.clone();
+        move |elapsed| {
+            let (done, group, removed) = &*state.lock().unwrap();
+            Status {
+                head: format!(
+                    "pruning {}, {} {verb}: ",
+                    progress::steps(*done, total, elapsed),
+                    count(*removed as u64, "snapshot", "snapshots")
+                ),
+                tail: group.clone(),
+            }
+        }
+    });
+    for (done, group) in groups.iter().enumerate() {
+        state.lock().unwrap().1 = group.to_string();
         let (group_items, group_errors) =
-            store.prune_group(&ctx.ns, group, &options, args.dry_run)?;
+            match store.prune_group(&ctx.ns, group, &options, args.dry_run) {
+                Ok(result) => result,
+                Err(err) => {
+                    progress::stop(display);
+                    return Err(err);
+                }
+            };
+        let removed = group_items.iter().filter(|item| !item.mark.keep()).count();
         items.extend(group_items);
         errors.extend(group_errors);
+        let mut state = state.lock().unwrap();
+        state.0 = done as u64 + 1;
+        state.2 += removed;
     }
+    progress::stop(display);
     if ctx.output.is_json() {
         // What `proxmox-backup-client prune --output-format json` prints: the server's list.
         let list: Vec<_> = items

@@ -26,7 +26,7 @@ use pbsfs::store::open::{
 use serde_json::json;
 
 use super::context::{Context, RepoArgs};
-use super::output::human_size;
+use super::output::{count, human_size};
 use super::progress::{self, Status, StatusLine};
 
 #[derive(Args, Debug)]
@@ -243,12 +243,14 @@ fn extract_tree(
         patterns: args.pattern.clone(),
         restore_owner: !args.no_owner && unsafe { libc::geteuid() } == 0,
         ignore_errors: args.ignore_errors,
-        bytes_written: Arc::default(),
+        ..ExtractOptions::default()
     };
     let written = options.bytes_written.clone();
+    let entries = options.entries_done.clone();
     let display = StatusLine::start(quiet(), move |elapsed| Status {
         head: format!(
-            "restoring: {}",
+            "restoring: {}, {}",
+            count(entries.load(Ordering::Relaxed), "entry", "entries"),
             progress::amount(written.load(Ordering::Relaxed), Some(total), elapsed)
         ),
         tail: String::new(),

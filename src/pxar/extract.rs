@@ -238,7 +238,7 @@ impl Extractor<'_> {
                 let result = materialize(&mut self.stack, self.options)
                     .with_context(|| format!("creating {}", show(&path)));
                 if result.is_ok() {
-                    self.stats.entries += 1;
+                    self.entry_done();
                 }
                 self.check(&path, result)?;
             }
@@ -249,9 +249,14 @@ impl Extractor<'_> {
         }
         let result = self.non_dir(&path, depth, &entry, input);
         if result.is_ok() {
-            self.stats.entries += 1;
+            self.entry_done();
         }
         self.check(&path, result)
+    }
+
+    fn entry_done(&mut self) {
+        self.stats.entries += 1;
+        self.options.entries_done.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Creates anything but a directory, with its metadata.

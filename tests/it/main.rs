@@ -18,6 +18,7 @@ mod mount_fixtures;
 mod mount_points;
 mod mount_refresh;
 mod packaging;
+mod progress_terminal;
 mod push_change_detection;
 mod push_encrypted;
 mod push_fixtures;

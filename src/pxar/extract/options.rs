@@ -23,6 +23,8 @@ pub struct ExtractOptions {
     /// Bytes of file data written so far, updated while the extraction runs (for a
     /// progress display on another thread).
     pub bytes_written: Arc<AtomicU64>,
+    /// Entries restored so far, likewise (many small files move the bytes little).
+    pub entries_done: Arc<AtomicU64>,
 }
 
 impl Default for ExtractOptions {
@@ -34,6 +36,7 @@ impl Default for ExtractOptions {
             restore_owner: true,
             ignore_errors: false,
             bytes_written: Arc::default(),
+            entries_done: Arc::default(),
         }
     }
 }
