@@ -3,6 +3,7 @@
 # the snapshots, all measured in the same run:
 #   diff A B                                   (the figure)
 #   find A '*' + find B '*'                    (two listings from the metadata streams)
+#   find A none + find B none                  (the same walks, printing nothing)
 #   find MOUNT -ls of A, twice                 (two listings through a mount of A)
 # The tree is DIRS directories x 1000 tiny files (gen-small-files-tree.py); B is A after 1 %
 # of the files changed. The target: diff well under two listings.
@@ -68,15 +69,18 @@ mount_list_twice() {
     done
     echo "$t"
 }
-diffs=() finds=() mounts=()
+diffs=() finds=() walks=() mounts=()
 for _ in $(seq "$ROUNDS"); do
     diffs+=("$(time_of pbsfs diff "$A" "$B")")
     finds+=("$(echo "$(time_of pbsfs find "$A" '*') + $(time_of pbsfs find "$B" '*')" | bc)")
+    walks+=("$(echo "$(time_of pbsfs find "$A" none) + $(time_of pbsfs find "$B" none)" | bc)")
     mounts+=("$(mount_list_twice)")
 done
 d=$(best "${diffs[@]}")
 f=$(best "${finds[@]}")
+w=$(best "${walks[@]}")
 m=$(best "${mounts[@]}")
 printf '%-40s %8.3f s\n' "diff A B" "$d"
 printf '%-40s %8.3f s   ratio diff/this %.2f\n' "find A '*' + find B '*'" "$f" "$(echo "$d / $f" | bc -l)"
+printf '%-40s %8.3f s   ratio diff/this %.2f\n' "find A none + find B none" "$w" "$(echo "$d / $w" | bc -l)"
 printf '%-40s %8.3f s   ratio diff/this %.2f\n' "mount A + find -ls, twice" "$m" "$(echo "$d / $m" | bc -l)"
