@@ -149,6 +149,10 @@ fn mtime_text(mtime: MTime) -> String {
 }
 
 fn entry_json(entry: &Entry) -> Value {
+    if let EntryKind::Hardlink { .. } = entry.kind {
+        // A hardlink's attributes are its target's.
+        return json!({"type": type_name(entry), "target": String::from_utf8_lossy(&link_target(entry))});
+    }
     let stat = &entry.metadata.stat;
     let mut value = json!({
         "type": type_name(entry),

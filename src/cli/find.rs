@@ -31,6 +31,7 @@ pub fn run(args: &FindArgs, repo: &RepoArgs) -> Result<()> {
     let snapshots = selected_snapshots(&ctx, named)?;
     let json = ctx.output.is_json();
     let mut rows = Vec::new();
+    let mut searched = 0;
     for dir in &snapshots {
         let (snapshot, crypt) = match ctx.open_snapshot(dir) {
             Ok(opened) => opened,
@@ -41,6 +42,7 @@ pub fn run(args: &FindArgs, repo: &RepoArgs) -> Result<()> {
             }
             Err(err) => return Err(err),
         };
+        searched += 1;
         let chunks = snapshot_chunks(&*snapshot, crypt, 16 << 20, 0);
         find_in_snapshot(&*snapshot, chunks, &pattern, &mut |found| {
             rows.push((dir.to_string(), found));
@@ -83,7 +85,7 @@ pub fn run(args: &FindArgs, repo: &RepoArgs) -> Result<()> {
     if !rows.is_empty() {
         table.print();
     }
-    eprintln!("{} found in {} snapshots", rows.len(), snapshots.len());
+    eprintln!("{} found in {searched} snapshots", rows.len());
     Ok(())
 }
 

@@ -521,32 +521,14 @@ mod tests {
     }
 
     use crate::format::Digest;
-    use crate::store::access::SnapshotAccess;
-    use crate::store::chunk_reader::VerifyingChunkReader;
-    use crate::store::open::tests::fixture;
+    use crate::store::open::tests::{fixture, CountingSource};
     use crate::store::open::{open_archive, OpenedArchive};
-    use crate::store::ChunkSource;
     use std::collections::HashSet;
-    use std::sync::Mutex;
 
-    /// A chunk source that records every digest fetched.
-    struct Counting {
-        inner: Arc<dyn ChunkSource>,
-        fetched: Mutex<Vec<Digest>>,
-    }
-
-    impl ChunkSource for Counting {
-        fn fetch_raw_chunk(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
-            self.fetched.lock().unwrap().push(*digest);
-            self.inner.fetch_raw_chunk(digest)
-        }
-    }
-
-    fn open(snapshot: &str, counting: &Arc<Counting>) -> PxarArchive {
+    fn open(snapshot: &str, counting: &Arc<CountingSource>) -> PxarArchive {
         let snapshot = fixture(snapshot);
-        let source: Arc<dyn ChunkSource> = counting.clone();
-        let chunks = Arc::new(VerifyingChunkReader::with_key(source, None));
-        let OpenedArchive::Pxar(archive) = open_archive(&snapshot, "root.pxar", chunks).unwrap()
+        let OpenedArchive::Pxar(archive) =
+            open_archive(&snapshot, "root.pxar", counting.reader()).unwrap()
         else {
             panic!("a pxar archive");
         };
@@ -583,10 +565,7 @@ mod tests {
 
     #[test]
     fn the_fixture_changes_without_a_payload_chunk() {
-        let counting = Arc::new(Counting {
-            inner: fixture(META_1).chunk_source(),
-            fetched: Mutex::default(),
-        });
+        let counting = CountingSource::over(&fixture(META_1));
         let (a, b) = (open(META_1, &counting), open(META_2, &counting));
         let (changes, stats) = run(&a, &b, &DiffOptions::default());
         assert_eq!(
@@ -620,10 +599,7 @@ mod tests {
 
     #[test]
     fn a_path_limits_the_diff_and_must_exist() {
-        let counting = Arc::new(Counting {
-            inner: fixture(META_1).chunk_source(),
-            fetched: Mutex::default(),
-        });
+        let counting = CountingSource::over(&fixture(META_1));
         let (a, b) = (open(META_1, &counting), open(META_2, &counting));
         let options = DiffOptions {
             path: Some(b"data/big-text".to_vec()),
@@ -643,10 +619,7 @@ mod tests {
 
     #[test]
     fn legacy_and_split_archives_of_one_tree_compare_equal_by_bytes() {
-        let counting = Arc::new(Counting {
-            inner: fixture(META_1).chunk_source(),
-            fetched: Mutex::default(),
-        });
+        let counting = CountingSource::over(&fixture(META_1));
         let legacy = open("host/fixture-legacy/2026-11-25T08:28:42Z", &counting);
         let split = open("host/fixture-data/2026-11-25T08:28:43Z", &counting);
         let (changes, stats) = run(&legacy, &split, &DiffOptions::default());

@@ -197,19 +197,40 @@ pub fn type_letter(entry: &Entry) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::open::snapshot_chunks;
-    use crate::store::open::tests::fixture;
+    use crate::store::access::SnapshotAccess;
+    use crate::store::open::tests::{fixture, CountingSource};
 
     fn find(snapshot: &str, pattern: &str) -> Vec<Found> {
         let snapshot = fixture(snapshot);
-        let chunks = snapshot_chunks(&snapshot, None, 1 << 20, 0);
+        let counting = CountingSource::over(&snapshot);
         let mut out = Vec::new();
         let pattern = PatternSet::new(&[pattern]).unwrap();
-        find_in_snapshot(&snapshot, chunks, &pattern, &mut |f| {
+        find_in_snapshot(&snapshot, counting.reader(), &pattern, &mut |f| {
             out.push(f);
             Ok(())
         })
         .unwrap();
+        // Only the catalog or the metadata stream is read.
+        let manifest = snapshot.manifest();
+        let wanted = ["catalog.pcat1.didx", "root.mpxar.didx"];
+        let allowed: Vec<_> = manifest
+            .files
+            .iter()
+            .filter(|f| wanted.contains(&f.filename.as_str()))
+            .flat_map(|f| {
+                crate::store::access::open_index(&snapshot, &f.filename)
+                    .unwrap()
+                    .digests()
+                    .to_vec()
+            })
+            .collect();
+        let fetched = counting.fetched.lock().unwrap();
+        assert!(!fetched.is_empty());
+        assert!(
+            fetched.iter().all(|d| allowed.contains(d)),
+            "{}",
+            snapshot.dir()
+        );
         out
     }
 

@@ -287,6 +287,34 @@ pub(crate) mod tests {
     use crate::store::local::LocalDatastore;
     use crate::store::names::BackupNamespace;
 
+    /// A chunk source that records every digest fetched.
+    pub(crate) struct CountingSource {
+        pub inner: Arc<dyn crate::store::ChunkSource>,
+        pub fetched: std::sync::Mutex<Vec<crate::format::Digest>>,
+    }
+
+    impl CountingSource {
+        pub(crate) fn over(snapshot: &dyn SnapshotAccess) -> Arc<Self> {
+            Arc::new(CountingSource {
+                inner: snapshot.chunk_source(),
+                fetched: Default::default(),
+            })
+        }
+
+        /// Verified chunk reads through this source.
+        pub(crate) fn reader(self: &Arc<Self>) -> Arc<VerifyingChunkReader> {
+            let source: Arc<dyn crate::store::ChunkSource> = self.clone();
+            Arc::new(VerifyingChunkReader::with_key(source, None))
+        }
+    }
+
+    impl crate::store::ChunkSource for CountingSource {
+        fn fetch_raw_chunk(&self, digest: &crate::format::Digest) -> Result<Vec<u8>> {
+            self.fetched.lock().unwrap().push(*digest);
+            self.inner.fetch_raw_chunk(digest)
+        }
+    }
+
     /// A snapshot of the fixture datastore (root namespace).
     pub(crate) fn fixture(snapshot: &str) -> LocalSnapshot {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/datastore");

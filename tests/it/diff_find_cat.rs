@@ -396,3 +396,34 @@ fn cat_writes_a_file_and_refuses_directories_and_missing_paths() {
         "no pxar archive",
     );
 }
+
+#[test]
+fn diff_find_and_cat_through_the_server() {
+    use common::pbs_server::{fixture_datastore, ServerConfig, TestServer};
+    let server = TestServer::start(&fixture_datastore(), ServerConfig::default());
+    let out = common::cli::pbsfs(
+        &server,
+        &[
+            "diff",
+            "host/fixture-meta/2026-11-25T08:28:43Z",
+            "host/fixture-meta/latest",
+            "/data/big-text",
+        ],
+    );
+    assert!(
+        stdout(&out).starts_with("M    /data/big-text  content, size 10988890 → 10988904"),
+        "{}",
+        stdout(&out)
+    );
+    let out = common::cli::pbsfs(&server, &["find", "host/fixture-data", "added.txt"]);
+    assert_eq!(stdout(&out), "");
+    ok(&out);
+    let out = common::cli::pbsfs(
+        &server,
+        &["cat", "host/fixture-meta/latest", "data/added.txt"],
+    );
+    assert_eq!(
+        common::sha256_hex(ok(&out)),
+        "0f15384d18789b1ebf3043dc7b6bc27273c8576373fbeb6f3e15854b588141c0"
+    );
+}
