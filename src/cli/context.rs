@@ -15,6 +15,9 @@ use pbsfs::store::access::{LocalAccess, SnapshotAccess};
 use pbsfs::store::admin::DatastoreAdmin;
 use pbsfs::store::local::{LocalDatastore, SnapshotEntry};
 use pbsfs::store::names::{BackupDir, BackupNamespace};
+use pbsfs::store::open::{
+    mountables, open_mountable, select_pxar, snapshot_chunks, OpenedArchive, PxarArchive,
+};
 use pbsfs::store::snapshot::resolve_snapshot;
 
 use super::keys::{default_key_path, load_crypt_config};
@@ -226,6 +229,25 @@ impl Context {
                 .with_context(|| format!("snapshot {dir}"))?;
         }
         Ok((snapshot, crypt))
+    }
+
+    /// Resolves SNAPSHOT and opens its pxar archive (`archive`, or its only one), reading
+    /// verified chunks through a cache of `cache_bytes`.
+    pub fn open_pxar(
+        &self,
+        spec: &str,
+        archive: Option<&str>,
+        cache_bytes: usize,
+    ) -> Result<(BackupDir, PxarArchive)> {
+        let dir = self.resolve(spec)?;
+        let (snapshot, crypt) = self.open_snapshot(&dir)?;
+        let all = mountables(snapshot.manifest());
+        let chosen = select_pxar(&all, &dir, archive)?;
+        let chunks = snapshot_chunks(&*snapshot, crypt, cache_bytes, 1);
+        match open_mountable(&*snapshot, chosen, chunks)? {
+            OpenedArchive::Pxar(pxar) => Ok((dir, pxar)),
+            OpenedArchive::Image(_) => unreachable!("select_pxar chooses pxar archives"),
+        }
     }
 
     /// Resolves a SNAPSHOT argument among the snapshots of the namespace (`latest`: the

@@ -8,9 +8,12 @@ macro_rules! outln {
     };
 }
 
+pub mod cat;
 pub mod completions;
 pub mod context;
+pub mod diff;
 pub mod files;
+pub mod find;
 pub mod gc;
 pub mod helper;
 pub mod key;
@@ -56,6 +59,16 @@ pub enum Command {
     /// modes, times, xattrs, ACLs, devices, hardlinks), or write an archive as stored (raw
     /// pxar stream, image, blob content) to stdout (`-`) or a file.
     Restore(restore::RestoreArgs),
+    /// Show what changed between two snapshots' pxar archives (of the same or different
+    /// groups): added (+), removed (-) and modified (M) entries and what changed about them.
+    /// Split archives are compared from their metadata; file data is read only with --content.
+    Diff(diff::DiffArgs),
+    /// Find paths matching a glob in snapshots (all of the namespace when none is named),
+    /// from catalogs and metadata archives, never reading file contents.
+    #[command(override_usage = "pbsfs find [OPTIONS] [SNAPSHOT|GROUP]... <PATTERN>")]
+    Find(find::FindArgs),
+    /// Write one file of a snapshot's pxar archive to stdout.
+    Cat(cat::CatArgs),
     /// Create or show encryption key files.
     Key(key::KeyArgs),
     /// Mount a snapshot read-only (FUSE): its pxar archive as a directory tree, or its disk
@@ -162,6 +175,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Namespaces(args) => snapshots::run_namespaces(&args, repo),
         Command::Files(args) => files::run(&args, repo),
         Command::Restore(args) => restore::run(&args, repo),
+        Command::Diff(args) => diff::run(&args, repo),
+        Command::Find(args) => find::run(&args, repo),
+        Command::Cat(args) => cat::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
         Command::Push(mut args) => {
             args.quiet = cli.log.quiet;

@@ -42,6 +42,8 @@ pub type ReadAtDecoder = Decoder<AtSource<Arc<dyn ReadAt>>>;
 pub struct Decoder<S> {
     src: S,
     payload: Option<Arc<dyn ReadAt>>,
+    /// A v2 metadata stream: file entries carry payload references.
+    split: bool,
     /// Path length (bytes) of each open directory, root first.
     open_dirs: Vec<usize>,
     path: Vec<u8>,
@@ -66,12 +68,22 @@ impl ReadAtDecoder {
     pub fn from_read_at(meta: Arc<dyn ReadAt>, payload: Option<Arc<dyn ReadAt>>) -> Self {
         Self::with_source(AtSource::new(meta, 0, u64::MAX), payload)
     }
+
+    /// Entries and metadata only, never a byte of the payload stream: a v1 archive
+    /// (`split` false) or the metadata stream of a v2 pair. Payload references are taken as
+    /// written (not checked against the payload stream) and file contents cannot be read.
+    pub fn metadata_only(meta: Arc<dyn ReadAt>, split: bool) -> Self {
+        let mut decoder = Self::with_source(AtSource::new(meta, 0, u64::MAX), None);
+        decoder.split = split;
+        decoder
+    }
 }
 
 impl<S: ItemSource> Decoder<S> {
     fn with_source(src: S, payload: Option<Arc<dyn ReadAt>>) -> Self {
         Decoder {
             src,
+            split: payload.is_some(),
             payload,
             open_dirs: Vec::new(),
             path: Vec::new(),
@@ -84,7 +96,7 @@ impl<S: ItemSource> Decoder<S> {
     }
 
     fn layout(&self) -> Layout {
-        if self.payload.is_some() {
+        if self.split {
             Layout::Split
         } else {
             Layout::Unified
@@ -138,21 +150,21 @@ impl<S: ItemSource> Decoder<S> {
 
     fn read_root(&mut self) -> Result<DecodedEntry> {
         let first = items::next_header(&mut self.src)?;
-        let first = match (first.1.htype, self.payload.clone()) {
-            (PXAR_FORMAT_VERSION, Some(payload)) => {
-                check_payload_start(&*payload)?;
+        let first = match (first.1.htype, self.split) {
+            (PXAR_FORMAT_VERSION, true) => {
+                if let Some(payload) = &self.payload {
+                    check_payload_start(&**payload)?;
+                }
                 items::skip_version_and_prelude(&mut self.src, first)?
             }
-            (PXAR_FORMAT_VERSION, None) => {
+            (PXAR_FORMAT_VERSION, false) => {
                 return Err(DecodeError::invalid(
                     0,
                     "v2 archive needs its payload stream",
                 ))
             }
-            (_, Some(_)) => {
-                return Err(DecodeError::invalid(0, "v1 archive has no payload stream"))
-            }
-            (_, None) => first,
+            (_, true) => return Err(DecodeError::invalid(0, "v1 archive has no payload stream")),
+            (_, false) => first,
         };
         let layout = self.layout();
         let body = items::read_body_after(&mut self.src, layout, None, first)?;
@@ -192,7 +204,9 @@ impl<S: ItemSource> Decoder<S> {
                 self.open_dirs.push(self.path.len());
             }
             EntryKind::File { size, data } => {
-                if let FileData::PayloadRef { payload_offset } = data {
+                if let (FileData::PayloadRef { payload_offset }, true) =
+                    (data, self.payload.is_some())
+                {
                     self.check_payload_ref(filename_offset, payload_offset, size)?;
                 }
                 self.file = Some(OpenFile {

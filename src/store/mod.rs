@@ -8,6 +8,8 @@ pub mod cache;
 pub mod chunk_reader;
 pub mod chunk_source;
 mod chunk_tmp;
+pub mod diff;
+pub mod find;
 pub mod fs_modes;
 pub mod gc;
 pub mod local;

@@ -239,6 +239,31 @@ pub fn select_named<'a>(
     Ok(matches)
 }
 
+/// The pxar archive of `dir` a command means: the one `wanted` names, or without a name the
+/// snapshot's only pxar archive (several are an error that lists them).
+pub fn select_pxar<'a>(
+    all: &'a [Mountable],
+    dir: &BackupDir,
+    wanted: Option<&str>,
+) -> Result<&'a Mountable> {
+    let pxars: Vec<&Mountable> = match wanted {
+        Some(name) => select_named(all, dir, name)?
+            .into_iter()
+            .filter(|m| !m.is_image())
+            .collect(),
+        None => all.iter().filter(|m| !m.is_image()).collect(),
+    };
+    match (pxars.as_slice(), wanted) {
+        ([one], _) => Ok(one),
+        ([], Some(name)) => bail!("'{name}' in snapshot {dir} is an image, not a pxar archive"),
+        ([], None) => bail!("snapshot {dir} has no pxar archive; it has: {}", names(all)),
+        (_, _) => bail!(
+            "snapshot {dir} has several pxar archives; name one with --archive: {}",
+            names(all)
+        ),
+    }
+}
+
 /// The error for a name that means several archives of `dir`.
 pub fn ambiguous(all: &[Mountable], dir: &BackupDir, name: &str) -> anyhow::Error {
     anyhow!(
@@ -261,6 +286,34 @@ pub(crate) mod tests {
     use crate::store::access::LocalSnapshot;
     use crate::store::local::LocalDatastore;
     use crate::store::names::BackupNamespace;
+
+    /// A chunk source that records every digest fetched.
+    pub(crate) struct CountingSource {
+        pub inner: Arc<dyn crate::store::ChunkSource>,
+        pub fetched: std::sync::Mutex<Vec<crate::format::Digest>>,
+    }
+
+    impl CountingSource {
+        pub(crate) fn over(snapshot: &dyn SnapshotAccess) -> Arc<Self> {
+            Arc::new(CountingSource {
+                inner: snapshot.chunk_source(),
+                fetched: Default::default(),
+            })
+        }
+
+        /// Verified chunk reads through this source.
+        pub(crate) fn reader(self: &Arc<Self>) -> Arc<VerifyingChunkReader> {
+            let source: Arc<dyn crate::store::ChunkSource> = self.clone();
+            Arc::new(VerifyingChunkReader::with_key(source, None))
+        }
+    }
+
+    impl crate::store::ChunkSource for CountingSource {
+        fn fetch_raw_chunk(&self, digest: &crate::format::Digest) -> Result<Vec<u8>> {
+            self.fetched.lock().unwrap().push(*digest);
+            self.inner.fetch_raw_chunk(digest)
+        }
+    }
 
     /// A snapshot of the fixture datastore (root namespace).
     pub(crate) fn fixture(snapshot: &str) -> LocalSnapshot {
@@ -319,6 +372,34 @@ pub(crate) mod tests {
         assert_eq!(select_named(&all, &dir, "root").unwrap().len(), 2);
         let err = ambiguous(&all, &dir, "root").to_string();
         assert!(err.contains("ambiguous"), "{err}");
+    }
+
+    #[test]
+    fn the_only_pxar_archive_is_chosen_without_a_name() {
+        let all = vec![
+            Mountable::Pxar {
+                name: "root.pxar".into(),
+                file: "root.pxar.didx".into(),
+            },
+            Mountable::Image {
+                name: "disk.img".into(),
+                file: "disk.img.fidx".into(),
+            },
+        ];
+        let dir = BackupDir::parse("host/a/2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(select_pxar(&all, &dir, None).unwrap().name(), "root.pxar");
+        assert!(select_pxar(&all, &dir, Some("disk")).is_err());
+        let mut two = all.clone();
+        two.push(Mountable::Pxar {
+            name: "etc.pxar".into(),
+            file: "etc.pxar.didx".into(),
+        });
+        let err = select_pxar(&two, &dir, None).unwrap_err().to_string();
+        assert!(err.contains("--archive"), "{err}");
+        assert_eq!(
+            select_pxar(&two, &dir, Some("etc")).unwrap().name(),
+            "etc.pxar"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod cli_fixtures;
 mod cli_help;
 mod crypto_cli;
 mod crypto_fixtures;
+mod diff_find_cat;
 mod format_fixtures;
 mod lifecycle;
 mod lifecycle_remote;
