@@ -1,8 +1,9 @@
 //! Image archives (`.img.fidx`) as regular files in one directory, read lazily through the
 //! index so `cmp`, `losetup` or `qemu-img` can use them.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pbsfs_mount::{
     readdir_from, AddDirItem, Attr, Errno, ReadData, ReadOnlyFs, StatFs, Timespec, ROOT_INO,
@@ -48,17 +49,24 @@ pub struct ImageDirFs {
     uid: u32,
     gid: u32,
     open_files: OpenFiles,
+    /// The snapshot, for log messages.
+    label: String,
+    /// Read errors logged so far (each once).
+    logged: Mutex<HashSet<String>>,
 }
 
 impl ImageDirFs {
-    /// `mtime` is the backup time; files are owned by the mounting user.
-    pub fn new(images: Vec<(String, Arc<IndexReader>)>, backup_time: i64) -> Self {
+    /// `mtime` is the backup time; files are owned by the mounting user. `label` names the
+    /// snapshot in log messages.
+    pub fn new(images: Vec<(String, Arc<IndexReader>)>, backup_time: i64, label: String) -> Self {
         ImageDirFs {
             images,
             mtime: Timespec::new(backup_time, 0),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
             open_files: OpenFiles::default(),
+            label,
+            logged: Mutex::default(),
         }
     }
 
@@ -145,7 +153,10 @@ impl ReadOnlyFs for ImageDirFs {
         let (name, reader) = self.image(ino)?;
         let pattern = self.open_files.read(fh, offset, size, reader.size());
         read_image(reader, offset, size, pattern, |err| {
-            log::error!("{name}: {err:#}");
+            let message = format!("{}/{name}: {err:#}", self.label);
+            if self.logged.lock().unwrap().insert(message.clone()) {
+                log::error!("{message}");
+            }
             Errno::EIO
         })
     }

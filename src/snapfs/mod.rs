@@ -62,5 +62,5 @@ pub fn open_snapshot(
             OpenedArchive::Image(reader) => images.push((what.name().to_string(), reader)),
         }
     }
-    Ok(Arc::new(ImageDirFs::new(images, dir.time)))
+    Ok(Arc::new(ImageDirFs::new(images, dir.time, dir.to_string())))
 }

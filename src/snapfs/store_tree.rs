@@ -328,7 +328,12 @@ impl ReadOnlyFs for StoreFs {
         };
         let pattern = self.image_files.read(fh, offset, size, reader.size());
         read_image(&reader, offset, size, pattern, |err| {
-            self.eio(format!("{}/{}: {err}", slot.dir, slot.what.name()))
+            self.eio(format!(
+                "{}{}/{}: {err}",
+                ns_prefix(&slot.ns),
+                slot.dir,
+                slot.what.name()
+            ))
         })
     }
 

@@ -140,3 +140,30 @@ fn a_background_mount_logs_what_it_cannot_read_to_its_log_file() {
         assert!(errors[0].contains(needle), "no {needle} in {text}");
     }
 }
+
+/// The first chunk of the fixture's disk image.
+const IMAGE_CHUNK: &str = crate::restore_extract::IMAGE_CHUNK;
+
+#[test]
+fn a_background_image_mount_logs_a_bad_chunk_once_with_its_snapshot() {
+    let tmp = common::datastore_with_bad_chunk(IMAGE_CHUNK);
+    let store = tmp.path().join("ds");
+    let (_mnt, point) = mount_point();
+    let log = tmp.path().join("pbsfs.log");
+    ok(&local_command(&store)
+        .args(["mount", "--log-file", log.to_str().unwrap(), "vm/100/latest"])
+        .arg(&point)
+        .output()
+        .unwrap());
+    for _ in 0..2 {
+        let err = std::fs::read(point.join("drive-scsi0.img")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    ok(&pbsfs_umount(&point));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains(" error: ")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    for needle in ["vm/100/2026-11-25T08:29:01Z/drive-scsi0.img", IMAGE_CHUNK] {
+        assert!(errors[0].contains(needle), "no {needle} in {text}");
+    }
+}
