@@ -136,7 +136,11 @@ fn the_whole_server_datastore_mounts_like_a_local_one() {
         assert_eq!(names(&point), ["host", "ns", "vm"]);
         assert_eq!(
             names(&point.join("host/fixture-meta")),
-            ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z"]
+            ["2026-11-25T08:28:43Z", "2026-11-25T08:28:55Z", "latest"]
+        );
+        assert_eq!(
+            std::fs::read_link(point.join("host/fixture-meta/latest")).unwrap(),
+            std::path::Path::new("2026-11-25T08:28:55Z")
         );
         assert_eq!(
             names(&point.join("ns/team/host/fixture-ns/2026-11-25T08:29:01Z")),
