@@ -449,12 +449,12 @@ fn hostname() -> Result<String> {
 }
 
 /// The signal that interrupted the push (0: none), for its exit status.
-static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+pub(super) static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
 /// so the backup unwinds and removes its unfinished snapshot; a second signal gets the
 /// default action.
-fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+pub(super) fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM, SIGHUP] {

@@ -159,6 +159,17 @@ impl BackupSession for RemoteSession {
             .context("the backup session is already finished")?;
         session.finish_with(complete)
     }
+
+    fn finish_with_manifest(&self, raw_manifest: &[u8]) -> Result<BackupDir> {
+        self.uploads.wait_idle()?;
+        let session = self
+            .session
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .context("the backup session is already finished")?;
+        session.finish_with_raw_manifest(raw_manifest)
+    }
 }
 
 impl Drop for RemoteSession {

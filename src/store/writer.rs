@@ -171,17 +171,49 @@ impl SnapshotWriter {
         );
         manifest.files = self.files.clone();
         complete(&mut manifest)?;
+        let raw = manifest.to_blob()?;
+        self.write_manifest(&raw)
+    }
+
+    /// Finishes with a manifest made elsewhere (a copy of another datastore's snapshot),
+    /// stored byte for byte. It must name this snapshot and list only files written here,
+    /// with the sizes and checksums they have here.
+    pub fn finish_with_raw_manifest(mut self, raw: &[u8]) -> Result<BackupDir> {
+        let manifest = Manifest::from_blob(raw).context("the copied manifest cannot be read")?;
+        let names_this = manifest.backup_type == self.dir.group.backup_type.as_str()
+            && manifest.backup_id == self.dir.group.backup_id
+            && manifest.backup_time == self.dir.time;
+        if !names_this {
+            bail!(
+                "the copied manifest is that of {}/{}/{}, not of {}",
+                manifest.backup_type,
+                manifest.backup_id,
+                manifest.backup_time,
+                self.dir
+            );
+        }
+        for listed in &manifest.files {
+            let written = self.files.iter().find(|f| f.filename == listed.filename);
+            match written {
+                Some(w) if w.size == listed.size && w.csum == listed.csum => {}
+                Some(_) => bail!("{}: differs from what the manifest says", listed.filename),
+                None => bail!("{}: listed in the manifest but not copied", listed.filename),
+            }
+        }
+        self.write_manifest(raw)
+    }
+
+    fn write_manifest(&mut self, raw: &[u8]) -> Result<BackupDir> {
         // Chunks are written without fsync each; before the manifest makes the snapshot
         // complete they must be on disk, or a crash could leave a complete-looking snapshot
         // with missing chunks. One syncfs, as PBS does at its default sync level.
         sync_filesystem(&self.store.root().join(".chunks")).with_context(|| {
             format!("cannot sync the datastore {}", self.store.root().display())
         })?;
-        let raw = manifest.to_blob()?;
         let tmp = self.path.join("index.json.tmp_manifest");
         let _ = fs::remove_file(&tmp);
         let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
-        std::io::Write::write_all(&mut file, &raw)?;
+        std::io::Write::write_all(&mut file, raw)?;
         file.sync_all()?;
         fs::rename(&tmp, self.path.join(MANIFEST_BLOB_NAME))?;
         if let Ok(dir) = File::open(&self.path) {

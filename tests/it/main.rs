@@ -34,3 +34,4 @@ mod remote_cli;
 mod remote_push;
 mod restore_extract;
 mod storefs;
+mod sync;
