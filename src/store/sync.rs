@@ -30,7 +30,10 @@ use super::names::{BackupDir, BackupGroup, BackupNamespace};
 use super::target::{BackupSession, BackupTarget, SessionParams};
 use super::worker_pool::WorkerPool;
 use super::ChunkSource;
-use crate::format::blob::{check_chunk_crypt_mode, decode_chunk, parse_blob};
+use crate::format::blob::{
+    check_chunk_crypt_mode, chunk_digest, decompress_bounded, parse_blob, verify_chunk, BlobBody,
+    MAX_CHUNK_SIZE,
+};
 use crate::format::index::{AnyIndex, ChunkIndex};
 use crate::format::manifest::CryptMode;
 use crate::format::{digest_to_hex, Digest};
@@ -424,13 +427,20 @@ fn copy_chunks(
 }
 
 /// What can be checked without the key: the CRC and crypt mode of every chunk, and the
-/// digest and size of a plain one.
+/// digest and size of a plain one (an uncompressed one in place, without a copy).
 fn check_raw_chunk(raw: &[u8], digest: &Digest, plain_size: u64, encrypted: bool) -> Result<()> {
-    let checked = check_chunk_crypt_mode(raw, encrypted).and_then(|()| {
-        if encrypted {
-            parse_blob(raw).map(|_| ())
-        } else {
-            decode_chunk(raw, digest, Some(plain_size)).map(|_| ())
+    let checked = check_chunk_crypt_mode(raw, encrypted).and_then(|()| match parse_blob(raw)? {
+        BlobBody::Encrypted { .. } => Ok(()),
+        BlobBody::Plain {
+            compressed: false,
+            data,
+        } => verify_chunk(data, &chunk_digest(data), digest, Some(plain_size)),
+        BlobBody::Plain {
+            compressed: true,
+            data,
+        } => {
+            let data = decompress_bounded(data, MAX_CHUNK_SIZE)?;
+            verify_chunk(&data, &chunk_digest(&data), digest, Some(plain_size))
         }
     });
     checked.map_err(|err| anyhow!("chunk {}: {err}", digest_to_hex(digest)))

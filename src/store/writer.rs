@@ -351,6 +351,51 @@ mod tests {
     }
 
     #[test]
+    fn a_copied_manifest_is_stored_as_given_only_if_it_fits() {
+        let store = store();
+        let ns = BackupNamespace::root();
+        let blob = crate::format::blob::encode_blob(b"conf", false).unwrap();
+        let info = FileInfo {
+            filename: "a.conf.blob".into(),
+            crypt_mode: CryptMode::None,
+            size: blob.len() as u64,
+            csum: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&blob))
+                .into(),
+        };
+        let manifest_of = |time: i64, files: Vec<FileInfo>| {
+            let mut manifest = Manifest::new("host", "copied", time);
+            manifest.files = files;
+            manifest.unprotected["notes"] = "kept".into();
+            manifest.to_blob().unwrap()
+        };
+        let attempt = |time: i64, raw: &[u8]| {
+            let mut writer =
+                SnapshotWriter::begin(store.clone(), &ns, &dir_in("host/copied", time), "me@pam")
+                    .unwrap();
+            writer.add_blob("a.conf.blob", &blob, info.clone()).unwrap();
+            writer.finish_with_raw_manifest(raw)
+        };
+        let err = attempt(1000, &manifest_of(999, vec![info.clone()])).unwrap_err();
+        assert!(err.to_string().contains("not of"), "{err}");
+        let mut unwritten = info.clone();
+        unwritten.filename = "b.conf.blob".into();
+        let err = attempt(1000, &manifest_of(1000, vec![info.clone(), unwritten])).unwrap_err();
+        assert!(err.to_string().contains("not copied"), "{err}");
+        let mut changed = info.clone();
+        changed.size += 1;
+        let err = attempt(1000, &manifest_of(1000, vec![changed])).unwrap_err();
+        assert!(err.to_string().contains("differs"), "{err}");
+        // None of them left a snapshot behind.
+        let group = dir_in("host/copied", 0).group;
+        assert!(store.list_snapshots(&ns, Some(&group)).unwrap().is_empty());
+
+        let raw = manifest_of(1000, vec![info.clone()]);
+        attempt(1000, &raw).unwrap();
+        let path = store.snapshot_path(&ns, &dir_in("host/copied", 1000));
+        assert_eq!(fs::read(path.join(MANIFEST_BLOB_NAME)).unwrap(), raw);
+    }
+
+    #[test]
     fn a_running_backup_is_told_from_a_left_over() {
         let store = store();
         let dir = dir_in("host/running", 1000);

@@ -328,6 +328,18 @@ fn server_to_server_takes_the_destination_secret_from_pbs_to_password() {
         .env("PBS_PASSWORD", &from.config.token_secret)
         .env("PBS_TO_PASSWORD", &to.config.token_secret)
         .env("PBS_TO_FINGERPRINT", &to.fingerprint);
+    let without = command
+        .env_remove("PBS_TO_PASSWORD")
+        .output()
+        .expect("run pbsfs");
+    // The source's secret is never sent to the destination.
+    assert!(!without.status.success());
+    assert!(
+        stderr(&without).contains("PBS_TO_PASSWORD"),
+        "{}",
+        stderr(&without)
+    );
+    command.env("PBS_TO_PASSWORD", &to.config.token_secret);
     let summary = run_json(command);
     assert_eq!(summary["copied"], 1, "{summary}");
     let expected: BTreeMap<_, _> = snapshot_files(&source)
@@ -421,7 +433,15 @@ fn a_sync_cut_off_by_its_source_is_finished_by_the_next_run() {
         inner: LocalAccess(source_store.clone()),
         budget: Arc::new(AtomicI64::new(2)),
     };
-    let err = sync_snapshots(&flaky, &root, &target, &root, &[dir.clone()], &options).unwrap_err();
+    let err = sync_snapshots(
+        &flaky,
+        &root,
+        &target,
+        &root,
+        std::slice::from_ref(&dir),
+        &options,
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("connection reset"), "{err:#}");
     let listed = target
         .datastore()
@@ -435,7 +455,7 @@ fn a_sync_cut_off_by_its_source_is_finished_by_the_next_run() {
         &root,
         &target,
         &root,
-        &[dir.clone()],
+        std::slice::from_ref(&dir),
         &options,
     )
     .unwrap();
