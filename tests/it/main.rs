@@ -35,3 +35,4 @@ mod remote_push;
 mod restore_extract;
 mod storefs;
 mod sync;
+mod sync_interrupt;
