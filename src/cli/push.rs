@@ -448,7 +448,8 @@ fn hostname() -> Result<String> {
     Ok(name.split('.').next().unwrap_or("localhost").to_string())
 }
 
-/// The signal that interrupted the push (0: none), for its exit status.
+/// The signal that interrupted the push (or a sync, which uses the same handlers; 0: none),
+/// for its exit status.
 pub(super) static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
