@@ -27,6 +27,7 @@ pub mod prune;
 pub mod push;
 pub mod restore;
 pub mod snapshots;
+pub mod sync;
 pub mod verify;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -81,6 +82,9 @@ pub enum Command {
     /// snapshot, like `proxmox-backup-client backup`. The default datastore is created on
     /// first use.
     Push(push::PushArgs),
+    /// Copy snapshots to another datastore (local or on a server) exactly as they are:
+    /// encrypted and signed ones without the key. Only what the destination lacks travels.
+    Sync(sync::SyncArgs),
     /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
     /// Exits non-zero when anything is wrong.
     Verify(verify::VerifyArgs),
@@ -182,6 +186,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Push(mut args) => {
             args.quiet = cli.log.quiet;
             return push::run(&args, repo);
+        }
+        Command::Sync(mut args) => {
+            args.quiet = cli.log.quiet;
+            sync::run(&args, repo)
         }
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),

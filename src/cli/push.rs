@@ -448,13 +448,14 @@ fn hostname() -> Result<String> {
     Ok(name.split('.').next().unwrap_or("localhost").to_string())
 }
 
-/// The signal that interrupted the push (0: none), for its exit status.
-static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The signal that interrupted the push (or a sync, which uses the same handlers; 0: none),
+/// for its exit status.
+pub(super) static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) set the abort flag once,
 /// so the backup unwinds and removes its unfinished snapshot; a second signal gets the
 /// default action.
-fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+pub(super) fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM, SIGHUP] {

@@ -359,12 +359,7 @@ impl RemoteBackupSession {
         self,
         complete: impl FnOnce(&mut Manifest) -> Result<()>,
     ) -> Result<BackupDir> {
-        {
-            let open = self.shared.open.lock().unwrap();
-            if !open.dynamic.is_empty() || !open.fixed.is_empty() {
-                bail!("an index of {} is still open", self.shared.dir);
-            }
-        }
+        self.ensure_indexes_closed()?;
         let dir = &self.shared.dir;
         let mut manifest = Manifest::new(
             dir.group.backup_type.as_str(),
@@ -373,7 +368,27 @@ impl RemoteBackupSession {
         );
         manifest.files = self.shared.files.lock().unwrap().clone();
         complete(&mut manifest)?;
-        self.upload_blob(MANIFEST_BLOB_NAME, &manifest.to_blob()?)?;
+        self.upload_manifest_and_finish(&manifest.to_blob()?)
+    }
+
+    /// Finishes with a manifest made elsewhere (a copy of another snapshot), uploaded as it
+    /// is; the server checks it and adds its upload statistics to the unprotected part.
+    pub fn finish_with_raw_manifest(self, raw: &[u8]) -> Result<BackupDir> {
+        self.ensure_indexes_closed()?;
+        self.upload_manifest_and_finish(raw)
+    }
+
+    fn ensure_indexes_closed(&self) -> Result<()> {
+        let open = self.shared.open.lock().unwrap();
+        if !open.dynamic.is_empty() || !open.fixed.is_empty() {
+            bail!("an index of {} is still open", self.shared.dir);
+        }
+        Ok(())
+    }
+
+    fn upload_manifest_and_finish(self, raw: &[u8]) -> Result<BackupDir> {
+        let dir = &self.shared.dir;
+        self.upload_blob(MANIFEST_BLOB_NAME, raw)?;
         block_on(self.shared.call(Method::POST, "/finish", &[], FORM, None))
             .with_context(|| format!("cannot finish backup {dir}"))?;
         Ok(dir.clone())

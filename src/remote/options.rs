@@ -111,16 +111,28 @@ impl ConnectOptions {
     /// Options for `repo` with the secret from `PBS_PASSWORD` (or `_FD`, `_FILE`, `_CMD`) and
     /// the pin from `fingerprint` (the `--fingerprint` option) or `PBS_FINGERPRINT`.
     pub fn from_env(repo: &RemoteRepository, fingerprint: Option<&str>) -> Result<Self> {
-        let secret = read_env_secret("PBS_PASSWORD")?.with_context(|| {
+        Self::from_env_vars(repo, fingerprint, "PBS_PASSWORD", "PBS_FINGERPRINT")
+    }
+
+    /// The same with other variables: a sync whose both sides are servers reads the
+    /// destination's secret from `PBS_TO_PASSWORD` (or its `_FD`, `_FILE`, `_CMD`) and its
+    /// pin from `PBS_TO_FINGERPRINT`.
+    pub fn from_env_vars(
+        repo: &RemoteRepository,
+        fingerprint: Option<&str>,
+        password_var: &str,
+        fingerprint_var: &str,
+    ) -> Result<Self> {
+        let secret = read_env_secret(password_var)?.with_context(|| {
             format!(
-                "no password or token secret for {}: set PBS_PASSWORD (or PBS_PASSWORD_FILE, \
-                 PBS_PASSWORD_FD, PBS_PASSWORD_CMD)",
+                "no password or token secret for {}: set {password_var} (or \
+                 {password_var}_FILE, {password_var}_FD, {password_var}_CMD)",
                 repo.auth_id
             )
         })?;
         let fingerprint = match fingerprint {
             Some(text) => Some(text.to_string()),
-            None => read_env_secret("PBS_FINGERPRINT")?,
+            None => read_env_secret(fingerprint_var)?,
         };
         let mut options = ConnectOptions::new(&repo.host, repo.port, &repo.auth_id, Secret(secret));
         options.fingerprint = fingerprint.as_deref().map(Fingerprint::parse).transpose()?;

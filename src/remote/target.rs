@@ -150,14 +150,24 @@ impl BackupSession for RemoteSession {
 
     /// The manifest is completed (crypt modes, signature) before it is uploaded.
     fn finish_with(&self, complete: &dyn Fn(&mut Manifest) -> Result<()>) -> Result<BackupDir> {
+        self.finishing_session()?.finish_with(complete)
+    }
+
+    fn finish_with_manifest(&self, raw_manifest: &[u8]) -> Result<BackupDir> {
+        self.finishing_session()?
+            .finish_with_raw_manifest(raw_manifest)
+    }
+}
+
+impl RemoteSession {
+    /// The protocol session, once every upload is done, taken for its finish.
+    fn finishing_session(&self) -> Result<RemoteBackupSession> {
         self.uploads.wait_idle()?;
-        let session = self
-            .session
+        self.session
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .context("the backup session is already finished")?;
-        session.finish_with(complete)
+            .context("the backup session is already finished")
     }
 }
 

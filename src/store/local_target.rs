@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
-use crate::format::index::{DynamicIndexWriter, FixedIndex};
+use super::target::{
+    BackupSession, BackupTarget, IndexCopy, IndexSummary, IndexWriter, SessionParams,
+};
+use crate::format::index::{AnyIndex, ChunkIndex, DynamicIndexWriter, FixedIndex};
 use crate::format::manifest::{CryptMode, FileInfo, Manifest};
 use crate::format::Digest;
 use crate::store::access::{DatastoreAccess, LocalAccess};
@@ -136,14 +138,60 @@ impl BackupSession for LocalSession {
         self.finish_with(&|_| Ok(()))
     }
 
+    /// The index file is stored byte for byte, header included.
+    fn start_index_copy(
+        &self,
+        name: &str,
+        raw: Vec<u8>,
+        index: AnyIndex,
+    ) -> Result<Box<dyn IndexCopy>> {
+        if !(name.ends_with(".didx") || name.ends_with(".fidx")) {
+            bail!("index name '{name}' must end in .didx or .fidx");
+        }
+        Ok(Box::new(LocalIndexCopy {
+            session: self.writer.clone(),
+            name: name.to_string(),
+            raw,
+            index,
+        }))
+    }
+
+    fn finish_with_manifest(&self, raw_manifest: &[u8]) -> Result<BackupDir> {
+        self.take_writer()?.finish_with_raw_manifest(raw_manifest)
+    }
+
     fn finish_with(&self, complete: &dyn Fn(&mut Manifest) -> Result<()>) -> Result<BackupDir> {
-        let writer = self
-            .writer
+        self.take_writer()?.finish(complete)
+    }
+}
+
+impl LocalSession {
+    fn take_writer(&self) -> Result<SnapshotWriter> {
+        self.writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .context("the backup session is already finished")?;
-        writer.finish(complete)
+            .context("the backup session is already finished")
+    }
+}
+
+/// A copied index, written whole once its chunks are stored.
+struct LocalIndexCopy {
+    session: SharedWriter,
+    name: String,
+    raw: Vec<u8>,
+    index: AnyIndex,
+}
+
+impl IndexCopy for LocalIndexCopy {
+    fn finish(self: Box<Self>) -> Result<()> {
+        let info = FileInfo {
+            filename: self.name.clone(),
+            crypt_mode: CryptMode::None,
+            size: self.index.total_size(),
+            csum: self.index.compute_csum(),
+        };
+        with_writer(&self.session, |w| w.add_blob(&self.name, &self.raw, info))
     }
 }
 
@@ -228,7 +276,7 @@ impl IndexWriter for LocalFixedIndex {
             std::mem::take(&mut self.digests),
         )?;
         let bytes = index.to_bytes(new_uuid(), now());
-        let csum = crate::format::index::ChunkIndex::compute_csum(&index);
+        let csum = index.compute_csum();
         let mut pending = self.pending.take().context("index already finished")?;
         pending.file.write_all(&bytes)?;
         let info = FileInfo {

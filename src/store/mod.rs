@@ -21,6 +21,7 @@ pub mod process_lock;
 pub mod prune;
 pub mod range;
 pub mod snapshot;
+pub mod sync;
 pub mod target;
 pub use crate::format::time;
 pub mod verify;

@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 
 use super::access::{DatastoreAccess, SnapshotAccess};
 use super::names::{BackupDir, BackupGroup, BackupNamespace};
+use crate::format::index::{AnyIndex, ChunkIndex};
 use crate::format::manifest::Manifest;
 use crate::format::Digest;
 
@@ -104,5 +105,56 @@ pub trait BackupSession: Send + Sync {
     fn finish_with(&self, complete: &dyn Fn(&mut Manifest) -> Result<()>) -> Result<BackupDir> {
         let _ = complete;
         bail!("this datastore cannot store encrypted or signed backups")
+    }
+
+    /// Starts storing a copy of another snapshot's index (a sync). The index's chunks
+    /// are uploaded while the copy is open (a server files uploads under an open index);
+    /// [`IndexCopy::finish`] then stores it. By default the index is written anew from its
+    /// entries, which keeps its checksum (a server writes its own header); a local store
+    /// keeps the bytes.
+    fn start_index_copy(
+        &self,
+        name: &str,
+        raw: Vec<u8>,
+        index: AnyIndex,
+    ) -> Result<Box<dyn IndexCopy>> {
+        let _ = raw;
+        let writer = match &index {
+            AnyIndex::Dynamic(_) => self.create_dynamic_index(name)?,
+            AnyIndex::Fixed(fixed) => {
+                self.create_fixed_index(name, fixed.total_size(), fixed.chunk_size())?
+            }
+        };
+        Ok(Box::new(EntriesCopy { writer, index }))
+    }
+
+    /// Finishes with another snapshot's manifest, given as its raw `index.json.blob` (a
+    /// sync): its signed part stays as it is, so signatures hold. Every file it lists must
+    /// have been stored in this session.
+    fn finish_with_manifest(&self, raw_manifest: &[u8]) -> Result<BackupDir> {
+        let _ = raw_manifest;
+        bail!("this datastore cannot store a copied manifest")
+    }
+}
+
+/// A copied index being stored; see [`BackupSession::start_index_copy`].
+pub trait IndexCopy: Send {
+    /// Stores the index; every chunk it references must be known to the store by then.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// The default [`IndexCopy`]: the entries, appended to a new index.
+struct EntriesCopy {
+    writer: Box<dyn IndexWriter>,
+    index: AnyIndex,
+}
+
+impl IndexCopy for EntriesCopy {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        for i in 0..self.index.chunk_count() {
+            let chunk = self.index.chunk_info(i).expect("i < chunk_count");
+            self.writer.add_chunk(chunk.len(), &chunk.digest)?;
+        }
+        self.writer.finish().map(|_| ())
     }
 }

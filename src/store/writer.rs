@@ -171,17 +171,49 @@ impl SnapshotWriter {
         );
         manifest.files = self.files.clone();
         complete(&mut manifest)?;
+        let raw = manifest.to_blob()?;
+        self.write_manifest(&raw)
+    }
+
+    /// Finishes with a manifest made elsewhere (a copy of another datastore's snapshot),
+    /// stored byte for byte. It must name this snapshot and list only files written here,
+    /// with the sizes and checksums they have here.
+    pub fn finish_with_raw_manifest(mut self, raw: &[u8]) -> Result<BackupDir> {
+        let manifest = Manifest::from_blob(raw).context("the copied manifest cannot be read")?;
+        let names_this = manifest.backup_type == self.dir.group.backup_type.as_str()
+            && manifest.backup_id == self.dir.group.backup_id
+            && manifest.backup_time == self.dir.time;
+        if !names_this {
+            bail!(
+                "the copied manifest is that of {}/{}/{}, not of {}",
+                manifest.backup_type,
+                manifest.backup_id,
+                manifest.backup_time,
+                self.dir
+            );
+        }
+        for listed in &manifest.files {
+            let written = self.files.iter().find(|f| f.filename == listed.filename);
+            match written {
+                Some(w) if w.size == listed.size && w.csum == listed.csum => {}
+                Some(_) => bail!("{}: differs from what the manifest says", listed.filename),
+                None => bail!("{}: listed in the manifest but not copied", listed.filename),
+            }
+        }
+        self.write_manifest(raw)
+    }
+
+    fn write_manifest(&mut self, raw: &[u8]) -> Result<BackupDir> {
         // Chunks are written without fsync each; before the manifest makes the snapshot
         // complete they must be on disk, or a crash could leave a complete-looking snapshot
         // with missing chunks. One syncfs, as PBS does at its default sync level.
         sync_filesystem(&self.store.root().join(".chunks")).with_context(|| {
             format!("cannot sync the datastore {}", self.store.root().display())
         })?;
-        let raw = manifest.to_blob()?;
         let tmp = self.path.join("index.json.tmp_manifest");
         let _ = fs::remove_file(&tmp);
         let mut file = fs_modes::create_new_file(&tmp, fs_modes::FILE_MODE)?;
-        std::io::Write::write_all(&mut file, &raw)?;
+        std::io::Write::write_all(&mut file, raw)?;
         file.sync_all()?;
         fs::rename(&tmp, self.path.join(MANIFEST_BLOB_NAME))?;
         if let Ok(dir) = File::open(&self.path) {
@@ -316,6 +348,51 @@ mod tests {
         let manifest = store.read_manifest(&ns, &dir(1000)).unwrap();
         assert_eq!(manifest.files[0].filename, "x.conf.blob");
         assert_eq!(store.group_owner(&ns, &dir(1000).group).unwrap(), "me@pam");
+    }
+
+    #[test]
+    fn a_copied_manifest_is_stored_as_given_only_if_it_fits() {
+        let store = store();
+        let ns = BackupNamespace::root();
+        let blob = crate::format::blob::encode_blob(b"conf", false).unwrap();
+        let info = FileInfo {
+            filename: "a.conf.blob".into(),
+            crypt_mode: CryptMode::None,
+            size: blob.len() as u64,
+            csum: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&blob))
+                .into(),
+        };
+        let manifest_of = |time: i64, files: Vec<FileInfo>| {
+            let mut manifest = Manifest::new("host", "copied", time);
+            manifest.files = files;
+            manifest.unprotected["notes"] = "kept".into();
+            manifest.to_blob().unwrap()
+        };
+        let attempt = |time: i64, raw: &[u8]| {
+            let mut writer =
+                SnapshotWriter::begin(store.clone(), &ns, &dir_in("host/copied", time), "me@pam")
+                    .unwrap();
+            writer.add_blob("a.conf.blob", &blob, info.clone()).unwrap();
+            writer.finish_with_raw_manifest(raw)
+        };
+        let err = attempt(1000, &manifest_of(999, vec![info.clone()])).unwrap_err();
+        assert!(err.to_string().contains("not of"), "{err}");
+        let mut unwritten = info.clone();
+        unwritten.filename = "b.conf.blob".into();
+        let err = attempt(1000, &manifest_of(1000, vec![info.clone(), unwritten])).unwrap_err();
+        assert!(err.to_string().contains("not copied"), "{err}");
+        let mut changed = info.clone();
+        changed.size += 1;
+        let err = attempt(1000, &manifest_of(1000, vec![changed])).unwrap_err();
+        assert!(err.to_string().contains("differs"), "{err}");
+        // None of them left a snapshot behind.
+        let group = dir_in("host/copied", 0).group;
+        assert!(store.list_snapshots(&ns, Some(&group)).unwrap().is_empty());
+
+        let raw = manifest_of(1000, vec![info.clone()]);
+        attempt(1000, &raw).unwrap();
+        let path = store.snapshot_path(&ns, &dir_in("host/copied", 1000));
+        assert_eq!(fs::read(path.join(MANIFEST_BLOB_NAME)).unwrap(), raw);
     }
 
     #[test]

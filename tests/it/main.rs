@@ -37,3 +37,5 @@ mod remote_cli;
 mod remote_push;
 mod restore_extract;
 mod storefs;
+mod sync;
+mod sync_interrupt;
