@@ -12,7 +12,7 @@ use pbsfs::store::names::{BackupDir, BackupNamespace};
 use pbsfs::store::verify::Verifier;
 
 use super::context::{Context, RepoArgs};
-use super::output::count;
+use super::output::{count, human_size};
 use super::progress::{self, Status, StatusLine};
 
 #[derive(Args, Debug)]
@@ -137,15 +137,17 @@ pub fn run(args: &VerifyArgs, repo: &RepoArgs) -> Result<()> {
         }));
     } else {
         outln!(
-            "{} snapshot(s) verified, {failed} failed, {skipped} skipped; {} chunk(s), {} \
-             bytes checked",
-            results.len() - skipped,
-            verifier.chunks_checked,
-            verifier.bytes_checked
+            "{} verified, {failed} failed, {skipped} skipped; {} ({}) checked",
+            count((results.len() - skipped) as u64, "snapshot", "snapshots"),
+            count(verifier.chunks_checked, "chunk", "chunks"),
+            human_size(verifier.bytes_checked)
         );
     }
     if failed > 0 {
-        bail!("verification failed for {failed} snapshot(s)");
+        bail!(
+            "verification failed for {}",
+            count(failed as u64, "snapshot", "snapshots")
+        );
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Long commands draw a status line on a terminal (and clear it), and nothing when told to
-//! be quiet: gc, prune, verify and restore, with stderr on a pseudo-terminal.
+//! be quiet: gc, prune, verify, restore and sync, with stderr on a pseudo-terminal.
 
 use crate::common;
 
@@ -105,6 +105,27 @@ fn gc_and_prune_show_progress_on_a_terminal() {
         &text,
         &["starting", "checking access", "phase 1", "phase 2"],
     );
+}
+
+#[test]
+fn sync_shows_progress_on_a_terminal_and_nothing_when_quiet() {
+    let (empty, _) = common::new_datastore();
+    let to = empty.path().join("ds");
+    let fixtures = common::datastore_dir();
+    let sync = |quiet: bool| {
+        let mut command = local_command(&fixtures);
+        if quiet {
+            command.arg("-q");
+        }
+        command.args(["sync", "--to", to.to_str().unwrap(), "host/fixture-data"]);
+        on_terminal(command)
+    };
+    let (ok, text) = sync(false);
+    assert!(ok, "{text}");
+    assert_status(&text, &["snapshots, "]);
+    let (ok, text) = sync(true);
+    assert!(ok, "{text}");
+    assert!(!text.contains("\x1b[K"), "{text:?}");
 }
 
 #[test]
