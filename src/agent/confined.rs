@@ -497,7 +497,7 @@ mod tests {
         std::fs::write(root.join("sub/f"), b"inside").unwrap();
         std::os::unix::fs::symlink("..", root.join("up")).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("abs")).unwrap();
-        let mut roots = Roots::open(&[root.clone()]).unwrap();
+        let mut roots = Roots::open(std::slice::from_ref(&root)).unwrap();
 
         assert_eq!(roots.read(&target("sub/f"), 0, 100).unwrap(), b"inside");
         for bad in [

@@ -40,6 +40,9 @@ pub struct Target {
 /// A result carrying an OS error number, as the agent saw it.
 pub type Errno<T> = Result<T, i32>;
 
+/// An extended attribute's name and value (`None`: vanished since listed).
+pub type Xattr = (Vec<u8>, Errno<Option<Vec<u8>>>);
+
 /// The attributes the metadata capture reads from an opened entry, read in one go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attrs {
@@ -47,7 +50,7 @@ pub struct Attrs {
     pub fat: Errno<Option<u64>>,
     pub project_id: Errno<Option<u64>>,
     /// Names in listing order with their values (`None`: vanished since listed).
-    pub xattrs: Errno<Vec<(Vec<u8>, Errno<Option<Vec<u8>>>)>>,
+    pub xattrs: Errno<Vec<Xattr>>,
 }
 
 /// What a listing adds to an entry's stat so the walk needs no more round trips for it.
