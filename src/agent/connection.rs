@@ -97,7 +97,7 @@ impl Ticket {
 /// The error a request gets when the connection is gone.
 fn lost(reason: &str) -> io::Error {
     io::Error::new(
-        io::ErrorKind::BrokenPipe,
+        io::ErrorKind::ConnectionAborted,
         format!("connection to the agent lost: {reason}"),
     )
 }
@@ -216,7 +216,7 @@ impl Connection {
         let written = match writer.as_mut() {
             Some(out) => write_frame(out, &Frame { id, message }).and_then(|()| out.flush()),
             None => Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
+                io::ErrorKind::ConnectionAborted,
                 "connection closed",
             )),
         };

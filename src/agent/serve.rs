@@ -171,3 +171,62 @@ pub fn host_name() -> String {
     let name = String::from_utf8_lossy(&buf[..end]);
     name.split('.').next().unwrap_or("localhost").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        let message = Message::Hello {
+            magic: MAGIC,
+            version,
+        };
+        write_frame(&mut out, &Frame { id: 0, message }).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_unknown_protocol_version_is_refused() {
+        let mut reply = Vec::new();
+        let err = serve(&[PathBuf::from("/")], &hello(VERSION + 1)[..], &mut reply).unwrap_err();
+        assert!(err.to_string().contains("protocol version 2"), "{err}");
+        match read_frame(&mut &reply[..]).unwrap().message {
+            Message::Refused { message } => {
+                assert!(String::from_utf8_lossy(&message).contains("protocol version 2"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_answered_and_misbehaviour_ends_the_session() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("f"), b"data").unwrap();
+        let mut input = hello(VERSION);
+        let target = |path: &str| super::super::protocol::Target {
+            root: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        for (id, message) in [
+            (1, Message::Stat(target("f"))),
+            (2, Message::Stat(target("../etc"))),
+            (3, Message::Number(5)),
+        ] {
+            write_frame(&mut input, &Frame { id, message }).unwrap();
+        }
+        let mut reply = Vec::new();
+        let err = serve(&[dir.path().to_path_buf()], &input[..], &mut reply).unwrap_err();
+        assert!(err.to_string().contains("unexpected message"), "{err}");
+        let mut replies = &reply[..];
+        assert!(matches!(
+            read_frame(&mut replies).unwrap().message,
+            Message::Welcome { .. }
+        ));
+        let stat = read_frame(&mut replies).unwrap();
+        assert!(matches!(stat.message, Message::StatOk(s) if s.size == 4) && stat.id == 1);
+        let refused = read_frame(&mut replies).unwrap();
+        assert_eq!(refused.id, 2);
+        assert!(matches!(refused.message, Message::Failed { errno, .. } if errno == libc::EACCES));
+    }
+}

@@ -17,6 +17,7 @@ mod lifecycle_remote;
 mod mount_fixtures;
 mod mount_points;
 mod packaging;
+mod pull;
 mod push_change_detection;
 mod push_encrypted;
 mod push_fixtures;
