@@ -154,7 +154,9 @@ fn the_backup_id_is_the_client_host_name_and_a_re_pull_reads_only_changed_files(
     ));
     // The changed file and the `.pxarexclude` (read by every walk, as a push reads it).
     assert_eq!(second["bytes-read"].as_u64().unwrap(), 15 + 7, "{second}");
-    assert!(second["reused-files"].as_u64().unwrap() > 150);
+    let unchanged =
+        second["reused-files"].as_u64().unwrap() + second["copied-files"].as_u64().unwrap();
+    assert!(unchanged > 150, "{second}");
 }
 
 /// Every snapshot of the store (JSON list).
@@ -265,4 +267,155 @@ fn nothing_outside_the_agent_roots_is_served() {
         Path::new("/etc")
     );
     assert!(!restore.join("d0/etc/passwd").exists() || restore.join("d0/etc").is_symlink());
+}
+
+#[test]
+fn an_agent_without_root_rights_gives_a_partial_snapshot_and_exit_status_3() {
+    if !common::source_tree::is_root() {
+        // The agent is dropped to `nobody` below: the test runs as root (as CI does).
+        return;
+    }
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    std::fs::write(tree.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(
+        tree.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let rsh = transport(dir.path(), "as-nobody", "");
+    let script = std::fs::read_to_string(&rsh).unwrap().replace(
+        "exec sh",
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups sh",
+    );
+    std::fs::write(&rsh, script).unwrap();
+    let out = pull(
+        &store,
+        rsh.to_str().unwrap(),
+        &[
+            "--output-format",
+            "json",
+            &format!("client:{}", tree.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // dir/text (mode 600) and secret cannot be read by nobody.
+    assert_eq!(summary["left-out"].as_u64(), Some(2), "{summary}");
+    assert!(stderr(&out).contains("secret"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&store), 1);
+}
+
+/// The same snapshot times and modes as [`a_pull_stores_what_a_local_push_stores_in_every_mode`],
+/// through a real sshd: with the command given by the pull, and with a key whose forced
+/// command in `authorized_keys` fixes the served root (the README's set-up), into a local
+/// datastore and into the test server.
+#[test]
+fn pulls_through_a_real_sshd_into_a_local_datastore_and_a_server() {
+    use common::cli::pbsfs;
+    use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
+    use common::sshd::Sshd;
+
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let datastore = empty_datastore(dir.path());
+    let server = TestServer::start(&datastore, ServerConfig::default());
+
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let plain = Sshd::user_key(&keys, "plain");
+    let forced = Sshd::user_key(&keys, "forced");
+    let sshd = Sshd::start(&[
+        plain.public.clone(),
+        format!(
+            "command=\"{} agent {}\",restrict {}",
+            agent_binary(),
+            tree.display(),
+            forced.public
+        ),
+    ]);
+    let source = format!("root.pxar:127.0.0.1:{}", tree.display());
+    for mode in ["legacy", "data", "metadata"] {
+        let common_args = ["--backup-time", TIME, "--change-detection-mode", mode];
+        let local_id = format!("local-{mode}");
+        let push_source = format!("root.pxar:{}", tree.display());
+        let mut push_args = vec!["push", "--backup-id", &local_id];
+        push_args.extend(common_args);
+        push_args.push(&push_source);
+        ok(&pbsfs_local(&store, &push_args));
+        let local = archives(
+            &store,
+            &format!("host/{local_id}/latest"),
+            archive_names(mode),
+        );
+
+        let ssh_id = format!("ssh-{mode}");
+        let mut args = vec!["--backup-id", ssh_id.as_str()];
+        args.extend(common_args);
+        args.push(&source);
+        ok(&pull(&store, &sshd.rsh(&plain), &args));
+        let pulled = archives(
+            &store,
+            &format!("host/{ssh_id}/latest"),
+            archive_names(mode),
+        );
+        assert!(
+            local == pulled,
+            "{mode}: pulled through sshd differs from the push"
+        );
+
+        let rsh = sshd.rsh(&forced);
+        let mut server_args = vec!["pull", "--rsh", rsh.as_str(), "--remote-path", "/not/used"];
+        server_args.extend(["--backup-id", ssh_id.as_str()]);
+        server_args.extend(common_args);
+        server_args.push(&source);
+        ok(&pbsfs(&server, &server_args));
+        let on_server = archives(
+            &datastore,
+            &format!("host/{ssh_id}/latest"),
+            archive_names(mode),
+        );
+        assert!(
+            local == on_server,
+            "{mode}: pulled into the server differs from the push"
+        );
+    }
+
+    // A metadata-mode re-pull into the server reads only the changed file.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(tree.join("many/d1/f9"), b"new").unwrap();
+    let rsh = sshd.rsh(&forced);
+    let json = ok_json(&pbsfs(
+        &server,
+        &[
+            "pull",
+            "--rsh",
+            &rsh,
+            "--output-format",
+            "json",
+            "--backup-id",
+            "ssh-metadata",
+            &source,
+        ],
+    ));
+    assert_eq!(json["bytes-read"].as_u64(), Some(3 + 7), "{json}");
+    // The forced command serves its root only, whatever the pull asks for.
+    let out = pbsfs(&server, &["pull", "--rsh", &rsh, "127.0.0.1:/etc"]);
+    assert!(
+        stderr(&out).contains("is not served by the agent"),
+        "{}",
+        stderr(&out)
+    );
+    drop(sshd);
 }

@@ -63,7 +63,7 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
                  PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nPermitRootLogin yes\nLogLevel ERROR\n",
+                 UsePAM no\nPermitRootLogin yes\nLogLevel FATAL\n",
                 d = dir.path().display()
             ),
         )
