@@ -45,7 +45,6 @@ pub struct RemoteClient {
     cache: Mutex<Cache>,
 }
 
-#[derive(Default)]
 struct Cache {
     stats: Bounded<PathBuf, Errno<FileStat>>,
     attrs: Bounded<PathBuf, Errno<Attrs>>,
@@ -54,7 +53,23 @@ struct Cache {
     without_pxarexclude: Bounded<PathBuf, ()>,
     listings: HashMap<PathBuf, Ticket>,
     hinted: VecDeque<PathBuf>,
-    first_blocks: HashMap<PathBuf, (usize, Ticket)>,
+    /// Bounded by evicting the oldest: a hinted file may never be opened (a hardlink's
+    /// second name, a file that vanished), and must not hold a slot for ever.
+    first_blocks: Bounded<PathBuf, (usize, Ticket)>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            stats: Bounded::default(),
+            attrs: Bounded::default(),
+            links: Bounded::default(),
+            without_pxarexclude: Bounded::default(),
+            listings: HashMap::new(),
+            hinted: VecDeque::new(),
+            first_blocks: Bounded::with_limit(FILES_AHEAD),
+        }
+    }
 }
 
 impl RemoteClient {
@@ -290,7 +305,7 @@ impl FileSystemAccessor for RemoteClient {
         // grow, and the short answer tells it without another round trip.
         let len = len.saturating_add(1).min(BLOCK as u64) as usize;
         let mut cache = self.cache();
-        if cache.first_blocks.len() >= FILES_AHEAD || cache.first_blocks.contains_key(path) {
+        if cache.first_blocks.get(path).is_some() {
             return;
         }
         if let Ok(target) = self.locate(path) {
@@ -324,7 +339,7 @@ impl FileSystemAccessor for RemoteClient {
             cache.attrs.take(path);
             let absent = path.file_name().is_some_and(|n| n == ".pxarexclude")
                 && cache.without_pxarexclude.take(parent).is_some();
-            (cache.first_blocks.remove(path), absent)
+            (cache.first_blocks.take(path), absent)
         };
         if absent {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -492,10 +507,16 @@ struct Bounded<K, V> {
 
 impl<K, V> Default for Bounded<K, V> {
     fn default() -> Self {
+        Self::with_limit(CACHED_ENTRIES)
+    }
+}
+
+impl<K, V> Bounded<K, V> {
+    fn with_limit(limit: usize) -> Self {
         Bounded {
             map: HashMap::new(),
             order: VecDeque::new(),
-            limit: CACHED_ENTRIES,
+            limit,
         }
     }
 }
@@ -627,6 +648,24 @@ mod tests {
         assert!(remote.open_file(&base.join(".pxarexclude")).is_err());
         assert!(!abort.load(Ordering::SeqCst));
         assert!(remote.failure().is_none());
+    }
+
+    #[test]
+    fn bounded_caches_forget_their_oldest_entries() {
+        let mut cache = Bounded::with_limit(3);
+        for i in 0..5 {
+            cache.insert(i, i * 10);
+        }
+        assert_eq!(cache.get(&0), None);
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.take(&2), Some(20));
+        cache.insert(5, 50);
+        assert_eq!(cache.get(&3), Some(&30));
+        for i in 6..100 {
+            cache.insert(i, i);
+            cache.take(&i);
+        }
+        assert!(cache.order.len() <= 8, "{}", cache.order.len());
     }
 
     #[test]
