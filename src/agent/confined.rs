@@ -146,7 +146,7 @@ impl Roots {
         let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
+            match file.read_at(&mut buf[got..], offset.saturating_add(got as u64)) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

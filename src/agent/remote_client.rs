@@ -31,6 +31,8 @@ const FILES_AHEAD: usize = 64;
 const BLOCK: usize = 1 << 20;
 /// Content requests in flight per file at most.
 const MAX_WINDOW: usize = 16;
+/// Entries of one directory at most: a bound on what a hostile agent can make us hold.
+const MAX_LISTING: usize = 16 << 20;
 /// Entries kept from listings at most (per kind).
 const CACHED_ENTRIES: usize = 1 << 17;
 
@@ -259,6 +261,12 @@ impl FileSystemAccessor for RemoteClient {
                     entries: part,
                 } => {
                     entries.extend(part);
+                    if entries.len() > MAX_LISTING {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("garbled stream: a listing of over {MAX_LISTING} entries"),
+                        ));
+                    }
                     if !more {
                         break;
                     }

@@ -211,7 +211,15 @@ mod tests {
         for (id, message) in [
             (1, Message::Stat(target("f"))),
             (2, Message::Stat(target("../etc"))),
-            (3, Message::Number(5)),
+            (
+                3,
+                Message::Read {
+                    target: target("f"),
+                    offset: u64::MAX - 1,
+                    len: 4096,
+                },
+            ),
+            (4, Message::Number(5)),
         ] {
             write_frame(&mut input, &Frame { id, message }).unwrap();
         }
@@ -228,5 +236,12 @@ mod tests {
         let refused = read_frame(&mut replies).unwrap();
         assert_eq!(refused.id, 2);
         assert!(matches!(refused.message, Message::Failed { errno, .. } if errno == libc::EACCES));
+        // An offset past what a file can have is an error, not an overflow.
+        let far = read_frame(&mut replies).unwrap();
+        assert_eq!(far.id, 3);
+        assert!(matches!(
+            far.message,
+            Message::Failed { .. } | Message::Data(_)
+        ));
     }
 }
