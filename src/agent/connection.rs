@@ -21,6 +21,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Clone, Debug)]
 pub struct Welcome {
     pub hostname: String,
+    /// The agent's clock minus ours, in seconds (a round trip's precision).
+    pub clock_skew: i64,
     pub roots: Vec<Vec<u8>>,
 }
 
@@ -136,11 +138,13 @@ impl Connection {
                         magic,
                         version,
                         hostname,
+                        time,
                         roots,
                     },
                 ..
             }) if magic == MAGIC && version == VERSION => Welcome {
                 hostname: String::from_utf8_lossy(&hostname).into_owned(),
+                clock_skew: time.saturating_sub(now()),
                 roots,
             },
             Ok(Frame {
@@ -246,6 +250,12 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn invalid(message: String) -> io::Error {

@@ -98,6 +98,8 @@ pub enum Message {
         magic: [u8; 8],
         version: u16,
         hostname: Vec<u8>,
+        /// The agent's clock (seconds since the epoch), to tell a skew from the client's.
+        time: i64,
         roots: Vec<Vec<u8>>,
     },
     Refused {
@@ -249,11 +251,13 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
             magic,
             version,
             hostname,
+            time,
             roots,
         } => {
             out.0.extend_from_slice(magic);
             out.u16(*version);
             out.bytes(hostname);
+            out.u64(*time as u64);
             out.u32(roots.len() as u32);
             for root in roots {
                 out.bytes(root);
@@ -322,6 +326,7 @@ pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
             let magic = d.magic()?;
             let version = d.u16()?;
             let hostname = d.bytes()?;
+            let time = d.u64()? as i64;
             let count = d.u32()? as usize;
             if count > MAX_ROOTS {
                 return garbled(format!("{count} roots"));
@@ -334,6 +339,7 @@ pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
                 magic,
                 version,
                 hostname,
+                time,
                 roots,
             }
         }
@@ -646,6 +652,7 @@ mod tests {
                 magic: MAGIC,
                 version: VERSION,
                 hostname: b"host".to_vec(),
+                time: -1,
                 roots: vec![b"/home".to_vec(), b"/srv".to_vec()],
             },
             Message::Refused {

@@ -40,6 +40,7 @@ const CACHED_ENTRIES: usize = 1 << 17;
 pub struct RemoteClient {
     connection: Connection,
     hostname: String,
+    clock_skew: i64,
     /// Each root's path relative to `/`, in the agent's order.
     roots: Vec<PathBuf>,
     counters: Arc<ClientCounters>,
@@ -95,6 +96,7 @@ impl RemoteClient {
         Ok(RemoteClient {
             connection,
             hostname: welcome.hostname,
+            clock_skew: welcome.clock_skew,
             roots,
             counters: Arc::default(),
             attributes_in_listings: AtomicBool::new(false),
@@ -105,6 +107,11 @@ impl RemoteClient {
     /// The client host's short name, as its agent reports it.
     pub fn hostname(&self) -> &str {
         &self.hostname
+    }
+
+    /// How far the client's clock is ahead of this host's (negative: behind), in seconds.
+    pub fn clock_skew(&self) -> i64 {
+        self.clock_skew
     }
 
     /// The trees the agent serves (absolute paths).
@@ -599,6 +606,7 @@ mod tests {
         let (remote, abort, _stream) = connect(&root);
         let base = root.strip_prefix("/").unwrap();
         assert_eq!(remote.roots(), vec![root.clone()]);
+        assert!(remote.clock_skew().abs() <= 2, "{}", remote.clock_skew());
         remote.will_read_attributes(true);
         remote.will_list(&[base.join("sub")]);
 

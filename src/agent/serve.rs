@@ -48,6 +48,7 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
         magic: MAGIC,
         version: VERSION,
         hostname: host_name().into_bytes(),
+        time: now(),
         roots: roots
             .names()
             .iter()
@@ -158,6 +159,12 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Hello { .. } => "a second greeting",
         _ => "a reply",
     }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// This host's short name: the default backup id of a pull.

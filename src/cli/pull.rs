@@ -127,6 +127,17 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
             });
         }
     };
+    // Metadata mode trusts a file's ctime (the client's clock) against the previous
+    // snapshot's time (this host's clock): a client behind could hide attribute changes.
+    let skew = client.clock_skew();
+    if skew.abs() > 2 {
+        log::warn!(
+            "the clock of {host} is {} s {} this host's: metadata-mode change detection \
+             compares its inode change times with snapshot times taken here",
+            skew.abs(),
+            if skew < 0 { "behind" } else { "ahead of" }
+        );
+    }
     let result = specs
         .iter()
         .try_for_each(|spec| client.locate(&spec.path).map(drop))
