@@ -19,7 +19,14 @@ fn transport(dir: &Path, name: &str, filter: &str) -> PathBuf {
     let body = if filter.is_empty() {
         "#!/bin/sh\nshift\nexec sh -c \"$1\"\n".to_string()
     } else {
-        format!("#!/bin/sh\nshift\nsh -c \"$1\" | {filter}\n")
+        // Through a FIFO, so that the filter is the only holder of our end of the pipe:
+        // when it ends we see the end, as when a connection drops (a shell waiting for a
+        // pipeline would keep it open). The agent's stdin comes through fd 4: a command in
+        // the background would get /dev/null.
+        format!(
+            "#!/bin/sh\nshift\nfifo=\"$0.$$.fifo\"\nmkfifo \"$fifo\"\nexec 4<&0\n\
+             sh -c \"$1\" <&4 4<&- >\"$fifo\" &\nexec 4<&- sh -c '{filter}' <\"$fifo\"\n"
+        )
     };
     std::fs::write(&script, body).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
