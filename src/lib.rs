@@ -3,6 +3,7 @@
 //! Layers (see ARCHITECTURE.md): `format` (pure codecs) → `pxar` (archive format) →
 //! `store` (datastores, chunk sources, range reader) → `cli`.
 
+pub mod agent;
 pub mod backup;
 pub mod format;
 pub mod pxar;

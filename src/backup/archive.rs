@@ -106,6 +106,8 @@ where
     if encoder.is_split() {
         walker.lookahead = hooks.previous.map(Lookahead::new);
     }
+    // Without a previous snapshot every entry's attributes are read, not just changed ones'.
+    fs.will_read_attributes(walker.lookahead.is_none());
     let root_names = fs
         .read_dir(Path::new(""))
         .context("cannot read the archive root")?;

@@ -31,8 +31,14 @@ impl ClientCounters {
         self.files_opened.load(Ordering::Relaxed)
     }
 
-    fn add_bytes(&self, n: usize) {
+    /// Counts content bytes read (for clients other than [`LocalClient`]).
+    pub fn add_bytes(&self, n: usize) {
         self.content_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a file opened for its content.
+    pub fn add_opened(&self) {
+        self.files_opened.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -213,6 +219,9 @@ impl<C: ClientProvider + ?Sized> FileSystemAccessor for SubTree<'_, C> {
     fn will_list(&self, dirs: &[PathBuf]) {
         let dirs: Vec<PathBuf> = dirs.iter().map(|dir| self.full(dir)).collect();
         self.client.will_list(&dirs)
+    }
+    fn will_read_attributes(&self, all: bool) {
+        self.client.will_read_attributes(all)
     }
     fn open_file<'b>(&'b self, path: &Path) -> io::Result<Box<dyn Read + 'b>> {
         self.client.open_file(&self.full(path))

@@ -63,6 +63,11 @@ pub trait FileSystemAccessor {
     /// several at once.
     fn will_list(&self, _dirs: &[PathBuf]) {}
 
+    /// A hint whether the walk will read the attributes (flags, xattrs, ACLs) of every
+    /// directory and regular file (`true`: no previous snapshot holds them) or only of
+    /// changed ones; a remote accessor fetches them with the listings when all are read.
+    fn will_read_attributes(&self, _all: bool) {}
+
     /// A sequential reader over a file's contents.
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {
         Ok(Box::new(ReadAtReader {
@@ -202,44 +207,52 @@ impl LocalFileSystem {
     }
 
     fn ioctl_read<T: Default>(&self, path: &Path, request: libc::c_ulong) -> io::Result<Option<T>> {
-        let mut value = T::default();
-        // SAFETY: `request` is a read ioctl whose argument is a `T` the kernel fills in.
-        let rc = self.with_opened(path, |file| unsafe {
-            libc::ioctl(file.as_raw_fd(), request as _, &mut value as *mut T)
-        })?;
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            return if is_unsupported(&err) {
-                Ok(None)
-            } else {
-                Err(err)
-            };
-        }
-        Ok(Some(value))
+        self.with_opened(path, |file| ioctl_read_fd(file.as_raw_fd(), request))?
     }
 }
 
+/// A read ioctl on an open descriptor; `None` when the file system does not support it.
+pub(crate) fn ioctl_read_fd<T: Default>(
+    fd: std::os::fd::RawFd,
+    request: libc::c_ulong,
+) -> io::Result<Option<T>> {
+    let mut value = T::default();
+    // SAFETY: `request` is a read ioctl whose argument is a `T` the kernel fills in.
+    let rc = unsafe { libc::ioctl(fd, request as _, &mut value as *mut T) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if is_unsupported(&err) {
+            Ok(None)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(Some(value))
+}
+
 /// `FS_IOC_GETFLAGS` = _IOR('f', 1, long).
-const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+pub(crate) const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
 /// `FAT_IOCTL_GET_ATTRIBUTES` = _IOR('r', 0x10, __u32).
-const FAT_IOCTL_GET_ATTRIBUTES: libc::c_ulong = 0x8004_7210;
+pub(crate) const FAT_IOCTL_GET_ATTRIBUTES: libc::c_ulong = 0x8004_7210;
 /// `FS_IOC_FSGETXATTR` = _IOR('X', 31, struct fsxattr) (28 bytes).
-const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+pub(crate) const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 
 /// `struct fsxattr`.
 #[derive(Default)]
 #[repr(C)]
-struct FsXAttr {
+pub(crate) struct FsXAttr {
     xflags: u32,
     extsize: u32,
     nextents: u32,
-    projid: u32,
+    pub(crate) projid: u32,
     cowextsize: u32,
     pad: [u8; 8],
 }
 
 /// Calls a size-probing libc getter (`llistxattr`/`lgetxattr` style) with a growing buffer.
-fn read_sized(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_sized(
+    mut call: impl FnMut(*mut libc::c_void, usize) -> isize,
+) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         let rc = call(buf.as_mut_ptr().cast(), buf.len());

@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+pub mod agent;
 pub mod cat;
 pub mod completions;
 pub mod context;
@@ -24,6 +25,7 @@ pub mod mount;
 pub mod output;
 pub mod progress;
 pub mod prune;
+pub mod pull;
 pub mod push;
 pub mod restore;
 pub mod snapshots;
@@ -85,6 +87,13 @@ pub enum Command {
     /// Copy snapshots to another datastore (local or on a server) exactly as they are:
     /// encrypted and signed ones without the key. Only what the destination lacks travels.
     Sync(sync::SyncArgs),
+    /// Back up directories of another host, reached with ssh (--rsh): `pbsfs agent` runs
+    /// there and serves the files; this host encodes, chunks and stores them as `push`
+    /// would. The backup id defaults to the client's host name.
+    Pull(pull::PullArgs),
+    /// Serve directories read-only on stdin/stdout for `pbsfs pull` (started by it through
+    /// ssh, e.g. as the forced command of a key in authorized_keys).
+    Agent(agent::AgentArgs),
     /// Check manifests, index checksums and every chunk (CRC, decompression, SHA-256).
     /// Exits non-zero when anything is wrong.
     Verify(verify::VerifyArgs),
@@ -110,7 +119,7 @@ pub enum Command {
 }
 
 /// Subcommands that use no datastore: their help leaves the datastore options out.
-const WITHOUT_DATASTORE: &[&str] = &["umount", "key", "completions", "manpages"];
+const WITHOUT_DATASTORE: &[&str] = &["umount", "key", "completions", "manpages", "agent"];
 
 /// Parses the command line. The datastore options are global (accepted before or after the
 /// subcommand) and shown under their own heading, in the help of the commands that use a
@@ -184,13 +193,18 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Cat(args) => cat::run(&args, repo),
         Command::Verify(args) => verify::run(&args, repo),
         Command::Push(mut args) => {
-            args.quiet = cli.log.quiet;
+            args.backup.quiet = cli.log.quiet;
             return push::run(&args, repo);
         }
         Command::Sync(mut args) => {
             args.quiet = cli.log.quiet;
             sync::run(&args, repo)
         }
+        Command::Pull(mut args) => {
+            args.backup.quiet = cli.log.quiet;
+            return pull::run(&args, repo);
+        }
+        Command::Agent(args) => agent::run(&args),
         Command::Mount(args) => mount::run(&args, repo),
         Command::Key(args) => key::run(&args, repo),
         Command::Umount(args) => mount::run_umount(&args),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use pbsfs::backup::client::LocalClient;
+use pbsfs::backup::client::{ClientCounters, ClientProvider, LocalClient};
 use pbsfs::backup::exclude::ExcludePatterns;
 use pbsfs::backup::protection::{mode_name, Protection};
 use pbsfs::backup::server::{
@@ -48,11 +48,18 @@ pub struct PushArgs {
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
 
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+/// What a push and a pull share: the group, the snapshot and how it is made.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
     /// Backup type of the group.
     #[arg(long, value_enum, default_value_t = TypeArg::Host)]
     pub backup_type: TypeArg,
 
-    /// Backup ID of the group (default: the host name).
+    /// Backup ID of the group (default: the host name; for a pull the client's).
     #[arg(long)]
     pub backup_id: Option<String>,
 
@@ -78,7 +85,8 @@ pub struct PushArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// No progress and no summary: the global -q/--quiet, which may also follow `push`.
+    /// No progress and no summary: the global -q/--quiet, which may also follow the
+    /// command.
     #[arg(skip)]
     pub quiet: bool,
 
@@ -116,6 +124,32 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
         .iter()
         .map(|s| BackupSpec::parse(s))
         .collect::<Result<Vec<_>>>()?;
+    let abort = install_signal_handlers()?;
+    let client = LocalClient::new();
+    let counters = client.shared_counters();
+    back_up(
+        &client,
+        counters,
+        &specs,
+        &args.backup,
+        repo,
+        &hostname,
+        abort,
+    )
+}
+
+/// Backs up `specs` from `client` into the selected repository: the part of a push that a
+/// pull shares. `default_id` names the group when --backup-id is not given; `abort` is
+/// the flag the signal handlers (and a broken connection) set.
+pub(super) fn back_up(
+    client: &dyn ClientProvider,
+    counters: Arc<ClientCounters>,
+    specs: &[BackupSpec],
+    args: &BackupArgs,
+    repo: &RepoArgs,
+    default_id: &dyn Fn() -> Result<String>,
+    abort: Arc<AtomicBool>,
+) -> Result<Outcome> {
     let backup_type = match args.backup_type {
         TypeArg::Host => BackupType::Host,
         TypeArg::Vm => BackupType::Vm,
@@ -123,7 +157,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     };
     let backup_id = match &args.backup_id {
         Some(id) => id.clone(),
-        None => hostname()?,
+        None => default_id()?,
     };
     let group = BackupGroup::new(backup_type, &backup_id)?;
     let time = match &args.backup_time {
@@ -136,7 +170,6 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     }
     let ns = BackupNamespace::parse(repo.namespace.as_deref().unwrap_or(""))?;
 
-    let abort = install_signal_handlers()?;
     let mut options = BackupOptions::new(group, time);
     options.ns = ns;
     options.mode = match args.change_detection_mode {
@@ -156,10 +189,8 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
     } else {
         Some(open_store(repo, args.quiet)?)
     };
-    let client = LocalClient::new();
     let progress = Arc::new(Progress::default());
     options.progress = Some(progress.clone());
-    let counters = client.shared_counters();
     let display = StatusLine::start(args.quiet, move |elapsed| Status {
         head: format!(
             "{}, read {} ",
@@ -177,7 +208,7 @@ pub fn run(args: &PushArgs, repo: &RepoArgs) -> Result<Outcome> {
         Some(store) => Server::new(store.clone()),
         None => Server::dry_run_only(),
     };
-    let result = server.run_backup(&client, &specs, &options);
+    let result = server.run_backup(client, specs, &options);
     progress::stop(display);
     let summary = match result {
         Ok(summary) => summary,

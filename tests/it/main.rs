@@ -20,6 +20,7 @@ mod mount_points;
 mod mount_refresh;
 mod packaging;
 mod progress_terminal;
+mod pull;
 mod push_change_detection;
 mod push_encrypted;
 mod push_fixtures;

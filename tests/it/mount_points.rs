@@ -151,7 +151,12 @@ fn a_background_image_mount_logs_a_bad_chunk_once_with_its_snapshot() {
     let (_mnt, point) = mount_point();
     let log = tmp.path().join("pbsfs.log");
     ok(&local_command(&store)
-        .args(["mount", "--log-file", log.to_str().unwrap(), "vm/100/latest"])
+        .args([
+            "mount",
+            "--log-file",
+            log.to_str().unwrap(),
+            "vm/100/latest",
+        ])
         .arg(&point)
         .output()
         .unwrap());

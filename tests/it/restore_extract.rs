@@ -90,7 +90,8 @@ const BIG_TEXT_CHUNK: &str = "92700fb2de25c36cdc12af1c7fe88f8b727777928d23ee0b7f
 const BIG_RANDOM_END_CHUNK: &str =
     "f02296c76d577d2c0d38c64e982aef3278cc29cb019552393c89fd6e1b36eb73";
 /// Chunk #1 of the vm/100 image.
-pub(crate) const IMAGE_CHUNK: &str = "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8";
+pub(crate) const IMAGE_CHUNK: &str =
+    "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8";
 
 fn restore_from(store: &Path, args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pbsfs"))

@@ -143,6 +143,7 @@ pub mod disk_tree;
 pub mod fixture_stream;
 pub mod pbs_server;
 pub mod source_tree;
+pub mod sshd;
 #[allow(unused_imports)]
 pub use fixture_stream::{datastore_dir, index_reader, parse_snapshot};
 

@@ -1,0 +1,428 @@
+//! `pbsfs pull` against `pbsfs agent`: through a plain local transport command (a script
+//! that runs the remote command as ssh would) and through a real sshd on 127.0.0.1. A pull
+//! stores the same archive bytes as a local push of the same tree; a metadata-mode re-pull
+//! reads only the changed files; a broken or garbled connection fails without a snapshot;
+//! the agent serves nothing outside its roots.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::cli::{local_command, ok, ok_json, pbsfs_local, stderr};
+use common::source_tree::{make_basic_tree, random_bytes, set_xattr};
+
+/// A transport command like ssh: `SCRIPT HOST COMMAND` runs COMMAND with `sh -c`, with
+/// `filter` (a shell pipeline stage, or empty) on what the agent sends back.
+fn transport(dir: &Path, name: &str, filter: &str) -> PathBuf {
+    let script = dir.join(name);
+    let body = if filter.is_empty() {
+        "#!/bin/sh\nshift\nexec sh -c \"$1\"\n".to_string()
+    } else {
+        // Through a FIFO, so that the filter is the only holder of our end of the pipe:
+        // when it ends we see the end, as when a connection drops (a shell waiting for a
+        // pipeline would keep it open). The agent's stdin comes through fd 4: a command in
+        // the background would get /dev/null.
+        format!(
+            "#!/bin/sh\nshift\nfifo=\"$0.$$.fifo\"\nmkfifo \"$fifo\"\nexec 4<&0\n\
+             sh -c \"$1\" <&4 4<&- >\"$fifo\" &\nexec 4<&- sh -c '{filter}' <\"$fifo\"\n"
+        )
+    };
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+fn agent_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_pbsfs")
+}
+
+/// `pbsfs --repository STORE pull --rsh RSH --remote-path BIN ARGS`.
+fn pull(store: &Path, rsh: &str, args: &[&str]) -> Output {
+    local_command(store)
+        .args(["pull", "--rsh", rsh, "--remote-path", agent_binary()])
+        .args(args)
+        .output()
+        .expect("run pbsfs")
+}
+
+/// A tree with what a walk meets: files big and small, hardlinks, symlinks (one to outside
+/// the tree), a FIFO, an xattr, a `.pxarexclude`, nested directories.
+fn make_tree(root: &Path) {
+    make_basic_tree(root);
+    std::fs::write(root.join("big"), random_bytes(1, 5 << 20)).unwrap();
+    for d in 0..5 {
+        let dir = root.join(format!("many/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..40 {
+            std::fs::write(
+                dir.join(format!("f{f}")),
+                random_bytes(d * 100 + f, 200 + f as usize),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(root.join("many/.pxarexclude"), b"d4/f1*\n").unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("outside")).unwrap();
+    let _ = set_xattr(&root.join("big"), "user.note", b"pulled");
+}
+
+/// The archives of a snapshot as stored (raw streams), by name.
+fn archives(store: &Path, snapshot: &str, names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    names
+        .iter()
+        .map(|name| {
+            let out = pbsfs_local(store, &["restore", snapshot, name, "-"]);
+            (name.to_string(), ok(&out).to_vec())
+        })
+        .collect()
+}
+
+fn archive_names(mode: &str) -> &'static [&'static str] {
+    if mode == "legacy" {
+        &["root.pxar", "catalog.pcat1"]
+    } else {
+        &["root.mpxar", "root.ppxar"]
+    }
+}
+
+const TIME: &str = "1700000000";
+
+#[test]
+fn a_pull_stores_what_a_local_push_stores_in_every_mode() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let rsh = transport(dir.path(), "rsh", "");
+    let source = format!("root.pxar:{}", tree.display());
+    for mode in ["legacy", "data", "metadata"] {
+        let common = ["--backup-time", TIME, "--change-detection-mode", mode];
+        let local_id = format!("local-{mode}");
+        let mut push_args = vec!["push", "--backup-id", &local_id];
+        push_args.extend(common);
+        push_args.push(&source);
+        ok(&pbsfs_local(&store, &push_args));
+
+        let pulled = format!("root.pxar:somehost:{}", tree.display());
+        let pulled_id = format!("pulled-{mode}");
+        let mut pull_args = vec!["--backup-id", pulled_id.as_str()];
+        pull_args.extend(common);
+        pull_args.push(&pulled);
+        ok(&pull(&store, rsh.to_str().unwrap(), &pull_args));
+
+        let local = archives(
+            &store,
+            &format!("host/{local_id}/latest"),
+            archive_names(mode),
+        );
+        let remote = archives(
+            &store,
+            &format!("host/{pulled_id}/latest"),
+            archive_names(mode),
+        );
+        for ((name, local), (_, remote)) in local.iter().zip(&remote) {
+            assert!(
+                local == remote,
+                "{mode}: {name} differs between push and pull"
+            );
+            assert!(!local.is_empty());
+        }
+    }
+}
+
+#[test]
+fn the_backup_id_is_the_client_host_name_and_a_re_pull_reads_only_changed_files() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let rsh = transport(dir.path(), "rsh", "");
+    let source = format!("backup@client:{}", tree.display());
+    let first = ok_json(&pull(
+        &store,
+        rsh.to_str().unwrap(),
+        &["--output-format", "json", "--backup-time", TIME, &source],
+    ));
+    let host = pbsfs::agent::serve::host_name();
+    let snapshot = first["snapshot"].as_str().unwrap().to_string();
+    assert!(snapshot.starts_with(&format!("host/{host}/")), "{snapshot}");
+    assert!(first["bytes-read"].as_u64().unwrap() > 5 << 20);
+
+    // Inode change times have a finer grain than snapshot times: change after the second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(tree.join("many/d2/f3"), b"changed content").unwrap();
+    let second = ok_json(&pull(
+        &store,
+        rsh.to_str().unwrap(),
+        &["--output-format", "json", &source],
+    ));
+    // The changed file and the `.pxarexclude` (read by every walk, as a push reads it).
+    assert_eq!(second["bytes-read"].as_u64().unwrap(), 15 + 7, "{second}");
+    let unchanged =
+        second["reused-files"].as_u64().unwrap() + second["copied-files"].as_u64().unwrap();
+    assert!(unchanged > 150, "{second}");
+}
+
+/// Every snapshot of the store (JSON list).
+fn snapshot_count(store: &Path) -> usize {
+    let out = pbsfs_local(store, &["--output-format", "json", "snapshots"]);
+    ok_json(&out).as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_broken_or_garbled_connection_fails_without_a_snapshot() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let source = format!("client:{}", tree.display());
+    let cases = [
+        (
+            "cut",
+            "stdbuf -o0 head -c 200000",
+            "connection to the agent",
+        ),
+        (
+            "garbled",
+            "(stdbuf -o0 head -c 200000; head -c 300000 /dev/urandom)",
+            "connection to the agent",
+        ),
+        ("nothing", "true", "agent ended without answering"),
+        ("noise", "(echo 'Welcome!'; cat)", "not a pbsfs agent"),
+    ];
+    for (name, filter, message) in cases {
+        let rsh = transport(dir.path(), name, filter);
+        for mode in ["legacy", "metadata"] {
+            let out = pull(
+                &store,
+                rsh.to_str().unwrap(),
+                &["--change-detection-mode", mode, &source],
+            );
+            assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+            assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        }
+    }
+    assert_eq!(snapshot_count(&store), 0);
+}
+
+#[test]
+fn nothing_outside_the_agent_roots_is_served() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    // The agent is started with its root fixed, as a forced command in authorized_keys
+    // does; the pull asks for a directory outside it.
+    let script = dir.path().join("forced");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} agent {}\n",
+            agent_binary(),
+            tree.join("many").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rsh = script.to_str().unwrap();
+    let out = pull(&store, rsh, &[&format!("client:{}", tree.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not served by the agent"),
+        "{}",
+        stderr(&out)
+    );
+    let out = pull(&store, rsh, &["client:/etc"]);
+    assert!(
+        stderr(&out).contains("is not served by the agent"),
+        "{}",
+        stderr(&out)
+    );
+    // Inside the root it works, and a symlink out of the tree stays a symlink.
+    std::os::unix::fs::symlink("/etc", tree.join("many/d0/etc")).unwrap();
+    let json = ok_json(&pull(
+        &store,
+        rsh,
+        &[
+            "--output-format",
+            "json",
+            "--backup-id",
+            "client",
+            &format!("client:{}", tree.join("many").display()),
+        ],
+    ));
+    assert_eq!(json["left-out"].as_u64(), Some(0));
+    let out = pbsfs_local(&store, &["files", "host/client/latest"]);
+    ok(&out);
+    let restore = dir.path().join("restored");
+    ok(&pbsfs_local(
+        &store,
+        &[
+            "restore",
+            "host/client/latest",
+            "many.pxar",
+            restore.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_link(restore.join("d0/etc")).unwrap(),
+        Path::new("/etc")
+    );
+    assert!(!restore.join("d0/etc/passwd").exists() || restore.join("d0/etc").is_symlink());
+}
+
+#[test]
+fn an_agent_without_root_rights_gives_a_partial_snapshot_and_exit_status_3() {
+    if !common::source_tree::is_root() {
+        // The agent is dropped to `nobody` below: the test runs as root (as CI does).
+        return;
+    }
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    std::fs::write(tree.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(
+        tree.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let rsh = transport(dir.path(), "as-nobody", "");
+    let script = std::fs::read_to_string(&rsh).unwrap().replace(
+        "exec sh",
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups sh",
+    );
+    std::fs::write(&rsh, script).unwrap();
+    let out = pull(
+        &store,
+        rsh.to_str().unwrap(),
+        &[
+            "--output-format",
+            "json",
+            &format!("client:{}", tree.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // dir/text (mode 600) and secret cannot be read by nobody.
+    assert_eq!(summary["left-out"].as_u64(), Some(2), "{summary}");
+    assert!(stderr(&out).contains("secret"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&store), 1);
+}
+
+/// The same snapshot times and modes as [`a_pull_stores_what_a_local_push_stores_in_every_mode`],
+/// through a real sshd: with the command given by the pull, and with a key whose forced
+/// command in `authorized_keys` fixes the served root (the README's set-up), into a local
+/// datastore and into the test server.
+#[test]
+fn pulls_through_a_real_sshd_into_a_local_datastore_and_a_server() {
+    use common::cli::pbsfs;
+    use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
+    use common::sshd::Sshd;
+
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let datastore = empty_datastore(dir.path());
+    let server = TestServer::start(&datastore, ServerConfig::default());
+
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let plain = Sshd::user_key(&keys, "plain");
+    let forced = Sshd::user_key(&keys, "forced");
+    let sshd = Sshd::start(&[
+        plain.public.clone(),
+        format!(
+            "command=\"{} agent {}\",restrict {}",
+            agent_binary(),
+            tree.display(),
+            forced.public
+        ),
+    ]);
+    let source = format!("root.pxar:127.0.0.1:{}", tree.display());
+    for mode in ["legacy", "data", "metadata"] {
+        let common_args = ["--backup-time", TIME, "--change-detection-mode", mode];
+        let local_id = format!("local-{mode}");
+        let push_source = format!("root.pxar:{}", tree.display());
+        let mut push_args = vec!["push", "--backup-id", &local_id];
+        push_args.extend(common_args);
+        push_args.push(&push_source);
+        ok(&pbsfs_local(&store, &push_args));
+        let local = archives(
+            &store,
+            &format!("host/{local_id}/latest"),
+            archive_names(mode),
+        );
+
+        let ssh_id = format!("ssh-{mode}");
+        let mut args = vec!["--backup-id", ssh_id.as_str()];
+        args.extend(common_args);
+        args.push(&source);
+        ok(&pull(&store, &sshd.rsh(&plain), &args));
+        let pulled = archives(
+            &store,
+            &format!("host/{ssh_id}/latest"),
+            archive_names(mode),
+        );
+        assert!(
+            local == pulled,
+            "{mode}: pulled through sshd differs from the push"
+        );
+
+        let rsh = sshd.rsh(&forced);
+        let mut server_args = vec!["pull", "--rsh", rsh.as_str(), "--remote-path", "/not/used"];
+        server_args.extend(["--backup-id", ssh_id.as_str()]);
+        server_args.extend(common_args);
+        server_args.push(&source);
+        ok(&pbsfs(&server, &server_args));
+        let on_server = archives(
+            &datastore,
+            &format!("host/{ssh_id}/latest"),
+            archive_names(mode),
+        );
+        assert!(
+            local == on_server,
+            "{mode}: pulled into the server differs from the push"
+        );
+    }
+
+    // A metadata-mode re-pull into the server reads only the changed file.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(tree.join("many/d1/f9"), b"new").unwrap();
+    let rsh = sshd.rsh(&forced);
+    let json = ok_json(&pbsfs(
+        &server,
+        &[
+            "pull",
+            "--rsh",
+            &rsh,
+            "--output-format",
+            "json",
+            "--backup-id",
+            "ssh-metadata",
+            &source,
+        ],
+    ));
+    assert_eq!(json["bytes-read"].as_u64(), Some(3 + 7), "{json}");
+    // The forced command serves its root only, whatever the pull asks for.
+    let out = pbsfs(&server, &["pull", "--rsh", &rsh, "127.0.0.1:/etc"]);
+    assert!(
+        stderr(&out).contains("is not served by the agent"),
+        "{}",
+        stderr(&out)
+    );
+    drop(sshd);
+}
