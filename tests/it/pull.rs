@@ -33,6 +33,16 @@ fn transport(dir: &Path, name: &str, filter: &str) -> PathBuf {
     script
 }
 
+/// A temporary directory holding the test tree (`tree`) and an empty datastore (`ds`).
+fn tree_and_store() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    (dir, tree, store)
+}
+
 fn agent_binary() -> &'static str {
     env!("CARGO_BIN_EXE_pbsfs")
 }
@@ -90,11 +100,7 @@ const TIME: &str = "1700000000";
 
 #[test]
 fn a_pull_stores_what_a_local_push_stores_in_every_mode() {
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_tree(&tree);
-    let store = dir.path().join("ds");
-    ok(&pbsfs_local(&store, &["init"]));
+    let (dir, tree, store) = tree_and_store();
     let rsh = transport(dir.path(), "rsh", "");
     let source = format!("root.pxar:{}", tree.display());
     for mode in ["legacy", "data", "metadata"] {
@@ -134,11 +140,7 @@ fn a_pull_stores_what_a_local_push_stores_in_every_mode() {
 
 #[test]
 fn the_backup_id_is_the_client_host_name_and_a_re_pull_reads_only_changed_files() {
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_tree(&tree);
-    let store = dir.path().join("ds");
-    ok(&pbsfs_local(&store, &["init"]));
+    let (dir, tree, store) = tree_and_store();
     let rsh = transport(dir.path(), "rsh", "");
     let source = format!("backup@client:{}", tree.display());
     let first = ok_json(&pull(
@@ -174,11 +176,7 @@ fn snapshot_count(store: &Path) -> usize {
 
 #[test]
 fn a_broken_or_garbled_connection_fails_without_a_snapshot() {
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_tree(&tree);
-    let store = dir.path().join("ds");
-    ok(&pbsfs_local(&store, &["init"]));
+    let (dir, tree, store) = tree_and_store();
     let source = format!("client:{}", tree.display());
     let cases = [
         (
@@ -211,11 +209,7 @@ fn a_broken_or_garbled_connection_fails_without_a_snapshot() {
 
 #[test]
 fn nothing_outside_the_agent_roots_is_served() {
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_tree(&tree);
-    let store = dir.path().join("ds");
-    ok(&pbsfs_local(&store, &["init"]));
+    let (dir, tree, store) = tree_and_store();
     // The agent is started with its root fixed, as a forced command in authorized_keys
     // does; the pull asks for a directory outside it.
     let script = dir.path().join("forced");
@@ -331,11 +325,7 @@ fn pulls_through_a_real_sshd_into_a_local_datastore_and_a_server() {
     use common::pbs_server::{empty_datastore, ServerConfig, TestServer};
     use common::sshd::Sshd;
 
-    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = dir.path().join("tree");
-    make_tree(&tree);
-    let store = dir.path().join("ds");
-    ok(&pbsfs_local(&store, &["init"]));
+    let (dir, tree, store) = tree_and_store();
     let datastore = empty_datastore(dir.path());
     let server = TestServer::start(&datastore, ServerConfig::default());
 
