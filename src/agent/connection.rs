@@ -2,20 +2,18 @@
 //! a reader thread hands each reply to the [`Ticket`] of its request id. A broken,
 //! closed or garbled stream fails every waiting request with the reason and calls the
 //! failure hook once (the pull's abort flag), so a backup stops instead of storing a
-//! tree with holes.
+//! tree with holes. Requests are written by a writer thread of their own, so no caller
+//! blocks on an agent that stops reading, and a watchdog fails the connection when
+//! requests wait and nothing has come back for the timeout.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::protocol::{read_frame, write_frame, Frame, Message, ProtocolError, MAGIC, VERSION};
-
-/// How long a request may wait for its reply before the agent counts as hung.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the agent said about itself.
 #[derive(Clone, Debug)]
@@ -33,6 +31,9 @@ struct Shared {
     on_failure: Box<dyn Fn() + Send + Sync>,
     /// Set by [`Connection::close`]: the end of the stream is expected then.
     closing: AtomicBool,
+    /// When the agent last sent a frame, or requests started waiting (whichever is
+    /// later): what the watchdog measures the timeout from.
+    last_heard: Mutex<Instant>,
 }
 
 #[derive(Default)]
@@ -44,6 +45,17 @@ struct State {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn heard_now(&self) {
+        *self.last_heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
     }
 
     /// Fails every waiting request; the first reason is kept.
@@ -72,19 +84,11 @@ pub struct Ticket {
 impl Ticket {
     /// The next reply to the request (a listing has several).
     pub fn wait(&self) -> io::Result<Message> {
-        match self.receiver.recv_timeout(REPLY_TIMEOUT) {
+        // Never forever: the watchdog fails every waiting request of a silent agent.
+        match self.receiver.recv() {
             Ok(Ok(message)) => Ok(message),
             Ok(Err(reason)) => Err(lost(&reason)),
-            Err(RecvTimeoutError::Timeout) => {
-                self.shared.fail(format!(
-                    "no reply from the agent in {} s",
-                    REPLY_TIMEOUT.as_secs()
-                ));
-                Err(lost(
-                    &self.shared.lock().failure.clone().unwrap_or_default(),
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(lost(
+            Err(_) => Err(lost(
                 &self
                     .shared
                     .lock()
@@ -106,21 +110,23 @@ fn lost(reason: &str) -> io::Error {
 
 /// A pipelined connection to an agent.
 pub struct Connection {
-    writer: Mutex<Option<BufWriter<Box<dyn Write + Send>>>>,
+    /// Frames for the writer thread; taken by [`Connection::close`].
+    outgoing: Mutex<Option<Sender<Frame>>>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
-    reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Connection {
-    /// Greets the agent and starts the reader thread. `on_failure` is called once if the
-    /// connection breaks before [`Connection::close`].
+    /// Greets the agent and starts the reader, writer and watchdog threads. `on_failure`
+    /// is called once if the connection breaks before [`Connection::close`], or when
+    /// requests wait and the agent has sent nothing for `timeout` (a hung agent, or one
+    /// that stopped reading).
     pub fn open(
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         on_failure: Box<dyn Fn() + Send + Sync>,
+        timeout: Duration,
     ) -> io::Result<(Self, Welcome)> {
-        let mut input = BufReader::with_capacity(256 * 1024, input);
         let mut output = BufWriter::with_capacity(64 * 1024, output);
         let hello = Frame {
             id: 0,
@@ -131,7 +137,44 @@ impl Connection {
         };
         // A failed send is reported after what the other end said (garbage, or nothing).
         let sent = write_frame(&mut output, &hello).and_then(|()| output.flush());
-        let welcome = match read_frame(&mut input) {
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            on_failure,
+            closing: AtomicBool::new(false),
+            last_heard: Mutex::new(Instant::now()),
+        });
+        // The reader thread reads the answer to the greeting first, so that waiting for it
+        // is bounded too; it goes on reading replies once the answer is a welcome.
+        let (answer_sender, answer) = mpsc::channel();
+        let reader_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || {
+                let mut input = BufReader::with_capacity(256 * 1024, input);
+                let first = read_frame(&mut input);
+                let welcomed = matches!(
+                    first,
+                    Ok(Frame {
+                        message: Message::Welcome {
+                            magic: MAGIC,
+                            version: VERSION,
+                            ..
+                        },
+                        ..
+                    })
+                );
+                let _ = answer_sender.send(first);
+                if welcomed {
+                    read_replies(input, &reader_shared);
+                }
+            })?;
+        let first = answer.recv_timeout(timeout).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the agent did not answer in {} s", timeout.as_secs_f64()),
+            )
+        })?;
+        let welcome = match first {
             Ok(Frame {
                 message:
                     Message::Welcome {
@@ -175,21 +218,20 @@ impl Connection {
             Err(err) => return Err(invalid(format!("not a pbsfs agent: {err}"))),
         };
         sent?;
-        let shared = Arc::new(Shared {
-            state: Mutex::default(),
-            on_failure,
-            closing: AtomicBool::new(false),
-        });
-        let reader_shared = shared.clone();
-        let reader = std::thread::Builder::new()
-            .name("agent-reader".into())
-            .spawn(move || read_replies(input, &reader_shared))?;
+        let (outgoing, frames) = mpsc::channel();
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("agent-writer".into())
+            .spawn(move || write_requests(output, frames, &writer_shared))?;
+        let watched = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("agent-watchdog".into())
+            .spawn(move || watch(watched, timeout))?;
         Ok((
             Connection {
-                writer: Mutex::new(Some(output)),
+                outgoing: Mutex::new(Some(outgoing)),
                 shared,
                 next_id: AtomicU32::new(1),
-                reader: Mutex::new(Some(reader)),
             },
             welcome,
         ))
@@ -214,19 +256,18 @@ impl Connection {
                 let _ = sender.send(Err(reason.clone()));
                 return ticket;
             }
+            if state.pending.is_empty() {
+                // Waiting starts now, however long the agent was not asked anything.
+                self.shared.heard_now();
+            }
             state.pending.insert(id, sender);
         }
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let written = match writer.as_mut() {
-            Some(out) => write_frame(out, &Frame { id, message }).and_then(|()| out.flush()),
-            None => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed",
-            )),
+        let queued = match &*self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(outgoing) => outgoing.send(Frame { id, message }).is_ok(),
+            None => false,
         };
-        drop(writer);
-        if let Err(err) = written {
-            self.shared.fail(format!("cannot send to the agent: {err}"));
+        if !queued {
+            self.shared.fail("the connection is closed".into());
         }
         ticket
     }
@@ -236,13 +277,65 @@ impl Connection {
         self.shared.lock().failure.clone()
     }
 
-    /// Ends the session: the agent sees the end of its input and exits.
+    /// Ends the session: once the writer has sent what is queued, the agent sees the end
+    /// of its input and exits. The threads are not joined: a hung agent must not hang the
+    /// client; they end with the stream (or the process).
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(writer);
-        // Not joined: a hung agent must not hang the client; the thread ends with the stream.
-        drop(self.reader.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.outgoing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// Writes queued requests, flushing whenever the queue is empty, until the connection is
+/// closed (then the output is dropped: the agent's end of input) or a write fails.
+fn write_requests(
+    mut output: BufWriter<Box<dyn Write + Send>>,
+    frames: Receiver<Frame>,
+    shared: &Shared,
+) {
+    while let Ok(frame) = frames.recv() {
+        let mut written = write_frame(&mut output, &frame);
+        while written.is_ok() {
+            match frames.try_recv() {
+                Ok(frame) => written = write_frame(&mut output, &frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = written.and_then(|()| output.flush()) {
+            return shared.fail(format!("cannot send to the agent: {err}"));
+        }
+    }
+}
+
+/// Fails the connection when requests have waited `timeout` with nothing from the agent.
+fn watch(shared: Weak<Shared>, timeout: Duration) {
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        std::thread::sleep(period);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let waiting = {
+            let state = shared.lock();
+            if state.failure.is_some() {
+                return;
+            }
+            !state.pending.is_empty()
+        };
+        if waiting && shared.silent_for() >= timeout {
+            return shared.fail(format!(
+                "no answer from the agent in {} s",
+                timeout.as_secs_f64()
+            ));
+        }
     }
 }
 
@@ -272,6 +365,7 @@ fn read_replies(mut input: impl Read, shared: &Shared) {
             }
             Err(err) => return shared.fail(err.to_string()),
         };
+        shared.heard_now();
         let last = !matches!(frame.message, Message::ListPart { more: true, .. });
         if is_request(&frame.message) {
             return shared.fail("garbled stream: the agent sent a request".into());

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::connection::{Connection, Ticket};
 use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ};
@@ -82,9 +83,10 @@ impl RemoteClient {
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         abort: Arc<AtomicBool>,
+        timeout: Duration,
     ) -> io::Result<Self> {
         let on_failure = Box::new(move || abort.store(true, Ordering::SeqCst));
-        let (connection, welcome) = Connection::open(input, output, on_failure)?;
+        let (connection, welcome) = Connection::open(input, output, on_failure, timeout)?;
         let roots = welcome
             .roots
             .iter()
@@ -589,6 +591,7 @@ mod tests {
             Box::new(near.try_clone().unwrap()),
             Box::new(near.try_clone().unwrap()),
             abort.clone(),
+            Duration::from_secs(600),
         )
         .unwrap();
         (client, abort, near)
@@ -709,9 +712,80 @@ mod tests {
             Box::new(near.try_clone().unwrap()),
             Box::new(near),
             Arc::default(),
+            Duration::from_secs(600),
         )
         .err()
         .unwrap();
         assert!(err.to_string().contains("not a pbsfs agent"), "{err}");
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_the_greeting_is_given_up() {
+        let (near, _far) = UnixStream::pair().unwrap();
+        let started = std::time::Instant::now();
+        let err = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_millis(200),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    /// An agent that greets and then neither reads nor answers (hung, or hostile): requests
+    /// fail after the timeout, the abort flag is set, and no caller is left blocked in a
+    /// write however many requests it makes.
+    #[test]
+    fn an_agent_that_stops_reading_and_answering_is_given_up() {
+        use super::super::protocol::{read_frame, write_frame, Frame, Message, MAGIC, VERSION};
+        let (near, far) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut far = far;
+            read_frame(&mut far).unwrap();
+            let welcome = Message::Welcome {
+                magic: MAGIC,
+                version: VERSION,
+                hostname: b"silent".to_vec(),
+                time: 0,
+                roots: vec![b"/".to_vec()],
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: welcome,
+                },
+            )
+            .unwrap();
+            far.flush().unwrap();
+            // Keeps the stream open without reading from it.
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        let abort = Arc::new(AtomicBool::new(false));
+        let client = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            abort.clone(),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        // Far more requests than a socket buffer holds.
+        for i in 0..20_000 {
+            let path = PathBuf::from(format!("some/quite/long/path/to/a/file/{i:08}"));
+            client.will_read(&path, 1 << 20);
+        }
+        let err = client.lstat(Path::new("etc")).unwrap_err();
+        assert!(
+            err.to_string().contains("no answer from the agent"),
+            "{err}"
+        );
+        assert!(abort.load(Ordering::SeqCst));
+        assert!(started.elapsed() < Duration::from_secs(15));
+        drop(client);
+        drop(agent);
     }
 }

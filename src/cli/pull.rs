@@ -3,6 +3,7 @@
 //! stores, exactly as a push of the same tree here would.
 
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
@@ -30,6 +31,11 @@ pub struct PullArgs {
     /// The pbsfs binary on the client.
     #[arg(long, default_value = "pbsfs", value_name = "PATH")]
     pub remote_path: String,
+
+    /// Give up when the agent has answered nothing for this many seconds while requests
+    /// wait (a hung client, a dead link): the pull then fails without a snapshot.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
 
     #[command(flatten)]
     pub backup: BackupArgs,
@@ -117,7 +123,10 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let (Some(output), Some(input)) = (child.stdin.take(), child.stdout.take()) else {
         bail!("the transport command has no pipes");
     };
-    let client = match RemoteClient::connect(Box::new(input), Box::new(output), abort.clone()) {
+    let timeout = Duration::from_secs(args.timeout);
+    let connected =
+        RemoteClient::connect(Box::new(input), Box::new(output), abort.clone(), timeout);
+    let client = match connected {
         Ok(client) => client,
         Err(err) => {
             let _ = child.kill();
@@ -159,6 +168,10 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let failure = client.failure();
     client.close();
     drop(client);
+    if failure.is_some() {
+        // A broken or hung link: the transport may never end by itself.
+        let _ = child.kill();
+    }
     // The agent exits at the end of its input; ssh with it.
     let _ = child.wait();
     match (result, failure) {
