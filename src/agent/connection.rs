@@ -64,13 +64,15 @@ impl Shared {
         if state.failure.is_some() {
             return;
         }
-        for (_, waiting) in state.pending.drain() {
-            let _ = waiting.send(Err(reason.clone()));
-        }
-        state.failure = Some(reason);
+        let waiting: Vec<_> = state.pending.drain().map(|(_, waiting)| waiting).collect();
+        state.failure = Some(reason.clone());
         drop(state);
+        // The hook first (the pull's abort flag): whoever the error wakes sees it set.
         if !self.closing.load(Ordering::SeqCst) {
             (self.on_failure)();
+        }
+        for waiting in waiting {
+            let _ = waiting.send(Err(reason.clone()));
         }
     }
 }

@@ -214,13 +214,20 @@ fn a_silent_agent_is_given_up_after_the_timeout() {
     let (dir, tree, store) = tree_and_store();
     let silent = dir.path().join("silent");
     std::fs::write(&silent, "#!/bin/sh\nexec sleep 120\n").unwrap();
-    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let started = std::time::Instant::now();
     let source = format!("client:{}", tree.display());
-    let out = pull(&store, silent.to_str().unwrap(), &["--timeout", "1", &source]);
+    let out = pull(
+        &store,
+        silent.to_str().unwrap(),
+        &["--timeout", "1", &source],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("did not answer in 1 s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not answer in 1 s"),
+        "{}",
+        stderr(&out)
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     assert_eq!(snapshot_count(&store), 0);
 }
