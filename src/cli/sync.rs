@@ -172,11 +172,13 @@ fn print_summary(summary: &SyncSummary, repo: &RepoArgs) {
                         chunks_sent,
                         bytes_sent,
                         chunks_present,
+                        client_log,
                     } => {
                         value["result"] = json!("copied");
                         value["chunks-sent"] = json!(chunks_sent);
                         value["bytes-sent"] = json!(bytes_sent);
                         value["chunks-present"] = json!(chunks_present);
+                        value["client-log"] = json!(client_log);
                     }
                     SnapshotOutcome::Present => value["result"] = json!("present"),
                     SnapshotOutcome::OlderThanDestination => {

@@ -11,6 +11,9 @@ use super::Digest;
 
 /// File name of the manifest inside a snapshot directory.
 pub const MANIFEST_BLOB_NAME: &str = "index.json.blob";
+/// File name of the client's log inside a snapshot directory: a blob added after the backup
+/// finished, not listed in the manifest.
+pub const CLIENT_LOG_BLOB_NAME: &str = "client.log.blob";
 
 #[derive(Debug, Error)]
 pub enum ManifestError {

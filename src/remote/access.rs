@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use super::error::RemoteError;
+use super::runtime::block_on;
 use super::{RemoteDatastore, RemoteReader};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{Manifest, CLIENT_LOG_BLOB_NAME};
 use crate::format::time::parse_rfc3339;
 use crate::store::access::{DatastoreAccess, SnapshotAccess, SnapshotSummary};
 use crate::store::admin::DatastoreAdmin;
@@ -79,7 +81,7 @@ fn summary(snapshot: super::datastore::RemoteSnapshot) -> SnapshotSummary {
     let files = snapshot
         .files
         .into_iter()
-        .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != "client.log.blob");
+        .filter(|f| f.filename != MANIFEST_BLOB_NAME && f.filename != CLIENT_LOG_BLOB_NAME);
     SnapshotSummary::new(
         snapshot.entry,
         files.map(|f| (f.filename, f.size.unwrap_or(0))),
@@ -102,6 +104,18 @@ impl SnapshotAccess for RemoteSnapshot {
     }
     fn read_file(&self, filename: &str) -> Result<Vec<u8>> {
         self.reader.download(filename)
+    }
+    /// The server answers a missing file with an error status (PBS: 400 or 404), which
+    /// reads as "no log"; a failing connection stays an error.
+    fn read_client_log(&self) -> Result<Option<Vec<u8>>> {
+        match block_on(self.reader.download_async(CLIENT_LOG_BLOB_NAME)) {
+            Ok(raw) => Ok(Some(raw.into())),
+            Err(RemoteError::Status { .. }) => Ok(None),
+            Err(err) => Err(anyhow::Error::new(err).context(format!(
+                "cannot download {}/{CLIENT_LOG_BLOB_NAME}",
+                self.dir()
+            ))),
+        }
     }
     fn chunk_source(&self) -> Arc<dyn ChunkSource> {
         self.reader.clone()

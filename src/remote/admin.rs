@@ -137,6 +137,24 @@ impl RemoteDatastore {
         Ok(())
     }
 
+    /// Adds the client log to a finished snapshot (`POST upload-backup-log`); the server
+    /// refuses it when the snapshot already has one.
+    pub fn upload_backup_log(
+        &self,
+        ns: &BackupNamespace,
+        dir: &BackupDir,
+        raw_blob: &[u8],
+    ) -> Result<()> {
+        let body = bytes::Bytes::copy_from_slice(raw_blob);
+        let params = snapshot_json(ns, dir);
+        block_on(
+            self.client()
+                .post_octets(&self.path("upload-backup-log"), &params, body),
+        )
+        .with_context(|| format!("cannot upload the client log of {dir}"))?;
+        Ok(())
+    }
+
     /// The server's prune of a group (`POST prune`), its decision per snapshot, oldest first.
     pub fn prune(
         &self,

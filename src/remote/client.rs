@@ -271,29 +271,47 @@ impl HttpClient {
         path: &str,
         params: &Value,
     ) -> Result<Value, RemoteError> {
-        let (uri, content_type, body) = if method == Method::POST {
-            (path.to_string(), "application/json", params.to_string())
+        if method == Method::POST {
+            let body = Bytes::from(params.to_string());
+            self.send_call(method, path.to_string(), "application/json", body)
+                .await
         } else {
-            let query = super::query::json_to_query(params);
-            let uri = if query.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}?{query}")
-            };
-            (uri, FORM, String::new())
-        };
+            let uri = with_query(path, params);
+            self.send_call(method, uri, FORM, Bytes::new()).await
+        }
+    }
+
+    /// A POST of raw bytes (an upload such as the client log), parameters in the query as
+    /// the official client sends them. Returns `data`.
+    pub async fn post_octets(
+        &self,
+        path: &str,
+        params: &Value,
+        body: Bytes,
+    ) -> Result<Value, RemoteError> {
+        let uri = with_query(path, params);
+        self.send_call(Method::POST, uri, "application/octet-stream", body)
+            .await
+    }
+
+    async fn send_call(
+        &self,
+        method: Method,
+        uri: String,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Value, RemoteError> {
         let mut builder = base_request(method, &uri, &self.options)
             .header(http::header::CONTENT_TYPE, content_type);
         for (name, value) in self.auth_headers().await?.iter() {
             builder = builder.header(name, value);
         }
-        let request =
-            builder
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|err| RemoteError::Protocol {
-                    server: self.server(),
-                    message: format!("bad request {uri}: {err}"),
-                })?;
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|err| RemoteError::Protocol {
+                server: self.server(),
+                message: format!("bad request {uri}: {err}"),
+            })?;
         let (status, raw) = self.send(request).await?;
         if !status.is_success() {
             return Err(status_error(
@@ -385,6 +403,16 @@ impl HttpClient {
                 after: timeout,
             }),
         }
+    }
+}
+
+/// `path?query` of `params` (just `path` when there are none).
+fn with_query(path: &str, params: &Value) -> String {
+    let query = super::query::json_to_query(params);
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
     }
 }
 

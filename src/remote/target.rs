@@ -27,7 +27,7 @@ use super::runtime::{block_on, runtime};
 use crate::format::manifest::Manifest;
 use crate::format::{digest_to_hex, Digest};
 use crate::store::access::DatastoreAccess;
-use crate::store::names::BackupDir;
+use crate::store::names::{BackupDir, BackupNamespace};
 use crate::store::target::{BackupSession, BackupTarget, IndexSummary, IndexWriter, SessionParams};
 
 /// Chunk uploads on the wire at once (HTTP/2 streams of the one backup connection). More
@@ -74,6 +74,10 @@ impl BackupTarget for RemoteTarget {
 
     fn access(&self) -> &dyn DatastoreAccess {
         &self.access
+    }
+
+    fn add_client_log(&self, ns: &BackupNamespace, dir: &BackupDir, raw_blob: &[u8]) -> Result<()> {
+        self.datastore().upload_backup_log(ns, dir, raw_blob)
     }
 }
 

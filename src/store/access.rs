@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::archive::{check_blob, check_index};
 use super::local::{LocalDatastore, SnapshotEntry, MANIFEST_BLOB_NAME};
@@ -17,7 +17,7 @@ use super::ChunkSource;
 use crate::format::blob::{decode_blob_with, MAX_BLOB_SIZE};
 use crate::format::crypto::CryptConfig;
 use crate::format::index::AnyIndex;
-use crate::format::manifest::{FileInfo, Manifest};
+use crate::format::manifest::{FileInfo, Manifest, CLIENT_LOG_BLOB_NAME};
 use anyhow::Context as _;
 
 /// A snapshot and its file names and total size, as listings show it.
@@ -138,6 +138,8 @@ pub trait SnapshotAccess: Send + Sync {
     fn manifest(&self) -> &Manifest;
     /// Raw bytes of a file of the snapshot (index or blob, also `index.json.blob`).
     fn read_file(&self, filename: &str) -> Result<Vec<u8>>;
+    /// The raw client log (`client.log.blob`), None when the snapshot has none.
+    fn read_client_log(&self) -> Result<Option<Vec<u8>>>;
     /// Where the snapshot's chunks come from.
     fn chunk_source(&self) -> Arc<dyn ChunkSource>;
 }
@@ -204,6 +206,27 @@ impl SnapshotAccess for LocalSnapshot {
     }
     fn read_file(&self, filename: &str) -> Result<Vec<u8>> {
         self.store.read_snapshot_file(&self.ns, &self.dir, filename)
+    }
+    fn read_client_log(&self) -> Result<Option<Vec<u8>>> {
+        let path = self
+            .store
+            .snapshot_path(&self.ns, &self.dir)
+            .join(CLIENT_LOG_BLOB_NAME);
+        let file = match std::fs::File::open(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            opened => opened.with_context(|| format!("cannot open {}", path.display()))?,
+        };
+        let mut raw = Vec::new();
+        // A log is a blob: a bigger file is damage, not something to read whole.
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&file, MAX_BLOB_SIZE as u64 + 1),
+            &mut raw,
+        )
+        .with_context(|| format!("cannot read {}", path.display()))?;
+        if raw.len() > MAX_BLOB_SIZE {
+            bail!("{} is larger than any blob can be", path.display());
+        }
+        Ok(Some(raw))
     }
     fn chunk_source(&self) -> Arc<dyn ChunkSource> {
         self.store.clone()

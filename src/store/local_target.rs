@@ -16,7 +16,8 @@ use crate::format::manifest::{CryptMode, FileInfo, Manifest};
 use crate::format::Digest;
 use crate::store::access::{DatastoreAccess, LocalAccess};
 use crate::store::local::LocalDatastore;
-use crate::store::names::BackupDir;
+use crate::store::manage;
+use crate::store::names::{BackupDir, BackupNamespace};
 use crate::store::writer::{PendingFile, SnapshotWriter};
 
 /// A local datastore directory.
@@ -49,6 +50,10 @@ impl BackupTarget for LocalTarget {
 
     fn access(&self) -> &dyn DatastoreAccess {
         &self.access
+    }
+
+    fn add_client_log(&self, ns: &BackupNamespace, dir: &BackupDir, raw_blob: &[u8]) -> Result<()> {
+        manage::add_client_log(self.datastore(), ns, dir, raw_blob)
     }
 }
 

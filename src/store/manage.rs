@@ -20,6 +20,8 @@ use super::local::{decode_manifest, LocalDatastore, SnapshotEntry, MANIFEST_BLOB
 use super::names::{BackupDir, BackupGroup, BackupNamespace, MAX_NAMESPACE_DEPTH};
 use super::prune::{self, KeepOptions, PruneCandidate, PruneMark};
 use super::writer::backup_running;
+use crate::format::blob::parse_blob;
+use crate::format::manifest::CLIENT_LOG_BLOB_NAME;
 
 /// The marker file of a protected snapshot.
 pub const PROTECTED_MARKER: &str = ".protected";
@@ -139,6 +141,29 @@ pub fn set_notes(
     manifest.unprotected["notes"] = serde_json::Value::String(notes.to_string());
     let blob = manifest.to_blob()?;
     fs_modes::replace_file(&path, &blob).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Adds the client log (`client.log.blob`, a blob outside the manifest) to a finished
+/// snapshot, as PBS's `upload-backup-log` does: refused when it already has one; the blob's
+/// CRC is checked.
+pub fn add_client_log(
+    store: &LocalDatastore,
+    ns: &BackupNamespace,
+    dir: &BackupDir,
+    raw_blob: &[u8],
+) -> Result<()> {
+    let _lock = lock_snapshot(store, ns, dir)?;
+    let snapshot = store.snapshot_path(ns, dir);
+    if !snapshot.join(MANIFEST_BLOB_NAME).is_file() {
+        bail!("snapshot {dir} is not finished: it has no manifest");
+    }
+    let path = snapshot.join(CLIENT_LOG_BLOB_NAME);
+    if path.exists() {
+        bail!("snapshot {dir} already has a client log");
+    }
+    parse_blob(raw_blob).with_context(|| format!("the client log of {dir} is damaged"))?;
+    fs_modes::replace_file(&path, raw_blob)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// One snapshot's prune decision.

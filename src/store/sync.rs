@@ -14,7 +14,8 @@
 //! they are sent (CRC; digest and size of plain chunks), as PBS's own pull does.
 //!
 //! The manifest goes last, as in a push: an interrupted sync leaves no snapshot that looks
-//! complete, and the next run copies it again, finding the chunks already sent.
+//! complete, and the next run copies it again, finding the chunks already sent. The client
+//! log (`client.log.blob`, outside the manifest) follows the finished snapshot.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,6 +89,8 @@ pub enum SnapshotOutcome {
         bytes_sent: u64,
         /// Chunks the destination had already.
         chunks_present: u64,
+        /// Whether the snapshot's client log came along (a snapshot may have none).
+        client_log: bool,
     },
     /// The destination has it already.
     Present,
@@ -123,6 +126,7 @@ impl SyncSummary {
                     chunks_sent,
                     bytes_sent,
                     chunks_present,
+                    ..
                 } => (c + chunks_sent, b + bytes_sent, p + chunks_present),
                 _ => (c, b, p),
             })
@@ -299,6 +303,30 @@ fn copy_snapshot(
         chunks_sent: counts.sent,
         bytes_sent: counts.bytes,
         chunks_present: counts.present,
+        client_log: copy_client_log(snapshot, target, to_ns),
+    })
+}
+
+/// Copies the client log (a blob outside the manifest, added after the backup) once the
+/// snapshot is complete, as PBS's sync does. The snapshot stands without it, so a log that
+/// cannot be read, is damaged or cannot be stored is a warning, not a failed copy.
+fn copy_client_log(
+    snapshot: &dyn SnapshotAccess,
+    target: &dyn BackupTarget,
+    to_ns: &BackupNamespace,
+) -> bool {
+    let dir = snapshot.dir();
+    let copied = snapshot.read_client_log().and_then(|log| match log {
+        None => Ok(false),
+        Some(raw) => {
+            parse_blob(&raw).map_err(|err| anyhow!("it is damaged: {err}"))?;
+            target.add_client_log(to_ns, dir, &raw)?;
+            Ok(true)
+        }
+    });
+    copied.unwrap_or_else(|err| {
+        log::warn!("{dir}: copied without its client log: {err:#}");
+        false
     })
 }
 

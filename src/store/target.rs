@@ -38,6 +38,10 @@ pub trait BackupTarget: Send + Sync {
     /// The same datastore for reading.
     fn access(&self) -> &dyn DatastoreAccess;
 
+    /// Adds the client log (`client.log.blob`, a blob outside the manifest) to a finished
+    /// snapshot; refused when the snapshot already has one.
+    fn add_client_log(&self, ns: &BackupNamespace, dir: &BackupDir, raw_blob: &[u8]) -> Result<()>;
+
     /// The newest readable snapshot of a group, the base for change detection (a damaged
     /// manifest is passed by, not an error). Its archives are read with the
     /// [`open`](super::open) kit over its `chunk_source`.

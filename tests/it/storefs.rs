@@ -96,6 +96,9 @@ impl SnapshotAccess for CountingSnapshot {
     fn read_file(&self, filename: &str) -> Result<Vec<u8>> {
         self.inner.read_file(filename)
     }
+    fn read_client_log(&self) -> Result<Option<Vec<u8>>> {
+        self.inner.read_client_log()
+    }
     fn chunk_source(&self) -> Arc<dyn ChunkSource> {
         self.chunks.clone()
     }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use crate::common;
 use common::cli::{ok_json, pbsfs, repository, stderr};
 use common::pbs_server::{empty_datastore, TestServer};
+use pbsfs::format::blob::encode_blob;
 use pbsfs::format::index::{AnyIndex, ChunkIndex};
-use pbsfs::format::manifest::Manifest;
+use pbsfs::format::manifest::{Manifest, CLIENT_LOG_BLOB_NAME};
 use pbsfs::format::{digest_to_hex, Digest};
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::names::{BackupGroup, BackupNamespace};
@@ -44,6 +45,24 @@ pub(crate) fn sync_from_local(
     }
     command.args(["--output-format", "json"]);
     command
+}
+
+/// Gives two snapshots of `store` a client log (a plain and an encrypted one), as PVE's
+/// uploads leave them: a blob beside the manifest, not listed in it.
+fn add_client_logs(store: &Path) {
+    for (snapshot, text) in [
+        (
+            "host/fixture-data/2026-11-25T08:28:43Z",
+            "INFO: starting backup\n",
+        ),
+        (
+            "host/fixture-enc/2026-11-25T08:29:00Z",
+            "INFO: encrypted backup\n",
+        ),
+    ] {
+        let blob = encode_blob(text.repeat(200).as_bytes(), true).unwrap();
+        std::fs::write(store.join(snapshot).join(CLIENT_LOG_BLOB_NAME), blob).unwrap();
+    }
 }
 
 pub(crate) fn run_json(mut command: Command) -> serde_json::Value {
@@ -150,6 +169,7 @@ fn outcomes(summary: &serde_json::Value) -> Vec<String> {
 #[test]
 fn local_to_server_to_local_keeps_every_snapshot_and_chunk() {
     let (_tmp, source, dest) = source_and_empty();
+    add_client_logs(&source);
     let expected = snapshot_files(&source);
     let snapshots = expected
         .keys()
@@ -224,6 +244,7 @@ fn local_to_server_to_local_keeps_every_snapshot_and_chunk() {
 #[test]
 fn local_to_local_keeps_every_byte_and_a_second_sync_is_quick() {
     let (_tmp, source, dest) = source_and_empty();
+    add_client_logs(&source);
     let first = run_json(sync_from_local(
         &source,
         None,
@@ -349,4 +370,32 @@ fn server_to_server_takes_the_destination_secret_from_pbs_to_password() {
         .filter(|(k, _)| k.starts_with("vm/"))
         .collect();
     assert_same_contents(&expected, &snapshot_files(to.store().root()));
+}
+
+#[test]
+fn a_damaged_client_log_stays_behind_with_a_warning_and_the_snapshot_is_copied() {
+    let (_tmp, source, dest) = source_and_empty();
+    let snapshot = "host/fixture-data/2026-11-25T08:28:43Z";
+    let mut blob = encode_blob(b"INFO: a log", false).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 0xff; // the CRC no longer holds
+    std::fs::write(source.join(snapshot).join(CLIENT_LOG_BLOB_NAME), blob).unwrap();
+
+    let output = sync_from_local(
+        &source,
+        None,
+        &["--to", dest.to_str().unwrap(), "host/fixture-data"],
+    )
+    .output()
+    .unwrap();
+    let summary = ok_json(&output);
+    assert_eq!(summary["copied"], 1, "{summary}");
+    assert_eq!(summary["snapshots"][0]["client-log"], false, "{summary}");
+    let warning = stderr(&output);
+    assert!(
+        warning.contains("copied without its client log") && warning.contains("CRC"),
+        "{warning}"
+    );
+    assert!(dest.join(snapshot).join("index.json.blob").is_file());
+    assert!(!dest.join(snapshot).join(CLIENT_LOG_BLOB_NAME).exists());
 }

@@ -79,6 +79,9 @@ impl SnapshotAccess for FlakySnapshot {
     fn read_file(&self, filename: &str) -> anyhow::Result<Vec<u8>> {
         self.inner.read_file(filename)
     }
+    fn read_client_log(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.inner.read_client_log()
+    }
     fn chunk_source(&self) -> Arc<dyn ChunkSource> {
         Arc::new(FlakyChunks {
             inner: self.inner.chunk_source(),

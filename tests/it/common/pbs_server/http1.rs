@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::session::upgrade;
 use super::state::*;
-use super::{admin, tasks};
+use super::{admin, manage, tasks};
 use super::{BACKUP_PROTOCOL, READER_PROTOCOL};
 use pbsfs::remote::query::parse_query;
 use pbsfs::store::names::{BackupDir, BackupGroup, BackupNamespace, BackupType};
@@ -178,6 +178,15 @@ pub(super) async fn handle_http1(state: Arc<State>, req: Request<Incoming>) -> H
             return upgrade(state, req, params, auth_id, BACKUP_PROTOCOL).await
         }
         _ => {}
+    }
+    // The one call whose body is data, not parameters.
+    if method == Method::POST && path == format!("{admin_prefix}upload-backup-log") {
+        let body = match Limited::new(req.into_body(), 128 << 20).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "request body too large"),
+        };
+        return manage::upload_backup_log(&state, &params, &body)
+            .unwrap_or_else(|message| error(StatusCode::BAD_REQUEST, &message));
     }
     // Like PBS, parameters may come in the body too (the official client posts JSON).
     if method == Method::POST || method == Method::PUT {

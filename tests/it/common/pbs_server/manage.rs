@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::http1::*;
 use super::state::State;
+use pbsfs::format::manifest::CLIENT_LOG_BLOB_NAME;
 use pbsfs::store::local::LocalDatastore;
 use pbsfs::store::manage;
 use pbsfs::store::names::{BackupGroup, BackupNamespace, BackupType};
@@ -193,4 +194,23 @@ fn content_counts(store: &LocalDatastore, ns: &BackupNamespace) -> anyhow::Resul
         }
     }
     Ok((groups, snapshots))
+}
+
+/// `POST upload-backup-log`: the body is the client log blob, added to a finished snapshot
+/// that has none yet.
+pub(super) fn upload_backup_log(
+    state: &State,
+    params: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<HttpResponse, String> {
+    let (ns, dir) = (param_ns(params, "ns")?, param_dir(params)?);
+    let path = state
+        .store
+        .snapshot_path(&ns, &dir)
+        .join(CLIENT_LOG_BLOB_NAME);
+    if path.exists() {
+        return Err("backup already contains a log.".into());
+    }
+    manage::add_client_log(&state.store, &ns, &dir, body).map_err(|e| format!("{e:#}"))?;
+    Ok(data_response(Value::Null))
 }
