@@ -20,14 +20,15 @@ use std::time::Duration;
 use super::connection::{Connection, Ticket};
 use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ};
 use crate::backup::client::{ClientCounters, ClientProvider};
-use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor};
+use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor, FILES_HINTED_AHEAD};
 
 /// Directories listed ahead of the walk at most.
 const LISTINGS_AHEAD: usize = 64;
 /// Directories waiting to be listed ahead at most (the oldest hints are dropped).
 const HINTS_KEPT: usize = 4096;
-/// First blocks of files asked for ahead at most.
-const FILES_AHEAD: usize = 64;
+/// First blocks of files asked for ahead at most: room for the walker's hints of a
+/// directory and of the one it enters meanwhile (a dropped hint is a wasted request).
+const FILES_AHEAD: usize = 2 * FILES_HINTED_AHEAD;
 /// A content request's size.
 const BLOCK: usize = 1 << 20;
 /// Content requests in flight per file at most.

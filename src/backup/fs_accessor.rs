@@ -42,6 +42,11 @@ impl FileStat {
     }
 }
 
+/// Files hinted with [`FileSystemAccessor::will_read`] ahead of the walker at most: enough
+/// to keep a device (or an agent's pipeline) busy with tiny files, and what an accessor
+/// that holds hinted data must keep for the hints to be of use.
+pub const FILES_HINTED_AHEAD: usize = 64;
+
 /// Read access to a directory tree. Errors keep their OS error codes (ENOENT, EOPNOTSUPP,
 /// ...) so the walker can react like the official client does.
 pub trait FileSystemAccessor {
@@ -55,7 +60,8 @@ pub trait FileSystemAccessor {
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
     /// A hint that the first `len` bytes of a file will be read soon; a local accessor has
-    /// the kernel start reading them, so the disk works while the walker encodes.
+    /// the kernel start reading them, so the disk works while the walker encodes. The
+    /// walker hints at most [`FILES_HINTED_AHEAD`] files ahead of the one it reads.
     fn will_read(&self, _path: &Path, _len: u64) {}
 
     /// A hint that these directories will be listed and their entries stat'ed soon, in

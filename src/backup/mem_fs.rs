@@ -20,6 +20,8 @@ pub(super) struct MemFs {
     /// Calls that read file contents, and attribute listings.
     pub(super) content_reads: AtomicU64,
     pub(super) xattr_listings: AtomicU64,
+    /// The files hinted with `will_read`, in order.
+    pub(super) read_hints: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl MemFs {
@@ -53,6 +55,9 @@ impl MemFs {
 impl FileSystemAccessor for MemFs {
     fn lstat(&self, path: &Path) -> io::Result<FileStat> {
         Ok(self.node(path)?.0)
+    }
+    fn will_read(&self, path: &Path, _len: u64) {
+        self.read_hints.lock().unwrap().push(path.to_path_buf());
     }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
         // Reverse order on purpose: the walker must sort.

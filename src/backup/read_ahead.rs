@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::fs_accessor::{FileStat, FileSystemAccessor};
+use super::fs_accessor::{FileStat, FileSystemAccessor, FILES_HINTED_AHEAD};
 
 /// Keeps the kernel reading the next big files of a directory while the walker encodes the
 /// current one, so the disk and the CPUs work at the same time.
@@ -38,18 +38,72 @@ impl ReadAhead {
         }
     }
 
-    /// The walker is at entry `index`: hint files until the window ahead of it is full.
+    /// The walker is at entry `index`: hint files until the window ahead of it is full
+    /// (in bytes, or [`FILES_HINTED_AHEAD`] files of a directory of tiny ones).
     pub(super) fn advance<A: FileSystemAccessor + ?Sized>(&mut self, fs: &A, index: usize) {
         while self.done < self.files.len() && self.files[self.done].0 <= index {
             self.done += 1;
         }
         self.next = self.next.max(self.done);
         let mut ahead: u64 = self.files[self.done..self.next].iter().map(|f| f.2).sum();
-        while self.next < self.files.len() && ahead < Self::WINDOW {
+        while self.next < self.files.len()
+            && ahead < Self::WINDOW
+            && self.next - self.done < FILES_HINTED_AHEAD
+        {
             let (_, path, len) = &self.files[self.next];
             fs.will_read(path, *len);
             ahead += len;
             self.next += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::mem_fs::MemFs;
+
+    fn regular(size: u64) -> FileStat {
+        FileStat {
+            mode: libc::S_IFREG | 0o644,
+            size,
+            ..Default::default()
+        }
+    }
+
+    /// A remote accessor keeps only so many hinted files: a directory of tiny files hinted
+    /// whole would push out the first ones before the walker gets to them.
+    #[test]
+    fn tiny_files_are_hinted_a_bounded_number_ahead_each_once() {
+        let list: Vec<(PathBuf, FileStat)> = (0..1000)
+            .map(|i| (PathBuf::from(format!("d/f{i:04}")), regular(100)))
+            .collect();
+        let fs = MemFs::default();
+        let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
+        for index in 0..list.len() {
+            read_ahead.advance(&fs, index);
+            // Hinted so far: the files after the first up to some k; ahead of the walker
+            // are those after `index`.
+            let hinted = fs.read_hints.lock().unwrap().len();
+            let ahead = hinted - index;
+            let left = list.len() - 1 - index;
+            assert_eq!(ahead, left.min(FILES_HINTED_AHEAD), "at {index}");
+        }
+        // The walker reads the first file at once: hinting it would be of no use.
+        let hints = fs.read_hints.lock().unwrap().clone();
+        let expected: Vec<PathBuf> = list.into_iter().skip(1).map(|(p, _)| p).collect();
+        assert_eq!(hints, expected);
+    }
+
+    #[test]
+    fn big_files_are_hinted_up_to_the_byte_window() {
+        let list: Vec<(PathBuf, FileStat)> = (0..20)
+            .map(|i| (PathBuf::from(format!("f{i}")), regular(100 << 20)))
+            .collect();
+        let fs = MemFs::default();
+        let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
+        read_ahead.advance(&fs, 0);
+        // 8 MiB per file, 32 MiB ahead of the walker's file.
+        assert_eq!(fs.read_hints.lock().unwrap().len(), 4);
     }
 }
