@@ -52,6 +52,8 @@ pull() { # STORE RSH ID SOURCE [ARGS...]
 echo "== tree: $DIRS x $FILES_PER_DIR tiny files"
 python3 "$HERE/gen-small-files-tree.py" "$WORK/small" --dirs "$DIRS" --files-per-dir "$FILES_PER_DIR" >/dev/null
 "$BIN" init "$WORK/ds-small" >/dev/null
+"$BIN" init "$WORK/ds-small-push" >/dev/null
+pushed_small=$(seconds "$BIN" -q --repository "$WORK/ds-small-push" push --backup-id small --crypt-mode none "$WORK/small")
 first=$(seconds pull "$WORK/ds-small" "$PLAIN_RSH" small "localhost:$WORK/small")
 # Each pull a new second (snapshot names), after every change.
 sleep 1.1
@@ -61,7 +63,8 @@ sleep 1.1
 plain=$(DELAY_MS=0 seconds pull "$WORK/ds-small" "$DELAY_RSH" small "localhost:$WORK/small")
 sleep 1.1
 delayed=$(seconds pull "$WORK/ds-small" "$DELAY_RSH" small "localhost:$WORK/small")
-printf 'first pull, no delay:                    %6.2f s\n' "$first"
+printf 'first local push (baseline):             %6.2f s\n' "$pushed_small"
+printf 'first pull, no delay:                    %6.2f s (%.2fx the push)\n' "$first" "$(echo "$first / $pushed_small" | bc -l)"
 printf 'unchanged re-pull, plain transport:      %6.2f s\n' "$direct"
 printf 'unchanged re-pull, relay without delay:  %6.2f s\n' "$plain"
 printf 'unchanged re-pull, relay %s ms each way:  %6.2f s\n' "$DELAY_MS" "$delayed"
