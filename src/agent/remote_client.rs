@@ -20,15 +20,16 @@ use std::time::Duration;
 use super::connection::{Connection, Ticket};
 use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ};
 use crate::backup::client::{ClientCounters, ClientProvider};
-use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor, FILES_HINTED_AHEAD};
+use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor};
 
 /// Directories listed ahead of the walk at most.
 const LISTINGS_AHEAD: usize = 64;
 /// Directories waiting to be listed ahead at most (the oldest hints are dropped).
 const HINTS_KEPT: usize = 4096;
-/// First blocks of files asked for ahead at most: room for the walker's hints of a
-/// directory and of the one it enters meanwhile (a dropped hint is a wasted request).
-const FILES_AHEAD: usize = 2 * FILES_HINTED_AHEAD;
+/// First blocks of files asked for ahead at most (the walker is told to hint no more than
+/// half of that: room for a directory's hints and those of one it enters meanwhile, since
+/// a hint pushed out is a wasted request and a file read without one).
+const FILES_AHEAD: usize = 128;
 /// A content request's size.
 const BLOCK: usize = 1 << 20;
 /// Content requests in flight per file at most.
@@ -348,6 +349,10 @@ impl FileSystemAccessor for RemoteClient {
 
     fn will_read_attributes(&self, all: bool) {
         self.attributes_in_listings.store(all, Ordering::Relaxed);
+    }
+
+    fn read_hints_kept(&self) -> usize {
+        FILES_AHEAD / 2
     }
 
     fn open_file<'a>(&'a self, path: &Path) -> io::Result<Box<dyn Read + 'a>> {

@@ -115,6 +115,9 @@ impl FileSystemAccessor for LocalClient {
     fn will_read(&self, path: &Path, len: u64) {
         self.fs.will_read(path, len)
     }
+    fn read_hints_kept(&self) -> usize {
+        self.fs.read_hints_kept()
+    }
     fn will_list(&self, dirs: &[PathBuf]) {
         self.fs.will_list(dirs)
     }
@@ -215,6 +218,9 @@ impl<C: ClientProvider + ?Sized> FileSystemAccessor for SubTree<'_, C> {
     }
     fn will_read(&self, path: &Path, len: u64) {
         self.client.will_read(&self.full(path), len)
+    }
+    fn read_hints_kept(&self) -> usize {
+        self.client.read_hints_kept()
     }
     fn will_list(&self, dirs: &[PathBuf]) {
         let dirs: Vec<PathBuf> = dirs.iter().map(|dir| self.full(dir)).collect();

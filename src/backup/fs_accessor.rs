@@ -42,11 +42,6 @@ impl FileStat {
     }
 }
 
-/// Files hinted with [`FileSystemAccessor::will_read`] ahead of the walker at most: enough
-/// to keep a device (or an agent's pipeline) busy with tiny files, and what an accessor
-/// that holds hinted data must keep for the hints to be of use.
-pub const FILES_HINTED_AHEAD: usize = 64;
-
 /// Read access to a directory tree. Errors keep their OS error codes (ENOENT, EOPNOTSUPP,
 /// ...) so the walker can react like the official client does.
 pub trait FileSystemAccessor {
@@ -60,9 +55,16 @@ pub trait FileSystemAccessor {
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
     /// A hint that the first `len` bytes of a file will be read soon; a local accessor has
-    /// the kernel start reading them, so the disk works while the walker encodes. The
-    /// walker hints at most [`FILES_HINTED_AHEAD`] files ahead of the one it reads.
+    /// the kernel start reading them, so the disk works while the walker encodes.
     fn will_read(&self, _path: &Path, _len: u64) {}
+
+    /// How many files hinted by [`will_read`](Self::will_read) the accessor keeps at most;
+    /// the walker hints no more than that ahead of the file it reads. The kernel keeps any
+    /// number (and a cold disk serves a directory of tiny files faster for it); an accessor
+    /// that holds the hinted data itself keeps a bounded number.
+    fn read_hints_kept(&self) -> usize {
+        usize::MAX
+    }
 
     /// A hint that these directories will be listed and their entries stat'ed soon, in
     /// this order; a local accessor warms them on other threads, so a cold disk serves

@@ -20,8 +20,9 @@ pub(super) struct MemFs {
     /// Calls that read file contents, and attribute listings.
     pub(super) content_reads: AtomicU64,
     pub(super) xattr_listings: AtomicU64,
-    /// The files hinted with `will_read`, in order.
+    /// The files hinted with `will_read`, in order, and how many it says it keeps.
     pub(super) read_hints: std::sync::Mutex<Vec<PathBuf>>,
+    pub(super) read_hints_kept: Option<usize>,
 }
 
 impl MemFs {
@@ -58,6 +59,9 @@ impl FileSystemAccessor for MemFs {
     }
     fn will_read(&self, path: &Path, _len: u64) {
         self.read_hints.lock().unwrap().push(path.to_path_buf());
+    }
+    fn read_hints_kept(&self) -> usize {
+        self.read_hints_kept.unwrap_or(usize::MAX)
     }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
         // Reverse order on purpose: the walker must sort.

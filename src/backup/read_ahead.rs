@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::fs_accessor::{FileStat, FileSystemAccessor, FILES_HINTED_AHEAD};
+use super::fs_accessor::{FileStat, FileSystemAccessor};
 
 /// Keeps the kernel reading the next big files of a directory while the walker encodes the
 /// current one, so the disk and the CPUs work at the same time.
@@ -38,18 +38,16 @@ impl ReadAhead {
         }
     }
 
-    /// The walker is at entry `index`: hint files until the window ahead of it is full
-    /// (in bytes, or [`FILES_HINTED_AHEAD`] files of a directory of tiny ones).
+    /// The walker is at entry `index`: hint files until the window ahead of it is full, in
+    /// bytes or in the files `fs` keeps hinted.
     pub(super) fn advance<A: FileSystemAccessor + ?Sized>(&mut self, fs: &A, index: usize) {
         while self.done < self.files.len() && self.files[self.done].0 <= index {
             self.done += 1;
         }
         self.next = self.next.max(self.done);
         let mut ahead: u64 = self.files[self.done..self.next].iter().map(|f| f.2).sum();
-        while self.next < self.files.len()
-            && ahead < Self::WINDOW
-            && self.next - self.done < FILES_HINTED_AHEAD
-        {
+        let kept = fs.read_hints_kept();
+        while self.next < self.files.len() && ahead < Self::WINDOW && self.next - self.done < kept {
             let (_, path, len) = &self.files[self.next];
             fs.will_read(path, *len);
             ahead += len;
@@ -71,14 +69,18 @@ mod tests {
         }
     }
 
-    /// A remote accessor keeps only so many hinted files: a directory of tiny files hinted
-    /// whole would push out the first ones before the walker gets to them.
+    /// An accessor that keeps only so many hinted files (a pull's agent client) gets no
+    /// more: a directory of tiny files hinted whole would push out the first ones before the
+    /// walker gets to them.
     #[test]
-    fn tiny_files_are_hinted_a_bounded_number_ahead_each_once() {
+    fn tiny_files_are_hinted_no_more_ahead_than_the_accessor_keeps_each_once() {
         let list: Vec<(PathBuf, FileStat)> = (0..1000)
             .map(|i| (PathBuf::from(format!("d/f{i:04}")), regular(100)))
             .collect();
-        let fs = MemFs::default();
+        let fs = MemFs {
+            read_hints_kept: Some(64),
+            ..Default::default()
+        };
         let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
         for index in 0..list.len() {
             read_ahead.advance(&fs, index);
@@ -87,7 +89,7 @@ mod tests {
             let hinted = fs.read_hints.lock().unwrap().len();
             let ahead = hinted - index;
             let left = list.len() - 1 - index;
-            assert_eq!(ahead, left.min(FILES_HINTED_AHEAD), "at {index}");
+            assert_eq!(ahead, left.min(64), "at {index}");
         }
         // The walker reads the first file at once: hinting it would be of no use.
         let hints = fs.read_hints.lock().unwrap().clone();
@@ -100,10 +102,28 @@ mod tests {
         let list: Vec<(PathBuf, FileStat)> = (0..20)
             .map(|i| (PathBuf::from(format!("f{i}")), regular(100 << 20)))
             .collect();
-        let fs = MemFs::default();
+        let fs = MemFs {
+            read_hints_kept: None,
+            ..Default::default()
+        };
         let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
         read_ahead.advance(&fs, 0);
         // 8 MiB per file, 32 MiB ahead of the walker's file.
         assert_eq!(fs.read_hints.lock().unwrap().len(), 4);
+    }
+
+    /// A local accessor: the kernel keeps any number of hints.
+    #[test]
+    fn tiny_files_are_hinted_up_to_the_byte_window_where_hints_cost_nothing_to_keep() {
+        let list: Vec<(PathBuf, FileStat)> = (0..1000)
+            .map(|i| (PathBuf::from(format!("f{i}")), regular(100)))
+            .collect();
+        let fs = MemFs {
+            read_hints_kept: None,
+            ..Default::default()
+        };
+        let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
+        read_ahead.advance(&fs, 0);
+        assert_eq!(fs.read_hints.lock().unwrap().len(), 999);
     }
 }
