@@ -61,12 +61,32 @@ mod tests {
     use super::*;
     use crate::backup::mem_fs::MemFs;
 
-    fn regular(size: u64) -> FileStat {
-        FileStat {
+    /// `count` regular files of `size` bytes, in walk order.
+    fn files(count: usize, size: u64) -> Vec<(PathBuf, FileStat)> {
+        let stat = FileStat {
             mode: libc::S_IFREG | 0o644,
             size,
             ..Default::default()
+        };
+        (0..count)
+            .map(|i| (PathBuf::from(format!("d/f{i:04}")), stat))
+            .collect()
+    }
+
+    /// An accessor that records the hints and says it keeps `kept` (None: any number).
+    fn recorder(kept: Option<usize>) -> MemFs {
+        MemFs {
+            read_hints_kept: kept,
+            ..Default::default()
         }
+    }
+
+    /// How many files are hinted when the walker is at the first.
+    fn hinted_at_the_first(list: &[(PathBuf, FileStat)], kept: Option<usize>) -> usize {
+        let fs = recorder(kept);
+        ReadAhead::new(list.iter().map(|(p, s)| (p, s))).advance(&fs, 0);
+        let hinted = fs.read_hints.lock().unwrap().len();
+        hinted
     }
 
     /// An accessor that keeps only so many hinted files (a pull's agent client) gets no
@@ -74,13 +94,8 @@ mod tests {
     /// walker gets to them.
     #[test]
     fn tiny_files_are_hinted_no_more_ahead_than_the_accessor_keeps_each_once() {
-        let list: Vec<(PathBuf, FileStat)> = (0..1000)
-            .map(|i| (PathBuf::from(format!("d/f{i:04}")), regular(100)))
-            .collect();
-        let fs = MemFs {
-            read_hints_kept: Some(64),
-            ..Default::default()
-        };
+        let list = files(1000, 100);
+        let fs = recorder(Some(64));
         let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
         for index in 0..list.len() {
             read_ahead.advance(&fs, index);
@@ -99,31 +114,13 @@ mod tests {
 
     #[test]
     fn big_files_are_hinted_up_to_the_byte_window() {
-        let list: Vec<(PathBuf, FileStat)> = (0..20)
-            .map(|i| (PathBuf::from(format!("f{i}")), regular(100 << 20)))
-            .collect();
-        let fs = MemFs {
-            read_hints_kept: None,
-            ..Default::default()
-        };
-        let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
-        read_ahead.advance(&fs, 0);
         // 8 MiB per file, 32 MiB ahead of the walker's file.
-        assert_eq!(fs.read_hints.lock().unwrap().len(), 4);
+        assert_eq!(hinted_at_the_first(&files(20, 100 << 20), None), 4);
     }
 
     /// A local accessor: the kernel keeps any number of hints.
     #[test]
     fn tiny_files_are_hinted_up_to_the_byte_window_where_hints_cost_nothing_to_keep() {
-        let list: Vec<(PathBuf, FileStat)> = (0..1000)
-            .map(|i| (PathBuf::from(format!("f{i}")), regular(100)))
-            .collect();
-        let fs = MemFs {
-            read_hints_kept: None,
-            ..Default::default()
-        };
-        let mut read_ahead = ReadAhead::new(list.iter().map(|(p, s)| (p, s)));
-        read_ahead.advance(&fs, 0);
-        assert_eq!(fs.read_hints.lock().unwrap().len(), 999);
+        assert_eq!(hinted_at_the_first(&files(1000, 100), None), 999);
     }
 }
