@@ -13,11 +13,16 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::protocol::{read_frame, write_frame, Frame, Message, ProtocolError, MAGIC, VERSION};
+use super::protocol::{
+    read_frame, write_frame, Frame, Message, ProtocolError, MAGIC, MIN_VERSION, VERSION,
+    ZEROS_SINCE,
+};
 
 /// What the agent said about itself.
 #[derive(Clone, Debug)]
 pub struct Welcome {
+    /// The protocol version of the session.
+    pub version: u16,
     pub hostname: String,
     /// The agent's clock minus ours, in seconds (a round trip's precision).
     pub clock_skew: i64,
@@ -154,20 +159,16 @@ impl Connection {
             .spawn(move || {
                 let mut input = BufReader::with_capacity(256 * 1024, input);
                 let first = read_frame(&mut input);
-                let welcomed = matches!(
-                    first,
+                let welcomed = match &first {
                     Ok(Frame {
-                        message: Message::Welcome {
-                            magic: MAGIC,
-                            version: VERSION,
-                            ..
-                        },
+                        message: Message::Welcome { magic, version, .. },
                         ..
-                    })
-                );
+                    }) if *magic == MAGIC && speaks(*version) => Some(*version),
+                    _ => None,
+                };
                 let _ = answer_sender.send(first);
-                if welcomed {
-                    read_replies(input, &reader_shared);
+                if let Some(version) = welcomed {
+                    read_replies(input, &reader_shared, version);
                 }
             })?;
         let first = answer.recv_timeout(timeout).map_err(|_| {
@@ -187,7 +188,8 @@ impl Connection {
                         roots,
                     },
                 ..
-            }) if magic == MAGIC && version == VERSION => Welcome {
+            }) if magic == MAGIC && speaks(version) => Welcome {
+                version,
                 hostname: String::from_utf8_lossy(&hostname).into_owned(),
                 clock_skew: time.saturating_sub(now()),
                 roots,
@@ -197,7 +199,8 @@ impl Connection {
                 ..
             }) => {
                 return Err(invalid(format!(
-                    "the agent speaks protocol version {version}, not {VERSION}"
+                    "the agent answered in protocol version {version}, this host speaks \
+                     {MIN_VERSION} to {VERSION}"
                 )))
             }
             Ok(Frame {
@@ -353,12 +356,19 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Whether a version the agent chose is one this side speaks (it may not choose one
+/// above the greeting's).
+fn speaks(version: u16) -> bool {
+    (MIN_VERSION..=VERSION).contains(&version)
+}
+
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Hands replies to their tickets until the stream ends or breaks.
-fn read_replies(mut input: impl Read, shared: &Shared) {
+/// Hands replies to their tickets until the stream ends or breaks; `version` is the
+/// session's (a reply it does not have is a garbled stream).
+fn read_replies(mut input: impl Read, shared: &Shared, version: u16) {
     loop {
         let frame = match read_frame(&mut input) {
             Ok(frame) => frame,
@@ -371,6 +381,11 @@ fn read_replies(mut input: impl Read, shared: &Shared) {
         let last = !matches!(frame.message, Message::ListPart { more: true, .. });
         if is_request(&frame.message) {
             return shared.fail("garbled stream: the agent sent a request".into());
+        }
+        if matches!(frame.message, Message::Zeros(_)) && version < ZEROS_SINCE {
+            return shared.fail(format!(
+                "garbled stream: a zeros reply in a protocol version {version} session"
+            ));
         }
         let mut state = shared.lock();
         let waiting = if last {

@@ -441,3 +441,105 @@ fn pulls_through_a_real_sshd_into_a_local_datastore_and_a_server() {
     );
     drop(sshd);
 }
+
+/// Every index of the one snapshot of group `host/ID`, by file name, without the header
+/// (its uuid and creation time differ between snapshots): equal indexes mean equal
+/// archive bytes.
+fn index_entries(store: &Path, id: &str) -> Vec<(String, Vec<u8>)> {
+    let group = store.join("host").join(id);
+    let snapshots: Vec<_> = std::fs::read_dir(&group)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{}", group.display());
+    let mut indexes: Vec<_> = std::fs::read_dir(&snapshots[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "didx" || x == "fidx"))
+        .map(|p| {
+            let index = pbsfs::format::index::AnyIndex::parse(&std::fs::read(&p).unwrap())
+                .unwrap_or_else(|err| panic!("{}: {err}", p.display()));
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, index.to_bytes([0; 16], 0))
+        })
+        .collect();
+    indexes.sort();
+    assert!(!indexes.is_empty());
+    indexes
+}
+
+/// A transport that counts what the agent sends (into `count`, read by [`wire_bytes`]).
+fn counting_transport(dir: &Path, count: &Path) -> PathBuf {
+    let filter = format!("LC_ALL=C dd bs=64k 2>\"{}\"", count.display());
+    transport(dir, "counting", &filter)
+}
+
+/// The bytes `dd` reported it copied.
+fn wire_bytes(count: &Path) -> u64 {
+    let report = std::fs::read_to_string(count).unwrap();
+    report
+        .lines()
+        .find_map(|line| line.split_once(" bytes"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {report:?}"))
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A 256 MiB file with three 1 MiB data blocks, the rest holes, and a 2 MiB file of real
+/// zeros; returns the sparse file's size.
+fn make_sparse_tree(root: &Path) -> u64 {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(root).unwrap();
+    let apparent = 256 * MIB;
+    let file = std::fs::File::create(root.join("sparse")).unwrap();
+    file.set_len(apparent).unwrap();
+    for (i, at) in [0, 100 * MIB + 12345, apparent - MIB]
+        .into_iter()
+        .enumerate()
+    {
+        file.write_all_at(&random_bytes(i as u64 + 10, MIB as usize), at)
+            .unwrap();
+    }
+    std::fs::write(root.join("zeros"), vec![0u8; 2 * MIB as usize]).unwrap();
+    std::fs::write(root.join("small"), b"small").unwrap();
+    apparent
+}
+
+/// Holes and zero runs cross the wire as counts, and the pulled archives are those of a
+/// local push.
+#[test]
+fn sparse_files_cross_the_wire_as_counts_and_store_what_a_push_stores() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    let apparent = make_sparse_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let common = ["--backup-time", TIME, "--change-detection-mode", "data"];
+    let push_source = format!("root.pxar:{}", tree.display());
+    let mut push_args = vec!["push", "--backup-id", "local"];
+    push_args.extend(common);
+    push_args.push(&push_source);
+    ok(&pbsfs_local(&store, &push_args));
+
+    let count = dir.path().join("count");
+    let rsh = counting_transport(dir.path(), &count);
+    let pull_source = format!("root.pxar:client:{}", tree.display());
+    let mut pull_args = vec!["--output-format", "json", "--backup-id", "pulled"];
+    pull_args.extend(common);
+    pull_args.push(&pull_source);
+    let summary = ok_json(&pull(&store, rsh.to_str().unwrap(), &pull_args));
+    assert_eq!(
+        summary["bytes-read"].as_u64(),
+        Some(apparent + 2 * MIB + 5),
+        "{summary}"
+    );
+    let pushed = index_entries(&store, "local");
+    assert!(pushed == index_entries(&store, "pulled"), "archives differ");
+    // The 1 MiB blocks read that hold data (four: one data block is written across a
+    // block boundary) and the metadata; not the holes, nor the written zeros.
+    let carried = wire_bytes(&count);
+    assert!(carried > 4 * MIB, "{carried}");
+    assert!(carried < 5 * MIB, "{carried} bytes on the wire");
+}
