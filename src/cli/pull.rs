@@ -1,4 +1,5 @@
-//! `pbsfs pull [NAME.pxar:][USER@]HOST:PATH...`: back up directories of another host. The
+//! `pbsfs pull [NAME.pxar:|NAME.img:][USER@]HOST:PATH...`: back up directories (or a file or
+//! block device as an image) of another host. The
 //! transport command (ssh) starts `pbsfs agent` there; this host walks, encodes, chunks and
 //! stores, exactly as a push of the same tree here would.
 
@@ -18,8 +19,9 @@ use super::{Interrupted, Outcome};
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// What to back up: [NAME.pxar:][USER@]HOST:PATH, a directory of HOST (archive named
-    /// after its last component, `root` for /, unless NAME is given). All sources name
-    /// the same host.
+    /// after its last component, `root` for /, unless NAME is given), or
+    /// NAME.img:[USER@]HOST:PATH, a file or block device of HOST as an image. All sources
+    /// name the same host.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
 
@@ -50,7 +52,7 @@ struct PullSource {
 }
 
 fn parse_source(text: &str) -> Result<PullSource> {
-    let usage = || format!("pull source '{text}' is not [NAME.pxar:][USER@]HOST:PATH");
+    let usage = || format!("pull source '{text}' is not [NAME.pxar:|NAME.img:][USER@]HOST:PATH");
     let (archive, rest) = match text.split_once(':') {
         Some((archive, rest)) if archive.ends_with(".pxar") || archive.ends_with(".img") => {
             (Some(archive), rest)
@@ -197,6 +199,12 @@ mod tests {
         let source = parse_source("home.pxar:alpha:/home").unwrap();
         assert_eq!(source.destination, "alpha");
         assert_eq!(source.spec, BackupSpec::parse("home.pxar:/home").unwrap());
+        let source = parse_source("disk.img:root@alpha:/dev/vg0/data").unwrap();
+        assert_eq!(source.destination, "root@alpha");
+        assert_eq!(
+            source.spec,
+            BackupSpec::parse("disk.img:/dev/vg0/data").unwrap()
+        );
         for bad in [
             "alpha",
             "alpha:",

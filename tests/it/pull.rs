@@ -543,3 +543,98 @@ fn sparse_files_cross_the_wire_as_counts_and_store_what_a_push_stores() {
     assert!(carried > 4 * MIB, "{carried}");
     assert!(carried < 5 * MIB, "{carried} bytes on the wire");
 }
+
+/// An image of 9 MiB and a bit (not a whole number of chunks) with data, a hole and a
+/// run of written zeros.
+fn make_image(path: &Path) -> Vec<u8> {
+    let mut content = random_bytes(77, 9 * MIB as usize + 4321);
+    content[MIB as usize..3 * MIB as usize].fill(0);
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(content.len() as u64).unwrap();
+    for (at, block) in content.chunks(MIB as usize).enumerate() {
+        if at != 5 {
+            std::os::unix::fs::FileExt::write_all_at(&file, block, at as u64 * MIB).unwrap();
+        }
+    }
+    content[5 * MIB as usize..6 * MIB as usize].fill(0);
+    assert!(std::fs::read(path).unwrap() == content);
+    content
+}
+
+/// `NAME.img:HOST:FILE` through the agent: the same fixed index as a local push of the
+/// file, whether the agent serves the file itself (the pull names it) or a directory
+/// holding it (a forced command), and it restores to the same bytes.
+#[test]
+fn an_image_pulled_through_the_agent_is_the_image_a_push_stores() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let image = images.join("disk.raw");
+    let content = make_image(&image);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let push_source = format!("disk.img:{}", image.display());
+    ok(&pbsfs_local(
+        &store,
+        &[
+            "push",
+            "--backup-id",
+            "local",
+            "--backup-time",
+            TIME,
+            &push_source,
+        ],
+    ));
+    let pushed = index_entries(&store, "local");
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].0, "disk.img.fidx");
+
+    let plain = transport(dir.path(), "rsh", "");
+    let forced = dir.path().join("forced");
+    std::fs::write(
+        &forced,
+        format!(
+            "#!/bin/sh\nexec {} agent {}\n",
+            agent_binary(),
+            images.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&forced, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pull_source = format!("disk.img:client:{}", image.display());
+    for (id, rsh) in [("file-root", &plain), ("dir-root", &forced)] {
+        let summary = ok_json(&pull(
+            &store,
+            rsh.to_str().unwrap(),
+            &[
+                "--output-format",
+                "json",
+                "--backup-id",
+                id,
+                "--backup-time",
+                TIME,
+                &pull_source,
+            ],
+        ));
+        assert_eq!(
+            summary["bytes-read"].as_u64(),
+            Some(content.len() as u64),
+            "{summary}"
+        );
+        assert!(
+            index_entries(&store, id) == pushed,
+            "{id}: the index differs"
+        );
+        let restored = dir.path().join(format!("{id}.raw"));
+        ok(&pbsfs_local(
+            &store,
+            &[
+                "restore",
+                &format!("host/{id}/latest"),
+                "disk.img",
+                restored.to_str().unwrap(),
+            ],
+        ));
+        assert!(std::fs::read(&restored).unwrap() == content, "{id}");
+    }
+}
