@@ -103,6 +103,26 @@ fn start_agent(args: &PullArgs, destination: &str, specs: &[BackupSpec]) -> Resu
         .with_context(|| format!("cannot run the transport command '{}'", args.rsh))
 }
 
+/// The largest clock difference a pull accepts without a warning, in seconds (the skew is
+/// measured to a round trip).
+const TOLERATED_SKEW: u64 = 2;
+
+/// The warning for a client whose clock is `skew` seconds ahead of this host's (negative:
+/// behind), if it is off by more than [`TOLERATED_SKEW`]. Metadata mode trusts a file's
+/// ctime (the client's clock) against the previous snapshot's time (this host's clock): a
+/// client behind could hide attribute changes.
+fn clock_skew_warning(host: &str, skew: i64) -> Option<String> {
+    // unsigned_abs: the agent's time is its word, and i64::MIN has no i64 absolute value.
+    (skew.unsigned_abs() > TOLERATED_SKEW).then(|| {
+        format!(
+            "the clock of {host} is {} s {} this host's: metadata-mode change detection \
+             compares its inode change times with snapshot times taken here",
+            skew.unsigned_abs(),
+            if skew < 0 { "behind" } else { "ahead of" }
+        )
+    })
+}
+
 /// Backs up from the agent; `Outcome::Partial` when entries could not be read there.
 pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let sources = args
@@ -138,16 +158,8 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
             });
         }
     };
-    // Metadata mode trusts a file's ctime (the client's clock) against the previous
-    // snapshot's time (this host's clock): a client behind could hide attribute changes.
-    let skew = client.clock_skew();
-    if skew.abs() > 2 {
-        log::warn!(
-            "the clock of {host} is {} s {} this host's: metadata-mode change detection \
-             compares its inode change times with snapshot times taken here",
-            skew.abs(),
-            if skew < 0 { "behind" } else { "ahead of" }
-        );
+    if let Some(warning) = clock_skew_warning(host, client.clock_skew()) {
+        log::warn!("{warning}");
     }
     let result = specs
         .iter()
@@ -216,5 +228,22 @@ mod tests {
             assert!(parse_source(bad).is_err(), "{bad}");
         }
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn a_clock_off_by_more_than_two_seconds_is_warned_about() {
+        for skew in [-2, 0, 1, 2] {
+            assert_eq!(clock_skew_warning("alpha", skew), None, "{skew}");
+        }
+        let behind = clock_skew_warning("alpha", -3600).unwrap();
+        assert!(
+            behind.starts_with("the clock of alpha is 3600 s behind this host's"),
+            "{behind}"
+        );
+        let ahead = clock_skew_warning("alpha", 3).unwrap();
+        assert!(ahead.contains("is 3 s ahead of this host's"), "{ahead}");
+        // A hostile agent's extreme time is a warning too, not an overflow.
+        let far = clock_skew_warning("alpha", i64::MIN).unwrap();
+        assert!(far.contains(&format!("{} s behind", i64::MIN.unsigned_abs())));
     }
 }

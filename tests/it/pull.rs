@@ -638,3 +638,61 @@ fn an_image_pulled_through_the_agent_is_the_image_a_push_stores() {
         assert!(std::fs::read(&restored).unwrap() == content, "{id}");
     }
 }
+
+/// A transport like [`transport`] that moves the time in the agent's welcome (the first
+/// frame it sends) by the seconds given before the host: `python3 RELAY SECONDS HOST CMD`.
+const CLOCK_RELAY: &str = r#"
+import struct, subprocess, sys
+shift, command = int(sys.argv[1]), sys.argv[3]
+agent = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE)
+source, sink = agent.stdout, sys.stdout.buffer
+
+def read_exact(n):
+    data = b""
+    while len(data) < n:
+        more = source.read(n - len(data))
+        if not more:
+            sys.exit(1)
+        data += more
+    return data
+
+head = read_exact(4)
+body = bytearray(read_exact(struct.unpack("<I", head)[0]))
+if body[0] == 64:  # the welcome: kind, id, magic, version, host name, time
+    at = 1 + 4 + 8 + 2
+    at += 4 + struct.unpack_from("<I", body, at)[0]
+    struct.pack_into("<q", body, at, struct.unpack_from("<q", body, at)[0] + shift)
+sink.write(head + bytes(body))
+sink.flush()
+while True:
+    data = source.read1(1 << 16)
+    if not data:
+        break
+    sink.write(data)
+    sink.flush()
+sys.exit(agent.wait())
+"#;
+
+/// The pull warns when the agent's clock is off, and goes on.
+#[test]
+fn a_client_clock_off_by_an_hour_is_warned_about() {
+    let (dir, tree, store) = tree_and_store();
+    let relay = dir.path().join("clock-relay.py");
+    std::fs::write(&relay, CLOCK_RELAY).unwrap();
+    let source = format!("client:{}", tree.display());
+    for (shift, expected) in [
+        ("-3600", Some("is 3600 s behind this host's")),
+        ("7200", Some("is 7200 s ahead of this host's")),
+        ("0", None),
+    ] {
+        let rsh = format!("python3 {} {shift}", relay.display());
+        let id = format!("clock{shift}");
+        let out = pull(&store, &rsh, &["--backup-id", &id, &source]);
+        ok(&out);
+        let warned = stderr(&out).contains("the clock of client is");
+        match expected {
+            Some(expected) => assert!(stderr(&out).contains(expected), "{}", stderr(&out)),
+            None => assert!(!warned, "{}", stderr(&out)),
+        }
+    }
+}
