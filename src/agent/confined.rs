@@ -365,7 +365,6 @@ fn open_for_reading(dir: RawFd, name: &CStr) -> Errno<OwnedFd> {
     }
 }
 
-/// `fstatat` without following a symlink; an empty name is the descriptor itself.
 /// A root that is not a directory, opened for reading as entries are (following a symlink:
 /// the root was named as it is); only a regular file or block device serves.
 fn open_file_root(path: &CStr) -> Errno<OwnedFd> {
@@ -380,6 +379,7 @@ fn open_file_root(path: &CStr) -> Errno<OwnedFd> {
     }
 }
 
+/// `fstatat` without following a symlink; an empty name is the descriptor itself.
 fn stat_at(dir: RawFd, name: &CStr) -> Errno<FileStat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: fstatat fills the struct it is given; the name is a valid C string.
