@@ -29,6 +29,32 @@ pub struct Welcome {
     pub roots: Vec<Vec<u8>>,
 }
 
+/// The error of a greeting refused by an agent that speaks only an older version and does
+/// not negotiate (version 1 agents): greet it again, in a new session, with `version`.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent speaks only protocol version {version}")]
+pub struct OlderAgent {
+    pub version: u16,
+}
+
+impl OlderAgent {
+    /// The older version an error of [`Connection::open`] asks to greet with, if any.
+    pub fn of(err: &io::Error) -> Option<u16> {
+        let older = err.get_ref()?.downcast_ref::<OlderAgent>()?;
+        Some(older.version)
+    }
+}
+
+/// The version a version-1 agent's refusal ("... (it speaks N)") names, if this side
+/// speaks it too. Agents since version 2 answer in the version both speak instead.
+fn refused_for_an_older_version(message: &str) -> Option<u16> {
+    let (_, named) = message
+        .strip_suffix(')')?
+        .rsplit_once(" is not known to this agent (it speaks ")?;
+    let version = named.parse().ok()?;
+    (MIN_VERSION..VERSION).contains(&version).then_some(version)
+}
+
 type Reply = Result<Message, String>;
 
 struct Shared {
@@ -124,22 +150,25 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Greets the agent and starts the reader, writer and watchdog threads. `on_failure`
-    /// is called once if the connection breaks before [`Connection::close`], or when
-    /// requests wait and the agent has sent nothing for `timeout` (a hung agent, or one
-    /// that stopped reading).
+    /// Greets the agent with `version` (the highest it may answer in; [`VERSION`] unless
+    /// an [`OlderAgent`] asked for less) and starts the reader, writer and watchdog
+    /// threads. `on_failure` is called once if the connection breaks before
+    /// [`Connection::close`], or when requests wait and the agent has sent nothing for
+    /// `timeout` (a hung agent, or one that stopped reading).
     pub fn open(
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         on_failure: Box<dyn Fn() + Send + Sync>,
         timeout: Duration,
+        version: u16,
     ) -> io::Result<(Self, Welcome)> {
+        let greeted = version;
         let mut output = BufWriter::with_capacity(64 * 1024, output);
         let hello = Frame {
             id: 0,
             message: Message::Hello {
                 magic: MAGIC,
-                version: VERSION,
+                version: greeted,
             },
         };
         // A failed send is reported after what the other end said (garbage, or nothing).
@@ -163,7 +192,7 @@ impl Connection {
                     Ok(Frame {
                         message: Message::Welcome { magic, version, .. },
                         ..
-                    }) if *magic == MAGIC && speaks(*version) => Some(*version),
+                    }) if *magic == MAGIC && speaks(*version, greeted) => Some(*version),
                     _ => None,
                 };
                 let _ = answer_sender.send(first);
@@ -188,7 +217,7 @@ impl Connection {
                         roots,
                     },
                 ..
-            }) if magic == MAGIC && speaks(version) => Welcome {
+            }) if magic == MAGIC && speaks(version, greeted) => Welcome {
                 version,
                 hostname: String::from_utf8_lossy(&hostname).into_owned(),
                 clock_skew: time.saturating_sub(now()),
@@ -199,25 +228,25 @@ impl Connection {
                 ..
             }) => {
                 return Err(invalid(format!(
-                    "the agent answered in protocol version {version}, this host speaks \
-                     {MIN_VERSION} to {VERSION}"
+                    "the agent answered in protocol version {version}, this host greeted \
+                     with {greeted} and speaks {MIN_VERSION} to {VERSION}"
                 )))
             }
             Ok(Frame {
                 message: Message::Refused { message },
                 ..
             }) => {
-                return Err(invalid(format!(
-                    "the agent refused: {}",
-                    String::from_utf8_lossy(&message)
-                )))
+                let message = String::from_utf8_lossy(&message);
+                if let Some(version) = refused_for_an_older_version(&message) {
+                    return Err(invalid(OlderAgent { version }));
+                }
+                return Err(invalid(format!("the agent refused: {message}")));
             }
-            Ok(_) => return Err(invalid("the agent did not answer the greeting".into())),
+            Ok(_) => return Err(invalid("the agent did not answer the greeting")),
             Err(ProtocolError::Closed) => {
                 return Err(invalid(
                     "the agent ended without answering (is pbsfs installed there? see \
-                     --remote-path)"
-                        .into(),
+                     --remote-path)",
                 ))
             }
             Err(err) => return Err(invalid(format!("not a pbsfs agent: {err}"))),
@@ -358,12 +387,12 @@ fn now() -> i64 {
 
 /// Whether a version the agent chose is one this side speaks (it may not choose one
 /// above the greeting's).
-fn speaks(version: u16) -> bool {
-    (MIN_VERSION..=VERSION).contains(&version)
+fn speaks(version: u16, greeted: u16) -> bool {
+    (MIN_VERSION..=greeted.min(VERSION)).contains(&version)
 }
 
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
+fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
 /// Hands replies to their tickets until the stream ends or breaks; `version` is the

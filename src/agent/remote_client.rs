@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::connection::{Connection, Ticket};
-use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ};
+use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ, VERSION};
 use crate::backup::client::{ClientCounters, ClientProvider};
 use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor};
 
@@ -79,15 +79,28 @@ impl Default for Cache {
 
 impl RemoteClient {
     /// Greets the agent over `input`/`output`; `abort` is set if the connection breaks, so
-    /// the backup stops instead of leaving out what it could not read.
+    /// the backup stops instead of leaving out what it could not read. An agent that
+    /// speaks only an older version fails with an [`OlderAgent`](super::connection::OlderAgent)
+    /// error: [`RemoteClient::connect_with_version`] in a new session then.
     pub fn connect(
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         abort: Arc<AtomicBool>,
         timeout: Duration,
     ) -> io::Result<Self> {
+        Self::connect_with_version(input, output, abort, timeout, VERSION)
+    }
+
+    /// [`RemoteClient::connect`] greeting with `version` at most.
+    pub fn connect_with_version(
+        input: Box<dyn Read + Send>,
+        output: Box<dyn Write + Send>,
+        abort: Arc<AtomicBool>,
+        timeout: Duration,
+        version: u16,
+    ) -> io::Result<Self> {
         let on_failure = Box::new(move || abort.store(true, Ordering::SeqCst));
-        let (connection, welcome) = Connection::open(input, output, on_failure, timeout)?;
+        let (connection, welcome) = Connection::open(input, output, on_failure, timeout, version)?;
         let roots = welcome
             .roots
             .iter()
@@ -801,6 +814,95 @@ mod tests {
         let err = remote.read_at(Path::new("f"), 0, &mut buf).unwrap_err();
         assert!(err.to_string().contains("a zeros reply"), "{err}");
         assert!(abort.load(Ordering::SeqCst));
+    }
+
+    /// An agent from before version negotiation refuses the current greeting, naming its
+    /// version: the error says so, and a session greeted in that version works (zeros
+    /// then come as data).
+    #[test]
+    fn an_agent_that_speaks_only_an_older_version_is_greeted_again_in_it() {
+        use super::super::connection::OlderAgent;
+        use super::super::protocol::{read_frame, write_frame, Frame, MIN_VERSION};
+        let (near, mut far) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let hello = read_frame(&mut far).unwrap();
+            assert!(matches!(hello.message, Message::Hello { version, .. } if version == VERSION));
+            let message = format!(
+                "protocol version {VERSION} is not known to this agent (it speaks {MIN_VERSION})"
+            );
+            let refused = Message::Refused {
+                message: message.into_bytes(),
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: refused,
+                },
+            )
+            .unwrap();
+        });
+        let err = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(OlderAgent::of(&err), Some(MIN_VERSION), "{err}");
+        assert!(
+            err.to_string().contains("speaks only protocol version 1"),
+            "{err}"
+        );
+
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("zeros"), vec![0u8; 3 * BLOCK]).unwrap();
+        let (near, far) = UnixStream::pair().unwrap();
+        let root = dir.path().to_path_buf();
+        let far_out = far.try_clone().unwrap();
+        std::thread::spawn(move || super::super::serve::serve(&[root], far, far_out));
+        let remote = RemoteClient::connect_with_version(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+            MIN_VERSION,
+        )
+        .unwrap();
+        let mut content = Vec::new();
+        let path = dir.path().strip_prefix("/").unwrap().join("zeros");
+        remote
+            .open_file(&path)
+            .unwrap()
+            .read_to_end(&mut content)
+            .unwrap();
+        assert!(content == vec![0u8; 3 * BLOCK]);
+        // A refusal for another reason is no call to greet again.
+        let (near, mut far) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            read_frame(&mut far).unwrap();
+            let refused = Message::Refused {
+                message: b"cannot serve: /x: No such file or directory (it speaks 1)".to_vec(),
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: refused,
+                },
+            )
+            .unwrap();
+        });
+        let err = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(OlderAgent::of(&err), None, "{err}");
     }
 
     #[test]

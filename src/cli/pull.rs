@@ -4,11 +4,15 @@
 //! stores, exactly as a push of the same tree here would.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::agent::connection::OlderAgent;
+use pbsfs::agent::protocol::VERSION;
 use pbsfs::agent::remote_client::RemoteClient;
 use pbsfs::backup::server::BackupSpec;
 
@@ -103,6 +107,20 @@ fn start_agent(args: &PullArgs, destination: &str, specs: &[BackupSpec]) -> Resu
         .with_context(|| format!("cannot run the transport command '{}'", args.rsh))
 }
 
+/// Greets the agent the transport command started, with `version` at most.
+fn connect(
+    child: &mut Child,
+    abort: &Arc<AtomicBool>,
+    timeout: Duration,
+    version: u16,
+) -> std::io::Result<RemoteClient> {
+    let (Some(output), Some(input)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("the transport command has no pipes"));
+    };
+    let (input, output) = (Box::new(input), Box::new(output));
+    RemoteClient::connect_with_version(input, output, abort.clone(), timeout, version)
+}
+
 /// The largest clock difference a pull accepts without a warning, in seconds (the skew is
 /// measured to a round trip).
 const TOLERATED_SKEW: u64 = 2;
@@ -141,13 +159,21 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let host = destination.rsplit('@').next().unwrap_or(&destination);
     let abort = install_signal_handlers()?;
 
-    let mut child = start_agent(args, &destination, &specs)?;
-    let (Some(output), Some(input)) = (child.stdin.take(), child.stdout.take()) else {
-        bail!("the transport command has no pipes");
-    };
     let timeout = Duration::from_secs(args.timeout);
-    let connected =
-        RemoteClient::connect(Box::new(input), Box::new(output), abort.clone(), timeout);
+    let mut child = start_agent(args, &destination, &specs)?;
+    let mut connected = connect(&mut child, &abort, timeout, VERSION);
+    if let Some(version) = connected.as_ref().err().and_then(OlderAgent::of) {
+        // An agent from before version negotiation refuses a later greeting and exits:
+        // a second session greets it in the version it named.
+        log::warn!(
+            "the agent on {host} speaks only protocol version {version} (an older pbsfs): \
+             connecting again in that version"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        child = start_agent(args, &destination, &specs)?;
+        connected = connect(&mut child, &abort, timeout, version);
+    }
     let client = match connected {
         Ok(client) => client,
         Err(err) => {

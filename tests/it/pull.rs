@@ -696,3 +696,37 @@ fn a_client_clock_off_by_an_hour_is_warned_about() {
         }
     }
 }
+
+/// A transport whose first session answers as an agent from before version negotiation
+/// does (refusing the greeting, naming its version); later ones run the agent:
+/// `python3 SCRIPT MARKER HOST CMD`.
+const OLDER_AGENT_ONCE: &str = r#"
+import os, struct, sys
+marker, command = sys.argv[1], sys.argv[3]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    message = b"protocol version 2 is not known to this agent (it speaks 1)"
+    body = bytes([65]) + struct.pack("<II", 0, len(message)) + message
+    sys.stdout.buffer.write(struct.pack("<I", len(body)) + body)
+    sys.exit(1)
+os.execvp("sh", ["sh", "-c", command])
+"#;
+
+/// An older agent's refusal makes the pull greet it again in its version, and go on.
+#[test]
+fn an_older_agent_is_greeted_again_in_its_version() {
+    let (dir, tree, store) = tree_and_store();
+    let script = dir.path().join("older-once.py");
+    std::fs::write(&script, OLDER_AGENT_ONCE).unwrap();
+    let marker = dir.path().join("refused");
+    let rsh = format!("python3 {} {}", script.display(), marker.display());
+    let out = pull(&store, &rsh, &[&format!("client:{}", tree.display())]);
+    ok(&out);
+    assert!(marker.exists());
+    assert!(
+        stderr(&out).contains("speaks only protocol version 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot_count(&store), 1);
+}
