@@ -2,7 +2,8 @@
 //! `.`/`..` components; every path is resolved below a root's descriptor with symlinks
 //! refused on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or one
 //! `O_NOFOLLOW` component at a time where the kernel lacks it); the last component is used
-//! with `*at` calls that do not follow it. Nothing is opened for writing.
+//! with `*at` calls that do not follow it. Nothing is opened for writing. A root may also
+//! be a regular file or block device (an image to pull): then it is the only path served.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -31,7 +32,9 @@ fn last_errno() -> i32 {
 /// The served roots and the descriptors the last requests used.
 pub struct Roots {
     names: Vec<PathBuf>,
+    /// A directory root's `O_PATH` descriptor, or a file root opened for reading.
     fds: Vec<OwnedFd>,
+    is_dir: Vec<bool>,
     /// The parent directory of the last path resolved: the walk asks about one
     /// directory's entries after another.
     last_dir: Option<((u32, Vec<u8>), OwnedFd)>,
@@ -41,10 +44,12 @@ pub struct Roots {
 }
 
 impl Roots {
-    /// Opens the roots (absolute paths without `..`; a root itself may be a symlink).
+    /// Opens the roots (absolute paths without `..` of directories, regular files or
+    /// block devices; a root itself may be a symlink).
     pub fn open(paths: &[PathBuf]) -> io::Result<Self> {
         let mut names = Vec::new();
         let mut fds = Vec::new();
+        let mut is_dir = Vec::new();
         for path in paths {
             if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
                 return Err(io::Error::new(
@@ -57,23 +62,36 @@ impl Roots {
             }
             let c_path = CString::new(path.as_os_str().as_bytes())
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let in_error = |errno: i32| {
+                let err = io::Error::from_raw_os_error(errno);
+                io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+            };
             let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-            // SAFETY: a valid C string; the descriptor is owned below.
-            let fd = unsafe { libc::open(c_path.as_ptr(), flags) };
-            if fd < 0 {
-                let err = io::Error::last_os_error();
-                return Err(io::Error::new(
-                    err.kind(),
-                    format!("{}: {err}", path.display()),
-                ));
-            }
-            // SAFETY: a fresh descriptor nobody else owns.
-            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            let (fd, dir) = match open_at(libc::AT_FDCWD, &c_path, flags) {
+                Ok(fd) => (fd, true),
+                Err(libc::ENOTDIR) => match open_file_root(&c_path) {
+                    Ok(fd) => (fd, false),
+                    Err(libc::EINVAL) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{}: a root must be a directory, regular file or block device",
+                                path.display()
+                            ),
+                        ))
+                    }
+                    Err(errno) => return Err(in_error(errno)),
+                },
+                Err(errno) => return Err(in_error(errno)),
+            };
+            fds.push(fd);
+            is_dir.push(dir);
             names.push(path.components().collect());
         }
         Ok(Roots {
             names,
             fds,
+            is_dir,
             last_dir: None,
             last_file: None,
             has_openat2: true,
@@ -196,10 +214,18 @@ impl Roots {
         }
     }
 
-    /// The directory holding `target` and its last component (`.` for a root itself).
+    /// The directory holding `target` and its last component (`.` for a directory root
+    /// itself; for a file root, the root's descriptor and an empty name, which the `*at`
+    /// helpers below take as that descriptor).
     fn resolve(&mut self, target: &Target) -> Errno<(RawFdRef, CString)> {
         let root = self.fds.get(target.root as usize).ok_or(libc::ENOENT)?;
         check_relative(&target.path)?;
+        if !self.is_dir[target.root as usize] {
+            return match target.path.is_empty() {
+                true => Ok((RawFdRef(root.as_raw_fd()), CString::default())),
+                false => Err(libc::ENOTDIR),
+            };
+        }
         let (parent, name) = match target.path.iter().rposition(|&b| b == b'/') {
             Some(at) => (&target.path[..at], &target.path[at + 1..]),
             None => (&[][..], &target.path[..]),
@@ -303,7 +329,21 @@ impl ModeType for std::fs::Metadata {
     }
 }
 
+/// `openat`; an empty name (only ever a file root's, from [`Roots::resolve`]) is that
+/// descriptor itself, duplicated.
 fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> Errno<OwnedFd> {
+    if name.is_empty() {
+        if flags & libc::O_DIRECTORY != 0 {
+            return Err(libc::ENOTDIR);
+        }
+        // SAFETY: a duplicate of a descriptor we hold, owned below.
+        let fd = unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
     // SAFETY: a valid C string; the descriptor is owned below.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
     if fd < 0 {
@@ -325,6 +365,21 @@ fn open_for_reading(dir: RawFd, name: &CStr) -> Errno<OwnedFd> {
     }
 }
 
+/// A root that is not a directory, opened for reading as entries are (following a symlink:
+/// the root was named as it is); only a regular file or block device serves.
+fn open_file_root(path: &CStr) -> Errno<OwnedFd> {
+    let base = libc::O_RDONLY | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let fd = match open_at(libc::AT_FDCWD, path, base | libc::O_NOATIME) {
+        Err(libc::EPERM) => open_at(libc::AT_FDCWD, path, base)?,
+        other => other?,
+    };
+    match stat_at(fd.as_raw_fd(), c"")?.file_type() {
+        libc::S_IFREG | libc::S_IFBLK => Ok(fd),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// `fstatat` without following a symlink; an empty name is the descriptor itself.
 fn stat_at(dir: RawFd, name: &CStr) -> Errno<FileStat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: fstatat fills the struct it is given; the name is a valid C string.
@@ -333,7 +388,7 @@ fn stat_at(dir: RawFd, name: &CStr) -> Errno<FileStat> {
             dir,
             name.as_ptr(),
             st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
         )
     };
     if rc < 0 {
@@ -531,6 +586,41 @@ mod tests {
         assert!(roots.stat(&target("abs/secret")).is_err());
         assert!(roots.stat(&target("up/secret")).is_err());
         assert!(roots.stat(&target("sub/f")).is_ok());
+    }
+
+    /// An image root: the file itself is served (stat, content, size, attributes), and
+    /// nothing below or beside it.
+    #[test]
+    fn a_file_root_serves_that_file_only() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, b"0123456789").unwrap();
+        std::fs::write(dir.path().join("beside"), b"x").unwrap();
+        std::os::unix::fs::symlink(&image, dir.path().join("link")).unwrap();
+        for root in [image.clone(), dir.path().join("link")] {
+            let mut roots = Roots::open(std::slice::from_ref(&root)).unwrap();
+            assert_eq!(roots.stat(&target("")).unwrap().size, 10);
+            assert_eq!(roots.read(&target(""), 3, 4).unwrap(), b"3456");
+            assert_eq!(roots.read(&target(""), 8, 4).unwrap(), b"89");
+            assert_eq!(roots.image_size(&target("")), Ok(10));
+            assert!(roots.attrs(&target("")).is_ok());
+            assert!(roots.fs_magic(&target("")).is_ok());
+            assert!(roots.read_link(&target("")).is_err());
+            for below in ["x", "x/y", "../beside"] {
+                assert!(roots.stat(&target(below)).is_err(), "{below}");
+                assert!(roots.read(&target(below), 0, 1).is_err(), "{below}");
+            }
+            let listed = roots.list(&target(""), false, 1000, |_| Ok(()));
+            assert!(matches!(listed, Err(ListError::Fs(libc::ENOTDIR))));
+        }
+        // Neither a FIFO nor a missing path is a root.
+        let fifo = dir.path().join("fifo");
+        let c_fifo = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+        let err = Roots::open(&[fifo]).err().unwrap();
+        assert!(err.to_string().contains("a root must be"), "{err}");
+        assert!(Roots::open(&[dir.path().join("missing")]).is_err());
     }
 
     #[test]

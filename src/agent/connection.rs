@@ -13,15 +13,46 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::protocol::{read_frame, write_frame, Frame, Message, ProtocolError, MAGIC, VERSION};
+use super::protocol::{
+    read_frame, write_frame, Frame, Message, ProtocolError, MAGIC, MIN_VERSION, VERSION,
+    ZEROS_SINCE,
+};
 
 /// What the agent said about itself.
 #[derive(Clone, Debug)]
 pub struct Welcome {
+    /// The protocol version of the session.
+    pub version: u16,
     pub hostname: String,
     /// The agent's clock minus ours, in seconds (a round trip's precision).
     pub clock_skew: i64,
     pub roots: Vec<Vec<u8>>,
+}
+
+/// The error of a greeting refused by an agent that speaks only an older version and does
+/// not negotiate (version 1 agents): greet it again, in a new session, with `version`.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent speaks only protocol version {version}")]
+pub struct OlderAgent {
+    pub version: u16,
+}
+
+impl OlderAgent {
+    /// The older version an error of [`Connection::open`] asks to greet with, if any.
+    pub fn of(err: &io::Error) -> Option<u16> {
+        let older = err.get_ref()?.downcast_ref::<OlderAgent>()?;
+        Some(older.version)
+    }
+}
+
+/// The version a version-1 agent's refusal ("... (it speaks N)") names, if this side
+/// speaks it too. Agents since version 2 answer in the version both speak instead.
+fn refused_for_an_older_version(message: &str) -> Option<u16> {
+    let (_, named) = message
+        .strip_suffix(')')?
+        .rsplit_once(" is not known to this agent (it speaks ")?;
+    let version = named.parse().ok()?;
+    (MIN_VERSION..VERSION).contains(&version).then_some(version)
 }
 
 type Reply = Result<Message, String>;
@@ -119,22 +150,25 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Greets the agent and starts the reader, writer and watchdog threads. `on_failure`
-    /// is called once if the connection breaks before [`Connection::close`], or when
-    /// requests wait and the agent has sent nothing for `timeout` (a hung agent, or one
-    /// that stopped reading).
+    /// Greets the agent with `version` (the highest it may answer in; [`VERSION`] unless
+    /// an [`OlderAgent`] asked for less) and starts the reader, writer and watchdog
+    /// threads. `on_failure` is called once if the connection breaks before
+    /// [`Connection::close`], or when requests wait and the agent has sent nothing for
+    /// `timeout` (a hung agent, or one that stopped reading).
     pub fn open(
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         on_failure: Box<dyn Fn() + Send + Sync>,
         timeout: Duration,
+        version: u16,
     ) -> io::Result<(Self, Welcome)> {
+        let greeted = version;
         let mut output = BufWriter::with_capacity(64 * 1024, output);
         let hello = Frame {
             id: 0,
             message: Message::Hello {
                 magic: MAGIC,
-                version: VERSION,
+                version: greeted,
             },
         };
         // A failed send is reported after what the other end said (garbage, or nothing).
@@ -154,20 +188,16 @@ impl Connection {
             .spawn(move || {
                 let mut input = BufReader::with_capacity(256 * 1024, input);
                 let first = read_frame(&mut input);
-                let welcomed = matches!(
-                    first,
+                let welcomed = match &first {
                     Ok(Frame {
-                        message: Message::Welcome {
-                            magic: MAGIC,
-                            version: VERSION,
-                            ..
-                        },
+                        message: Message::Welcome { magic, version, .. },
                         ..
-                    })
-                );
+                    }) if *magic == MAGIC && speaks(*version, greeted) => Some(*version),
+                    _ => None,
+                };
                 let _ = answer_sender.send(first);
-                if welcomed {
-                    read_replies(input, &reader_shared);
+                if let Some(version) = welcomed {
+                    read_replies(input, &reader_shared, version);
                 }
             })?;
         let first = answer.recv_timeout(timeout).map_err(|_| {
@@ -187,7 +217,8 @@ impl Connection {
                         roots,
                     },
                 ..
-            }) if magic == MAGIC && version == VERSION => Welcome {
+            }) if magic == MAGIC && speaks(version, greeted) => Welcome {
+                version,
                 hostname: String::from_utf8_lossy(&hostname).into_owned(),
                 clock_skew: time.saturating_sub(now()),
                 roots,
@@ -197,24 +228,25 @@ impl Connection {
                 ..
             }) => {
                 return Err(invalid(format!(
-                    "the agent speaks protocol version {version}, not {VERSION}"
+                    "the agent answered in protocol version {version}, this host greeted \
+                     with {greeted} and speaks {MIN_VERSION} to {VERSION}"
                 )))
             }
             Ok(Frame {
                 message: Message::Refused { message },
                 ..
             }) => {
-                return Err(invalid(format!(
-                    "the agent refused: {}",
-                    String::from_utf8_lossy(&message)
-                )))
+                let message = String::from_utf8_lossy(&message);
+                if let Some(version) = refused_for_an_older_version(&message) {
+                    return Err(invalid(OlderAgent { version }));
+                }
+                return Err(invalid(format!("the agent refused: {message}")));
             }
-            Ok(_) => return Err(invalid("the agent did not answer the greeting".into())),
+            Ok(_) => return Err(invalid("the agent did not answer the greeting")),
             Err(ProtocolError::Closed) => {
                 return Err(invalid(
                     "the agent ended without answering (is pbsfs installed there? see \
-                     --remote-path)"
-                        .into(),
+                     --remote-path)",
                 ))
             }
             Err(err) => return Err(invalid(format!("not a pbsfs agent: {err}"))),
@@ -353,12 +385,19 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
+/// Whether a version the agent chose is one this side speaks (it may not choose one
+/// above the greeting's).
+fn speaks(version: u16, greeted: u16) -> bool {
+    (MIN_VERSION..=greeted.min(VERSION)).contains(&version)
 }
 
-/// Hands replies to their tickets until the stream ends or breaks.
-fn read_replies(mut input: impl Read, shared: &Shared) {
+fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+/// Hands replies to their tickets until the stream ends or breaks; `version` is the
+/// session's (a reply it does not have is a garbled stream).
+fn read_replies(mut input: impl Read, shared: &Shared, version: u16) {
     loop {
         let frame = match read_frame(&mut input) {
             Ok(frame) => frame,
@@ -371,6 +410,11 @@ fn read_replies(mut input: impl Read, shared: &Shared) {
         let last = !matches!(frame.message, Message::ListPart { more: true, .. });
         if is_request(&frame.message) {
             return shared.fail("garbled stream: the agent sent a request".into());
+        }
+        if matches!(frame.message, Message::Zeros(_)) && version < ZEROS_SINCE {
+            return shared.fail(format!(
+                "garbled stream: a zeros reply in a protocol version {version} session"
+            ));
         }
         let mut state = shared.lock();
         let waiting = if last {

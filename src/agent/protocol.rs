@@ -2,7 +2,8 @@
 //!
 //! A frame is `u32` body length (little endian), then the body: a `u8` kind, a `u32`
 //! request id and the kind's fields. The client opens with [`Message::Hello`] (magic and
-//! version); the agent answers [`Message::Welcome`] or [`Message::Refused`]. After that
+//! the highest version it speaks); the agent answers [`Message::Welcome`] with the version
+//! both speak ([`negotiate`]), or [`Message::Refused`]. After that
 //! every request carries an id of the client's choosing and the agent answers each with
 //! one reply of the same id (a listing with several [`Message::ListPart`]s, the last
 //! with `more == false`), in order. Decoding checks every length against hard limits and
@@ -16,8 +17,12 @@ use crate::pxar::format::MTime;
 
 /// Identifies the protocol in the first frame of each side.
 pub const MAGIC: [u8; 8] = *b"PBSFSAGT";
-/// The one protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The highest protocol version this build speaks.
+pub const VERSION: u16 = 2;
+/// The lowest protocol version this build still speaks.
+pub const MIN_VERSION: u16 = 1;
+/// The version that brought [`Message::Zeros`]: never sent in a session below it.
+pub const ZEROS_SINCE: u16 = 2;
 /// Largest frame body either side accepts.
 pub const MAX_FRAME: usize = MAX_READ + 64 * 1024;
 /// Largest file read one request may ask for.
@@ -28,6 +33,12 @@ pub const MAX_BYTES: usize = 64 * 1024;
 pub const MAX_ROOTS: usize = 1024;
 /// A listing part is cut when it reaches this many bytes (well below [`MAX_FRAME`]).
 pub const LIST_PART_BYTES: usize = 1 << 20;
+
+/// The version a session speaks when the client greets with `client_version` (the highest
+/// it speaks): the lower of both sides' highest; `None` when the client is too old.
+pub fn negotiate(client_version: u16) -> Option<u16> {
+    (client_version >= MIN_VERSION).then(|| client_version.min(VERSION))
+}
 
 /// A path below one of the agent's roots: `root` indexes the roots of the welcome, `path`
 /// is relative (empty: the root itself).
@@ -117,6 +128,9 @@ pub enum Message {
     Data(Vec<u8>),
     AttrsOk(Attrs),
     Number(u64),
+    /// A read's answer when the bytes read are all zeros (a hole or a real zero run):
+    /// that many zero bytes, from version [`ZEROS_SINCE`] on.
+    Zeros(u32),
 }
 
 /// A frame: the request id (0 for hello, welcome and refusal) and its message.
@@ -158,6 +172,7 @@ mod kind {
     pub const DATA: u8 = 69;
     pub const ATTRS_OK: u8 = 70;
     pub const NUMBER: u8 = 71;
+    pub const ZEROS: u8 = 72;
 }
 
 /// Writes one frame (not flushed).
@@ -221,6 +236,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         Message::Data(_) => kind::DATA,
         Message::AttrsOk(_) => kind::ATTRS_OK,
         Message::Number(_) => kind::NUMBER,
+        Message::Zeros(_) => kind::ZEROS,
     };
     out.u8(kind);
     out.u32(frame.id);
@@ -294,6 +310,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         }
         Message::AttrsOk(attrs) => out.attrs(attrs),
         Message::Number(n) => out.u64(*n),
+        Message::Zeros(len) => out.u32(*len),
     }
     out.0
 }
@@ -379,6 +396,14 @@ pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
         }
         kind::ATTRS_OK => Message::AttrsOk(d.attrs()?),
         kind::NUMBER => Message::Number(d.u64()?),
+        kind::ZEROS => {
+            // Checked here as data is, and against the request by the client.
+            let len = d.u32()?;
+            if len as usize > MAX_READ {
+                return garbled(format!("{len} zero bytes"));
+            }
+            Message::Zeros(len)
+        }
         other => return garbled(format!("unknown frame kind {other}")),
     };
     if d.remaining() != 0 {
@@ -691,6 +716,7 @@ mod tests {
             Message::Data(vec![1, 2, 3]),
             Message::AttrsOk(attrs),
             Message::Number(1 << 40),
+            Message::Zeros(MAX_READ as u32),
         ];
         messages
             .into_iter()
@@ -713,6 +739,14 @@ mod tests {
             assert_eq!(read_frame(&mut input).unwrap(), frame);
         }
         assert!(matches!(read_frame(&mut input), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn a_session_speaks_the_lower_of_both_versions() {
+        assert_eq!(negotiate(0), None);
+        assert_eq!(negotiate(1), Some(1));
+        assert_eq!(negotiate(VERSION), Some(VERSION));
+        assert_eq!(negotiate(u16::MAX), Some(VERSION));
     }
 
     #[test]
@@ -740,6 +774,11 @@ mod tests {
         let mut body = vec![kind::DATA, 0, 0, 0, 0];
         body.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&body).is_err());
+        // A zero run longer than any read, and one cut short.
+        let mut body = vec![kind::ZEROS, 0, 0, 0, 0];
+        body.extend_from_slice(&((MAX_READ + 1) as u32).to_le_bytes());
+        assert!(decode(&body).is_err());
+        assert!(decode(&body[..7]).is_err());
         // Trailing bytes.
         let mut body = encode(&samples()[0]);
         body.push(0);
@@ -759,7 +798,7 @@ mod tests {
         /// Valid frames with random bytes changed still decode or fail cleanly.
         #[test]
         fn decoder_never_panics_on_mutated_frames(
-            which in 0usize..16,
+            which in 0usize..64,
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
             let frames = samples();

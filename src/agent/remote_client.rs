@@ -6,7 +6,8 @@
 //! reads all attributes, each entry's flags and xattrs; the directories the walk will
 //! enter (`will_list`) are listed ahead, many requests in flight; the first block of the
 //! files it will read (`will_read`) is asked for ahead; file content streams in 1 MiB
-//! blocks with a growing window of requests in flight. Every cache is bounded.
+//! blocks with a growing window of requests in flight (a block of zeros comes as its
+//! length and is expanded here). Every cache is bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::connection::{Connection, Ticket};
-use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ};
+use super::protocol::{Attrs, Errno, Extra, Message, Target, MAX_READ, VERSION};
 use crate::backup::client::{ClientCounters, ClientProvider};
 use crate::backup::fs_accessor::{join_name, FileStat, FileSystemAccessor};
 
@@ -80,15 +81,28 @@ impl Default for Cache {
 
 impl RemoteClient {
     /// Greets the agent over `input`/`output`; `abort` is set if the connection breaks, so
-    /// the backup stops instead of leaving out what it could not read.
+    /// the backup stops instead of leaving out what it could not read. An agent that
+    /// speaks only an older version fails with an [`OlderAgent`](super::connection::OlderAgent)
+    /// error: [`RemoteClient::connect_with_version`] in a new session then.
     pub fn connect(
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
         abort: Arc<AtomicBool>,
         timeout: Duration,
     ) -> io::Result<Self> {
+        Self::connect_with_version(input, output, abort, timeout, VERSION)
+    }
+
+    /// [`RemoteClient::connect`] greeting with `version` at most.
+    pub fn connect_with_version(
+        input: Box<dyn Read + Send>,
+        output: Box<dyn Write + Send>,
+        abort: Arc<AtomicBool>,
+        timeout: Duration,
+        version: u16,
+    ) -> io::Result<Self> {
         let on_failure = Box::new(move || abort.store(true, Ordering::SeqCst));
-        let (connection, welcome) = Connection::open(input, output, on_failure, timeout)?;
+        let (connection, welcome) = Connection::open(input, output, on_failure, timeout, version)?;
         let roots = welcome
             .roots
             .iter()
@@ -315,6 +329,12 @@ impl FileSystemAccessor for RemoteClient {
                 self.counters.add_bytes(data.len());
                 Ok(data.len())
             }
+            // Never more than asked for: a count is checked as data is.
+            Message::Zeros(len) if len as usize <= buf.len() => {
+                buf[..len as usize].fill(0);
+                self.counters.add_bytes(len as usize);
+                Ok(len as usize)
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -487,11 +507,17 @@ impl RemoteFile<'_> {
             self.pos = 0;
             return Ok(());
         };
-        let data = match reply(ticket.wait()?)? {
-            Message::Data(data) if data.len() <= len => data,
+        match reply(ticket.wait()?)? {
+            Message::Data(data) if data.len() <= len => self.block = data,
+            // Expanded here, so the archive is the same; a count above the request is
+            // refused before anything is allocated for it.
+            Message::Zeros(zeros) if zeros as usize <= len => {
+                self.block.clear();
+                self.block.resize(zeros as usize, 0);
+            }
             other => return Err(unexpected(&other)),
-        };
-        if data.len() < len {
+        }
+        if self.block.len() < len {
             // The rest was asked for beyond the end: not needed.
             self.at_end = true;
             self.in_flight.clear();
@@ -499,7 +525,6 @@ impl RemoteFile<'_> {
             self.window = (self.window * 2).min(MAX_WINDOW);
             self.request_more();
         }
-        self.block = data;
         self.pos = 0;
         Ok(())
     }
@@ -673,6 +698,217 @@ mod tests {
         assert!(remote.open_file(&base.join(".pxarexclude")).is_err());
         assert!(!abort.load(Ordering::SeqCst));
         assert!(remote.failure().is_none());
+    }
+
+    #[test]
+    fn sparse_files_and_zero_runs_read_back_as_they_are() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("sparse");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(7 * BLOCK as u64 + 12345).unwrap();
+        let mut data = random_block(3 * BLOCK + 10);
+        data[BLOCK..2 * BLOCK].fill(0);
+        std::os::unix::fs::FileExt::write_all_at(&file, &data, 2 * BLOCK as u64).unwrap();
+        let expected = std::fs::read(&path).unwrap();
+        let (remote, abort, _stream) = connect(dir.path());
+        let base = dir.path().strip_prefix("/").unwrap();
+        let mut content = Vec::new();
+        remote
+            .open_file(&base.join("sparse"))
+            .unwrap()
+            .read_to_end(&mut content)
+            .unwrap();
+        assert!(content == expected);
+        let mut buf = vec![1u8; 1000];
+        let got = remote.read_at(&base.join("sparse"), 17, &mut buf).unwrap();
+        assert_eq!((got, buf.iter().all(|&b| b == 0)), (1000, true));
+        assert_eq!(
+            remote.counters().content_bytes(),
+            expected.len() as u64 + 1000
+        );
+        assert!(!abort.load(Ordering::SeqCst));
+    }
+
+    fn random_block(len: usize) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    /// A client talking to a made-up agent that welcomes in `version` and answers every
+    /// request with `answer`.
+    fn scripted_agent(
+        version: u16,
+        answer: impl Fn(&Message) -> Message + Send + 'static,
+    ) -> (RemoteClient, Arc<AtomicBool>) {
+        use super::super::protocol::{read_frame, write_frame, Frame, MAGIC};
+        let (near, mut far) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            read_frame(&mut far).unwrap();
+            let welcome = Message::Welcome {
+                magic: MAGIC,
+                version,
+                hostname: b"scripted".to_vec(),
+                time: 0,
+                roots: vec![b"/".to_vec()],
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: welcome,
+                },
+            )
+            .unwrap();
+            while let Ok(frame) = read_frame(&mut far) {
+                let message = answer(&frame.message);
+                if write_frame(
+                    &mut far,
+                    &Frame {
+                        id: frame.id,
+                        message,
+                    },
+                )
+                .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let abort = Arc::new(AtomicBool::new(false));
+        let client = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            abort.clone(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        (client, abort)
+    }
+
+    /// An agent claiming more zeros than asked for: an error, and nothing of that size
+    /// is allocated.
+    #[test]
+    fn a_zero_run_longer_than_the_request_is_refused() {
+        let (remote, _abort) = scripted_agent(super::super::protocol::VERSION, |_| {
+            Message::Zeros(MAX_READ as u32)
+        });
+        let mut buf = [0u8; 10];
+        let err = remote.read_at(Path::new("f"), 0, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("unexpected reply Zeros"), "{err}");
+        let err = remote.open_file(Path::new("f")).err().unwrap();
+        assert!(err.to_string().contains("unexpected reply Zeros"), "{err}");
+    }
+
+    /// A client that greets in the current version understands zeros; in a session of an
+    /// older version they are a garbled stream.
+    #[test]
+    fn zeros_in_a_session_that_does_not_have_them_break_the_connection() {
+        use super::super::protocol::ZEROS_SINCE;
+        let (remote, abort) = scripted_agent(ZEROS_SINCE, |_| Message::Zeros(4));
+        let mut buf = [1u8; 10];
+        assert_eq!(remote.read_at(Path::new("f"), 0, &mut buf).unwrap(), 4);
+        assert_eq!(buf[..5], [0, 0, 0, 0, 1]);
+        assert!(!abort.load(Ordering::SeqCst));
+        let (remote, abort) = scripted_agent(ZEROS_SINCE - 1, |_| Message::Zeros(4));
+        let err = remote.read_at(Path::new("f"), 0, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("a zeros reply"), "{err}");
+        assert!(abort.load(Ordering::SeqCst));
+    }
+
+    /// An agent from before version negotiation refuses the current greeting, naming its
+    /// version: the error says so, and a session greeted in that version works (zeros
+    /// then come as data).
+    #[test]
+    fn an_agent_that_speaks_only_an_older_version_is_greeted_again_in_it() {
+        use super::super::connection::OlderAgent;
+        use super::super::protocol::{read_frame, write_frame, Frame, MIN_VERSION};
+        let (near, mut far) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let hello = read_frame(&mut far).unwrap();
+            assert!(matches!(hello.message, Message::Hello { version, .. } if version == VERSION));
+            let message = format!(
+                "protocol version {VERSION} is not known to this agent (it speaks {MIN_VERSION})"
+            );
+            let refused = Message::Refused {
+                message: message.into_bytes(),
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: refused,
+                },
+            )
+            .unwrap();
+        });
+        let err = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(OlderAgent::of(&err), Some(MIN_VERSION), "{err}");
+        assert!(
+            err.to_string().contains("speaks only protocol version 1"),
+            "{err}"
+        );
+
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("zeros"), vec![0u8; 3 * BLOCK]).unwrap();
+        let (near, far) = UnixStream::pair().unwrap();
+        let root = dir.path().to_path_buf();
+        let far_out = far.try_clone().unwrap();
+        std::thread::spawn(move || super::super::serve::serve(&[root], far, far_out));
+        let remote = RemoteClient::connect_with_version(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+            MIN_VERSION,
+        )
+        .unwrap();
+        let mut content = Vec::new();
+        let path = dir.path().strip_prefix("/").unwrap().join("zeros");
+        remote
+            .open_file(&path)
+            .unwrap()
+            .read_to_end(&mut content)
+            .unwrap();
+        assert!(content == vec![0u8; 3 * BLOCK]);
+        // A refusal for another reason is no call to greet again.
+        let (near, mut far) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            read_frame(&mut far).unwrap();
+            let refused = Message::Refused {
+                message: b"cannot serve: /x: No such file or directory (it speaks 1)".to_vec(),
+            };
+            write_frame(
+                &mut far,
+                &Frame {
+                    id: 0,
+                    message: refused,
+                },
+            )
+            .unwrap();
+        });
+        let err = RemoteClient::connect(
+            Box::new(near.try_clone().unwrap()),
+            Box::new(near),
+            Arc::default(),
+            Duration::from_secs(600),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(OlderAgent::of(&err), None, "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The agent's side of the protocol: serves its roots read-only over a byte stream (stdin
 //! and stdout under SSH), one request after another in the order they came. Replies are
 //! flushed when no further request is waiting, so a pipelined client gets them in batches.
+//! A block read that is all zeros (a hole of a sparse file, or zeros written) goes back as
+//! a count, not the bytes, to a client whose version knows that reply.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -9,13 +11,13 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::confined::{ListError, Roots};
 use super::protocol::{
-    read_frame, write_frame, Errno, Frame, Message, ProtocolError, LIST_PART_BYTES, MAGIC,
-    MAX_READ, VERSION,
+    negotiate, read_frame, write_frame, Errno, Frame, Message, ProtocolError, LIST_PART_BYTES,
+    MAGIC, MAX_READ, MIN_VERSION, VERSION, ZEROS_SINCE,
 };
 
-/// Serves `roots` until the client closes the stream. An unknown protocol version, a
-/// garbled stream or a root that cannot be opened is an error (the client is told when it
-/// can be).
+/// Serves `roots` until the client closes the stream, in the highest protocol version both
+/// sides speak. A client too old, a garbled stream or a root that cannot be opened is an
+/// error (the client is told when it can be).
 pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<()> {
     let mut input = BufReader::with_capacity(256 * 1024, input);
     let mut output = BufWriter::with_capacity(256 * 1024, output);
@@ -24,18 +26,23 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
         Err(ProtocolError::Closed) => return Ok(()),
         Err(err) => return Err(anyhow!("no valid greeting from the client: {err}")),
     };
-    match hello.message {
-        Message::Hello { magic, version } if magic == MAGIC => {
-            if version != VERSION {
+    let version = match hello.message {
+        Message::Hello { magic, version } if magic == MAGIC => match negotiate(version) {
+            Some(version) => version,
+            None => {
                 let message = format!(
-                    "protocol version {version} is not known to this agent (it speaks {VERSION})"
+                    "protocol version {version} is not known to this agent (it speaks \
+                     {MIN_VERSION} to {VERSION})"
                 );
                 refuse(&mut output, &message);
                 bail!(message);
             }
-        }
+        },
         _ => bail!("the client did not greet with the agent protocol"),
-    }
+    };
+    let session = Session {
+        zeros_as_counts: version >= ZEROS_SINCE,
+    };
     let mut roots = match Roots::open(roots) {
         Ok(roots) => roots,
         Err(err) => {
@@ -46,7 +53,7 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
     };
     let welcome = Message::Welcome {
         magic: MAGIC,
-        version: VERSION,
+        version,
         hostname: host_name().into_bytes(),
         time: now(),
         roots: roots
@@ -63,7 +70,7 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
             Err(ProtocolError::Closed) => return Ok(()),
             Err(err) => return Err(err).context("reading a request"),
         };
-        answer(&mut roots, frame, &mut output)?;
+        answer(&mut roots, &session, frame, &mut output)?;
         if input.buffer().is_empty() {
             output.flush()?;
         }
@@ -98,9 +105,38 @@ fn reply<T>(
     send(output, id, message)
 }
 
+/// What the negotiated version allows.
+struct Session {
+    /// Blocks of zeros are answered with [`Message::Zeros`].
+    zeros_as_counts: bool,
+}
+
+/// A read's reply: the bytes, or their count when they are all zeros and the client knows
+/// that reply (an empty read stays data: the end of the file).
+fn data_reply(session: &Session, data: Vec<u8>) -> Message {
+    if session.zeros_as_counts && !data.is_empty() && all_zeros(&data) {
+        Message::Zeros(data.len() as u32)
+    } else {
+        Message::Data(data)
+    }
+}
+
+/// Compared with a zeroed buffer a slice at a time: `memcmp` speed, and data that is not
+/// zero usually differs in its first bytes.
+fn all_zeros(data: &[u8]) -> bool {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    data.chunks(ZEROS.len())
+        .all(|chunk| chunk == &ZEROS[..chunk.len()])
+}
+
 /// Answers one request; an error here ends the session (the stream is broken or the
 /// client does not follow the protocol).
-fn answer(roots: &mut Roots, frame: Frame, output: &mut impl Write) -> Result<()> {
+fn answer(
+    roots: &mut Roots,
+    session: &Session,
+    frame: Frame,
+    output: &mut impl Write,
+) -> Result<()> {
     let id = frame.id;
     match frame.message {
         Message::Stat(target) => reply(output, id, roots.stat(&target), Message::StatOk)?,
@@ -141,7 +177,9 @@ fn answer(roots: &mut Roots, frame: Frame, output: &mut impl Write) -> Result<()
             len,
         } => {
             let len = (len as usize).min(MAX_READ);
-            reply(output, id, roots.read(&target, offset, len), Message::Data)?
+            reply(output, id, roots.read(&target, offset, len), |data| {
+                data_reply(session, data)
+            })?
         }
         Message::ReadLink(target) => reply(output, id, roots.read_link(&target), Message::Data)?,
         Message::GetAttrs(target) => reply(output, id, roots.attrs(&target), Message::AttrsOk)?,
@@ -194,15 +232,72 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_protocol_version_is_refused() {
+    fn a_client_below_the_lowest_version_is_refused() {
         let mut reply = Vec::new();
-        let err = serve(&[PathBuf::from("/")], &hello(VERSION + 1)[..], &mut reply).unwrap_err();
-        assert!(err.to_string().contains("protocol version 2"), "{err}");
+        let err = serve(&[PathBuf::from("/")], &hello(0)[..], &mut reply).unwrap_err();
+        assert!(err.to_string().contains("protocol version 0"), "{err}");
         match read_frame(&mut &reply[..]).unwrap().message {
             Message::Refused { message } => {
-                assert!(String::from_utf8_lossy(&message).contains("protocol version 2"))
+                assert!(String::from_utf8_lossy(&message).contains("protocol version 0"))
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The welcome and the replies to a read of zeros, a read of data and a read at the
+    /// end, for a client greeting with `version`.
+    fn session_replies(version: u16) -> Vec<Message> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut content = vec![0u8; 300 * 1024];
+        content[200 * 1024 + 5] = 1;
+        std::fs::write(dir.path().join("f"), &content).unwrap();
+        let mut input = hello(version);
+        for (id, offset) in [(1, 0), (2, 200 * 1024), (3, 300 * 1024)] {
+            let target = super::super::protocol::Target {
+                root: 0,
+                path: b"f".to_vec(),
+            };
+            let message = Message::Read {
+                target,
+                offset,
+                len: 100 * 1024,
+            };
+            write_frame(&mut input, &Frame { id, message }).unwrap();
+        }
+        let mut reply = Vec::new();
+        serve(&[dir.path().to_path_buf()], &input[..], &mut reply).unwrap();
+        let mut replies = &reply[..];
+        std::iter::from_fn(|| read_frame(&mut replies).ok())
+            .map(|frame| frame.message)
+            .collect()
+    }
+
+    #[test]
+    fn zeros_go_back_as_a_count_only_to_clients_that_know_it() {
+        let current = session_replies(VERSION);
+        assert!(matches!(current[0], Message::Welcome { version, .. } if version == VERSION));
+        assert_eq!(current[1], Message::Zeros(100 * 1024));
+        assert!(matches!(&current[2], Message::Data(data) if data.len() == 100 * 1024));
+        assert_eq!(current[3], Message::Data(Vec::new()));
+        // A later client gets this agent's version; an older one plain data.
+        let later = session_replies(VERSION + 1);
+        assert!(matches!(later[0], Message::Welcome { version, .. } if version == VERSION));
+        assert_eq!(later[1], Message::Zeros(100 * 1024));
+        let older = session_replies(ZEROS_SINCE - 1);
+        assert!(matches!(older[0], Message::Welcome { version, .. } if version == ZEROS_SINCE - 1));
+        assert_eq!(older[1], Message::Data(vec![0; 100 * 1024]));
+        assert_eq!(older.len(), 4);
+    }
+
+    #[test]
+    fn all_zeros_looks_at_every_byte() {
+        assert!(all_zeros(&[]));
+        let mut data = vec![0u8; 200_000];
+        assert!(all_zeros(&data));
+        for at in [0, 65_535, 65_536, 199_999] {
+            data[at] = 1;
+            assert!(!all_zeros(&data), "{at}");
+            data[at] = 0;
         }
     }
 

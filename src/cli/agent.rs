@@ -1,5 +1,5 @@
-//! `pbsfs agent ROOT...`: serves directory trees read-only on stdin/stdout for `pbsfs pull`
-//! on a backup host, which starts it through SSH.
+//! `pbsfs agent ROOT...`: serves directory trees (and files or block devices, as images)
+//! read-only on stdin/stdout for `pbsfs pull` on a backup host, which starts it through SSH.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use pbsfs::agent::serve::serve;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// Directories to serve (and nothing outside them). A pull names a path below one.
+    /// Directories to serve (and nothing outside them); a file or block device serves
+    /// just itself, as an image. A pull names a path below one (or the root itself).
     #[arg(required = true, value_name = "ROOT")]
     pub roots: Vec<PathBuf>,
 }

@@ -1,13 +1,18 @@
-//! `pbsfs pull [NAME.pxar:][USER@]HOST:PATH...`: back up directories of another host. The
+//! `pbsfs pull [NAME.pxar:|NAME.img:][USER@]HOST:PATH...`: back up directories (or a file or
+//! block device as an image) of another host. The
 //! transport command (ssh) starts `pbsfs agent` there; this host walks, encodes, chunks and
 //! stores, exactly as a push of the same tree here would.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::agent::connection::OlderAgent;
+use pbsfs::agent::protocol::VERSION;
 use pbsfs::agent::remote_client::RemoteClient;
 use pbsfs::backup::server::BackupSpec;
 
@@ -18,8 +23,9 @@ use super::{Interrupted, Outcome};
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// What to back up: [NAME.pxar:][USER@]HOST:PATH, a directory of HOST (archive named
-    /// after its last component, `root` for /, unless NAME is given). All sources name
-    /// the same host.
+    /// after its last component, `root` for /, unless NAME is given), or
+    /// NAME.img:[USER@]HOST:PATH, a file or block device of HOST as an image. All sources
+    /// name the same host.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
 
@@ -50,7 +56,7 @@ struct PullSource {
 }
 
 fn parse_source(text: &str) -> Result<PullSource> {
-    let usage = || format!("pull source '{text}' is not [NAME.pxar:][USER@]HOST:PATH");
+    let usage = || format!("pull source '{text}' is not [NAME.pxar:|NAME.img:][USER@]HOST:PATH");
     let (archive, rest) = match text.split_once(':') {
         Some((archive, rest)) if archive.ends_with(".pxar") || archive.ends_with(".img") => {
             (Some(archive), rest)
@@ -101,6 +107,40 @@ fn start_agent(args: &PullArgs, destination: &str, specs: &[BackupSpec]) -> Resu
         .with_context(|| format!("cannot run the transport command '{}'", args.rsh))
 }
 
+/// Greets the agent the transport command started, with `version` at most.
+fn connect(
+    child: &mut Child,
+    abort: &Arc<AtomicBool>,
+    timeout: Duration,
+    version: u16,
+) -> std::io::Result<RemoteClient> {
+    let (Some(output), Some(input)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("the transport command has no pipes"));
+    };
+    let (input, output) = (Box::new(input), Box::new(output));
+    RemoteClient::connect_with_version(input, output, abort.clone(), timeout, version)
+}
+
+/// The largest clock difference a pull accepts without a warning, in seconds (the skew is
+/// measured to a round trip).
+const TOLERATED_SKEW: u64 = 2;
+
+/// The warning for a client whose clock is `skew` seconds ahead of this host's (negative:
+/// behind), if it is off by more than [`TOLERATED_SKEW`]. Metadata mode trusts a file's
+/// ctime (the client's clock) against the previous snapshot's time (this host's clock): a
+/// client behind could hide attribute changes.
+fn clock_skew_warning(host: &str, skew: i64) -> Option<String> {
+    // unsigned_abs: the agent's time is its word, and i64::MIN has no i64 absolute value.
+    (skew.unsigned_abs() > TOLERATED_SKEW).then(|| {
+        format!(
+            "the clock of {host} is {} s {} this host's: metadata-mode change detection \
+             compares its inode change times with snapshot times taken here",
+            skew.unsigned_abs(),
+            if skew < 0 { "behind" } else { "ahead of" }
+        )
+    })
+}
+
 /// Backs up from the agent; `Outcome::Partial` when entries could not be read there.
 pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let sources = args
@@ -119,13 +159,21 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
     let host = destination.rsplit('@').next().unwrap_or(&destination);
     let abort = install_signal_handlers()?;
 
-    let mut child = start_agent(args, &destination, &specs)?;
-    let (Some(output), Some(input)) = (child.stdin.take(), child.stdout.take()) else {
-        bail!("the transport command has no pipes");
-    };
     let timeout = Duration::from_secs(args.timeout);
-    let connected =
-        RemoteClient::connect(Box::new(input), Box::new(output), abort.clone(), timeout);
+    let mut child = start_agent(args, &destination, &specs)?;
+    let mut connected = connect(&mut child, &abort, timeout, VERSION);
+    if let Some(version) = connected.as_ref().err().and_then(OlderAgent::of) {
+        // An agent from before version negotiation refuses a later greeting and exits:
+        // a second session greets it in the version it named.
+        log::warn!(
+            "the agent on {host} speaks only protocol version {version} (an older pbsfs): \
+             connecting again in that version"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        child = start_agent(args, &destination, &specs)?;
+        connected = connect(&mut child, &abort, timeout, version);
+    }
     let client = match connected {
         Ok(client) => client,
         Err(err) => {
@@ -136,16 +184,8 @@ pub fn run(args: &PullArgs, repo: &RepoArgs) -> Result<Outcome> {
             });
         }
     };
-    // Metadata mode trusts a file's ctime (the client's clock) against the previous
-    // snapshot's time (this host's clock): a client behind could hide attribute changes.
-    let skew = client.clock_skew();
-    if skew.abs() > 2 {
-        log::warn!(
-            "the clock of {host} is {} s {} this host's: metadata-mode change detection \
-             compares its inode change times with snapshot times taken here",
-            skew.abs(),
-            if skew < 0 { "behind" } else { "ahead of" }
-        );
+    if let Some(warning) = clock_skew_warning(host, client.clock_skew()) {
+        log::warn!("{warning}");
     }
     let result = specs
         .iter()
@@ -197,6 +237,12 @@ mod tests {
         let source = parse_source("home.pxar:alpha:/home").unwrap();
         assert_eq!(source.destination, "alpha");
         assert_eq!(source.spec, BackupSpec::parse("home.pxar:/home").unwrap());
+        let source = parse_source("disk.img:root@alpha:/dev/vg0/data").unwrap();
+        assert_eq!(source.destination, "root@alpha");
+        assert_eq!(
+            source.spec,
+            BackupSpec::parse("disk.img:/dev/vg0/data").unwrap()
+        );
         for bad in [
             "alpha",
             "alpha:",
@@ -208,5 +254,22 @@ mod tests {
             assert!(parse_source(bad).is_err(), "{bad}");
         }
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn a_clock_off_by_more_than_two_seconds_is_warned_about() {
+        for skew in [-2, 0, 1, 2] {
+            assert_eq!(clock_skew_warning("alpha", skew), None, "{skew}");
+        }
+        let behind = clock_skew_warning("alpha", -3600).unwrap();
+        assert!(
+            behind.starts_with("the clock of alpha is 3600 s behind this host's"),
+            "{behind}"
+        );
+        let ahead = clock_skew_warning("alpha", 3).unwrap();
+        assert!(ahead.contains("is 3 s ahead of this host's"), "{ahead}");
+        // A hostile agent's extreme time is a warning too, not an overflow.
+        let far = clock_skew_warning("alpha", i64::MIN).unwrap();
+        assert!(far.contains(&format!("{} s behind", i64::MIN.unsigned_abs())));
     }
 }

@@ -441,3 +441,292 @@ fn pulls_through_a_real_sshd_into_a_local_datastore_and_a_server() {
     );
     drop(sshd);
 }
+
+/// Every index of the one snapshot of group `host/ID`, by file name, without the header
+/// (its uuid and creation time differ between snapshots): equal indexes mean equal
+/// archive bytes.
+fn index_entries(store: &Path, id: &str) -> Vec<(String, Vec<u8>)> {
+    let group = store.join("host").join(id);
+    let snapshots: Vec<_> = std::fs::read_dir(&group)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{}", group.display());
+    let mut indexes: Vec<_> = std::fs::read_dir(&snapshots[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "didx" || x == "fidx"))
+        .map(|p| {
+            let index = pbsfs::format::index::AnyIndex::parse(&std::fs::read(&p).unwrap())
+                .unwrap_or_else(|err| panic!("{}: {err}", p.display()));
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, index.to_bytes([0; 16], 0))
+        })
+        .collect();
+    indexes.sort();
+    assert!(!indexes.is_empty());
+    indexes
+}
+
+/// A transport that counts what the agent sends (into `count`, read by [`wire_bytes`]).
+fn counting_transport(dir: &Path, count: &Path) -> PathBuf {
+    let filter = format!("LC_ALL=C dd bs=64k 2>\"{}\"", count.display());
+    transport(dir, "counting", &filter)
+}
+
+/// The bytes `dd` reported it copied.
+fn wire_bytes(count: &Path) -> u64 {
+    let report = std::fs::read_to_string(count).unwrap();
+    report
+        .lines()
+        .find_map(|line| line.split_once(" bytes"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {report:?}"))
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A 256 MiB file with three 1 MiB data blocks, the rest holes, and a 2 MiB file of real
+/// zeros; returns the sparse file's size.
+fn make_sparse_tree(root: &Path) -> u64 {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(root).unwrap();
+    let apparent = 256 * MIB;
+    let file = std::fs::File::create(root.join("sparse")).unwrap();
+    file.set_len(apparent).unwrap();
+    for (i, at) in [0, 100 * MIB + 12345, apparent - MIB]
+        .into_iter()
+        .enumerate()
+    {
+        file.write_all_at(&random_bytes(i as u64 + 10, MIB as usize), at)
+            .unwrap();
+    }
+    std::fs::write(root.join("zeros"), vec![0u8; 2 * MIB as usize]).unwrap();
+    std::fs::write(root.join("small"), b"small").unwrap();
+    apparent
+}
+
+/// Holes and zero runs cross the wire as counts, and the pulled archives are those of a
+/// local push.
+#[test]
+fn sparse_files_cross_the_wire_as_counts_and_store_what_a_push_stores() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = dir.path().join("tree");
+    let apparent = make_sparse_tree(&tree);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let common = ["--backup-time", TIME, "--change-detection-mode", "data"];
+    let push_source = format!("root.pxar:{}", tree.display());
+    let mut push_args = vec!["push", "--backup-id", "local"];
+    push_args.extend(common);
+    push_args.push(&push_source);
+    ok(&pbsfs_local(&store, &push_args));
+
+    let count = dir.path().join("count");
+    let rsh = counting_transport(dir.path(), &count);
+    let pull_source = format!("root.pxar:client:{}", tree.display());
+    let mut pull_args = vec!["--output-format", "json", "--backup-id", "pulled"];
+    pull_args.extend(common);
+    pull_args.push(&pull_source);
+    let summary = ok_json(&pull(&store, rsh.to_str().unwrap(), &pull_args));
+    assert_eq!(
+        summary["bytes-read"].as_u64(),
+        Some(apparent + 2 * MIB + 5),
+        "{summary}"
+    );
+    let pushed = index_entries(&store, "local");
+    assert!(pushed == index_entries(&store, "pulled"), "archives differ");
+    // The 1 MiB blocks read that hold data (four: one data block is written across a
+    // block boundary) and the metadata; not the holes, nor the written zeros.
+    let carried = wire_bytes(&count);
+    assert!(carried > 4 * MIB, "{carried}");
+    assert!(carried < 5 * MIB, "{carried} bytes on the wire");
+}
+
+/// An image of 9 MiB and a bit (not a whole number of chunks) with data, a hole and a
+/// run of written zeros.
+fn make_image(path: &Path) -> Vec<u8> {
+    let mut content = random_bytes(77, 9 * MIB as usize + 4321);
+    content[MIB as usize..3 * MIB as usize].fill(0);
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(content.len() as u64).unwrap();
+    for (at, block) in content.chunks(MIB as usize).enumerate() {
+        if at != 5 {
+            std::os::unix::fs::FileExt::write_all_at(&file, block, at as u64 * MIB).unwrap();
+        }
+    }
+    content[5 * MIB as usize..6 * MIB as usize].fill(0);
+    assert!(std::fs::read(path).unwrap() == content);
+    content
+}
+
+/// `NAME.img:HOST:FILE` through the agent: the same fixed index as a local push of the
+/// file, whether the agent serves the file itself (the pull names it) or a directory
+/// holding it (a forced command), and it restores to the same bytes.
+#[test]
+fn an_image_pulled_through_the_agent_is_the_image_a_push_stores() {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let image = images.join("disk.raw");
+    let content = make_image(&image);
+    let store = dir.path().join("ds");
+    ok(&pbsfs_local(&store, &["init"]));
+    let push_source = format!("disk.img:{}", image.display());
+    ok(&pbsfs_local(
+        &store,
+        &[
+            "push",
+            "--backup-id",
+            "local",
+            "--backup-time",
+            TIME,
+            &push_source,
+        ],
+    ));
+    let pushed = index_entries(&store, "local");
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].0, "disk.img.fidx");
+
+    let plain = transport(dir.path(), "rsh", "");
+    let forced = dir.path().join("forced");
+    std::fs::write(
+        &forced,
+        format!(
+            "#!/bin/sh\nexec {} agent {}\n",
+            agent_binary(),
+            images.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&forced, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pull_source = format!("disk.img:client:{}", image.display());
+    for (id, rsh) in [("file-root", &plain), ("dir-root", &forced)] {
+        let summary = ok_json(&pull(
+            &store,
+            rsh.to_str().unwrap(),
+            &[
+                "--output-format",
+                "json",
+                "--backup-id",
+                id,
+                "--backup-time",
+                TIME,
+                &pull_source,
+            ],
+        ));
+        assert_eq!(
+            summary["bytes-read"].as_u64(),
+            Some(content.len() as u64),
+            "{summary}"
+        );
+        assert!(
+            index_entries(&store, id) == pushed,
+            "{id}: the index differs"
+        );
+        let restored = dir.path().join(format!("{id}.raw"));
+        ok(&pbsfs_local(
+            &store,
+            &[
+                "restore",
+                &format!("host/{id}/latest"),
+                "disk.img",
+                restored.to_str().unwrap(),
+            ],
+        ));
+        assert!(std::fs::read(&restored).unwrap() == content, "{id}");
+    }
+}
+
+/// A transport like [`transport`] that moves the time in the agent's welcome (the first
+/// frame it sends) by the seconds given before the host: `python3 RELAY SECONDS HOST CMD`.
+const CLOCK_RELAY: &str = r#"
+import struct, subprocess, sys
+shift, command = int(sys.argv[1]), sys.argv[3]
+agent = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE)
+source, sink = agent.stdout, sys.stdout.buffer
+
+def read_exact(n):
+    data = b""
+    while len(data) < n:
+        more = source.read(n - len(data))
+        if not more:
+            sys.exit(1)
+        data += more
+    return data
+
+head = read_exact(4)
+body = bytearray(read_exact(struct.unpack("<I", head)[0]))
+if body[0] == 64:  # the welcome: kind, id, magic, version, host name, time
+    at = 1 + 4 + 8 + 2
+    at += 4 + struct.unpack_from("<I", body, at)[0]
+    struct.pack_into("<q", body, at, struct.unpack_from("<q", body, at)[0] + shift)
+sink.write(head + bytes(body))
+sink.flush()
+while True:
+    data = source.read1(1 << 16)
+    if not data:
+        break
+    sink.write(data)
+    sink.flush()
+sys.exit(agent.wait())
+"#;
+
+/// The pull warns when the agent's clock is off, and goes on.
+#[test]
+fn a_client_clock_off_by_an_hour_is_warned_about() {
+    let (dir, tree, store) = tree_and_store();
+    let relay = dir.path().join("clock-relay.py");
+    std::fs::write(&relay, CLOCK_RELAY).unwrap();
+    let source = format!("client:{}", tree.display());
+    for (shift, expected) in [
+        ("-3600", Some("is 3600 s behind this host's")),
+        ("7200", Some("is 7200 s ahead of this host's")),
+        ("0", None),
+    ] {
+        let rsh = format!("python3 {} {shift}", relay.display());
+        let id = format!("clock{shift}");
+        let out = pull(&store, &rsh, &["--backup-id", &id, &source]);
+        ok(&out);
+        let warned = stderr(&out).contains("the clock of client is");
+        match expected {
+            Some(expected) => assert!(stderr(&out).contains(expected), "{}", stderr(&out)),
+            None => assert!(!warned, "{}", stderr(&out)),
+        }
+    }
+}
+
+/// A transport whose first session answers as an agent from before version negotiation
+/// does (refusing the greeting, naming its version); later ones run the agent:
+/// `python3 SCRIPT MARKER HOST CMD`.
+const OLDER_AGENT_ONCE: &str = r#"
+import os, struct, sys
+marker, command = sys.argv[1], sys.argv[3]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    message = b"protocol version 2 is not known to this agent (it speaks 1)"
+    body = bytes([65]) + struct.pack("<II", 0, len(message)) + message
+    sys.stdout.buffer.write(struct.pack("<I", len(body)) + body)
+    sys.exit(1)
+os.execvp("sh", ["sh", "-c", command])
+"#;
+
+/// An older agent's refusal makes the pull greet it again in its version, and go on.
+#[test]
+fn an_older_agent_is_greeted_again_in_its_version() {
+    let (dir, tree, store) = tree_and_store();
+    let script = dir.path().join("older-once.py");
+    std::fs::write(&script, OLDER_AGENT_ONCE).unwrap();
+    let marker = dir.path().join("refused");
+    let rsh = format!("python3 {} {}", script.display(), marker.display());
+    let out = pull(&store, &rsh, &[&format!("client:{}", tree.display())]);
+    ok(&out);
+    assert!(marker.exists());
+    assert!(
+        stderr(&out).contains("speaks only protocol version 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot_count(&store), 1);
+}
