@@ -5,6 +5,7 @@ through delay lines of DELAY_MS milliseconds each (default 5: a 10 ms round trip
 bandwidth is not limited, only each byte is late: `tc netem` for a pipe.
 """
 import collections
+import fcntl
 import os
 import subprocess
 import sys
@@ -49,9 +50,20 @@ def delay_line(src, dst):
             return
 
 
+def widen_pipe(fd):
+    """Pipes holding a whole 1 MiB block, as pbsfs makes its own: fewer, larger copies, so
+    that the relay costs little CPU beside what it simulates (best effort)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+
+
 def main():
     command = sys.argv[2]
     child = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    for fd in (0, 1, child.stdin.fileno(), child.stdout.fileno()):
+        widen_pipe(fd)
     up = threading.Thread(target=delay_line, args=(0, child.stdin.fileno()), daemon=True)
     up.start()
     delay_line(child.stdout.fileno(), 1)

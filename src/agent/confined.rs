@@ -146,8 +146,25 @@ impl Roots {
         part(entries).map_err(ListError::Io)
     }
 
-    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
-    pub fn read(&mut self, target: &Target, offset: u64, len: usize) -> Errno<Vec<u8>> {
+    /// [`read_into`](Self::read_into) a new buffer, for the tests.
+    #[cfg(test)]
+    fn read(&mut self, target: &Target, offset: u64, len: usize) -> Errno<Vec<u8>> {
+        let mut buf = Vec::new();
+        let got = self.read_into(target, offset, len, &mut buf)?;
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Reads up to `len` bytes at `offset` into `buf`, fewer only at the end of the file;
+    /// returns the count. `buf` grows to `len` if shorter (its bytes beyond the count are
+    /// left as they were), so that one buffer serves every read.
+    pub fn read_into(
+        &mut self,
+        target: &Target,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Errno<usize> {
         let file = match &self.last_file {
             Some((opened, file)) if opened == target => file,
             _ => {
@@ -161,18 +178,19 @@ impl Roots {
                 &self.last_file.insert((target.clone(), file)).1
             }
         };
-        let mut buf = vec![0u8; len];
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         let mut got = 0;
         while got < len {
-            match file.read_at(&mut buf[got..], offset.saturating_add(got as u64)) {
+            match file.read_at(&mut buf[got..len], offset.saturating_add(got as u64)) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(errno_of(&err)),
             }
         }
-        buf.truncate(got);
-        Ok(buf)
+        Ok(got)
     }
 
     pub fn read_link(&mut self, target: &Target) -> Errno<Vec<u8>> {

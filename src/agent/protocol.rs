@@ -175,8 +175,29 @@ mod kind {
     pub const ZEROS: u8 = 72;
 }
 
-/// Writes one frame (not flushed).
+/// Makes a pipe that carries the protocol hold a whole data block (the default holds 64
+/// KiB): fewer wakeups and system calls on both of its ends. Best effort: on what is not a
+/// pipe, or above the system's limit for pipes, nothing changes.
+pub fn widen_pipe(fd: std::os::unix::io::RawFd) {
+    // SAFETY: fcntl on a descriptor the caller holds open; it changes only a pipe's size.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETPIPE_SZ,
+            (MAX_READ + 64 * 1024) as libc::c_int,
+        );
+    }
+}
+
+/// Bytes before the content of a [`Message::Data`] body: kind, id and length.
+const DATA_HEADER: usize = 1 + 4 + 4;
+
+/// Writes one frame (not flushed). File data, most of what crosses, is written from where
+/// it is, not copied into an encoded body first.
 pub fn write_frame(out: &mut impl Write, frame: &Frame) -> io::Result<()> {
+    if let Message::Data(data) = &frame.message {
+        return write_data_frame(out, frame.id, data);
+    }
     let body = encode(frame);
     if body.len() > MAX_FRAME {
         return Err(io::Error::new(
@@ -186,6 +207,24 @@ pub fn write_frame(out: &mut impl Write, frame: &Frame) -> io::Result<()> {
     }
     out.write_all(&(body.len() as u32).to_le_bytes())?;
     out.write_all(&body)
+}
+
+/// Writes the frame of a [`Message::Data`] holding `data` (not flushed), from where the
+/// bytes are.
+pub fn write_data_frame(out: &mut impl Write, id: u32, data: &[u8]) -> io::Result<()> {
+    if DATA_HEADER + data.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "agent frame over the size limit",
+        ));
+    }
+    let mut header = [0u8; 4 + DATA_HEADER];
+    header[..4].copy_from_slice(&((DATA_HEADER + data.len()) as u32).to_le_bytes());
+    header[4] = kind::DATA;
+    header[5..9].copy_from_slice(&id.to_le_bytes());
+    header[9..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    out.write_all(&header)?;
+    out.write_all(data)
 }
 
 /// Reads one frame; [`ProtocolError::Closed`] at a clean end between frames.
@@ -205,15 +244,49 @@ pub fn read_frame(input: &mut impl Read) -> Result<Frame, ProtocolError> {
     if len > MAX_FRAME {
         return garbled(format!("frame of {len} bytes is over the limit"));
     }
+    // File data, most of what crosses, is read straight into its own buffer: no zeroed
+    // body first, no copy out of it.
+    let mut header = [0u8; DATA_HEADER];
+    let head = header.len().min(len);
+    read_exact_in_frame(input, &mut header[..head])?;
+    if let Some(id) = data_frame_id(&header[..head], len) {
+        let mut data = Vec::with_capacity(len - DATA_HEADER);
+        input
+            .take((len - DATA_HEADER) as u64)
+            .read_to_end(&mut data)?;
+        if data.len() != len - DATA_HEADER {
+            return garbled("the stream ended inside a frame");
+        }
+        return Ok(Frame {
+            id,
+            message: Message::Data(data),
+        });
+    }
     let mut body = vec![0u8; len];
-    input.read_exact(&mut body).map_err(|err| {
+    body[..head].copy_from_slice(&header[..head]);
+    read_exact_in_frame(input, &mut body[head..])?;
+    decode(&body)
+}
+
+fn read_exact_in_frame(input: &mut impl Read, buf: &mut [u8]) -> Result<(), ProtocolError> {
+    input.read_exact(buf).map_err(|err| {
         if err.kind() == io::ErrorKind::UnexpectedEof {
             ProtocolError::Garbled("the stream ended inside a frame".into())
         } else {
             err.into()
         }
-    })?;
-    decode(&body)
+    })
+}
+
+/// The id of a well-formed [`Message::Data`] frame of `len` body bytes that starts with
+/// `header`; None for anything else (which the full decoder then reads and judges).
+fn data_frame_id(header: &[u8], len: usize) -> Option<u32> {
+    if header.len() < DATA_HEADER || header[0] != kind::DATA {
+        return None;
+    }
+    let id = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes"));
+    let data_len = u32::from_le_bytes(header[5..9].try_into().expect("4 bytes")) as usize;
+    (data_len <= MAX_READ && data_len == len - DATA_HEADER).then_some(id)
 }
 
 /// A frame's body.
@@ -741,6 +814,24 @@ mod tests {
         assert!(matches!(read_frame(&mut input), Err(ProtocolError::Closed)));
     }
 
+    /// File data is written and read without the general encoder's copy: the same bytes
+    /// on the wire, the same frames back.
+    #[test]
+    fn data_frames_take_the_short_way_with_the_same_bytes() {
+        for len in [0, 1, 4096, MAX_READ] {
+            let frame = Frame {
+                id: 77,
+                message: Message::Data((0..len).map(|i| i as u8).collect()),
+            };
+            let mut stream = Vec::new();
+            write_frame(&mut stream, &frame).unwrap();
+            let body = encode(&frame);
+            assert_eq!(stream[..4], (body.len() as u32).to_le_bytes());
+            assert!(stream[4..] == body[..], "{len} bytes");
+            assert_eq!(read_frame(&mut &stream[..]).unwrap(), frame);
+        }
+    }
+
     #[test]
     fn a_session_speaks_the_lower_of_both_versions() {
         assert_eq!(negotiate(0), None);
@@ -807,7 +898,10 @@ mod tests {
                 let at = at % body.len();
                 body[at] = value;
             }
-            let _ = decode(&body);
+            // The reading side's short way for data reads what the full decoder does.
+            let mut stream = (body.len() as u32).to_le_bytes().to_vec();
+            stream.extend_from_slice(&body);
+            prop_assert_eq!(read_frame(&mut &stream[..]).ok(), decode(&body).ok());
         }
     }
 }

@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::confined::{ListError, Roots};
 use super::protocol::{
-    negotiate, read_frame, write_frame, Errno, Frame, Message, ProtocolError, LIST_PART_BYTES,
-    MAGIC, MAX_READ, MIN_VERSION, VERSION, ZEROS_SINCE,
+    negotiate, read_frame, write_data_frame, write_frame, Errno, Frame, Message, ProtocolError,
+    LIST_PART_BYTES, MAGIC, MAX_READ, MIN_VERSION, VERSION, ZEROS_SINCE,
 };
 
 /// Serves `roots` until the client closes the stream, in the highest protocol version both
@@ -40,8 +40,9 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
         },
         _ => bail!("the client did not greet with the agent protocol"),
     };
-    let session = Session {
+    let mut session = Session {
         zeros_as_counts: version >= ZEROS_SINCE,
+        read_buffer: Vec::new(),
     };
     let mut roots = match Roots::open(roots) {
         Ok(roots) => roots,
@@ -70,7 +71,7 @@ pub fn serve(roots: &[PathBuf], input: impl Read, output: impl Write) -> Result<
             Err(ProtocolError::Closed) => return Ok(()),
             Err(err) => return Err(err).context("reading a request"),
         };
-        answer(&mut roots, &session, frame, &mut output)?;
+        answer(&mut roots, &mut session, frame, &mut output)?;
         if input.buffer().is_empty() {
             output.flush()?;
         }
@@ -109,15 +110,20 @@ fn reply<T>(
 struct Session {
     /// Blocks of zeros are answered with [`Message::Zeros`].
     zeros_as_counts: bool,
+    /// Every read goes into this one buffer: a fresh megabyte per block would cost fresh
+    /// pages each time.
+    read_buffer: Vec<u8>,
 }
 
-/// A read's reply: the bytes, or their count when they are all zeros and the client knows
-/// that reply (an empty read stays data: the end of the file).
-fn data_reply(session: &Session, data: Vec<u8>) -> Message {
-    if session.zeros_as_counts && !data.is_empty() && all_zeros(&data) {
-        Message::Zeros(data.len() as u32)
+/// A read's reply, the first `len` bytes of the session's read buffer: the bytes, or their
+/// count when they are all zeros and the client knows that reply (an empty read stays
+/// data: the end of the file).
+fn send_data(output: &mut impl Write, session: &Session, id: u32, len: usize) -> io::Result<()> {
+    let data = &session.read_buffer[..len];
+    if session.zeros_as_counts && !data.is_empty() && all_zeros(data) {
+        send(output, id, Message::Zeros(len as u32))
     } else {
-        Message::Data(data)
+        write_data_frame(output, id, data)
     }
 }
 
@@ -133,7 +139,7 @@ fn all_zeros(data: &[u8]) -> bool {
 /// client does not follow the protocol).
 fn answer(
     roots: &mut Roots,
-    session: &Session,
+    session: &mut Session,
     frame: Frame,
     output: &mut impl Write,
 ) -> Result<()> {
@@ -177,9 +183,17 @@ fn answer(
             len,
         } => {
             let len = (len as usize).min(MAX_READ);
-            reply(output, id, roots.read(&target, offset, len), |data| {
-                data_reply(session, data)
-            })?
+            match roots.read_into(&target, offset, len, &mut session.read_buffer) {
+                Ok(got) => send_data(output, session, id, got)?,
+                Err(errno) => send(
+                    output,
+                    id,
+                    Message::Failed {
+                        errno,
+                        message: Vec::new(),
+                    },
+                )?,
+            }
         }
         Message::ReadLink(target) => reply(output, id, roots.read_link(&target), Message::Data)?,
         Message::GetAttrs(target) => reply(output, id, roots.attrs(&target), Message::AttrsOk)?,

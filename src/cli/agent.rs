@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
+use pbsfs::agent::protocol::widen_pipe;
 use pbsfs::agent::serve::serve;
 
 #[derive(Args, Debug)]
@@ -29,5 +30,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         .iter()
         .map(|root| std::path::absolute(root).with_context(|| format!("root {}", root.display())))
         .collect::<Result<Vec<_>>>()?;
+    // Under ssh these are pipes to sshd.
+    widen_pipe(0);
+    widen_pipe(1);
     serve(&roots, std::io::stdin().lock(), std::io::stdout().lock())
 }

@@ -3,6 +3,7 @@
 //! transport command (ssh) starts `pbsfs agent` there; this host walks, encodes, chunks and
 //! stores, exactly as a push of the same tree here would.
 
+use std::os::unix::io::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 
 use pbsfs::agent::connection::OlderAgent;
-use pbsfs::agent::protocol::VERSION;
+use pbsfs::agent::protocol::{widen_pipe, VERSION};
 use pbsfs::agent::remote_client::RemoteClient;
 use pbsfs::backup::server::BackupSpec;
 
@@ -96,7 +97,7 @@ fn start_agent(args: &PullArgs, destination: &str, specs: &[BackupSpec]) -> Resu
             remote.push(path);
         }
     }
-    Command::new(program)
+    let child = Command::new(program)
         .args(words)
         .arg(destination)
         .arg(remote.join(" "))
@@ -104,7 +105,17 @@ fn start_agent(args: &PullArgs, destination: &str, specs: &[BackupSpec]) -> Resu
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot run the transport command '{}'", args.rsh))
+        .with_context(|| format!("cannot run the transport command '{}'", args.rsh))?;
+    for fd in [
+        child.stdin.as_ref().map(|p| p.as_raw_fd()),
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        widen_pipe(fd);
+    }
+    Ok(child)
 }
 
 /// Greets the agent the transport command started, with `version` at most.
