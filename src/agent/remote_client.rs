@@ -829,33 +829,38 @@ mod tests {
     fn an_agent_that_speaks_only_an_older_version_is_greeted_again_in_it() {
         use super::super::connection::OlderAgent;
         use super::super::protocol::{read_frame, write_frame, Frame, MIN_VERSION};
-        let (near, mut far) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || {
-            let hello = read_frame(&mut far).unwrap();
-            assert!(matches!(hello.message, Message::Hello { version, .. } if version == VERSION));
-            let message = format!(
-                "protocol version {VERSION} is not known to this agent (it speaks {MIN_VERSION})"
-            );
-            let refused = Message::Refused {
-                message: message.into_bytes(),
-            };
-            write_frame(
-                &mut far,
-                &Frame {
-                    id: 0,
-                    message: refused,
-                },
+        /// The error of a connection to an agent that refuses the greeting with `message`.
+        fn refused_with(message: String) -> io::Error {
+            let (near, mut far) = UnixStream::pair().unwrap();
+            std::thread::spawn(move || {
+                let hello = read_frame(&mut far).unwrap();
+                assert!(
+                    matches!(hello.message, Message::Hello { version, .. } if version == VERSION)
+                );
+                let refused = Message::Refused {
+                    message: message.into_bytes(),
+                };
+                write_frame(
+                    &mut far,
+                    &Frame {
+                        id: 0,
+                        message: refused,
+                    },
+                )
+                .unwrap();
+            });
+            RemoteClient::connect(
+                Box::new(near.try_clone().unwrap()),
+                Box::new(near),
+                Arc::default(),
+                Duration::from_secs(600),
             )
-            .unwrap();
-        });
-        let err = RemoteClient::connect(
-            Box::new(near.try_clone().unwrap()),
-            Box::new(near),
-            Arc::default(),
-            Duration::from_secs(600),
-        )
-        .err()
-        .unwrap();
+            .err()
+            .unwrap()
+        }
+        let err = refused_with(format!(
+            "protocol version {VERSION} is not known to this agent (it speaks {MIN_VERSION})"
+        ));
         assert_eq!(OlderAgent::of(&err), Some(MIN_VERSION), "{err}");
         assert!(
             err.to_string().contains("speaks only protocol version 1"),
@@ -885,29 +890,7 @@ mod tests {
             .unwrap();
         assert!(content == vec![0u8; 3 * BLOCK]);
         // A refusal for another reason is no call to greet again.
-        let (near, mut far) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || {
-            read_frame(&mut far).unwrap();
-            let refused = Message::Refused {
-                message: b"cannot serve: /x: No such file or directory (it speaks 1)".to_vec(),
-            };
-            write_frame(
-                &mut far,
-                &Frame {
-                    id: 0,
-                    message: refused,
-                },
-            )
-            .unwrap();
-        });
-        let err = RemoteClient::connect(
-            Box::new(near.try_clone().unwrap()),
-            Box::new(near),
-            Arc::default(),
-            Duration::from_secs(600),
-        )
-        .err()
-        .unwrap();
+        let err = refused_with("cannot serve: /x: No such file or directory (it speaks 1)".into());
         assert_eq!(OlderAgent::of(&err), None, "{err}");
     }
 

@@ -96,14 +96,19 @@ fn reply<T>(
     result: Errno<T>,
     ok: impl FnOnce(T) -> Message,
 ) -> io::Result<()> {
-    let message = match result {
-        Ok(value) => ok(value),
-        Err(errno) => Message::Failed {
-            errno,
-            message: Vec::new(),
-        },
+    match result {
+        Ok(value) => send(output, id, ok(value)),
+        Err(errno) => send_failed(output, id, errno),
+    }
+}
+
+/// The reply to a request the file system refused with `errno`.
+fn send_failed(output: &mut impl Write, id: u32, errno: i32) -> io::Result<()> {
+    let failed = Message::Failed {
+        errno,
+        message: Vec::new(),
     };
-    send(output, id, message)
+    send(output, id, failed)
 }
 
 /// What the negotiated version allows.
@@ -166,14 +171,7 @@ fn answer(
                         entries: Vec::new(),
                     },
                 )?,
-                Err(ListError::Fs(errno)) => send(
-                    output,
-                    id,
-                    Message::Failed {
-                        errno,
-                        message: Vec::new(),
-                    },
-                )?,
+                Err(ListError::Fs(errno)) => send_failed(output, id, errno)?,
                 Err(ListError::Io(err)) => return Err(err.into()),
             }
         }
@@ -185,14 +183,7 @@ fn answer(
             let len = (len as usize).min(MAX_READ);
             match roots.read_into(&target, offset, len, &mut session.read_buffer) {
                 Ok(got) => send_data(output, session, id, got)?,
-                Err(errno) => send(
-                    output,
-                    id,
-                    Message::Failed {
-                        errno,
-                        message: Vec::new(),
-                    },
-                )?,
+                Err(errno) => send_failed(output, id, errno)?,
             }
         }
         Message::ReadLink(target) => reply(output, id, roots.read_link(&target), Message::Data)?,
