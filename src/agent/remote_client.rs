@@ -628,6 +628,27 @@ mod tests {
         (client, abort, near)
     }
 
+    /// A made-up agent's side of the greeting: reads the hello, answers `version`.
+    fn greet_as_agent(far: &mut UnixStream, version: u16, hostname: &str) {
+        use super::super::protocol::{read_frame, write_frame, Frame, MAGIC};
+        read_frame(far).unwrap();
+        let welcome = Message::Welcome {
+            magic: MAGIC,
+            version,
+            hostname: hostname.as_bytes().to_vec(),
+            time: 0,
+            roots: vec![b"/".to_vec()],
+        };
+        write_frame(
+            far,
+            &Frame {
+                id: 0,
+                message: welcome,
+            },
+        )
+        .unwrap();
+    }
+
     #[test]
     fn the_remote_client_sees_what_the_local_file_system_sees() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -747,25 +768,10 @@ mod tests {
         version: u16,
         answer: impl Fn(&Message) -> Message + Send + 'static,
     ) -> (RemoteClient, Arc<AtomicBool>) {
-        use super::super::protocol::{read_frame, write_frame, Frame, MAGIC};
+        use super::super::protocol::{read_frame, write_frame, Frame};
         let (near, mut far) = UnixStream::pair().unwrap();
         std::thread::spawn(move || {
-            read_frame(&mut far).unwrap();
-            let welcome = Message::Welcome {
-                magic: MAGIC,
-                version,
-                hostname: b"scripted".to_vec(),
-                time: 0,
-                roots: vec![b"/".to_vec()],
-            };
-            write_frame(
-                &mut far,
-                &Frame {
-                    id: 0,
-                    message: welcome,
-                },
-            )
-            .unwrap();
+            greet_as_agent(&mut far, version, "scripted");
             while let Ok(frame) = read_frame(&mut far) {
                 let message = answer(&frame.message);
                 if write_frame(
@@ -965,26 +971,11 @@ mod tests {
     /// write however many requests it makes.
     #[test]
     fn an_agent_that_stops_reading_and_answering_is_given_up() {
-        use super::super::protocol::{read_frame, write_frame, Frame, Message, MAGIC, VERSION};
+        use super::super::protocol::VERSION;
         let (near, far) = UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let mut far = far;
-            read_frame(&mut far).unwrap();
-            let welcome = Message::Welcome {
-                magic: MAGIC,
-                version: VERSION,
-                hostname: b"silent".to_vec(),
-                time: 0,
-                roots: vec![b"/".to_vec()],
-            };
-            write_frame(
-                &mut far,
-                &Frame {
-                    id: 0,
-                    message: welcome,
-                },
-            )
-            .unwrap();
+            greet_as_agent(&mut far, VERSION, "silent");
             far.flush().unwrap();
             // Keeps the stream open without reading from it.
             std::thread::sleep(Duration::from_secs(20));
